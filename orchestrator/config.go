@@ -1,0 +1,335 @@
+// Package orchestrator holds what every rekey component shares: the
+// configuration, the NATS bus (embedded server, JetStream streams, publish
+// and consume helpers), the state kept in JetStream KV, the audit trail and
+// the runner that starts components and stops them cleanly. It never imports
+// triggers, handlers or fanout: cmd/ builds those and hands them to Run.
+package orchestrator
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/goccy/go-yaml"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// Config is the whole of rekey.yaml.
+type Config struct {
+	DataDir  string                  `yaml:"data_dir"`
+	Log      LogConfig               `yaml:"log"`
+	NATS     NATSConfig              `yaml:"nats"`
+	HTTP     HTTPConfig              `yaml:"http"`
+	Rotation RotationConfig          `yaml:"rotation"`
+	Backends BackendsConfig          `yaml:"backends"`
+	Tenants  map[string]TenantConfig `yaml:"tenants"`
+}
+
+// LogConfig selects the slog handler.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text, json
+}
+
+// NATSConfig chooses between the embedded server (URL empty) and an
+// external NATS.
+type NATSConfig struct {
+	URL      string         `yaml:"url"`
+	Embedded EmbeddedConfig `yaml:"embedded"`
+	// Replicas of every stream and KV bucket; 1 for a single server.
+	Replicas int `yaml:"replicas"`
+	// DuplicateWindow is how long JetStream remembers message ids.
+	DuplicateWindow time.Duration `yaml:"duplicate_window"`
+}
+
+// EmbeddedConfig configures the nats-server started inside rekeyd.
+type EmbeddedConfig struct {
+	// Addr is host:port for client connections; port 0 picks a free port.
+	Addr string `yaml:"addr"`
+	// StoreDir is where JetStream keeps its files; default <data_dir>/jetstream.
+	StoreDir string `yaml:"store_dir"`
+}
+
+// HTTPConfig configures the HTTP API.
+type HTTPConfig struct {
+	Addr              string        `yaml:"addr"`
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	ReadTimeout       time.Duration `yaml:"read_timeout"`
+	WriteTimeout      time.Duration `yaml:"write_timeout"`
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`
+	MaxBodyBytes      int64         `yaml:"max_body_bytes"`
+}
+
+// RotationConfig tunes the workers.
+type RotationConfig struct {
+	MaxAttempts    int           `yaml:"max_attempts"`
+	BackoffInitial time.Duration `yaml:"backoff_initial"`
+	BackoffMax     time.Duration `yaml:"backoff_max"`
+	Concurrency    int           `yaml:"concurrency"`
+	StepTimeout    time.Duration `yaml:"step_timeout"`
+	LockTTL        time.Duration `yaml:"lock_ttl"`
+}
+
+// BackendsConfig holds one section per backend kind.
+type BackendsConfig struct {
+	Local LocalBackendConfig `yaml:"local"`
+}
+
+// LocalBackendConfig configures the backend that keeps values in JetStream KV.
+type LocalBackendConfig struct {
+	// Key is a base64 AES-256 key. When empty, KeyFile is read, or created
+	// with a random key (mode 0600) if it does not exist.
+	Key string `yaml:"key"`
+	// KeyFile defaults to <data_dir>/local.key.
+	KeyFile string `yaml:"key_file"`
+}
+
+// TenantConfig lists a tenant's secrets.
+type TenantConfig struct {
+	Secrets map[string]SecretConfig `yaml:"secrets"`
+}
+
+// SecretConfig is one secret: where it lives and when it rotates.
+type SecretConfig struct {
+	Backend   string            `yaml:"backend"`
+	Generator GeneratorConfig   `yaml:"generator"`
+	Policy    PolicyConfig      `yaml:"policy"`
+	Options   map[string]string `yaml:"options"`
+}
+
+// GeneratorConfig says how a new value is made for backends that store
+// static values.
+type GeneratorConfig struct {
+	Style    string `yaml:"style"` // password (default) or api-key
+	Length   int    `yaml:"length"`
+	Alphabet string `yaml:"alphabet"`
+	Prefix   string `yaml:"prefix"`
+}
+
+// PolicyConfig says when a secret rotates on its own.
+type PolicyConfig struct {
+	Schedule string        `yaml:"schedule"`
+	Jitter   time.Duration `yaml:"jitter"`
+	TimeZone string        `yaml:"timezone"`
+	MaxUses  int64         `yaml:"max_uses"`
+}
+
+// Backend names known to this build.
+var KnownBackends = []string{"local"}
+
+// Defaults returns a configuration with every default set and no tenants.
+func Defaults() Config {
+	return Config{
+		DataDir: "./rekey-data",
+		Log:     LogConfig{Level: "info", Format: "text"},
+		NATS: NATSConfig{
+			Embedded:        EmbeddedConfig{Addr: "127.0.0.1:4222"},
+			Replicas:        1,
+			DuplicateWindow: 2 * time.Minute,
+		},
+		HTTP: HTTPConfig{
+			Addr:              "127.0.0.1:7420",
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       60 * time.Second,
+			MaxBodyBytes:      1 << 20,
+		},
+		Rotation: RotationConfig{
+			MaxAttempts:    5,
+			BackoffInitial: 500 * time.Millisecond,
+			BackoffMax:     30 * time.Second,
+			Concurrency:    8,
+			StepTimeout:    30 * time.Second,
+			LockTTL:        2 * time.Minute,
+		},
+	}
+}
+
+// Load reads a YAML file over the defaults and validates it. Unknown fields
+// are errors, so a typo does not silently fall back to a default.
+func Load(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML over the defaults and validates the result.
+func Parse(b []byte) (Config, error) {
+	cfg := Defaults()
+	if err := yaml.UnmarshalWithOptions(b, &cfg, yaml.Strict()); err != nil {
+		return Config{}, fmt.Errorf("parse: %s", yaml.FormatError(err, false, true))
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// FieldError names the configuration field that is wrong.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks every field and returns all problems found, each naming
+// its field (e.g. "tenants.acme.secrets.openai-key.backend").
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.DataDir == "" {
+		add(fieldErr("data_dir", "must be set"))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add(fieldErr("log.level", "%q must be debug, info, warn or error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add(fieldErr("log.format", "%q must be text or json", c.Log.Format))
+	}
+	if c.NATS.URL == "" && c.NATS.Embedded.Addr == "" {
+		add(fieldErr("nats.embedded.addr", "must be set when nats.url is empty"))
+	}
+	if c.NATS.URL != "" && !strings.Contains(c.NATS.URL, "://") {
+		add(fieldErr("nats.url", "%q must be a URL such as nats://host:4222", c.NATS.URL))
+	}
+	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
+		add(fieldErr("nats.replicas", "%d must be between 1 and 5", c.NATS.Replicas))
+	}
+	if c.NATS.DuplicateWindow < time.Second {
+		add(fieldErr("nats.duplicate_window", "%s must be at least 1s", c.NATS.DuplicateWindow))
+	}
+	if c.HTTP.Addr == "" {
+		add(fieldErr("http.addr", "must be set"))
+	}
+	for name, d := range map[string]time.Duration{
+		"http.read_header_timeout": c.HTTP.ReadHeaderTimeout,
+		"http.read_timeout":        c.HTTP.ReadTimeout,
+		"http.write_timeout":       c.HTTP.WriteTimeout,
+		"http.idle_timeout":        c.HTTP.IdleTimeout,
+		"rotation.backoff_initial": c.Rotation.BackoffInitial,
+		"rotation.backoff_max":     c.Rotation.BackoffMax,
+		"rotation.step_timeout":    c.Rotation.StepTimeout,
+		"rotation.lock_ttl":        c.Rotation.LockTTL,
+	} {
+		if d <= 0 {
+			add(fieldErr(name, "%s must be positive", d))
+		}
+	}
+	if c.HTTP.MaxBodyBytes < 1024 {
+		add(fieldErr("http.max_body_bytes", "%d must be at least 1024", c.HTTP.MaxBodyBytes))
+	}
+	if c.Rotation.MaxAttempts < 1 || c.Rotation.MaxAttempts > 100 {
+		add(fieldErr("rotation.max_attempts", "%d must be between 1 and 100", c.Rotation.MaxAttempts))
+	}
+	if c.Rotation.Concurrency < 1 {
+		add(fieldErr("rotation.concurrency", "%d must be at least 1", c.Rotation.Concurrency))
+	}
+	if c.Rotation.BackoffMax < c.Rotation.BackoffInitial {
+		add(fieldErr("rotation.backoff_max", "%s is less than rotation.backoff_initial %s", c.Rotation.BackoffMax, c.Rotation.BackoffInitial))
+	}
+	if len(c.Tenants) == 0 {
+		add(fieldErr("tenants", "at least one tenant is required"))
+	}
+	for _, t := range sortedKeys(c.Tenants) {
+		add(c.validateTenant(t, c.Tenants[t]))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) validateTenant(name string, t TenantConfig) error {
+	field := "tenants." + name
+	if err := schemas.ValidateID("tenant", name); err != nil {
+		return fieldErr(field, "%v", err)
+	}
+	if len(t.Secrets) == 0 {
+		return fieldErr(field+".secrets", "at least one secret is required")
+	}
+	var errs []error
+	for _, s := range sortedKeys(t.Secrets) {
+		sc := t.Secrets[s]
+		sf := field + ".secrets." + s
+		if err := schemas.ValidateID("secret", s); err != nil {
+			errs = append(errs, fieldErr(sf, "%v", err))
+			continue
+		}
+		if !slices.Contains(KnownBackends, sc.Backend) {
+			errs = append(errs, fieldErr(sf+".backend", "%q is not one of %s", sc.Backend, strings.Join(KnownBackends, ", ")))
+		}
+		g := sc.Generator
+		if g.Style != "" && g.Style != "password" && g.Style != "api-key" {
+			errs = append(errs, fieldErr(sf+".generator.style", "%q must be password or api-key", g.Style))
+		}
+		if g.Length != 0 && (g.Length < 8 || g.Length > 4096) {
+			errs = append(errs, fieldErr(sf+".generator.length", "%d must be between 8 and 4096", g.Length))
+		}
+		if g.Alphabet != "" && len(g.Alphabet) < 2 {
+			errs = append(errs, fieldErr(sf+".generator.alphabet", "must have at least 2 characters"))
+		}
+		if sc.Policy.MaxUses < 0 {
+			errs = append(errs, fieldErr(sf+".policy.max_uses", "%d must not be negative", sc.Policy.MaxUses))
+		}
+		if sc.Policy.Jitter < 0 {
+			errs = append(errs, fieldErr(sf+".policy.jitter", "%s must not be negative", sc.Policy.Jitter))
+		}
+		if sc.Policy.TimeZone != "" {
+			if _, err := time.LoadLocation(sc.Policy.TimeZone); err != nil {
+				errs = append(errs, fieldErr(sf+".policy.timezone", "%v", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Secret looks up one secret's configuration.
+func (c *Config) Secret(tenant, secret string) (SecretConfig, bool) {
+	t, ok := c.Tenants[tenant]
+	if !ok {
+		return SecretConfig{}, false
+	}
+	s, ok := t.Secrets[secret]
+	return s, ok
+}
+
+// TenantSecrets returns a tenant's secret names, sorted.
+func (c *Config) TenantSecrets(tenant string) []string {
+	return sortedKeys(c.Tenants[tenant].Secrets)
+}
+
+// TenantNames returns every tenant, sorted.
+func (c *Config) TenantNames() []string { return sortedKeys(c.Tenants) }
+
+// StoreDir is where the embedded JetStream keeps its files.
+func (c *Config) StoreDir() string {
+	if c.NATS.Embedded.StoreDir != "" {
+		return c.NATS.Embedded.StoreDir
+	}
+	return filepath.Join(c.DataDir, "jetstream")
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

@@ -1,0 +1,318 @@
+package schemas
+
+import (
+	"fmt"
+	"time"
+)
+
+// Trigger says what asked for a rotation or revocation. Kind is the trigger
+// family; Source the configured instance (a webhook source name, "cron");
+// Actor the identity behind it (an admin token id, a tenant token id, an
+// alert fingerprint, a schedule tick). None of them is ever a secret value.
+type Trigger struct {
+	Kind   string `json:"kind"`
+	Source string `json:"source,omitempty"`
+	Actor  string `json:"actor,omitempty"`
+}
+
+// Trigger kinds.
+const (
+	TriggerAPI      = "api"
+	TriggerCLI      = "cli"
+	TriggerCron     = "cron"
+	TriggerSIEM     = "siem"
+	TriggerUsage    = "usage"
+	TriggerTenant   = "tenant"
+	TriggerAWS      = "aws"
+	TriggerRevoke   = "revocation"
+	TriggerInternal = "internal"
+)
+
+// Validate checks the trigger kind is set.
+func (t Trigger) Validate() error {
+	if t.Kind == "" {
+		return fmt.Errorf("trigger.kind is empty: %w", ErrMalformed)
+	}
+	return nil
+}
+
+// RotationRequested asks for one secret to be rotated. The request ID is the
+// CloudEvent ID of the envelope carrying it.
+type RotationRequested struct {
+	Tenant      string    `json:"tenant"`
+	Secret      string    `json:"secret"`
+	Reason      string    `json:"reason"`
+	Trigger     Trigger   `json:"trigger"`
+	RequestedAt time.Time `json:"requested_at"`
+}
+
+// Validate checks the IDs and the trigger.
+func (r RotationRequested) Validate() error {
+	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
+		return err
+	}
+	return r.Trigger.Validate()
+}
+
+// RotationCompleted reports a promoted new version.
+type RotationCompleted struct {
+	Tenant          string    `json:"tenant"`
+	Secret          string    `json:"secret"`
+	Backend         string    `json:"backend"`
+	Version         string    `json:"version"`
+	PreviousVersion string    `json:"previous_version,omitempty"`
+	RequestID       string    `json:"request_id"`
+	Coalesced       []string  `json:"coalesced,omitempty"`
+	Reason          string    `json:"reason"`
+	Trigger         Trigger   `json:"trigger"`
+	Attempts        int       `json:"attempts"`
+	StartedAt       time.Time `json:"started_at"`
+	CompletedAt     time.Time `json:"completed_at"`
+}
+
+// Validate checks the IDs and the version.
+func (r RotationCompleted) Validate() error {
+	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
+		return err
+	}
+	if r.Version == "" {
+		return fmt.Errorf("version is empty: %w", ErrMalformed)
+	}
+	return nil
+}
+
+// RotationFailed reports a rotation given up after its last attempt. Nothing
+// was promoted and any staged version was rolled back.
+type RotationFailed struct {
+	Tenant    string    `json:"tenant"`
+	Secret    string    `json:"secret"`
+	Backend   string    `json:"backend"`
+	RequestID string    `json:"request_id"`
+	Step      string    `json:"step"`
+	Error     string    `json:"error"`
+	Permanent bool      `json:"permanent"`
+	Attempts  int       `json:"attempts"`
+	Trigger   Trigger   `json:"trigger"`
+	FailedAt  time.Time `json:"failed_at"`
+}
+
+// Validate checks the IDs.
+func (r RotationFailed) Validate() error { return ValidateRef(r.Tenant, r.Secret) }
+
+// Revocation actions.
+const (
+	ActionRevoke  = "revoke"
+	ActionRestore = "restore"
+)
+
+// RevocationRequested asks for every credential of a tenant to be revoked
+// (Action "revoke"), or for a revocation to be lifted (Action "restore").
+type RevocationRequested struct {
+	Tenant      string    `json:"tenant"`
+	Action      string    `json:"action"`
+	Reason      string    `json:"reason"`
+	Trigger     Trigger   `json:"trigger"`
+	RequestedAt time.Time `json:"requested_at"`
+}
+
+// Validate checks the tenant, the action and the trigger.
+func (r RevocationRequested) Validate() error {
+	if err := ValidateID("tenant", r.Tenant); err != nil {
+		return err
+	}
+	if r.Action != ActionRevoke && r.Action != ActionRestore {
+		return fmt.Errorf("action %q must be %q or %q: %w", r.Action, ActionRevoke, ActionRestore, ErrMalformed)
+	}
+	return r.Trigger.Validate()
+}
+
+// RevocationStarted is published as soon as a tenant is marked revoked,
+// before any backend work, so that fanout can fail every agent closed.
+type RevocationStarted struct {
+	Tenant    string    `json:"tenant"`
+	RequestID string    `json:"request_id"`
+	Reason    string    `json:"reason"`
+	Trigger   Trigger   `json:"trigger"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// Validate checks the tenant.
+func (r RevocationStarted) Validate() error { return ValidateID("tenant", r.Tenant) }
+
+// PartReport is one part of a revocation (a backend's leases, the tenant's
+// static secrets...).
+type PartReport struct {
+	Part       string   `json:"part"`
+	Succeeded  int      `json:"succeeded"`
+	Failed     int      `json:"failed"`
+	Errors     []string `json:"errors,omitempty"`
+	DurationMS float64  `json:"duration_ms"`
+}
+
+// RevocationCompleted reports the end of a revocation, with what was done.
+type RevocationCompleted struct {
+	Tenant      string       `json:"tenant"`
+	RequestID   string       `json:"request_id"`
+	Parts       []PartReport `json:"parts"`
+	Failed      bool         `json:"failed"`
+	StartedAt   time.Time    `json:"started_at"`
+	CompletedAt time.Time    `json:"completed_at"`
+}
+
+// Validate checks the tenant.
+func (r RevocationCompleted) Validate() error { return ValidateID("tenant", r.Tenant) }
+
+// TenantRestored reports a lifted revocation.
+type TenantRestored struct {
+	Tenant     string    `json:"tenant"`
+	RequestID  string    `json:"request_id"`
+	Trigger    Trigger   `json:"trigger"`
+	RestoredAt time.Time `json:"restored_at"`
+}
+
+// Validate checks the tenant.
+func (r TenantRestored) Validate() error { return ValidateID("tenant", r.Tenant) }
+
+// Invalidation kinds.
+const (
+	InvalidationRotated  = "rotated"
+	InvalidationRevoked  = "revoked"
+	InvalidationRestored = "restored"
+)
+
+// Invalidation tells agents to drop a cached secret (Kind "rotated", Secret
+// set) or that the whole tenant is revoked or restored (Secret empty, sent
+// on the TenantToken subject). It never carries a value.
+type Invalidation struct {
+	Tenant      string    `json:"tenant"`
+	Secret      string    `json:"secret,omitempty"`
+	Kind        string    `json:"kind"`
+	Version     string    `json:"version,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	RequestID   string    `json:"request_id"`
+	PublishedAt time.Time `json:"published_at"`
+}
+
+// Validate checks the IDs and the kind.
+func (r Invalidation) Validate() error {
+	if err := ValidateID("tenant", r.Tenant); err != nil {
+		return err
+	}
+	switch r.Kind {
+	case InvalidationRotated:
+		return ValidateID("secret", r.Secret)
+	case InvalidationRevoked, InvalidationRestored:
+		if r.Secret != "" {
+			return ValidateID("secret", r.Secret)
+		}
+		return nil
+	default:
+		return fmt.Errorf("kind %q is not rotated, revoked or restored: %w", r.Kind, ErrMalformed)
+	}
+}
+
+// InvalidationAck is an agent's confirmation that it dropped a stale value.
+type InvalidationAck struct {
+	Tenant     string    `json:"tenant"`
+	Secret     string    `json:"secret,omitempty"`
+	Agent      string    `json:"agent"`
+	Version    string    `json:"version,omitempty"`
+	RequestID  string    `json:"request_id"`
+	ReceivedAt time.Time `json:"received_at"`
+	DroppedAt  time.Time `json:"dropped_at"`
+}
+
+// Validate checks the IDs and the agent.
+func (r InvalidationAck) Validate() error {
+	if err := ValidateID("tenant", r.Tenant); err != nil {
+		return err
+	}
+	if r.Agent == "" {
+		return fmt.Errorf("agent is empty: %w", ErrMalformed)
+	}
+	return nil
+}
+
+// UsageReport counts an agent's uses of one secret version over a window.
+type UsageReport struct {
+	Tenant      string    `json:"tenant"`
+	Secret      string    `json:"secret"`
+	Version     string    `json:"version"`
+	Agent       string    `json:"agent"`
+	Tool        string    `json:"tool,omitempty"`
+	Count       int64     `json:"count"`
+	WindowStart time.Time `json:"window_start"`
+	WindowEnd   time.Time `json:"window_end"`
+}
+
+// Validate checks the IDs and the count.
+func (r UsageReport) Validate() error {
+	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
+		return err
+	}
+	if r.Count < 1 {
+		return fmt.Errorf("count %d must be positive: %w", r.Count, ErrMalformed)
+	}
+	return nil
+}
+
+// Audit outcomes.
+const (
+	OutcomeAccepted    = "accepted"
+	OutcomeCoalesced   = "coalesced"
+	OutcomeRefused     = "refused"
+	OutcomeRateLimited = "rate_limited"
+	OutcomeSucceeded   = "succeeded"
+	OutcomeFailed      = "failed"
+	OutcomeRetrying    = "retrying"
+)
+
+// AuditRecord is one entry of the audit trail. Detail holds non-secret
+// context (a version number, a step name, an error message).
+type AuditRecord struct {
+	Tenant    string            `json:"tenant"`
+	Secret    string            `json:"secret,omitempty"`
+	Actor     string            `json:"actor"`
+	Action    string            `json:"action"`
+	Outcome   string            `json:"outcome"`
+	RequestID string            `json:"request_id,omitempty"`
+	Component string            `json:"component"`
+	Detail    map[string]string `json:"detail,omitempty"`
+	Time      time.Time         `json:"time"`
+}
+
+// Validate checks the tenant and the required fields.
+func (r AuditRecord) Validate() error {
+	if err := ValidateID("tenant", r.Tenant); err != nil {
+		return err
+	}
+	if r.Action == "" || r.Outcome == "" || r.Actor == "" {
+		return fmt.Errorf("actor, action and outcome are required: %w", ErrMalformed)
+	}
+	return nil
+}
+
+// FetchRequest asks, on FetchSubject, for a secret's current value. Only
+// backends that keep values inside rekey (local) answer it; agents of
+// Vault or AWS secrets read those services directly.
+type FetchRequest struct {
+	Agent string `json:"agent,omitempty"`
+}
+
+// Fetch error codes.
+const (
+	FetchNotFound = "not_found"
+	FetchRevoked  = "revoked"
+	FetchInternal = "internal"
+	FetchInvalid  = "invalid"
+)
+
+// FetchResponse is the reply to a FetchRequest: a version and its value, or
+// an error code. It is the one message that carries a value; it is never an
+// event, never stored in a stream and never logged.
+type FetchResponse struct {
+	Version string `json:"version,omitempty"`
+	Value   []byte `json:"value,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Error   string `json:"error,omitempty"`
+}

@@ -1,0 +1,72 @@
+// Package schemas holds the messages rekey components exchange over NATS:
+// the CloudEvents envelope, the typed event payloads, the subjects they
+// travel on and the rules for tenant and secret identifiers.
+//
+// It depends on the standard library only, so that agents and third-party
+// producers can import it without pulling in the rest of rekey.
+package schemas
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+)
+
+// ErrInvalidID is returned (wrapped) for a tenant or secret ID that does not
+// match IDPattern.
+var ErrInvalidID = errors.New("invalid id")
+
+// IDPattern is the grammar of tenant and secret IDs. Every ID that passes is
+// a safe NATS subject token: no '.', '*', '>' or whitespace.
+const IDPattern = `^[a-z0-9][a-z0-9_-]{0,62}$`
+
+var idRE = regexp.MustCompile(IDPattern)
+
+// ValidateID checks one ID; kind names it in the error ("tenant", "secret").
+func ValidateID(kind, id string) error {
+	if id == "" {
+		return fmt.Errorf("%s id is empty: %w", kind, ErrInvalidID)
+	}
+	if !idRE.MatchString(id) {
+		return fmt.Errorf("%s id %q must match %s: %w", kind, truncate(id, 80), IDPattern, ErrInvalidID)
+	}
+	return nil
+}
+
+// ValidateRef checks a tenant and a secret ID together.
+func ValidateRef(tenant, secret string) error {
+	if err := ValidateID("tenant", tenant); err != nil {
+		return err
+	}
+	return ValidateID("secret", secret)
+}
+
+// Ref names one secret of one tenant.
+type Ref struct {
+	Tenant string `json:"tenant"`
+	Secret string `json:"secret"`
+}
+
+// ParseRef parses "tenant/secret" and validates both parts.
+func ParseRef(s string) (Ref, error) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '/' {
+			r := Ref{Tenant: s[:i], Secret: s[i+1:]}
+			if err := ValidateRef(r.Tenant, r.Secret); err != nil {
+				return Ref{}, err
+			}
+			return r, nil
+		}
+	}
+	return Ref{}, fmt.Errorf("%q is not of the form tenant/secret: %w", truncate(s, 80), ErrInvalidID)
+}
+
+// String returns "tenant/secret", the form used in the CloudEvents subject.
+func (r Ref) String() string { return r.Tenant + "/" + r.Secret }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

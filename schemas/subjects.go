@@ -1,0 +1,69 @@
+package schemas
+
+// Stream names. Each stream's subjects and retention are described in
+// DESIGN.md and created by orchestrator.Bus.
+const (
+	StreamRotate     = "REKEY_ROTATE"
+	StreamRevoke     = "REKEY_REVOKE"
+	StreamUsage      = "REKEY_USAGE"
+	StreamInvalidate = "REKEY_INVALIDATE"
+	StreamEvents     = "REKEY_EVENTS"
+	StreamAudit      = "REKEY_AUDIT"
+)
+
+// Subject prefixes and wildcards.
+const (
+	SubjectRotateAll     = "rekey.rotate.*.*"
+	SubjectRevokeAll     = "rekey.revoke.*"
+	SubjectUsedAll       = "rekey.used.*.*"
+	SubjectInvalidateAll = "rekey.invalidate.*.*"
+	SubjectAckAll        = "rekey.ack.*.*"
+	SubjectEventsAll     = "rekey.events.*.*"
+	SubjectAuditAll      = "rekey.audit.*"
+	SubjectFetchAll      = "rekey.fetch.*.*"
+)
+
+// TenantToken is the secret token used on invalidation subjects for news
+// about the whole tenant (revoked, restored). It starts with '_', which no
+// valid secret ID can, so it never collides with a secret.
+const TenantToken = "_tenant"
+
+// Event kinds used as the last token of rekey.events.<t>.<kind>.
+const (
+	KindRotationCompleted   = "rotation_completed"
+	KindRotationFailed      = "rotation_failed"
+	KindRevocationStarted   = "revocation_started"
+	KindRevocationCompleted = "revocation_completed"
+	KindTenantRestored      = "tenant_restored"
+)
+
+// RotateSubject is where rotation requests for one secret are published.
+func RotateSubject(tenant, secret string) string { return "rekey.rotate." + tenant + "." + secret }
+
+// RevokeSubject is where revocation (and restore) requests for a tenant go.
+func RevokeSubject(tenant string) string { return "rekey.revoke." + tenant }
+
+// UsedSubject carries an agent's batched use reports for one secret.
+func UsedSubject(tenant, secret string) string { return "rekey.used." + tenant + "." + secret }
+
+// InvalidateSubject carries invalidations for one secret. Use TenantToken as
+// the secret for tenant-wide news.
+func InvalidateSubject(tenant, secret string) string {
+	return "rekey.invalidate." + tenant + "." + secret
+}
+
+// InvalidateTenantSubject matches every invalidation of one tenant.
+func InvalidateTenantSubject(tenant string) string { return "rekey.invalidate." + tenant + ".>" }
+
+// AckSubject is where agents confirm they dropped a secret's old value.
+func AckSubject(tenant, secret string) string { return "rekey.ack." + tenant + "." + secret }
+
+// EventsSubject carries lifecycle events of one kind for a tenant.
+func EventsSubject(tenant, kind string) string { return "rekey.events." + tenant + "." + kind }
+
+// AuditSubject carries the audit trail of one tenant.
+func AuditSubject(tenant string) string { return "rekey.audit." + tenant }
+
+// FetchSubject is the request/reply subject on which a backend that keeps
+// values inside rekey (the local backend) serves them to the tenant's agents.
+func FetchSubject(tenant, secret string) string { return "rekey.fetch." + tenant + "." + secret }
