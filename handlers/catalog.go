@@ -1,0 +1,67 @@
+package handlers
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+)
+
+// Catalog resolves a tenant/secret to its configuration and backend.
+type Catalog struct {
+	cfg      *orchestrator.Config
+	backends map[string]Backend
+}
+
+// NewCatalog checks that every configured secret names a registered backend.
+func NewCatalog(cfg *orchestrator.Config, backends ...Backend) (*Catalog, error) {
+	c := &Catalog{cfg: cfg, backends: map[string]Backend{}}
+	for _, b := range backends {
+		c.backends[b.Name()] = b
+	}
+	for _, t := range cfg.TenantNames() {
+		for _, s := range cfg.TenantSecrets(t) {
+			sc, _ := cfg.Secret(t, s)
+			if _, ok := c.backends[sc.Backend]; !ok {
+				return nil, fmt.Errorf("tenants.%s.secrets.%s.backend: backend %q is not enabled in this rekeyd", t, s, sc.Backend)
+			}
+		}
+	}
+	return c, nil
+}
+
+// Lookup returns the ref and backend of a configured secret, or ErrNotFound.
+func (c *Catalog) Lookup(tenant, secret string) (SecretRef, Backend, error) {
+	sc, ok := c.cfg.Secret(tenant, secret)
+	if !ok {
+		return SecretRef{}, nil, fmt.Errorf("secret %s/%s is not configured: %w", tenant, secret, ErrNotFound)
+	}
+	g := Generator{Style: sc.Generator.Style, Length: sc.Generator.Length, Alphabet: sc.Generator.Alphabet, Prefix: sc.Generator.Prefix}
+	ref := SecretRef{Tenant: tenant, Secret: secret, Backend: sc.Backend, Generator: g.Defaults(), Options: sc.Options}
+	return ref, c.backends[sc.Backend], nil
+}
+
+// Ref is Lookup without the backend, for callers that only need the ref.
+func (c *Catalog) Ref(tenant, secret string) (SecretRef, bool) {
+	ref, _, err := c.Lookup(tenant, secret)
+	return ref, err == nil
+}
+
+// HasTenant reports whether the tenant is configured.
+func (c *Catalog) HasTenant(tenant string) bool { return slices.Contains(c.cfg.TenantNames(), tenant) }
+
+// Secrets returns a tenant's secrets, sorted.
+func (c *Catalog) Secrets(tenant string) []string { return c.cfg.TenantSecrets(tenant) }
+
+// Tenants returns every tenant, sorted.
+func (c *Catalog) Tenants() []string { return c.cfg.TenantNames() }
+
+// Backends returns the registered backends.
+func (c *Catalog) Backends() []Backend {
+	out := make([]Backend, 0, len(c.backends))
+	for _, name := range slices.Sorted(maps.Keys(c.backends)) {
+		out = append(out, c.backends[name])
+	}
+	return out
+}

@@ -1,0 +1,297 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// RevocationWorker consumes rekey.revoke.<t>: it marks the tenant revoked
+// (so agents and APIs fail closed at once), then in parallel rotates every
+// secret of the tenant and asks every backend that holds revocable
+// credentials to revoke the tenant's, and reports what it did.
+type RevocationWorker struct {
+	d       Deps
+	cfg     WorkerConfig
+	rotator *Rotator
+	// BusyWait bounds how long a revocation waits for a secret's ongoing
+	// rotation to release its lock.
+	BusyWait time.Duration
+}
+
+// NewRevocationWorker returns a revocation worker.
+func NewRevocationWorker(d Deps, r *Rotator, cfg WorkerConfig) *RevocationWorker {
+	return &RevocationWorker{d: d, cfg: cfg.withDefaults(), rotator: r, BusyWait: 2 * time.Minute}
+}
+
+// Run consumes until ctx ends; a revocation in flight finishes first (up to
+// ShutdownTimeout), or is redelivered later.
+func (w *RevocationWorker) Run(ctx context.Context) error {
+	log := w.d.Log.With("component", "revocation-worker")
+	cons, err := w.d.Bus.Consumer(ctx, schemas.StreamRevoke, jetstream.ConsumerConfig{
+		Durable:       orchestrator.ConsumerRevocation,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       w.cfg.AckWait,
+		MaxAckPending: 1000,
+		MaxDeliver:    -1,
+		FilterSubject: schemas.SubjectRevokeAll,
+	})
+	if err != nil {
+		return err
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(64))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", schemas.StreamRevoke, err)
+	}
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	go func() {
+		<-ctx.Done()
+		iter.Stop()
+	}()
+	var wg sync.WaitGroup
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				break
+			}
+			log.Warn("pull failed", "err", err)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.handle(workCtx, msg)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.ShutdownTimeout):
+		log.Warn("shutdown deadline reached; interrupting revocations (they will be redelivered)")
+		cancelWork()
+		<-done
+	}
+	return nil
+}
+
+func (w *RevocationWorker) handle(ctx context.Context, msg jetstream.Msg) {
+	log := w.d.Log.With("component", "revocation-worker", "subject", msg.Subject())
+	stop := w.keepAlive(ctx, msg)
+	defer stop()
+	ev, err := schemas.Decode(msg.Data())
+	var req schemas.RevocationRequested
+	if err == nil {
+		err = ev.DecodeData(schemas.TypeRevocationRequested, &req)
+	}
+	if err == nil && msg.Subject() != schemas.RevokeSubject(req.Tenant) {
+		err = fmt.Errorf("request for %s arrived on %s: %w", req.Tenant, msg.Subject(), schemas.ErrMalformed)
+	}
+	if err == nil && !w.d.Catalog.HasTenant(req.Tenant) {
+		err = fmt.Errorf("tenant %s is not configured: %w", req.Tenant, ErrNotFound)
+	}
+	if err != nil {
+		log.Warn("revocation request refused", "err", err)
+		w.d.Metrics.RequestsTotal.WithLabelValues("revoke", "refused").Inc()
+		_ = msg.TermWithReason(truncateReason(err.Error()))
+		return
+	}
+	switch req.Action {
+	case schemas.ActionRestore:
+		err = w.restore(ctx, ev.ID, req)
+	default:
+		err = w.revoke(ctx, ev.ID, req)
+	}
+	if err != nil {
+		log.Warn("revocation interrupted; will be redelivered", "tenant", req.Tenant, "request_id", ev.ID, "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	if err := msg.Ack(); err != nil {
+		log.Warn("ack failed", "err", err)
+	}
+}
+
+func (w *RevocationWorker) keepAlive(ctx context.Context, msg jetstream.Msg) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(w.cfg.AckWait / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return cancel
+}
+
+func actorOf(t schemas.Trigger) string {
+	if t.Actor != "" {
+		return t.Kind + ":" + t.Actor
+	}
+	return t.Kind
+}
+
+func (w *RevocationWorker) revoke(ctx context.Context, requestID string, req schemas.RevocationRequested) error {
+	t := req.Tenant
+	log := w.d.Log.With("component", "revocation-worker", "tenant", t, "request_id", requestID)
+	started := time.Now().UTC()
+
+	// 1. Fail closed first.
+	if err := w.d.State.SetTenantState(ctx, orchestrator.TenantState{
+		Tenant: t, Revoked: true, RequestID: requestID, Reason: req.Reason, Since: started,
+	}); err != nil {
+		return err
+	}
+	if _, err := w.d.Bus.PublishEvent(ctx, schemas.EventsSubject(t, schemas.KindRevocationStarted), w.d.Source,
+		schemas.TypeRevocationStarted, t, t, schemas.RevocationStarted{
+			Tenant: t, RequestID: requestID, Reason: req.Reason, Trigger: req.Trigger, StartedAt: started,
+		}); err != nil {
+		return err
+	}
+	_ = w.d.Audit.Record(ctx, schemas.AuditRecord{
+		Tenant: t, Actor: actorOf(req.Trigger), Action: "revocation.start", Outcome: schemas.OutcomeAccepted,
+		RequestID: requestID, Component: "revocation-worker", Detail: map[string]string{"reason": req.Reason},
+	})
+	log.Warn("tenant revoked; revoking and rotating its credentials")
+
+	// 2. In parallel: rotate every static secret; revoke leases.
+	var (
+		mu    sync.Mutex
+		parts = map[string]*schemas.PartReport{}
+		wg    sync.WaitGroup
+	)
+	record := func(part string, d time.Duration, n int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		p, ok := parts[part]
+		if !ok {
+			p = &schemas.PartReport{Part: part}
+			parts[part] = p
+		}
+		if err != nil {
+			p.Failed++
+			p.Errors = append(p.Errors, err.Error())
+		} else {
+			p.Succeeded += n
+		}
+		p.DurationMS = max(p.DurationMS, float64(d.Microseconds())/1000)
+	}
+	for _, s := range w.d.Catalog.Secrets(t) {
+		ref, b, err := w.d.Catalog.Lookup(t, s)
+		if err != nil {
+			record("secrets", 0, 0, err)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			begin := time.Now()
+			err := w.rotateForRevocation(ctx, requestID, ref, req)
+			record(b.Name()+".secrets", time.Since(begin), 1, err)
+		}()
+	}
+	for _, b := range w.d.Catalog.Backends() {
+		rv, ok := b.(TenantRevoker)
+		if !ok {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			begin := time.Now()
+			n, err := rv.RevokeTenant(ctx, t)
+			record(b.Name()+".leases", time.Since(begin), n, err)
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+
+	// 3. Report.
+	done := schemas.RevocationCompleted{Tenant: t, RequestID: requestID, StartedAt: started, CompletedAt: time.Now().UTC()}
+	for _, name := range sortedParts(parts) {
+		p := parts[name]
+		done.Parts = append(done.Parts, *p)
+		if p.Failed > 0 {
+			done.Failed = true
+		}
+	}
+	if _, err := w.d.Bus.PublishEvent(ctx, schemas.EventsSubject(t, schemas.KindRevocationCompleted), w.d.Source,
+		schemas.TypeRevocationCompleted, t, t, done); err != nil {
+		return err
+	}
+	outcome := schemas.OutcomeSucceeded
+	if done.Failed {
+		outcome = schemas.OutcomeFailed
+	}
+	_ = w.d.Audit.Record(ctx, schemas.AuditRecord{
+		Tenant: t, Actor: actorOf(req.Trigger), Action: "revocation.complete", Outcome: outcome,
+		RequestID: requestID, Component: "revocation-worker",
+		Detail: map[string]string{"duration_ms": fmt.Sprintf("%.1f", float64(done.CompletedAt.Sub(started).Microseconds())/1000)},
+	})
+	w.d.Metrics.RevocationsTotal.WithLabelValues("revoke", outcome).Inc()
+	w.d.Metrics.RevocationDuration.Observe(done.CompletedAt.Sub(started).Seconds())
+	log.Warn("revocation completed", "duration", done.CompletedAt.Sub(started), "failed", done.Failed)
+	return nil
+}
+
+// rotateForRevocation rotates one secret, waiting for a rotation already in
+// progress to finish first.
+func (w *RevocationWorker) rotateForRevocation(ctx context.Context, requestID string, ref SecretRef, req schemas.RevocationRequested) error {
+	deadline := time.Now().Add(w.BusyWait)
+	for {
+		_, err := w.rotator.Rotate(ctx, Job{
+			Tenant: ref.Tenant, Secret: ref.Secret, RequestID: requestID + "." + ref.Secret,
+			Reason: "tenant revoked: " + req.Reason, Trigger: schemas.Trigger{Kind: schemas.TriggerRevoke, Actor: requestID},
+		})
+		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
+			return err
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func (w *RevocationWorker) restore(ctx context.Context, requestID string, req schemas.RevocationRequested) error {
+	t := req.Tenant
+	if err := w.d.State.SetTenantState(ctx, orchestrator.TenantState{Tenant: t, Revoked: false, RequestID: requestID, Reason: req.Reason, Since: time.Now().UTC()}); err != nil {
+		return err
+	}
+	if _, err := w.d.Bus.PublishEvent(ctx, schemas.EventsSubject(t, schemas.KindTenantRestored), w.d.Source,
+		schemas.TypeTenantRestored, t, t, schemas.TenantRestored{Tenant: t, RequestID: requestID, Trigger: req.Trigger, RestoredAt: time.Now().UTC()}); err != nil {
+		return err
+	}
+	_ = w.d.Audit.Record(ctx, schemas.AuditRecord{
+		Tenant: t, Actor: actorOf(req.Trigger), Action: "revocation.restore", Outcome: schemas.OutcomeSucceeded,
+		RequestID: requestID, Component: "revocation-worker",
+	})
+	w.d.Metrics.RevocationsTotal.WithLabelValues("restore", schemas.OutcomeSucceeded).Inc()
+	w.d.Log.Warn("tenant restored", "component", "revocation-worker", "tenant", t, "request_id", requestID)
+	return nil
+}
+
+func sortedParts(m map[string]*schemas.PartReport) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

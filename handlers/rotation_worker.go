@@ -1,0 +1,399 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// WorkerConfig tunes a worker's consumption.
+type WorkerConfig struct {
+	// AckWait is how long JetStream waits for an ack before redelivering;
+	// held messages are kept alive with InProgress well within it.
+	AckWait time.Duration
+	// ShutdownTimeout bounds how long Run waits for in-flight rotations
+	// after ctx ends; what is still running then is redelivered later.
+	ShutdownTimeout time.Duration
+	// MaxDeliver is the number of deliveries after which a request that
+	// keeps failing is terminated with a rotation.failed event.
+	MaxDeliver int
+}
+
+func (c WorkerConfig) withDefaults() WorkerConfig {
+	if c.AckWait == 0 {
+		c.AckWait = 60 * time.Second
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 20 * time.Second
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = 10
+	}
+	return c
+}
+
+// RotationWorker consumes rotation requests (rekey.rotate.<t>.<s>) and runs
+// them through the Rotator. Requests for one secret are handled one batch at
+// a time: every request that arrived before a rotation started is satisfied
+// by it (coalescing), so a storm of requests costs one or two rotations.
+type RotationWorker struct {
+	d       Deps
+	cfg     WorkerConfig
+	rotator *Rotator
+	sem     chan struct{}
+
+	mu     sync.Mutex
+	queues map[string][]jetstream.Msg // per tenant.secret, waiting
+	busy   map[string]bool            // a drain goroutine runs for the key
+	held   map[jetstream.Msg]struct{} // every message not yet acked
+	wg     sync.WaitGroup
+
+	workCtx  context.Context
+	stopping bool
+}
+
+// NewRotationWorker returns a worker running at most concurrency rotations
+// at once.
+func NewRotationWorker(d Deps, r *Rotator, concurrency int, cfg WorkerConfig) *RotationWorker {
+	return &RotationWorker{
+		d: d, cfg: cfg.withDefaults(), rotator: r, sem: make(chan struct{}, max(concurrency, 1)),
+		queues: map[string][]jetstream.Msg{}, busy: map[string]bool{}, held: map[jetstream.Msg]struct{}{},
+	}
+}
+
+// Run provisions missing secrets, then consumes until ctx ends. It then
+// stops pulling, lets in-flight rotations finish (up to ShutdownTimeout)
+// and naks whatever is still waiting, so nothing is lost.
+func (w *RotationWorker) Run(ctx context.Context) error {
+	log := w.d.Log.With("component", "rotation-worker")
+	if err := w.provision(ctx); err != nil {
+		return err
+	}
+	cons, err := w.d.Bus.Consumer(ctx, schemas.StreamRotate, jetstream.ConsumerConfig{
+		Durable:       orchestrator.ConsumerRotation,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       w.cfg.AckWait,
+		MaxAckPending: 20000,
+		MaxDeliver:    -1,
+		FilterSubject: schemas.SubjectRotateAll,
+	})
+	if err != nil {
+		return err
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(512))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", schemas.StreamRotate, err)
+	}
+
+	// Work runs on its own context so that shutdown lets it finish.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	w.workCtx = workCtx
+	go w.keepAlive(workCtx)
+
+	go func() {
+		<-ctx.Done()
+		iter.Stop()
+	}()
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				break
+			}
+			log.Warn("pull failed", "err", err)
+			continue
+		}
+		w.enqueue(msg)
+	}
+
+	// Stop taking work; wait for in-flight work up to the deadline.
+	w.mu.Lock()
+	w.stopping = true
+	w.mu.Unlock()
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.ShutdownTimeout):
+		log.Warn("shutdown deadline reached; interrupting in-flight rotations (they will be redelivered)")
+		cancelWork()
+		<-done
+	}
+	w.nakHeld()
+	return nil
+}
+
+// enqueue adds a message to its secret's queue and starts a drain for the
+// secret if none runs.
+func (w *RotationWorker) enqueue(msg jetstream.Msg) {
+	key := strings.TrimPrefix(msg.Subject(), "rekey.rotate.")
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.held[msg] = struct{}{}
+	w.queues[key] = append(w.queues[key], msg)
+	if !w.busy[key] {
+		w.busy[key] = true
+		w.wg.Add(1)
+		go w.drain(key)
+	}
+}
+
+// drain handles a secret's queue batch by batch until it is empty.
+func (w *RotationWorker) drain(key string) {
+	defer w.wg.Done()
+	for {
+		w.mu.Lock()
+		batch := w.queues[key]
+		delete(w.queues, key)
+		if len(batch) == 0 || w.stopping {
+			if len(batch) > 0 {
+				w.queues[key] = batch // naked by Run after the wait
+			}
+			delete(w.busy, key)
+			w.mu.Unlock()
+			return
+		}
+		w.mu.Unlock()
+		w.process(w.workCtx, batch)
+	}
+}
+
+// request is a decoded rotation request.
+type request struct {
+	msg      jetstream.Msg
+	id       string
+	seq      uint64
+	delivery uint64
+	data     schemas.RotationRequested
+}
+
+// process handles one batch of requests for one secret.
+func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
+	var reqs []request
+	for _, msg := range batch {
+		req, err := w.decode(msg)
+		if err != nil {
+			w.refuse(ctx, msg, err)
+			continue
+		}
+		reqs = append(reqs, req)
+	}
+	if len(reqs) == 0 {
+		return
+	}
+	t, s := reqs[0].data.Tenant, reqs[0].data.Secret
+	st, err := w.d.State.SecretStatus(ctx, t, s)
+	if err != nil {
+		w.d.Log.Warn("status unavailable; requests will be retried", "component", "rotation-worker", "tenant", t, "secret", s, "err", err)
+		w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(time.Second) })
+		return
+	}
+	// Requests made before the last completed rotation started are done.
+	var pending []request
+	for _, r := range reqs {
+		if r.seq <= st.CoveredSeq {
+			w.coalesced(ctx, r, st.LastRequestID)
+			w.finish([]request{r}, func(m jetstream.Msg) error { return m.Ack() })
+			continue
+		}
+		pending = append(pending, r)
+	}
+	if len(pending) == 0 {
+		return
+	}
+	primary := pending[0]
+	job := Job{
+		Tenant: t, Secret: s, RequestID: primary.id, Reason: primary.data.Reason,
+		Trigger: primary.data.Trigger, Delivery: primary.delivery,
+	}
+	for _, r := range pending[1:] {
+		job.Coalesced = append(job.Coalesced, r.id)
+	}
+
+	select {
+	case w.sem <- struct{}{}:
+	case <-ctx.Done():
+		return // held; naked by Run
+	}
+	_, err = w.rotator.Rotate(ctx, job)
+	<-w.sem
+
+	switch {
+	case err == nil:
+		for _, r := range pending[1:] {
+			w.coalesced(ctx, r, primary.id)
+		}
+		w.d.Metrics.RequestsTotal.WithLabelValues("rotate", "rotated").Add(1)
+		w.finish(pending, func(m jetstream.Msg) error { return m.Ack() })
+	case errors.Is(err, ErrBusy):
+		// Another replica rotates this secret; look again shortly.
+		w.finish(pending, func(m jetstream.Msg) error { return m.NakWithDelay(500 * time.Millisecond) })
+	case errors.Is(err, ErrPermanent):
+		w.d.Metrics.RequestsTotal.WithLabelValues("rotate", "failed").Add(float64(len(pending)))
+		w.finish(pending, func(m jetstream.Msg) error { return m.TermWithReason("rotation failed") })
+	default:
+		// Interrupted or a transient failure outside the saga.
+		if primary.delivery >= uint64(w.cfg.MaxDeliver) {
+			w.rotator.failed(ctx, job, "", "deliver", err, int(primary.delivery))
+			w.finish(pending, func(m jetstream.Msg) error { return m.TermWithReason("too many deliveries") })
+			return
+		}
+		if ctx.Err() == nil {
+			w.d.Log.Warn("rotation interrupted; will retry", "component", "rotation-worker", "tenant", t, "secret", s, "request_id", job.RequestID, "err", err)
+		}
+		w.finish(pending, func(m jetstream.Msg) error { return m.NakWithDelay(backoff(time.Second, 30*time.Second, int(primary.delivery))) })
+	}
+}
+
+func (w *RotationWorker) decode(msg jetstream.Msg) (request, error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return request{}, fmt.Errorf("metadata: %w", err)
+	}
+	ev, err := schemas.Decode(msg.Data())
+	if err != nil {
+		return request{}, err
+	}
+	var data schemas.RotationRequested
+	if err := ev.DecodeData(schemas.TypeRotationRequested, &data); err != nil {
+		return request{}, err
+	}
+	if msg.Subject() != schemas.RotateSubject(data.Tenant, data.Secret) || ev.Tenant != data.Tenant {
+		return request{}, fmt.Errorf("request for %s/%s arrived on %s: %w", data.Tenant, data.Secret, msg.Subject(), schemas.ErrMalformed)
+	}
+	if _, ok := w.d.Catalog.Ref(data.Tenant, data.Secret); !ok {
+		return request{}, fmt.Errorf("secret %s/%s is not configured: %w", data.Tenant, data.Secret, ErrNotFound)
+	}
+	return request{msg: msg, id: ev.ID, seq: md.Sequence.Stream, delivery: md.NumDelivered, data: data}, nil
+}
+
+// refuse terminates a request that can never succeed and audits it.
+func (w *RotationWorker) refuse(ctx context.Context, msg jetstream.Msg, cause error) {
+	w.d.Log.Warn("rotation request refused", "component", "rotation-worker", "subject", msg.Subject(), "err", cause)
+	w.d.Metrics.RequestsTotal.WithLabelValues("rotate", "refused").Inc()
+	parts := strings.Split(msg.Subject(), ".")
+	if len(parts) == 4 && schemas.ValidateID("tenant", parts[2]) == nil {
+		_ = w.d.Audit.Record(ctx, schemas.AuditRecord{
+			Tenant: parts[2], Actor: "nats:" + msg.Subject(), Action: "rotation.request", Outcome: schemas.OutcomeRefused,
+			Component: "rotation-worker", Detail: map[string]string{"error": cause.Error()},
+		})
+	}
+	w.finishMsg(msg, func(m jetstream.Msg) error { return m.TermWithReason(truncateReason(cause.Error())) })
+}
+
+func (w *RotationWorker) coalesced(ctx context.Context, r request, by string) {
+	w.d.Metrics.RequestsTotal.WithLabelValues("rotate", "coalesced").Inc()
+	actor := r.data.Trigger.Kind
+	if r.data.Trigger.Actor != "" {
+		actor += ":" + r.data.Trigger.Actor
+	}
+	_ = w.d.Audit.Record(ctx, schemas.AuditRecord{
+		Tenant: r.data.Tenant, Secret: r.data.Secret, Actor: actor, Action: "rotation.request",
+		Outcome: schemas.OutcomeCoalesced, RequestID: r.id, Component: "rotation-worker",
+		Detail: map[string]string{"satisfied_by": by},
+	})
+}
+
+func (w *RotationWorker) finish(reqs []request, fn func(jetstream.Msg) error) {
+	for _, r := range reqs {
+		w.finishMsg(r.msg, fn)
+	}
+}
+
+func (w *RotationWorker) finishMsg(msg jetstream.Msg, fn func(jetstream.Msg) error) {
+	if err := fn(msg); err != nil {
+		w.d.Log.Warn("ack failed; the request will be redelivered", "component", "rotation-worker", "subject", msg.Subject(), "err", err)
+	}
+	w.mu.Lock()
+	delete(w.held, msg)
+	w.mu.Unlock()
+}
+
+// keepAlive tells JetStream that held messages are still being worked on.
+func (w *RotationWorker) keepAlive(ctx context.Context) {
+	t := time.NewTicker(w.cfg.AckWait / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.mu.Lock()
+			msgs := make([]jetstream.Msg, 0, len(w.held))
+			for m := range w.held {
+				msgs = append(msgs, m)
+			}
+			w.mu.Unlock()
+			for _, m := range msgs {
+				_ = m.InProgress()
+			}
+		}
+	}
+}
+
+// nakHeld returns every message not handled to the stream for redelivery.
+func (w *RotationWorker) nakHeld() {
+	w.mu.Lock()
+	msgs := make([]jetstream.Msg, 0, len(w.held))
+	for m := range w.held {
+		msgs = append(msgs, m)
+	}
+	w.held = map[jetstream.Msg]struct{}{}
+	w.queues = map[string][]jetstream.Msg{}
+	w.mu.Unlock()
+	for _, m := range msgs {
+		_ = m.Nak()
+	}
+}
+
+// provision creates the first version of secrets whose backend can, and
+// records the current version in the status of every secret.
+func (w *RotationWorker) provision(ctx context.Context) error {
+	for _, t := range w.d.Catalog.Tenants() {
+		for _, s := range w.d.Catalog.Secrets(t) {
+			ref, b, err := w.d.Catalog.Lookup(t, s)
+			if err != nil {
+				return err
+			}
+			var v Version
+			if p, ok := b.(Provisioner); ok {
+				v, _, err = p.Ensure(ctx, ref)
+			} else {
+				v, err = b.Current(ctx, ref)
+			}
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("provision %s: %w", ref, err)
+			}
+			if _, err := w.d.State.UpdateSecretStatus(ctx, t, s, func(st *orchestrator.SecretStatus) error {
+				st.Backend = b.Name()
+				if st.State == "" || st.State == orchestrator.SecretRotating {
+					st.State = orchestrator.SecretIdle
+				}
+				st.Version = v.ID
+				return nil
+			}); err != nil {
+				return fmt.Errorf("provision %s: %w", ref, err)
+			}
+		}
+	}
+	return nil
+}
+
+func truncateReason(s string) string {
+	if len(s) > 200 {
+		return s[:200]
+	}
+	return s
+}

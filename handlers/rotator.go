@@ -1,0 +1,377 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// Deps are what the workers share.
+type Deps struct {
+	Bus     *orchestrator.Bus
+	State   *orchestrator.State
+	Audit   *orchestrator.Auditor
+	Metrics *orchestrator.Metrics
+	Catalog *Catalog
+	Log     *slog.Logger
+	// Owner identifies this process in locks (hostname-pid-random).
+	Owner string
+	// Source is the CloudEvents source of events this process publishes.
+	Source string
+}
+
+// Job is one rotation to run.
+type Job struct {
+	Tenant, Secret string
+	RequestID      string
+	Coalesced      []string
+	Reason         string
+	Trigger        schemas.Trigger
+	// Delivery is the JetStream delivery count of the request (1 for the
+	// first), used to make backend tokens unique across redeliveries.
+	Delivery uint64
+}
+
+// Rotator runs the rotation saga for one secret at a time under a lock.
+// Both workers use it.
+type Rotator struct {
+	d   Deps
+	cfg orchestrator.RotationConfig
+	// hookAfterStep, when set (tests only), runs after each successful step.
+	hookAfterStep func(ctx context.Context, step string) error
+}
+
+// NewRotator returns a Rotator.
+func NewRotator(d Deps, cfg orchestrator.RotationConfig) *Rotator {
+	return &Rotator{d: d, cfg: cfg}
+}
+
+// SetStepHook installs a function called after every successful saga step;
+// an error it returns fails the step. For fault-injection tests.
+func (r *Rotator) SetStepHook(fn func(ctx context.Context, step string) error) { r.hookAfterStep = fn }
+
+// Rotate runs one rotation. It returns ErrBusy when another rotation of the
+// secret holds the lock, an error wrapping ErrPermanent when the rotation
+// failed for good (a rotation.failed event was written and nothing was
+// promoted), or another error when it was interrupted (ctx) and should be
+// retried later.
+func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationCompleted, error) {
+	ref, backend, err := r.d.Catalog.Lookup(job.Tenant, job.Secret)
+	if err != nil {
+		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s/%s: %w: %w", job.Tenant, job.Secret, err, ErrPermanent)
+	}
+	log := r.d.Log.With("component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID)
+
+	lock, err := r.d.State.Lock(ctx, "rotate."+job.Tenant+"."+job.Secret, r.d.Owner)
+	if errors.Is(err, orchestrator.ErrLocked) {
+		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: %w", ref, ErrBusy)
+	}
+	if err != nil {
+		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: %w", ref, err)
+	}
+	lockCtx, stopRefresh := context.WithCancel(context.WithoutCancel(ctx))
+	refreshed := make(chan struct{})
+	go func() {
+		defer close(refreshed)
+		t := time.NewTicker(r.cfg.LockTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-lockCtx.Done():
+				return
+			case <-t.C:
+				if err := lock.Refresh(lockCtx); err != nil {
+					log.Warn("rotation lock refresh failed", "err", err)
+				}
+			}
+		}
+	}()
+	defer func() {
+		stopRefresh()
+		<-refreshed
+		relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := lock.Release(relCtx); err != nil {
+			log.Warn("rotation lock not released; it will expire", "err", err)
+		}
+	}()
+
+	// Every request already in the stream now was made before this
+	// rotation started, so this rotation satisfies it.
+	covered, err := r.streamLastSeq(ctx)
+	if err != nil {
+		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: %w", ref, err)
+	}
+	started := time.Now().UTC()
+	prev, err := r.d.State.UpdateSecretStatus(ctx, job.Tenant, job.Secret, func(st *orchestrator.SecretStatus) error {
+		st.Backend = backend.Name()
+		st.State = orchestrator.SecretRotating
+		st.InFlightSeq = covered
+		return nil
+	})
+	if err != nil {
+		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: %w", ref, err)
+	}
+
+	// We hold the lock: anything staged is a leftover of a crashed rotation.
+	if err := r.cleanLeftovers(ctx, ref, backend, job, log); err != nil {
+		return schemas.RotationCompleted{}, r.interrupted(ctx, job, err)
+	}
+
+	var lastErr error
+	var lastStep string
+	attempt := 0
+	for attempt = 1; attempt <= r.cfg.MaxAttempts; attempt++ {
+		token := fmt.Sprintf("%s-%d-%d", job.RequestID, max(job.Delivery, 1), attempt)
+		v, step, err := r.saga(ctx, ref, backend, token, job, log)
+		if err == nil {
+			done := schemas.RotationCompleted{
+				Tenant: job.Tenant, Secret: job.Secret, Backend: backend.Name(),
+				Version: v.ID, PreviousVersion: prev.Version, RequestID: job.RequestID,
+				Coalesced: job.Coalesced, Reason: job.Reason, Trigger: job.Trigger,
+				Attempts: attempt, StartedAt: started, CompletedAt: time.Now().UTC(),
+			}
+			if err := r.completed(ctx, done, covered); err != nil {
+				return done, err
+			}
+			log.Info("rotation completed", "version", v.ID, "attempts", attempt, "duration", done.CompletedAt.Sub(started))
+			return done, nil
+		}
+		lastErr, lastStep = err, step
+		if ctx.Err() != nil {
+			return schemas.RotationCompleted{}, r.interrupted(ctx, job, fmt.Errorf("rotate %s: %w", ref, err))
+		}
+		if errors.Is(err, ErrPermanent) {
+			break
+		}
+		r.audit(ctx, job, "rotation."+step, schemas.OutcomeRetrying, map[string]string{"attempt": fmt.Sprint(attempt), "error": err.Error()})
+		if attempt < r.cfg.MaxAttempts {
+			log.Warn("rotation attempt failed; retrying", "step", step, "attempt", attempt, "err", err)
+			if err := sleep(ctx, backoff(r.cfg.BackoffInitial, r.cfg.BackoffMax, attempt)); err != nil {
+				return schemas.RotationCompleted{}, r.interrupted(ctx, job, fmt.Errorf("rotate %s: %w", ref, lastErr))
+			}
+		}
+	}
+	attempt = min(attempt, r.cfg.MaxAttempts)
+	r.failed(ctx, job, backend.Name(), lastStep, lastErr, attempt)
+	return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: gave up after %d attempts at step %s: %w: %w", ref, attempt, lastStep, lastErr, ErrPermanent)
+}
+
+// saga runs create -> set -> test -> finish once, rolling back on failure
+// before finish. It returns the step that failed.
+func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token string, job Job, log *slog.Logger) (Version, string, error) {
+	var v Version
+	err := r.step(ctx, job, StepCreate, "", func(ctx context.Context) error {
+		var err error
+		v, err = b.Create(ctx, ref, token)
+		return err
+	})
+	if err != nil {
+		return Version{}, StepCreate, err
+	}
+	for _, s := range []struct {
+		name string
+		fn   func(context.Context, SecretRef, Version) error
+	}{{StepSet, b.Set}, {StepTest, b.Test}} {
+		if err := r.step(ctx, job, s.name, v.ID, func(ctx context.Context) error { return s.fn(ctx, ref, v) }); err != nil {
+			r.rollback(ctx, ref, b, v, job, log)
+			return Version{}, s.name, err
+		}
+	}
+	err = r.step(ctx, job, StepFinish, v.ID, func(ctx context.Context) error { return b.Finish(ctx, ref, v) })
+	if err != nil {
+		// Finish may have promoted before failing (a lost reply): ask.
+		cur, cerr := b.Current(context.WithoutCancel(ctx), ref)
+		if cerr == nil && cur.ID == v.ID {
+			return v, "", nil
+		}
+		r.rollback(ctx, ref, b, v, job, log)
+		return Version{}, StepFinish, err
+	}
+	return v, "", nil
+}
+
+// step runs one saga step with the step timeout and audits its outcome.
+func (r *Rotator) step(ctx context.Context, job Job, name, version string, fn func(context.Context) error) error {
+	sctx, cancel := context.WithTimeout(ctx, r.cfg.StepTimeout)
+	defer cancel()
+	err := fn(sctx)
+	if err == nil && r.hookAfterStep != nil {
+		err = r.hookAfterStep(sctx, name)
+	}
+	detail := map[string]string{"step": name}
+	if version != "" {
+		detail["version"] = version
+	}
+	if err != nil {
+		detail["error"] = err.Error()
+		r.audit(ctx, job, "rotation."+name, schemas.OutcomeFailed, detail)
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	r.audit(ctx, job, "rotation."+name, schemas.OutcomeSucceeded, detail)
+	return nil
+}
+
+// rollback removes a staged version; it runs even when ctx has ended so
+// that shutdown does not leave a half-made rotation behind.
+func (r *Rotator) rollback(ctx context.Context, ref SecretRef, b Backend, v Version, job Job, log *slog.Logger) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.StepTimeout)
+	defer cancel()
+	detail := map[string]string{"version": v.ID}
+	if err := b.Rollback(rctx, ref, v); err != nil {
+		log.Error("rollback failed; the staged version will be removed by the next rotation", "version", v.ID, "err", err)
+		detail["error"] = err.Error()
+		r.audit(rctx, job, "rotation.rollback", schemas.OutcomeFailed, detail)
+		return
+	}
+	r.audit(rctx, job, "rotation.rollback", schemas.OutcomeSucceeded, detail)
+}
+
+// cleanLeftovers rolls back versions staged by a rotation that crashed.
+func (r *Rotator) cleanLeftovers(ctx context.Context, ref SecretRef, b Backend, job Job, log *slog.Logger) error {
+	staged, err := b.Staged(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("list staged versions of %s: %w", ref, err)
+	}
+	for _, v := range staged {
+		log.Warn("rolling back a version left staged by an interrupted rotation", "version", v.ID)
+		if err := b.Rollback(ctx, ref, v); err != nil {
+			return fmt.Errorf("roll back leftover version %s of %s: %w", v.ID, ref, err)
+		}
+		r.audit(ctx, job, "rotation.rollback_leftover", schemas.OutcomeSucceeded, map[string]string{"version": v.ID})
+	}
+	return nil
+}
+
+// completed records a promoted version: status, event, audit, metrics.
+func (r *Rotator) completed(ctx context.Context, done schemas.RotationCompleted, covered uint64) error {
+	ctx = context.WithoutCancel(ctx)
+	_, err := r.d.State.UpdateSecretStatus(ctx, done.Tenant, done.Secret, func(st *orchestrator.SecretStatus) error {
+		st.Backend = done.Backend
+		st.State = orchestrator.SecretIdle
+		st.PreviousVersion = st.Version
+		st.Version = done.Version
+		st.Rotations++
+		st.LastRequestID = done.RequestID
+		st.LastReason = done.Reason
+		st.LastTrigger = done.Trigger
+		st.LastStartedAt = done.StartedAt
+		st.LastCompletedAt = done.CompletedAt
+		st.LastError = ""
+		st.CoveredSeq = max(st.CoveredSeq, covered)
+		st.InFlightSeq = 0
+		return nil
+	})
+	if err != nil {
+		// The version is promoted; the request will be redelivered and
+		// coalesced or rotated again, which is safe.
+		return fmt.Errorf("record rotation of %s/%s: %w", done.Tenant, done.Secret, err)
+	}
+	if _, err := r.d.Bus.PublishEvent(ctx, schemas.EventsSubject(done.Tenant, schemas.KindRotationCompleted), r.d.Source,
+		schemas.TypeRotationCompleted, done.Tenant, done.Tenant+"/"+done.Secret, done); err != nil {
+		return fmt.Errorf("publish completion of %s/%s: %w", done.Tenant, done.Secret, err)
+	}
+	r.audit(ctx, Job{Tenant: done.Tenant, Secret: done.Secret, RequestID: done.RequestID, Trigger: done.Trigger},
+		"rotation.complete", schemas.OutcomeSucceeded, map[string]string{
+			"version": done.Version, "previous_version": done.PreviousVersion,
+			"attempts": fmt.Sprint(done.Attempts), "coalesced": fmt.Sprint(len(done.Coalesced)),
+		})
+	r.d.Metrics.RotationsTotal.WithLabelValues(done.Tenant, "succeeded").Inc()
+	r.d.Metrics.RotationDuration.WithLabelValues(done.Backend).Observe(done.CompletedAt.Sub(done.StartedAt).Seconds())
+	r.d.Metrics.RotationAttempts.Observe(float64(done.Attempts))
+	return nil
+}
+
+// failed records a rotation given up for good.
+func (r *Rotator) failed(ctx context.Context, job Job, backend, step string, cause error, attempts int) {
+	ctx = context.WithoutCancel(ctx)
+	msg := "unknown error"
+	if cause != nil {
+		msg = cause.Error()
+	}
+	now := time.Now().UTC()
+	if _, err := r.d.State.UpdateSecretStatus(ctx, job.Tenant, job.Secret, func(st *orchestrator.SecretStatus) error {
+		st.State = orchestrator.SecretFailed
+		st.LastError = msg
+		st.LastFailedAt = now
+		st.InFlightSeq = 0
+		return nil
+	}); err != nil {
+		r.d.Log.Error("status not updated after failed rotation", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+	}
+	ev := schemas.RotationFailed{
+		Tenant: job.Tenant, Secret: job.Secret, Backend: backend, RequestID: job.RequestID,
+		Step: step, Error: msg, Permanent: errors.Is(cause, ErrPermanent), Attempts: attempts,
+		Trigger: job.Trigger, FailedAt: now,
+	}
+	if _, err := r.d.Bus.PublishEvent(ctx, schemas.EventsSubject(job.Tenant, schemas.KindRotationFailed), r.d.Source,
+		schemas.TypeRotationFailed, job.Tenant, job.Tenant+"/"+job.Secret, ev); err != nil {
+		r.d.Log.Error("rotation.failed event not published", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+	}
+	r.audit(ctx, job, "rotation", schemas.OutcomeFailed, map[string]string{"step": step, "error": msg, "attempts": fmt.Sprint(attempts)})
+	r.d.Metrics.RotationsTotal.WithLabelValues(job.Tenant, "failed").Inc()
+	r.d.Log.Error("rotation failed", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "step", step, "attempts", attempts, "err", cause)
+}
+
+// interrupted marks the status idle again after ctx ended mid-rotation;
+// the request stays unacknowledged and will be redelivered.
+func (r *Rotator) interrupted(ctx context.Context, job Job, cause error) error {
+	_, _ = r.d.State.UpdateSecretStatus(context.WithoutCancel(ctx), job.Tenant, job.Secret, func(st *orchestrator.SecretStatus) error {
+		st.State = orchestrator.SecretIdle
+		st.InFlightSeq = 0
+		return nil
+	})
+	return cause
+}
+
+func (r *Rotator) audit(ctx context.Context, job Job, action, outcome string, detail map[string]string) {
+	actor := job.Trigger.Kind
+	if job.Trigger.Actor != "" {
+		actor += ":" + job.Trigger.Actor
+	}
+	_ = r.d.Audit.Record(context.WithoutCancel(ctx), schemas.AuditRecord{
+		Tenant: job.Tenant, Secret: job.Secret, Actor: actor, Action: action, Outcome: outcome,
+		RequestID: job.RequestID, Component: "rotator", Detail: detail,
+	})
+}
+
+func (r *Rotator) streamLastSeq(ctx context.Context) (uint64, error) {
+	s, err := r.d.Bus.JS.Stream(ctx, schemas.StreamRotate)
+	if err != nil {
+		return 0, fmt.Errorf("open stream %s: %w", schemas.StreamRotate, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s info: %w", schemas.StreamRotate, err)
+	}
+	return info.State.LastSeq, nil
+}
+
+// backoff returns the exponential delay before retry n (1-based), with
+// +-20% jitter, capped at maxDelay.
+func backoff(initial, maxDelay time.Duration, n int) time.Duration {
+	d := initial
+	for i := 1; i < n && d < maxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, maxDelay)
+	jitter := time.Duration(float64(d) * (rand.Float64()*0.4 - 0.2))
+	return d + jitter
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

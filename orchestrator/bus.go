@@ -1,0 +1,213 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// KV bucket names.
+const (
+	BucketStatus  = "rekey_status"
+	BucketTenants = "rekey_tenants"
+	BucketLocks   = "rekey_locks"
+)
+
+// Durable consumer names.
+const (
+	ConsumerRotation   = "rotation-worker"
+	ConsumerRevocation = "revocation-worker"
+	ConsumerFanout     = "fanout"
+)
+
+// Bus is rekey's connection to NATS: core for invalidations and acks,
+// JetStream for requests, events and audit.
+type Bus struct {
+	NC  *nats.Conn
+	JS  jetstream.JetStream
+	cfg NATSConfig
+	log *slog.Logger
+}
+
+// Connect dials NATS and returns a Bus. name identifies the connection in
+// the server's monitoring.
+func Connect(ctx context.Context, url, name string, cfg NATSConfig, log *slog.Logger, opts ...nats.Option) (*Bus, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	base := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "component", "bus", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("nats reconnected", "component", "bus", "url", c.ConnectedUrlRedacted())
+		}),
+	}
+	nc, err := nats.Connect(url, append(base, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.DuplicateWindow == 0 {
+		cfg.DuplicateWindow = 2 * time.Minute
+	}
+	return &Bus{NC: nc, JS: js, cfg: cfg, log: log}, nil
+}
+
+// Close drains the connection: pending publishes are flushed and
+// subscriptions stop taking messages before it closes.
+func (b *Bus) Close() {
+	if err := b.NC.Drain(); err != nil {
+		b.NC.Close()
+	}
+	for i := 0; i < 100 && !b.NC.IsClosed(); i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// StreamConfigs returns the streams of DESIGN.md.
+func (b *Bus) StreamConfigs() []jetstream.StreamConfig {
+	r := b.cfg.Replicas
+	dup := b.cfg.DuplicateWindow
+	return []jetstream.StreamConfig{
+		{
+			Name: schemas.StreamRotate, Subjects: []string{schemas.SubjectRotateAll},
+			Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+			Replicas: r, Duplicates: dup, MaxAge: 7 * 24 * time.Hour,
+			Description: "rotation requests, one subject per tenant/secret",
+		},
+		{
+			Name: schemas.StreamRevoke, Subjects: []string{schemas.SubjectRevokeAll},
+			Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+			Replicas: r, Duplicates: dup, MaxAge: 7 * 24 * time.Hour,
+			Description: "revocation and restore requests per tenant",
+		},
+		{
+			Name: schemas.StreamUsage, Subjects: []string{schemas.SubjectUsedAll},
+			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+			Replicas: r, Duplicates: dup, MaxAge: 24 * time.Hour,
+			Description: "batched use reports from agents",
+		},
+		{
+			Name: schemas.StreamInvalidate, Subjects: []string{schemas.SubjectInvalidateAll},
+			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+			Replicas: r, Duplicates: dup, MaxMsgsPerSubject: 1,
+			Description: "last invalidation per tenant/secret, for agent resync",
+		},
+		{
+			Name: schemas.StreamEvents, Subjects: []string{schemas.SubjectEventsAll},
+			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+			Replicas: r, Duplicates: dup, MaxAge: 30 * 24 * time.Hour,
+			Description: "rotation and revocation lifecycle events",
+		},
+		{
+			Name: schemas.StreamAudit, Subjects: []string{schemas.SubjectAuditAll},
+			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+			Replicas: r, Duplicates: dup, MaxAge: 400 * 24 * time.Hour,
+			Description: "audit trail, never a secret value",
+		},
+	}
+}
+
+// EnsureStreams creates or updates every stream; safe to call at each start.
+func (b *Bus) EnsureStreams(ctx context.Context) error {
+	for _, sc := range b.StreamConfigs() {
+		if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// KV creates (or opens) a key-value bucket.
+func (b *Bus) KV(ctx context.Context, bucket string, ttl time.Duration) (jetstream.KeyValue, error) {
+	kv, err := b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:   bucket,
+		Storage:  jetstream.FileStorage,
+		Replicas: b.cfg.Replicas,
+		TTL:      ttl,
+		History:  1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ensure kv %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+// Publish sends an event to a JetStream subject with the event ID as
+// Nats-Msg-Id, and waits for the stream's acknowledgement. A duplicate
+// (same ID within the window) is acknowledged and reported in the PubAck.
+func (b *Bus) Publish(ctx context.Context, subject string, ev schemas.Event) (*jetstream.PubAck, error) {
+	data, err := ev.Encode()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ack, err := b.JS.Publish(ctx, subject, data, jetstream.WithMsgID(ev.ID))
+	if err != nil {
+		return nil, fmt.Errorf("publish %s to %s: %w", ev.Type, subject, err)
+	}
+	return ack, nil
+}
+
+// PublishEvent wraps data in a new CloudEvent and publishes it to JetStream.
+func (b *Bus) PublishEvent(ctx context.Context, subject, source, typ, tenant, ceSubject string, data any) (schemas.Event, error) {
+	ev, err := schemas.NewEvent(source, typ, tenant, ceSubject, data)
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	if _, err := b.Publish(ctx, subject, ev); err != nil {
+		return schemas.Event{}, err
+	}
+	return ev, nil
+}
+
+// Consumer creates or updates a durable pull consumer.
+func (b *Bus) Consumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	c, err := b.JS.CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ensure consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	return c, nil
+}
+
+// Ready reports whether the connection is up and JetStream answers.
+func (b *Bus) Ready(ctx context.Context) error {
+	if !b.NC.IsConnected() {
+		return errors.New("nats not connected")
+	}
+	ctx, cancel := withDefaultTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := b.JS.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	return nil
+}
+
+func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}

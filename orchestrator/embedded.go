@@ -1,0 +1,72 @@
+package orchestrator
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedServer is a nats-server running inside this process with
+// JetStream storing on disk.
+type EmbeddedServer struct {
+	srv *server.Server
+}
+
+// StartEmbedded starts nats-server on addr (host:port; port 0 picks one)
+// with JetStream files under storeDir, and waits until it takes clients.
+func StartEmbedded(addr, storeDir string, log *slog.Logger) (*EmbeddedServer, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: port %q: %w", portStr, err)
+	}
+	if port == 0 {
+		port = -1 // nats-server's "pick a random port"
+	}
+	if err := os.MkdirAll(storeDir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded nats: store dir: %w", err)
+	}
+	opts := &server.Options{
+		ServerName: "rekeyd",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   storeDir,
+		NoSigs:     true,
+		NoLog:      true,
+		MaxPayload: 1 << 20,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(15 * time.Second) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("embedded nats on %s: not ready after 15s (is the port in use?)", addr)
+	}
+	if log != nil {
+		log.Info("embedded nats started", "component", "nats", "url", srv.ClientURL(), "store_dir", storeDir)
+	}
+	return &EmbeddedServer{srv: srv}, nil
+}
+
+// ClientURL is the nats:// URL clients connect to.
+func (e *EmbeddedServer) ClientURL() string { return e.srv.ClientURL() }
+
+// Server exposes the underlying server (tests restart it, for instance).
+func (e *EmbeddedServer) Server() *server.Server { return e.srv }
+
+// Shutdown stops the server and waits for it to finish.
+func (e *EmbeddedServer) Shutdown() {
+	e.srv.Shutdown()
+	e.srv.WaitForShutdown()
+}

@@ -1,0 +1,72 @@
+package orchestrator
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are rekey's Prometheus metrics. Labels are tenant, secret,
+// outcome and the like; never a value.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	RequestsTotal          *prometheus.CounterVec   // kind, outcome
+	RotationsTotal         *prometheus.CounterVec   // tenant, outcome
+	RotationDuration       *prometheus.HistogramVec // backend
+	RotationAttempts       prometheus.Histogram
+	RevocationsTotal       *prometheus.CounterVec // outcome
+	RevocationDuration     prometheus.Histogram
+	InvalidationsTotal     *prometheus.CounterVec // kind
+	InvalidationLatency    prometheus.Histogram   // event time -> invalidation published
+	HTTPRequestsTotal      *prometheus.CounterVec // route, code
+	AgentAcksTotal         prometheus.Counter
+	AgentInvalidationDelay prometheus.Histogram // invalidation published -> agent ack
+}
+
+// NewMetrics registers rekey's metrics and the Go runtime collectors on a
+// fresh registry.
+func NewMetrics() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	latency := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	m := &Metrics{
+		Registry: reg,
+		RequestsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rekey_requests_total", Help: "Rotation and revocation requests handled, by kind and outcome.",
+		}, []string{"kind", "outcome"}),
+		RotationsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rekey_rotations_total", Help: "Rotations run, by tenant and outcome.",
+		}, []string{"tenant", "outcome"}),
+		RotationDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "rekey_rotation_duration_seconds", Help: "Time from rotation start to promotion.", Buckets: latency,
+		}, []string{"backend"}),
+		RotationAttempts: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "rekey_rotation_attempts", Help: "Attempts a rotation needed.", Buckets: []float64{1, 2, 3, 5, 8, 13},
+		}),
+		RevocationsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rekey_revocations_total", Help: "Tenant revocations and restores, by outcome.",
+		}, []string{"action", "outcome"}),
+		RevocationDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "rekey_revocation_duration_seconds", Help: "Time to complete a tenant revocation.", Buckets: latency,
+		}),
+		InvalidationsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rekey_invalidations_total", Help: "Invalidations published, by kind.",
+		}, []string{"kind"}),
+		InvalidationLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "rekey_invalidation_publish_latency_seconds", Help: "Time from a completed rotation or revocation to its invalidation being published.", Buckets: latency,
+		}),
+		HTTPRequestsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rekey_http_requests_total", Help: "HTTP API requests, by route and status code.",
+		}, []string{"route", "code"}),
+		AgentAcksTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rekey_agent_acks_total", Help: "Invalidation acks received from agents.",
+		}),
+		AgentInvalidationDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "rekey_invalidation_latency_seconds", Help: "Time from an invalidation being published to an agent confirming it dropped the old value.", Buckets: latency,
+		}),
+	}
+	reg.MustRegister(m.RequestsTotal, m.RotationsTotal, m.RotationDuration, m.RotationAttempts,
+		m.RevocationsTotal, m.RevocationDuration, m.InvalidationsTotal, m.InvalidationLatency,
+		m.HTTPRequestsTotal, m.AgentAcksTotal, m.AgentInvalidationDelay)
+	return m
+}
