@@ -57,7 +57,33 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 		<-ctx.Done()
 		iter.Stop()
 	}()
-	var wg sync.WaitGroup
+	// One goroutine per tenant with work, so that a tenant's requests
+	// (revoke, then restore) are applied in the order they were made while
+	// different tenants proceed in parallel.
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		queues = map[string][]jetstream.Msg{}
+	)
+	drain := func(key string) {
+		defer wg.Done()
+		for {
+			mu.Lock()
+			q := queues[key]
+			if len(q) == 0 || ctx.Err() != nil {
+				delete(queues, key)
+				mu.Unlock()
+				for _, m := range q {
+					_ = m.Nak()
+				}
+				return
+			}
+			msg := q[0]
+			queues[key] = q[1:]
+			mu.Unlock()
+			w.handle(workCtx, msg)
+		}
+	}
 	for {
 		msg, err := iter.Next()
 		if err != nil {
@@ -67,11 +93,14 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 			log.Warn("pull failed", "err", err)
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.handle(workCtx, msg)
-		}()
+		mu.Lock()
+		_, running := queues[msg.Subject()]
+		queues[msg.Subject()] = append(queues[msg.Subject()], msg)
+		if !running {
+			wg.Add(1)
+			go drain(msg.Subject())
+		}
+		mu.Unlock()
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()

@@ -147,7 +147,7 @@ func Defaults() Config {
 			BackoffMax:     30 * time.Second,
 			Concurrency:    8,
 			StepTimeout:    30 * time.Second,
-			LockTTL:        2 * time.Minute,
+			LockTTL:        30 * time.Second,
 		},
 	}
 }

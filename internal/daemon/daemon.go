@@ -1,0 +1,245 @@
+// Package daemon assembles rekeyd: it builds the concrete backends,
+// triggers, workers and fanout from the configuration and runs them
+// together. cmd/rekeyd, the demo, the benchmarks and the end-to-end tests
+// all start rekey through it.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/rekey-dev/rekey/fanout"
+	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/local"
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+	"github.com/rekey-dev/rekey/triggers/httpapi"
+)
+
+// Options are what New needs besides the config.
+type Options struct {
+	Config orchestrator.Config
+	Logger *slog.Logger
+	// AdminToken overrides the token file (REKEY_ADMIN_TOKEN).
+	AdminToken string
+	// Worker tunes the workers' consumption (tests shorten it).
+	Worker handlers.WorkerConfig
+	// StepHook, when set, runs after each successful saga step (tests).
+	StepHook func(ctx context.Context, step string) error
+}
+
+// Daemon is one running rekeyd.
+type Daemon struct {
+	cfg        orchestrator.Config
+	log        *slog.Logger
+	embedded   *orchestrator.EmbeddedServer
+	bus        *orchestrator.Bus
+	state      *orchestrator.State
+	metrics    *orchestrator.Metrics
+	http       *orchestrator.HTTPServer
+	fanout     *fanout.Fanout
+	local      *local.Backend
+	adminToken string
+	comps      []orchestrator.Named
+}
+
+// New starts the bus (embedded or external), creates streams and buckets,
+// and builds every component. Nothing consumes until Run.
+func New(ctx context.Context, opts Options) (d *Daemon, err error) {
+	cfg := opts.Config
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	d = &Daemon{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+
+	url := cfg.NATS.URL
+	if url == "" {
+		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), log)
+		if err != nil {
+			return nil, err
+		}
+		url = d.embedded.ClientURL()
+	}
+	d.bus, err = orchestrator.Connect(ctx, url, "rekeyd", cfg.NATS, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.bus.EnsureStreams(ctx); err != nil {
+		return nil, err
+	}
+	d.state, err = orchestrator.NewState(ctx, d.bus, cfg.Rotation.LockTTL)
+	if err != nil {
+		return nil, err
+	}
+	d.metrics = orchestrator.NewMetrics()
+	audit := orchestrator.NewAuditor(d.bus, "rekeyd", log)
+
+	d.adminToken, err = orchestrator.AdminToken(opts.AdminToken, cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+
+	// Backends: registered here, by name.
+	key, err := localKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.local, err = local.New(ctx, d.bus.JS, local.Config{Key: key, Replicas: cfg.NATS.Replicas}, log)
+	if err != nil {
+		return nil, err
+	}
+	catalog, err := handlers.NewCatalog(&d.cfg, d.local)
+	if err != nil {
+		return nil, err
+	}
+
+	owner := fmt.Sprintf("%s-%d-%s", hostname(), os.Getpid(), schemas.NewULID()[20:])
+	deps := handlers.Deps{
+		Bus: d.bus, State: d.state, Audit: audit, Metrics: d.metrics, Catalog: catalog,
+		Log: log, Owner: owner, Source: "rekeyd/" + owner,
+	}
+	rotator := handlers.NewRotator(deps, cfg.Rotation)
+	if opts.StepHook != nil {
+		rotator.SetStepHook(opts.StepHook)
+	}
+	d.fanout = fanout.New(d.bus, audit, d.metrics, "rekeyd/fanout", log)
+	fetch := local.NewServer(d.bus.NC, d.local, catalog.Ref, d.state.IsRevoked, log)
+
+	d.http, err = orchestrator.NewHTTPServer(cfg.HTTP, d.metrics, d.bus.Ready, log)
+	if err != nil {
+		return nil, err
+	}
+	api, err := httpapi.New(httpapi.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes},
+		&d.cfg, d.bus, d.state, audit, d.metrics, log)
+	if err != nil {
+		return nil, err
+	}
+	api.Register(d.http.Mux)
+
+	d.comps = []orchestrator.Named{
+		{Name: "rotation-worker", Component: handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, opts.Worker)},
+		{Name: "revocation-worker", Component: handlers.NewRevocationWorker(deps, rotator, opts.Worker)},
+		{Name: "fanout", Component: d.fanout},
+		{Name: "local-fetch", Component: fetch},
+		{Name: "http", Component: d.http},
+	}
+	return d, nil
+}
+
+// Run runs every component until ctx ends, then drains the NATS connection
+// and stops the embedded server.
+func (d *Daemon) Run(ctx context.Context) error {
+	err := orchestrator.RunAll(ctx, d.log, d.comps...)
+	d.close()
+	if err != nil {
+		return err
+	}
+	d.log.Info("rekeyd stopped")
+	return nil
+}
+
+func (d *Daemon) close() {
+	if d.bus != nil {
+		d.bus.Close()
+		d.bus = nil
+	}
+	if d.embedded != nil {
+		d.embedded.Shutdown()
+		d.embedded = nil
+	}
+}
+
+// HTTPAddr is the address of the HTTP API.
+func (d *Daemon) HTTPAddr() string { return d.http.Addr() }
+
+// NATSURL is the URL agents and rekeyctl connect to.
+func (d *Daemon) NATSURL() string {
+	if d.cfg.NATS.URL != "" {
+		return d.cfg.NATS.URL
+	}
+	if d.embedded != nil {
+		return d.embedded.ClientURL()
+	}
+	return ""
+}
+
+// AdminToken is the token the HTTP API requires.
+func (d *Daemon) AdminToken() string { return d.adminToken }
+
+// Bus is the daemon's NATS connection.
+func (d *Daemon) Bus() *orchestrator.Bus { return d.bus }
+
+// State is the daemon's shared state.
+func (d *Daemon) State() *orchestrator.State { return d.state }
+
+// Local is the local backend (tests read values through it).
+func (d *Daemon) Local() *local.Backend { return d.local }
+
+// Fanout is the fanout component (its ack tracker).
+func (d *Daemon) Fanout() *fanout.Fanout { return d.fanout }
+
+// Embedded is the embedded NATS server, nil with an external NATS.
+func (d *Daemon) Embedded() *orchestrator.EmbeddedServer { return d.embedded }
+
+func localKey(cfg orchestrator.Config) ([]byte, error) {
+	if cfg.Backends.Local.Key != "" {
+		k, err := local.ParseKey(cfg.Backends.Local.Key)
+		if err != nil {
+			return nil, fmt.Errorf("backends.local.key: %w", err)
+		}
+		return k, nil
+	}
+	path := cfg.Backends.Local.KeyFile
+	if path == "" {
+		path = filepath.Join(cfg.DataDir, "local.key")
+	}
+	k, err := local.LoadOrCreateKey(path)
+	if err != nil {
+		return nil, fmt.Errorf("backends.local.key_file: %w", err)
+	}
+	return k, nil
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "rekeyd"
+	}
+	return h
+}
+
+// WaitReady polls fn until it succeeds or timeout passes.
+func WaitReady(ctx context.Context, timeout time.Duration, fn func(context.Context) error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
