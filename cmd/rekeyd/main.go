@@ -109,4 +109,3 @@ func tokenHint(dataDir string) string {
 	}
 	return "in " + dataDir + "/" + orchestrator.AdminTokenFile
 }
-

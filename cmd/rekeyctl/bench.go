@@ -1,0 +1,56 @@
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/rekey-dev/rekey/internal/sim"
+	"github.com/rekey-dev/rekey/orchestrator"
+)
+
+func newBench() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "run rekey's benchmarks on this machine and print tables",
+		Long: `bench starts its own rekeyd in-process (embedded NATS, a temporary data
+directory, free ports) and measures. It does not touch a running rekeyd.`,
+	}
+	var agents, rotations int
+	prop := &cobra.Command{
+		Use:   "propagation",
+		Short: "rotation request -> every agent invalidated (p50/p99/max)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			res, err := sim.Propagation(ctx, agents, rotations, log)
+			if err != nil {
+				return err
+			}
+			res.Print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	prop.Flags().IntVar(&agents, "agents", 100, "agents of the tenant, each on its own NATS connection")
+	prop.Flags().IntVar(&rotations, "rotations", 200, "rotations, one after the other")
+	get := &cobra.Command{
+		Use:   "get",
+		Short: "agent Get of a cached secret (ns/op, allocs/op)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			res, err := sim.BenchGet(ctx, log)
+			if err != nil {
+				return err
+			}
+			res.Print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	cmd.AddCommand(prop, get)
+	return cmd
+}
