@@ -49,6 +49,8 @@ type RotationWorker struct {
 	cfg     WorkerConfig
 	rotator *Rotator
 	sem     chan struct{}
+	// minInterval: see orchestrator.RotationConfig.MinInterval.
+	minInterval time.Duration
 
 	mu     sync.Mutex
 	queues map[string][]jetstream.Msg // per tenant.secret, waiting
@@ -62,9 +64,9 @@ type RotationWorker struct {
 
 // NewRotationWorker returns a worker running at most concurrency rotations
 // at once.
-func NewRotationWorker(d Deps, r *Rotator, concurrency int, cfg WorkerConfig) *RotationWorker {
+func NewRotationWorker(d Deps, r *Rotator, concurrency int, minInterval time.Duration, cfg WorkerConfig) *RotationWorker {
 	return &RotationWorker{
-		d: d, cfg: cfg.withDefaults(), rotator: r, sem: make(chan struct{}, max(concurrency, 1)),
+		d: d, cfg: cfg.withDefaults(), rotator: r, sem: make(chan struct{}, max(concurrency, 1)), minInterval: minInterval,
 		queues: map[string][]jetstream.Msg{}, busy: map[string]bool{}, held: map[jetstream.Msg]struct{}{},
 	}
 }
@@ -167,6 +169,21 @@ func (w *RotationWorker) drain(key string) {
 	}
 }
 
+// requeue puts requests back at the front of their secret's queue.
+func (w *RotationWorker) requeue(reqs []request) {
+	if len(reqs) == 0 {
+		return
+	}
+	key := strings.TrimPrefix(reqs[0].msg.Subject(), "rekey.rotate.")
+	msgs := make([]jetstream.Msg, 0, len(reqs))
+	for _, r := range reqs {
+		msgs = append(msgs, r.msg)
+	}
+	w.mu.Lock()
+	w.queues[key] = append(msgs, w.queues[key]...)
+	w.mu.Unlock()
+}
+
 // request is a decoded rotation request.
 type request struct {
 	msg      jetstream.Msg
@@ -210,6 +227,15 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 	if len(pending) == 0 {
 		return
 	}
+	// Too soon after the last rotation started: wait out the interval, then
+	// take this batch together with whatever arrived meanwhile.
+	if wait := time.Until(st.LastStartedAt.Add(w.minInterval)); wait > 0 && !st.LastStartedAt.IsZero() {
+		if sleep(ctx, wait) != nil {
+			return // held; naked by Run
+		}
+		w.requeue(pending)
+		return
+	}
 	primary := pending[0]
 	job := Job{
 		Tenant: t, Secret: s, RequestID: primary.id, Reason: primary.data.Reason,
@@ -250,7 +276,9 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 		if ctx.Err() == nil {
 			w.d.Log.Warn("rotation interrupted; will retry", "component", "rotation-worker", "tenant", t, "secret", s, "request_id", job.RequestID, "err", err)
 		}
-		w.finish(pending, func(m jetstream.Msg) error { return m.NakWithDelay(backoff(time.Second, 30*time.Second, int(primary.delivery))) })
+		w.finish(pending, func(m jetstream.Msg) error {
+			return m.NakWithDelay(backoff(time.Second, 30*time.Second, int(primary.delivery)))
+		})
 	}
 }
 

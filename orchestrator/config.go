@@ -74,6 +74,12 @@ type RotationConfig struct {
 	Concurrency    int           `yaml:"concurrency"`
 	StepTimeout    time.Duration `yaml:"step_timeout"`
 	LockTTL        time.Duration `yaml:"lock_ttl"`
+	// MinInterval is the least time between the starts of two rotations
+	// of one secret requested through the ROTATE stream. Requests that
+	// arrive sooner wait, and one rotation then satisfies all of them, so
+	// a storm lasting a few seconds costs a couple of rotations. Kill
+	// switch rotations do not wait. 0 disables it.
+	MinInterval time.Duration `yaml:"min_interval"`
 }
 
 // BackendsConfig holds one section per backend kind.
@@ -148,6 +154,7 @@ func Defaults() Config {
 			Concurrency:    8,
 			StepTimeout:    30 * time.Second,
 			LockTTL:        30 * time.Second,
+			MinInterval:    2 * time.Second,
 		},
 	}
 }
@@ -246,6 +253,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Rotation.MaxAttempts < 1 || c.Rotation.MaxAttempts > 100 {
 		add(fieldErr("rotation.max_attempts", "%d must be between 1 and 100", c.Rotation.MaxAttempts))
+	}
+	if c.Rotation.MinInterval < 0 || c.Rotation.MinInterval > time.Hour {
+		add(fieldErr("rotation.min_interval", "%s must be between 0 and 1h", c.Rotation.MinInterval))
 	}
 	if c.Rotation.Concurrency < 1 {
 		add(fieldErr("rotation.concurrency", "%d must be at least 1", c.Rotation.Concurrency))

@@ -89,7 +89,7 @@ func (e *Event) Validate() error {
 		return fmt.Errorf("data is empty: %w", ErrMalformed)
 	}
 	if err := ValidateID("tenant", e.Tenant); err != nil {
-		return fmt.Errorf("tenant: %w", err)
+		return fmt.Errorf("tenant: %w: %w", err, ErrMalformed)
 	}
 	return nil
 }
@@ -116,6 +116,9 @@ func (e *Event) DecodeData(typ string, v any) error {
 	}
 	if val, ok := v.(interface{ Validate() error }); ok {
 		if err := val.Validate(); err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				err = fmt.Errorf("%w: %w", err, ErrMalformed)
+			}
 			return fmt.Errorf("event %s: %w", e.ID, err)
 		}
 	}

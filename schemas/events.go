@@ -227,6 +227,11 @@ func (r InvalidationAck) Validate() error {
 	if err := ValidateID("tenant", r.Tenant); err != nil {
 		return err
 	}
+	if r.Secret != "" {
+		if err := ValidateID("secret", r.Secret); err != nil {
+			return err
+		}
+	}
 	if r.Agent == "" {
 		return fmt.Errorf("agent is empty: %w", ErrMalformed)
 	}

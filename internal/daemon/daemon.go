@@ -134,7 +134,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	api.Register(d.http.Mux)
 
 	d.comps = []orchestrator.Named{
-		{Name: "rotation-worker", Component: handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, opts.Worker)},
+		{Name: "rotation-worker", Component: handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, cfg.Rotation.MinInterval, opts.Worker)},
 		{Name: "revocation-worker", Component: handlers.NewRevocationWorker(deps, rotator, opts.Worker)},
 		{Name: "fanout", Component: d.fanout},
 		{Name: "local-fetch", Component: fetch},

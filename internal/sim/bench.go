@@ -8,6 +8,8 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/rekey-dev/rekey/orchestrator"
 )
 
 // PropagationResult holds the latencies measured by Propagation.
@@ -27,7 +29,8 @@ type PropagationResult struct {
 // the old value.
 func Propagation(ctx context.Context, agents, rotations int, log *slog.Logger) (PropagationResult, error) {
 	res := PropagationResult{Agents: agents, Rotations: rotations}
-	c, err := StartCluster(ctx, log)
+	// Back-to-back rotations of one secret: no minimum interval.
+	c, err := StartCluster(ctx, log, func(cfg *orchestrator.Config) { cfg.Rotation.MinInterval = 0 })
 	if err != nil {
 		return res, err
 	}

@@ -52,7 +52,7 @@ type Drop struct {
 
 // StartCluster starts rekeyd on the example configuration with a
 // temporary data dir, the embedded NATS and the HTTP API on free ports.
-func StartCluster(ctx context.Context, log *slog.Logger) (*Cluster, error) {
+func StartCluster(ctx context.Context, log *slog.Logger, tweaks ...func(*orchestrator.Config)) (*Cluster, error) {
 	cfg, err := orchestrator.Parse(examples.RekeyYAML)
 	if err != nil {
 		return nil, err
@@ -64,6 +64,9 @@ func StartCluster(ctx context.Context, log *slog.Logger) (*Cluster, error) {
 	cfg.DataDir = dir
 	cfg.NATS.Embedded.Addr = "127.0.0.1:0"
 	cfg.HTTP.Addr = "127.0.0.1:0"
+	for _, tweak := range tweaks {
+		tweak(&cfg)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
