@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
 
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -176,7 +178,12 @@ func Load(path string) (Config, error) {
 // Parse decodes YAML over the defaults and validates the result.
 func Parse(b []byte) (Config, error) {
 	cfg := Defaults()
-	if err := yaml.UnmarshalWithOptions(b, &cfg, yaml.Strict()); err != nil {
+	err := yaml.UnmarshalWithOptions(b, &cfg, yaml.Strict(), yaml.CustomUnmarshaler[time.Duration](parseDuration))
+	var bd *badDuration
+	if errors.As(err, &bd) {
+		return Config{}, fieldErr(yamlPathOf(b, bd.value), "%q is not a duration (use 500ms, 30s, 2m, 1h)", bd.value)
+	}
+	if err != nil {
 		return Config{}, fmt.Errorf("parse: %s", yaml.FormatError(err, false, true))
 	}
 	if err := cfg.Validate(); err != nil {
@@ -343,3 +350,45 @@ func (c *Config) StoreDir() string {
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+type badDuration struct{ value string }
+
+func (e *badDuration) Error() string { return fmt.Sprintf("%q is not a duration", e.value) }
+
+func parseDuration(d *time.Duration, b []byte) error {
+	v, err := time.ParseDuration(strings.Trim(strings.TrimSpace(string(b)), `"'`))
+	if err != nil {
+		return &badDuration{value: strings.TrimSpace(string(b))}
+	}
+	*d = v
+	return nil
+}
+
+// yamlPathOf returns the dotted path of the first scalar equal to value,
+// so that a decode error can name its field.
+func yamlPathOf(src []byte, value string) string {
+	f, err := parser.ParseBytes(src, 0)
+	if err != nil {
+		return "(unknown field)"
+	}
+	v := &pathFinder{value: value}
+	for _, doc := range f.Docs {
+		ast.Walk(v, doc)
+	}
+	if v.path == "" {
+		return "(unknown field)"
+	}
+	return strings.TrimPrefix(v.path, "$.")
+}
+
+type pathFinder struct{ value, path string }
+
+func (p *pathFinder) Visit(n ast.Node) ast.Visitor {
+	if p.path != "" {
+		return nil
+	}
+	if sn, ok := n.(ast.ScalarNode); ok && fmt.Sprint(sn.GetValue()) == p.value {
+		p.path = n.GetPath()
+	}
+	return p
+}
