@@ -59,7 +59,7 @@ func (g Generator) Validate() error {
 	}
 	seen := map[rune]bool{}
 	for _, r := range g.Alphabet {
-		if r > 127 || r < 33 {
+		if r >= 127 || r < 33 {
 			return fmt.Errorf("alphabet must be printable ASCII without spaces, got %q", r)
 		}
 		if seen[r] {
