@@ -1,0 +1,129 @@
+package daemon_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/internal/daemon"
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// TestTransientFailureRetries: a step that fails twice then works is
+// retried with backoff; the rotation completes on the third attempt and
+// each failed attempt's staged version is rolled back.
+func TestTransientFailureRetries(t *testing.T) {
+	var fails atomic.Int32
+	d := start(t, testConfig(t, t.TempDir()), daemon.Options{
+		StepHook: func(_ context.Context, step string) error {
+			if step == handlers.StepSet && fails.Add(1) <= 2 {
+				return errors.New("downstream refused the new credential")
+			}
+			return nil
+		},
+	})
+	id := rotate(t, d, "acme", "billing-db")
+	ctx := context.Background()
+	require.Eventually(t, func() bool {
+		st, err := d.State().SecretStatus(ctx, "acme", "billing-db")
+		return err == nil && st.LastRequestID == id && st.State == orchestrator.SecretIdle
+	}, 15*time.Second, 10*time.Millisecond)
+
+	ref := handlers.SecretRef{Tenant: "acme", Secret: "billing-db", Backend: "local"}
+	staged, err := d.Local().Staged(ctx, ref)
+	require.NoError(t, err)
+	require.Empty(t, staged)
+	st, err := d.State().SecretStatus(ctx, "acme", "billing-db")
+	require.NoError(t, err)
+	require.Equal(t, "1", st.PreviousVersion)
+
+	var retries, rollbacks int
+	var completed *schemas.AuditRecord
+	for _, r := range auditRecords(t, d, "acme") {
+		if r.RequestID != id {
+			continue
+		}
+		switch {
+		case r.Action == "rotation.set" && r.Outcome == schemas.OutcomeRetrying:
+			retries++
+		case r.Action == "rotation.rollback" && r.Outcome == schemas.OutcomeSucceeded:
+			rollbacks++
+		case r.Action == "rotation.complete":
+			completed = &r
+		}
+	}
+	require.Equal(t, 2, retries)
+	require.Equal(t, 2, rollbacks)
+	require.NotNil(t, completed)
+	require.Equal(t, "3", completed.Detail["attempts"])
+}
+
+// TestPermanentFailure: a step that always fails ends, after the last
+// attempt, in a rotation.failed event; nothing is promoted or left staged,
+// and the request is not redelivered.
+func TestPermanentFailure(t *testing.T) {
+	var calls atomic.Int32
+	d := start(t, testConfig(t, t.TempDir()), daemon.Options{
+		StepHook: func(_ context.Context, step string) error {
+			if step == handlers.StepTest {
+				calls.Add(1)
+				return errors.New("new credential does not work")
+			}
+			return nil
+		},
+	})
+	failedEvents, unsub := subscribeEvents(t, d, "acme", schemas.KindRotationFailed)
+	defer unsub()
+	id := rotate(t, d, "acme", "openai-key")
+
+	var ev schemas.RotationFailed
+	select {
+	case e := <-failedEvents:
+		require.NoError(t, e.DecodeData(schemas.TypeRotationFailed, &ev))
+	case <-time.After(15 * time.Second):
+		t.Fatal("no rotation_failed event")
+	}
+	require.Equal(t, id, ev.RequestID)
+	require.Equal(t, handlers.StepTest, ev.Step)
+	require.Equal(t, 3, ev.Attempts)
+	require.Contains(t, ev.Error, "new credential does not work")
+
+	ctx := context.Background()
+	ref := handlers.SecretRef{Tenant: "acme", Secret: "openai-key", Backend: "local"}
+	cur, err := d.Local().Current(ctx, ref)
+	require.NoError(t, err)
+	require.Equal(t, "1", cur.ID, "a failed rotation promoted a version")
+	staged, err := d.Local().Staged(ctx, ref)
+	require.NoError(t, err)
+	require.Empty(t, staged)
+	code, st := api(t, d.HTTPAddr(), http.MethodGet, "/v1/tenants/acme/secrets/openai-key", testToken, "")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "failed", st["state"])
+	require.Contains(t, st["last_error"], "new credential does not work")
+
+	// Terminated, not redelivered: no further attempts after a while.
+	n := calls.Load()
+	time.Sleep(4 * time.Second) // longer than the test AckWait
+	require.Equal(t, n, calls.Load(), "the failed request was redelivered")
+}
+
+func subscribeEvents(t *testing.T, d *running, tenant, kind string) (<-chan schemas.Event, func()) {
+	t.Helper()
+	ch := make(chan schemas.Event, 16)
+	sub, err := d.Bus().NC.Subscribe(schemas.EventsSubject(tenant, kind), func(m *nats.Msg) {
+		if ev, err := schemas.Decode(m.Data); err == nil {
+			ch <- ev
+		}
+	})
+	require.NoError(t, err)
+	require.NoError(t, d.Bus().NC.Flush())
+	return ch, func() { _ = sub.Unsubscribe() }
+}
