@@ -1,0 +1,308 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// invalidation is a parsed, checked invalidation message.
+type invalidation struct {
+	id    string // CloudEvents ID
+	token string // last subject token: a secret or schemas.TenantToken
+	at    time.Time
+	inv   schemas.Invalidation
+}
+
+// olderThan orders invalidations of one subject by publication time, then
+// by ID (ULIDs sort by time).
+func (p invalidation) olderThan(m mark) bool {
+	return p.at.Before(m.at) || (p.at.Equal(m.at) && p.id < m.id)
+}
+
+// parseInvalidation checks one message received on subject against the
+// tenant the agent serves. Anything that is not a well-formed invalidation
+// of this tenant, consistent with its subject, is an error.
+func parseInvalidation(tenant, subject string, data []byte) (invalidation, error) {
+	prefix := "rekey.invalidate." + tenant + "."
+	token, ok := strings.CutPrefix(subject, prefix)
+	if !ok || token == "" || strings.Contains(token, ".") {
+		return invalidation{}, fmt.Errorf("subject %q is not %s<secret>: %w", truncate(subject, 200), prefix, schemas.ErrMalformed)
+	}
+	ev, err := schemas.Decode(data)
+	if err != nil {
+		return invalidation{}, err
+	}
+	if ev.Tenant != tenant {
+		return invalidation{}, fmt.Errorf("event %s is for tenant %q: %w", ev.ID, ev.Tenant, schemas.ErrMalformed)
+	}
+	var inv schemas.Invalidation
+	if err := ev.DecodeData(schemas.TypeInvalidation, &inv); err != nil {
+		return invalidation{}, err
+	}
+	if inv.Tenant != tenant {
+		return invalidation{}, fmt.Errorf("event %s: invalidation is for tenant %q: %w", ev.ID, inv.Tenant, schemas.ErrMalformed)
+	}
+	if token == schemas.TenantToken {
+		if inv.Secret != "" || (inv.Kind != schemas.InvalidationRevoked && inv.Kind != schemas.InvalidationRestored) {
+			return invalidation{}, fmt.Errorf("event %s: %s on %s must be a tenant revoked or restored: %w", ev.ID, inv.Kind, subject, schemas.ErrMalformed)
+		}
+	} else if inv.Secret != token {
+		return invalidation{}, fmt.Errorf("event %s: secret %q received on %s: %w", ev.ID, inv.Secret, subject, schemas.ErrMalformed)
+	}
+	at := inv.PublishedAt
+	if at.IsZero() {
+		at = ev.Time
+	}
+	return invalidation{id: ev.ID, token: token, at: at, inv: inv}, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// handleMsg is the callback of the live subscription.
+func (a *Agent) handleMsg(m *nats.Msg) {
+	received := time.Now()
+	p, err := parseInvalidation(a.cfg.Tenant, m.Subject, m.Data)
+	if err != nil {
+		a.log.Debug("ignoring invalidation message", "subject", m.Subject, "error", err)
+		return
+	}
+	a.apply(p, received, false)
+}
+
+// apply applies one invalidation, live or replayed. A live one always drops
+// and acks. A replayed one (resync) changes only what it finds out of date,
+// is acked only then, and is skipped when it, or an invalidation published
+// later on the same subject, was already applied.
+func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
+	log := a.log.With("secret", p.token, "request_id", p.inv.RequestID, "kind", p.inv.Kind, "version", p.inv.Version)
+	tenantWide := p.token == schemas.TenantToken
+	a.mu.Lock()
+	m, seen := a.marks[p.token]
+	older := seen && p.olderThan(m)
+	// A replayed invalidation already applied, or outdated, is skipped. A
+	// live one is applied even if it looks older (clocks of rekeyd
+	// replicas may differ), since dropping is always safe, except for a
+	// restore: it must never undo a later revocation.
+	if (replayed && (older || (seen && p.id == m.id))) ||
+		(!replayed && older && tenantWide && p.inv.Kind == schemas.InvalidationRestored) {
+		a.mu.Unlock()
+		log.Debug("invalidation already applied or outdated", "event", p.id, "replayed", replayed)
+		return
+	}
+	if !older {
+		a.marks[p.token] = mark{at: p.at, id: p.id}
+	}
+
+	var changed, ack bool
+	switch {
+	case tenantWide && p.inv.Kind == schemas.InvalidationRevoked:
+		was := a.gate.Load()&gateRevoked != 0
+		a.gate.Or(gateRevoked)
+		dropped := a.dropAllLocked()
+		changed = !was || dropped
+		ack = !replayed || changed
+	case tenantWide: // restored
+		changed = a.gate.Load()&gateRevoked != 0
+		a.gate.And(^gateRevoked)
+	case p.inv.Kind == schemas.InvalidationRestored:
+		// Nothing is held back per secret; nothing to do.
+	case replayed:
+		// Missed while away: drop what differs from the last version
+		// rekey announced. An in-flight fetch may predate it: restart it.
+		if e := (*a.cache.Load())[p.token]; e != nil && e.secret.Version != p.inv.Version {
+			changed = a.dropLocked(p.token)
+		} else if st := a.states[p.token]; st != nil {
+			st.epoch++
+		}
+		ack = changed
+	default: // live rotated (or revoked) secret
+		a.dropLocked(p.token)
+		changed, ack = true, true
+	}
+	dropped := time.Now()
+	a.mu.Unlock()
+
+	if p.inv.Kind == schemas.InvalidationRestored && changed {
+		log.Info("tenant restored")
+	} else if tenantWide && changed {
+		log.Warn("tenant revoked: cache dropped, failing closed")
+	} else {
+		log.Debug("invalidation applied", "replayed", replayed, "changed", changed)
+	}
+	if ack {
+		a.publishAck(p, received, dropped)
+	}
+	if a.cfg.OnInvalidate != nil && (changed || !replayed) {
+		a.cfg.OnInvalidate(Invalidated{Invalidation: p.inv, EventTime: p.at, ReceivedAt: received, DroppedAt: dropped})
+	}
+}
+
+// publishAck confirms on AckSubject that the invalidation was applied.
+func (a *Agent) publishAck(p invalidation, received, dropped time.Time) {
+	ack := schemas.InvalidationAck{
+		Tenant:     a.cfg.Tenant,
+		Agent:      a.cfg.Instance,
+		Version:    p.inv.Version,
+		RequestID:  p.inv.RequestID,
+		ReceivedAt: received.UTC(),
+		DroppedAt:  dropped.UTC(),
+	}
+	subject, evSubject := schemas.AckSubject(a.cfg.Tenant, p.token), a.cfg.Tenant
+	if p.token != schemas.TenantToken {
+		ack.Secret = p.token
+		evSubject = a.cfg.Tenant + "/" + p.token
+	}
+	ev, err := schemas.NewEvent(a.source, schemas.TypeInvalidationAck, a.cfg.Tenant, evSubject, ack)
+	if err == nil {
+		var b []byte
+		if b, err = ev.Encode(); err == nil {
+			err = a.nc.Publish(subject, b)
+		}
+	}
+	if err != nil {
+		a.log.Warn("ack invalidation", "secret", p.token, "request_id", p.inv.RequestID, "subject", subject, "error", err)
+	}
+}
+
+// Resync replays the last invalidation of each of the tenant's subjects
+// from the INVALIDATE stream: it applies a revocation or a restore, and
+// drops cached secrets whose version differs from the last one announced.
+// Start runs it, and so does every reconnect; call it when some other
+// reason to think invalidations were missed arises. A missing stream (or no
+// JetStream: rekeyd is not running yet) is not an error.
+func (a *Agent) Resync(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.cfg.FetchTimeout)
+		defer cancel()
+	}
+	filter := schemas.InvalidateTenantSubject(a.cfg.Tenant)
+	cons, err := a.js.CreateConsumer(ctx, schemas.StreamInvalidate, jetstream.ConsumerConfig{
+		FilterSubject:     filter,
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: time.Minute, // in case the delete below is lost
+	})
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+			errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) || errors.Is(err, nats.ErrNoResponders) {
+			a.log.Debug("no invalidation stream to resync from", "stream", schemas.StreamInvalidate, "error", err)
+			return nil
+		}
+		return fmt.Errorf("agent: resync %s: create consumer on %s: %w", a.cfg.Tenant, schemas.StreamInvalidate, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.FetchTimeout)
+		defer cancel()
+		if err := a.js.DeleteConsumer(dctx, schemas.StreamInvalidate, cons.CachedInfo().Name); err != nil {
+			a.log.Debug("resync: delete consumer", "error", err)
+		}
+	}()
+
+	pending := cons.CachedInfo().NumPending
+	applied := 0
+	for pending > 0 {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("agent: resync %s: %w", a.cfg.Tenant, err)
+		}
+		batch, err := cons.FetchNoWait(int(min(pending, 256)))
+		if err != nil {
+			return fmt.Errorf("agent: resync %s: fetch: %w", a.cfg.Tenant, err)
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			received := time.Now()
+			if meta, err := msg.Metadata(); err == nil {
+				pending = meta.NumPending
+			}
+			p, err := parseInvalidation(a.cfg.Tenant, msg.Subject(), msg.Data())
+			if err != nil {
+				a.log.Debug("resync: ignoring invalidation message", "subject", msg.Subject(), "error", err)
+				continue
+			}
+			a.apply(p, received, true)
+			applied++
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return fmt.Errorf("agent: resync %s: fetch: %w", a.cfg.Tenant, err)
+		}
+		if got == 0 {
+			break
+		}
+	}
+	a.log.Debug("resynced", "replayed", applied, "revoked", a.Revoked())
+	return nil
+}
+
+// reconnectMu serializes the chaining of reconnect handlers by the agents
+// of this process that share a connection.
+var reconnectMu sync.Mutex
+
+// chainReconnectHandler adds a resync to nc's reconnect handler, keeping the
+// handler already set. nats.go keeps one handler per connection, so a
+// handler set later with SetReconnectHandler, outside this package,
+// replaces it. After Close the link does nothing.
+func (a *Agent) chainReconnectHandler() {
+	reconnectMu.Lock()
+	defer reconnectMu.Unlock()
+	prev := a.nc.ReconnectHandler()
+	a.nc.SetReconnectHandler(func(nc *nats.Conn) {
+		if prev != nil {
+			prev(nc)
+		}
+		a.requestResync()
+	})
+}
+
+func (a *Agent) requestResync() {
+	if a.gate.Load()&gateClosed != 0 {
+		return
+	}
+	select {
+	case a.kick <- struct{}{}:
+	default: // one is already pending
+	}
+}
+
+// resyncLoop runs a resync for each reconnect, retrying with backoff until
+// one succeeds or another reconnect asks again.
+func (a *Agent) resyncLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		}
+		wait := 500 * time.Millisecond
+		for {
+			err := a.Resync(ctx)
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			a.log.Warn("resync after reconnect failed; retrying", "error", err, "in", wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 30*time.Second)
+		}
+	}
+}
