@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/deployments/examples"
+	"github.com/rekey-dev/rekey/internal/daemon"
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+func startDaemon(t *testing.T) (*daemon.Daemon, string) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg, err := orchestrator.Parse(examples.RekeyYAML)
+	require.NoError(t, err)
+	cfg.DataDir = dir
+	cfg.NATS.Embedded.Addr = "127.0.0.1:0"
+	cfg.HTTP.Addr = "127.0.0.1:0"
+	cfg.Rotation.MinInterval = 0
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := daemon.New(ctx, daemon.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	return d, dir
+}
+
+// rekeyctl runs the CLI in-process and returns stdout, stderr and the error.
+func rekeyctl(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	root := newRoot()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), errOut.String(), err
+}
+
+func TestRekeyctl(t *testing.T) {
+	d, dir := startDaemon(t)
+	g := []string{"--server", "http://" + d.HTTPAddr(), "--data-dir", dir, "--nats-url", d.NATSURL()}
+	t.Setenv("REKEY_ADMIN_TOKEN", "")
+
+	// rotate --wait, reading the generated admin token from the data dir.
+	out, _, err := rekeyctl(t, append(g, "rotate", "acme/openai-key", "--wait", "--reason", "cli test")...)
+	require.NoError(t, err)
+	var res map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	require.Equal(t, "2", res["status"].(map[string]any)["version"])
+
+	out, _, err = rekeyctl(t, append(g, "status", "acme/openai-key")...)
+	require.NoError(t, err)
+	require.Contains(t, out, `"version": "2"`)
+	require.Contains(t, out, `"reason": "cli test"`)
+
+	out, _, err = rekeyctl(t, append(g, "status", "acme")...)
+	require.NoError(t, err)
+	require.Contains(t, out, `"revoked": false`)
+
+	// watch prints invalidations as JSON lines.
+	watchOut := &syncBuf{}
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan error, 1)
+	go func() {
+		root := newRoot()
+		root.SetOut(watchOut)
+		root.SetErr(&bytes.Buffer{})
+		root.SetArgs(append(g, "watch", "globex"))
+		watchDone <- root.ExecuteContext(ctx)
+	}()
+	time.Sleep(300 * time.Millisecond) // let watch subscribe
+
+	// revoke --wait prints the report.
+	out, _, err = rekeyctl(t, append(g, "revoke", "globex", "--wait", "--reason", "cli test")...)
+	require.NoError(t, err)
+	var rep schemas.RevocationCompleted
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	require.Equal(t, "globex", rep.Tenant)
+	require.False(t, rep.Failed)
+	require.NotEmpty(t, rep.Parts)
+
+	require.Eventually(t, func() bool { return strings.Contains(watchOut.String(), `"kind":"revoked"`) }, 5*time.Second, 20*time.Millisecond)
+	cancel()
+	require.NoError(t, <-watchDone)
+	for _, line := range strings.Split(strings.TrimSpace(watchOut.String()), "\n") {
+		var inv map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &inv), "watch prints one JSON object per line: %q", line)
+		require.Equal(t, "globex", inv["tenant"])
+	}
+
+	_, _, err = rekeyctl(t, append(g, "restore", "globex")...)
+	require.NoError(t, err)
+
+	// Errors carry the API's reason.
+	_, _, err = rekeyctl(t, append(g, "rotate", "acme/stripe-key")...)
+	require.ErrorContains(t, err, `secret "stripe-key" of tenant "acme" is not configured (HTTP 404)`)
+	_, _, err = rekeyctl(t, append(g, "rotate", "acme.openai-key")...)
+	require.ErrorContains(t, err, "tenant/secret")
+	_, _, err = rekeyctl(t, append(g, "--token", "wrong-token-0123456789", "status", "acme")...)
+	require.ErrorContains(t, err, "invalid admin token (HTTP 401)")
+	_, _, err = rekeyctl(t, "--data-dir", t.TempDir(), "--server", "http://"+d.HTTPAddr(), "status", "acme")
+	require.ErrorContains(t, err, "no admin token")
+}
+
+type syncBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
