@@ -6,22 +6,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/fanout"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
 func startBus(t *testing.T) *orchestrator.Bus {
 	t.Helper()
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	require.NoError(t, err)
-	go srv.Start()
-	require.True(t, srv.ReadyForConnections(10*time.Second))
-	t.Cleanup(srv.Shutdown)
+	srv := testutil.StartNATS(t, -1, "")
 	bus, err := orchestrator.Connect(context.Background(), srv.ClientURL(), "fanout-test", orchestrator.NATSConfig{}, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(bus.Close)

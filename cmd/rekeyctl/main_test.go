@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/rekey-dev/rekey/deployments/examples"
 	"github.com/rekey-dev/rekey/internal/daemon"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -70,7 +70,7 @@ func TestRekeyctl(t *testing.T) {
 	require.Contains(t, out, `"revoked": false`)
 
 	// watch prints invalidations as JSON lines.
-	watchOut := &syncBuf{}
+	watchOut := &testutil.SyncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	watchDone := make(chan error, 1)
 	go func() {
@@ -112,21 +112,4 @@ func TestRekeyctl(t *testing.T) {
 	require.ErrorContains(t, err, "invalid admin token (HTTP 401)")
 	_, _, err = rekeyctl(t, "--data-dir", t.TempDir(), "--server", "http://"+d.HTTPAddr(), "status", "acme")
 	require.ErrorContains(t, err, "no admin token")
-}
-
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }

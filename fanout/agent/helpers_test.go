@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/fanout/agent"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -34,12 +34,7 @@ func startServer(tb testing.TB) *server.Server {
 
 func startServerAt(tb testing.TB, port int, dir string) *server.Server {
 	tb.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true})
-	require.NoError(tb, err)
-	go s.Start()
-	require.True(tb, s.ReadyForConnections(10*time.Second), "nats-server did not start")
-	tb.Cleanup(s.Shutdown)
-	return s
+	return testutil.StartNATS(tb, port, dir)
 }
 
 // proxy is a TCP proxy that the test can cut, to make a client miss
@@ -294,22 +289,7 @@ func newAgent(tb testing.TB, nc *nats.Conn, f agent.Fetcher, cfg agent.Config) *
 }
 
 // syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 func debugLogger(buf *syncBuffer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))

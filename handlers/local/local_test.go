@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -24,30 +23,14 @@ import (
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/local"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
 // startJS runs an embedded nats-server with JetStream for the test.
 func startJS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      -1,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoSigs:    true,
-		NoLog:     true,
-	})
-	require.NoError(t, err)
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
-		t.Fatal("embedded nats-server not ready after 10s")
-	}
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
+	s := testutil.StartNATS(t, -1, "")
 	nc, err := nats.Connect(s.ClientURL())
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
@@ -57,22 +40,7 @@ func startJS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
 }
 
 // logBuffer collects log output so a test can grep it for secret values.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type logBuffer struct{ testutil.SyncBuffer }
 
 func (l *logBuffer) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/internal/daemon"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 )
 
@@ -56,27 +56,9 @@ func testConfig(t testing.TB, dir string) orchestrator.Config {
 
 var testWorker = handlers.WorkerConfig{AckWait: 3 * time.Second, ShutdownTimeout: 5 * time.Second}
 
-// syncBuffer is a goroutine-safe log sink the secret scan reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type running struct {
 	*daemon.Daemon
-	logs   *syncBuffer
+	logs   *testutil.SyncBuffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -84,7 +66,7 @@ type running struct {
 // start runs a daemon until the test ends (or stop is called).
 func start(t *testing.T, cfg orchestrator.Config, opts daemon.Options) *running {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	opts.Config = cfg
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))

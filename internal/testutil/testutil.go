@@ -1,0 +1,58 @@
+// Package testutil holds what rekey's tests share: an embedded nats-server
+// with JetStream, and a goroutine-safe buffer to collect (and grep) logs.
+package testutil
+
+import (
+	"bytes"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// StartNATS starts nats-server with JetStream on 127.0.0.1 and stops it
+// when the test ends. port -1 picks a free port; dir "" uses a temporary
+// directory (pass the same dir and port to restart a server on its data).
+func StartNATS(tb testing.TB, port int, dir string) *server.Server {
+	tb.Helper()
+	if dir == "" {
+		dir = tb.TempDir()
+	}
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true,
+	})
+	if err != nil {
+		tb.Fatalf("nats-server: %v", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		tb.Fatalf("nats-server on 127.0.0.1:%d did not start within 10s", port)
+	}
+	tb.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	return s
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writers, e.g. a log sink.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
