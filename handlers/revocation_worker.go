@@ -36,27 +36,8 @@ func NewRevocationWorker(d Deps, r *Rotator, cfg WorkerConfig) *RevocationWorker
 // ShutdownTimeout), or is redelivered later.
 func (w *RevocationWorker) Run(ctx context.Context) error {
 	log := w.d.Log.With("component", "revocation-worker")
-	cons, err := w.d.Bus.Consumer(ctx, schemas.StreamRevoke, jetstream.ConsumerConfig{
-		Durable:       orchestrator.ConsumerRevocation,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       w.cfg.AckWait,
-		MaxAckPending: 1000,
-		MaxDeliver:    -1,
-		FilterSubject: schemas.SubjectRevokeAll,
-	})
-	if err != nil {
-		return err
-	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(64))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", schemas.StreamRevoke, err)
-	}
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
-	go func() {
-		<-ctx.Done()
-		iter.Stop()
-	}()
 	// One goroutine per tenant with work, so that a tenant's requests
 	// (revoke, then restore) are applied in the order they were made while
 	// different tenants proceed in parallel.
@@ -84,34 +65,21 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 			w.handle(workCtx, msg)
 		}
 	}
-	for {
-		msg, err := iter.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				break
-			}
-			log.Warn("pull failed", "err", err)
-			continue
-		}
+	err := pull(ctx, w.d.Bus, queue{
+		stream: schemas.StreamRevoke, durable: orchestrator.ConsumerRevocation, filter: schemas.SubjectRevokeAll,
+		ackWait: w.cfg.AckWait, maxAckPending: 1000, batch: 64,
+	}, log, func(msg jetstream.Msg) {
 		mu.Lock()
+		defer mu.Unlock()
 		_, running := queues[msg.Subject()]
 		queues[msg.Subject()] = append(queues[msg.Subject()], msg)
 		if !running {
 			wg.Add(1)
 			go drain(msg.Subject())
 		}
-		mu.Unlock()
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(w.cfg.ShutdownTimeout):
-		log.Warn("shutdown deadline reached; interrupting revocations (they will be redelivered)")
-		cancelWork()
-		<-done
-	}
-	return nil
+	})
+	drainWork(&wg, w.cfg.ShutdownTimeout, cancelWork, log)
+	return err
 }
 
 func (w *RevocationWorker) handle(ctx context.Context, msg jetstream.Msg) {

@@ -79,59 +79,24 @@ func (w *RotationWorker) Run(ctx context.Context) error {
 	if err := w.provision(ctx); err != nil {
 		return err
 	}
-	cons, err := w.d.Bus.Consumer(ctx, schemas.StreamRotate, jetstream.ConsumerConfig{
-		Durable:       orchestrator.ConsumerRotation,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       w.cfg.AckWait,
-		MaxAckPending: 20000,
-		MaxDeliver:    -1,
-		FilterSubject: schemas.SubjectRotateAll,
-	})
-	if err != nil {
-		return err
-	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(512))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", schemas.StreamRotate, err)
-	}
-
 	// Work runs on its own context so that shutdown lets it finish.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	w.workCtx = workCtx
 	go w.keepAlive(workCtx)
 
-	go func() {
-		<-ctx.Done()
-		iter.Stop()
-	}()
-	for {
-		msg, err := iter.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				break
-			}
-			log.Warn("pull failed", "err", err)
-			continue
-		}
-		w.enqueue(msg)
-	}
+	err := pull(ctx, w.d.Bus, queue{
+		stream: schemas.StreamRotate, durable: orchestrator.ConsumerRotation, filter: schemas.SubjectRotateAll,
+		ackWait: w.cfg.AckWait, maxAckPending: 20000, batch: 512,
+	}, log, w.enqueue)
 
 	// Stop taking work; wait for in-flight work up to the deadline.
 	w.mu.Lock()
 	w.stopping = true
 	w.mu.Unlock()
-	done := make(chan struct{})
-	go func() { w.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(w.cfg.ShutdownTimeout):
-		log.Warn("shutdown deadline reached; interrupting in-flight rotations (they will be redelivered)")
-		cancelWork()
-		<-done
-	}
+	drainWork(&w.wg, w.cfg.ShutdownTimeout, cancelWork, log)
 	w.nakHeld()
-	return nil
+	return err
 }
 
 // enqueue adds a message to its secret's queue and starts a drain for the
