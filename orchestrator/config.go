@@ -31,6 +31,10 @@ type Config struct {
 	Rotation RotationConfig          `yaml:"rotation"`
 	Backends BackendsConfig          `yaml:"backends"`
 	Tenants  map[string]TenantConfig `yaml:"tenants"`
+	// Triggers holds one section per trigger kind (cron, usage, siem,
+	// selfservice...). Each trigger package decodes its own section with
+	// DecodeSection; cmd/ registers the known kinds and refuses others.
+	Triggers map[string]yaml.RawMessage `yaml:"triggers"`
 }
 
 // LogConfig selects the slog handler.
@@ -87,6 +91,10 @@ type RotationConfig struct {
 // BackendsConfig holds one section per backend kind.
 type BackendsConfig struct {
 	Local LocalBackendConfig `yaml:"local"`
+	// Vault is decoded by handlers/vault (DecodeSection); empty: no Vault.
+	Vault yaml.RawMessage `yaml:"vault"`
+	// AWSSM is decoded by handlers/awssm; empty: no Secrets Manager.
+	AWSSM yaml.RawMessage `yaml:"awssm"`
 }
 
 // LocalBackendConfig configures the backend that keeps values in JetStream KV.
@@ -128,8 +136,9 @@ type PolicyConfig struct {
 	MaxUses  int64         `yaml:"max_uses"`
 }
 
-// Backend names known to this build.
-var KnownBackends = []string{"local"}
+// KnownBackends are the backend names a secret may name. Whether a
+// backend is enabled (configured) is checked when rekeyd starts.
+var KnownBackends = []string{"local", "vault", "awssm"}
 
 // Defaults returns a configuration with every default set and no tenants.
 func Defaults() Config {
@@ -392,3 +401,48 @@ func (p *pathFinder) Visit(n ast.Node) ast.Visitor {
 	}
 	return p
 }
+
+// DecodeSection strictly decodes one raw section of the configuration (a
+// trigger's or a backend's) into v and validates it. Errors name the field
+// with prefix, e.g. "triggers.siem.sources.prod.auth.hmac.secret". An empty
+// section decodes nothing and only validates v's defaults.
+func DecodeSection(prefix string, raw []byte, v interface{ Validate() error }) error {
+	if len(raw) > 0 {
+		err := yaml.UnmarshalWithOptions(raw, v, yaml.Strict(), yaml.CustomUnmarshaler[time.Duration](parseDuration))
+		var bd *badDuration
+		if errors.As(err, &bd) {
+			return fieldErr(prefix+"."+yamlPathOf(raw, bd.value), "%q is not a duration (use 500ms, 30s, 2m, 1h)", bd.value)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %s", prefix, yaml.FormatError(err, false, true))
+		}
+	}
+	if err := v.Validate(); err != nil {
+		return prefixFields(prefix, err)
+	}
+	return nil
+}
+
+// prefixFields puts prefix in front of the field of every FieldError in err.
+func prefixFields(prefix string, err error) error {
+	var errs []error
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = joined.Unwrap()
+	} else {
+		errs = []error{err}
+	}
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			out = append(out, &FieldError{Field: prefix + "." + fe.Field, Reason: fe.Reason})
+			continue
+		}
+		out = append(out, fmt.Errorf("%s: %w", prefix, e))
+	}
+	return errors.Join(out...)
+}
+
+// FieldErrorf returns a *FieldError; trigger and backend packages use it in
+// their Validate so that DecodeSection can prefix the field.
+func FieldErrorf(field, format string, args ...any) error { return fieldErr(field, format, args...) }
