@@ -15,17 +15,19 @@ const SpecVersion = "1.0"
 
 // CloudEvents types, one per payload type below.
 const (
-	TypeRotationRequested   = "rekey.rotation.requested.v1"
-	TypeRotationCompleted   = "rekey.rotation.completed.v1"
-	TypeRotationFailed      = "rekey.rotation.failed.v1"
-	TypeRevocationRequested = "rekey.revocation.requested.v1"
-	TypeRevocationStarted   = "rekey.revocation.started.v1"
-	TypeRevocationCompleted = "rekey.revocation.completed.v1"
-	TypeTenantRestored      = "rekey.tenant.restored.v1"
-	TypeInvalidation        = "rekey.invalidation.v1"
-	TypeInvalidationAck     = "rekey.invalidation.ack.v1"
-	TypeUsageReport         = "rekey.usage.report.v1"
-	TypeAuditRecord         = "rekey.audit.record.v1"
+	TypeRotationRequested     = "rekey.rotation.requested.v1"
+	TypeRotationCompleted     = "rekey.rotation.completed.v1"
+	TypeRotationFailed        = "rekey.rotation.failed.v1"
+	TypeRevocationRequested   = "rekey.revocation.requested.v1"
+	TypeRevocationStarted     = "rekey.revocation.started.v1"
+	TypeRevocationCompleted   = "rekey.revocation.completed.v1"
+	TypeTenantRestored        = "rekey.tenant.restored.v1"
+	TypeInvalidation          = "rekey.invalidation.v1"
+	TypeInvalidationAck       = "rekey.invalidation.ack.v1"
+	TypeUsageReport           = "rekey.usage.report.v1"
+	TypeAuditRecord           = "rekey.audit.record.v1"
+	TypeAgentPresence         = "rekey.agent.presence.v1"
+	TypeInvalidationConfirmed = "rekey.invalidation.confirmed.v1"
 )
 
 // ErrMalformed is returned (wrapped) when a message is not a valid envelope

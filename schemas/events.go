@@ -321,3 +321,62 @@ type FetchResponse struct {
 	Code    string `json:"code,omitempty"`
 	Error   string `json:"error,omitempty"`
 }
+
+// AgentPresence is an agent's heartbeat on PresenceSubject: rekey waits for
+// acks only from agents it heard from recently. Leaving is set by an agent
+// that is shutting down.
+type AgentPresence struct {
+	Tenant    string        `json:"tenant"`
+	Agent     string        `json:"agent"`
+	Tool      string        `json:"tool,omitempty"`
+	StartedAt time.Time     `json:"started_at"`
+	Interval  time.Duration `json:"interval_ns"`
+	Leaving   bool          `json:"leaving,omitempty"`
+}
+
+// Validate checks the tenant, the agent and the interval.
+func (r AgentPresence) Validate() error {
+	if err := ValidateID("tenant", r.Tenant); err != nil {
+		return err
+	}
+	if r.Agent == "" || len(r.Agent) > 256 {
+		return fmt.Errorf("agent must be 1 to 256 characters: %w", ErrMalformed)
+	}
+	if r.Interval <= 0 {
+		return fmt.Errorf("interval_ns %d must be positive: %w", r.Interval, ErrMalformed)
+	}
+	return nil
+}
+
+// InvalidationConfirmed reports which live agents acked an invalidation:
+// all of them (Complete) or those still missing when rekey stopped waiting.
+type InvalidationConfirmed struct {
+	Tenant      string    `json:"tenant"`
+	Secret      string    `json:"secret,omitempty"`
+	Kind        string    `json:"kind"`
+	Version     string    `json:"version,omitempty"`
+	RequestID   string    `json:"request_id"`
+	PublishedAt time.Time `json:"published_at"`
+	LiveAgents  int       `json:"live_agents"`
+	Acked       int       `json:"acked"`
+	Missing     []string  `json:"missing,omitempty"`
+	Complete    bool      `json:"complete"`
+	// LastAckMS is the time from publication to the last live agent's ack.
+	LastAckMS float64 `json:"last_ack_ms"`
+}
+
+// Validate checks the IDs and the counts.
+func (r InvalidationConfirmed) Validate() error {
+	if err := ValidateID("tenant", r.Tenant); err != nil {
+		return err
+	}
+	if r.Secret != "" {
+		if err := ValidateID("secret", r.Secret); err != nil {
+			return err
+		}
+	}
+	if r.Acked < 0 || r.LiveAgents < 0 {
+		return fmt.Errorf("counts must not be negative: %w", ErrMalformed)
+	}
+	return nil
+}

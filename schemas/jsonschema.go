@@ -21,17 +21,19 @@ const SchemaBaseURI = "https://github.com/rekey-dev/rekey/raw/main/schemas/jsons
 const CloudEventSchema = "cloudevent.schema.json"
 
 var schemaByType = map[string]string{
-	TypeRotationRequested:   "rotation_requested.schema.json",
-	TypeRotationCompleted:   "rotation_completed.schema.json",
-	TypeRotationFailed:      "rotation_failed.schema.json",
-	TypeRevocationRequested: "revocation_requested.schema.json",
-	TypeRevocationStarted:   "revocation_started.schema.json",
-	TypeRevocationCompleted: "revocation_completed.schema.json",
-	TypeTenantRestored:      "tenant_restored.schema.json",
-	TypeInvalidation:        "invalidation.schema.json",
-	TypeInvalidationAck:     "invalidation_ack.schema.json",
-	TypeUsageReport:         "usage_report.schema.json",
-	TypeAuditRecord:         "audit_record.schema.json",
+	TypeRotationRequested:     "rotation_requested.schema.json",
+	TypeRotationCompleted:     "rotation_completed.schema.json",
+	TypeRotationFailed:        "rotation_failed.schema.json",
+	TypeRevocationRequested:   "revocation_requested.schema.json",
+	TypeRevocationStarted:     "revocation_started.schema.json",
+	TypeRevocationCompleted:   "revocation_completed.schema.json",
+	TypeTenantRestored:        "tenant_restored.schema.json",
+	TypeInvalidation:          "invalidation.schema.json",
+	TypeInvalidationAck:       "invalidation_ack.schema.json",
+	TypeUsageReport:           "usage_report.schema.json",
+	TypeAuditRecord:           "audit_record.schema.json",
+	TypeAgentPresence:         "agent_presence.schema.json",
+	TypeInvalidationConfirmed: "invalidation_confirmed.schema.json",
 }
 
 // SchemaFiles returns the schema files, at the root of the returned FS

@@ -41,6 +41,8 @@ var payloadTypes = []payloadType{
 	{schemas.TypeInvalidationAck, func() any { return new(schemas.InvalidationAck) }},
 	{schemas.TypeUsageReport, func() any { return new(schemas.UsageReport) }},
 	{schemas.TypeAuditRecord, func() any { return new(schemas.AuditRecord) }},
+	{schemas.TypeAgentPresence, func() any { return new(schemas.AgentPresence) }},
+	{schemas.TypeInvalidationConfirmed, func() any { return new(schemas.InvalidationConfirmed) }},
 }
 
 var (
@@ -139,6 +141,20 @@ func examples() []example {
 		{"audit record, tenant-wide", schemas.TypeAuditRecord, schemas.AuditRecord{
 			Tenant: "acme", Actor: "admin-token:oncall", Action: "revoke", Outcome: schemas.OutcomeAccepted,
 			Component: "api", Time: t0,
+		}},
+		{"agent presence", schemas.TypeAgentPresence, schemas.AgentPresence{
+			Tenant: "acme", Agent: "planner-7f9c", Tool: "planner", StartedAt: t0, Interval: 5 * time.Second,
+		}},
+		{"agent leaving", schemas.TypeAgentPresence, schemas.AgentPresence{
+			Tenant: "acme", Agent: "planner-7f9c", StartedAt: t0, Interval: 5 * time.Second, Leaving: true,
+		}},
+		{"invalidation confirmed", schemas.TypeInvalidationConfirmed, schemas.InvalidationConfirmed{
+			Tenant: "acme", Secret: "openai-key", Kind: schemas.InvalidationRotated, Version: "7", RequestID: requestID,
+			PublishedAt: t0, LiveAgents: 3, Acked: 3, Complete: true, LastAckMS: 1.25,
+		}},
+		{"invalidation partly confirmed", schemas.TypeInvalidationConfirmed, schemas.InvalidationConfirmed{
+			Tenant: "acme", Kind: schemas.InvalidationRevoked, RequestID: requestID,
+			PublishedAt: t0, LiveAgents: 3, Acked: 2, Missing: []string{"retriever-2"}, LastAckMS: 0.8,
 		}},
 	}
 }
@@ -347,6 +363,14 @@ var specific = map[string][]mutation{
 		{"zero count", "count", 0, true},
 		{"negative count", "count", -3, true},
 		{"count is a string", "count", "1250", true},
+	},
+	schemas.TypeAgentPresence: {
+		{"empty agent", "agent", "", true},
+		{"zero interval", "interval_ns", 0, true},
+	},
+	schemas.TypeInvalidationConfirmed: {
+		{"negative acked", "acked", -1, true},
+		{"unknown kind", "kind", "expired", false},
 	},
 	schemas.TypeAuditRecord: {
 		{"unknown outcome", "outcome", "ok", false},

@@ -21,6 +21,7 @@ const (
 	SubjectEventsAll     = "rekey.events.*.*"
 	SubjectAuditAll      = "rekey.audit.*"
 	SubjectFetchAll      = "rekey.fetch.*.*"
+	SubjectPresenceAll   = "rekey.presence.*"
 )
 
 // TenantToken is the secret token used on invalidation subjects for news
@@ -30,11 +31,12 @@ const TenantToken = "_tenant"
 
 // Event kinds used as the last token of rekey.events.<t>.<kind>.
 const (
-	KindRotationCompleted   = "rotation_completed"
-	KindRotationFailed      = "rotation_failed"
-	KindRevocationStarted   = "revocation_started"
-	KindRevocationCompleted = "revocation_completed"
-	KindTenantRestored      = "tenant_restored"
+	KindRotationCompleted     = "rotation_completed"
+	KindRotationFailed        = "rotation_failed"
+	KindRevocationStarted     = "revocation_started"
+	KindRevocationCompleted   = "revocation_completed"
+	KindTenantRestored        = "tenant_restored"
+	KindInvalidationConfirmed = "invalidation_confirmed"
 )
 
 // RotateSubject is where rotation requests for one secret are published.
@@ -67,3 +69,11 @@ func AuditSubject(tenant string) string { return "rekey.audit." + tenant }
 // FetchSubject is the request/reply subject on which a backend that keeps
 // values inside rekey (the local backend) serves them to the tenant's agents.
 func FetchSubject(tenant, secret string) string { return "rekey.fetch." + tenant + "." + secret }
+
+// PresenceSubject carries the heartbeats of a tenant's agents.
+func PresenceSubject(tenant string) string { return "rekey.presence." + tenant }
+
+// AgentInboxPrefix is the reply-subject prefix of a tenant's agents. Agents
+// connect with it (nats.CustomInboxPrefix) so that the per-tenant NATS
+// permissions can let them subscribe to their own replies only.
+func AgentInboxPrefix(tenant string) string { return "_INBOX_" + tenant }
