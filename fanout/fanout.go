@@ -6,10 +6,9 @@ package fanout
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,11 +26,15 @@ type Fanout struct {
 	log     *slog.Logger
 	source  string
 	acks    *AckTracker
+	// ConfirmTimeout is how long fanout waits for every live agent's ack
+	// before it publishes an incomplete invalidation_confirmed event.
+	ConfirmTimeout time.Duration
 }
 
 // New returns a Fanout. source is the CloudEvents source of invalidations.
 func New(bus *orchestrator.Bus, audit *orchestrator.Auditor, metrics *orchestrator.Metrics, source string, log *slog.Logger) *Fanout {
-	return &Fanout{bus: bus, audit: audit, metrics: metrics, log: log.With("component", "fanout"), source: source, acks: NewAckTracker(10000)}
+	return &Fanout{bus: bus, audit: audit, metrics: metrics, log: log.With("component", "fanout"), source: source,
+		acks: NewAckTracker(10000), ConfirmTimeout: 10 * time.Second}
 }
 
 // Acks returns the tracker of agent acks.
@@ -58,6 +61,15 @@ func (f *Fanout) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe %s: %w", schemas.SubjectAckAll, err)
 	}
 	defer func() { _ = ackSub.Drain() }()
+	presSub, err := f.bus.NC.Subscribe(schemas.SubjectPresenceAll, f.onPresence)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", schemas.SubjectPresenceAll, err)
+	}
+	defer func() { _ = presSub.Drain() }()
+	confirmCtx, stopConfirm := context.WithCancel(ctx)
+	confirmed := make(chan struct{})
+	go func() { defer close(confirmed); f.confirmLoop(confirmCtx) }()
+	defer func() { stopConfirm(); <-confirmed }()
 
 	// Consume's callback runs on one goroutine, in stream order, so the
 	// invalidations of one secret go out in the order of its rotations.
@@ -96,7 +108,9 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 	// Derived id: a redelivered event yields the same invalidation, which
 	// JetStream drops as a duplicate.
 	out = out.WithID("inv-" + ev.ID)
-	f.acks.Published(inv)
+	if inv.Kind != schemas.InvalidationRestored { // agents ack drops, not restores
+		f.acks.Published(inv)
+	}
 	if _, err := f.bus.Publish(ctx, subject, out); err != nil {
 		f.log.Warn("invalidation not published; will retry", "subject", subject, "request_id", inv.RequestID, "err", err)
 		_ = msg.NakWithDelay(250 * time.Millisecond)
@@ -174,68 +188,64 @@ func orTenant(secret string) string {
 	return secret
 }
 
-// AckTracker remembers, for recent invalidations, when they were published
-// and which agents confirmed them.
-type AckTracker struct {
-	mu    sync.Mutex
-	limit int
-	order []string
-	byReq map[string]*Delivery
-}
-
-// Delivery is one invalidation and the agents that acked it.
-type Delivery struct {
-	Invalidation schemas.Invalidation
-	Acks         map[string]time.Duration // agent -> publish-to-ack delay
-}
-
-// NewAckTracker keeps up to limit invalidations.
-func NewAckTracker(limit int) *AckTracker {
-	return &AckTracker{limit: limit, byReq: map[string]*Delivery{}}
-}
-
-func ackKey(tenant, secret, requestID string) string { return tenant + "/" + secret + "/" + requestID }
-
-// Published records an invalidation about to be sent.
-func (t *AckTracker) Published(inv schemas.Invalidation) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	k := ackKey(inv.Tenant, inv.Secret, inv.RequestID)
-	if _, ok := t.byReq[k]; ok {
+func (f *Fanout) onPresence(m *nats.Msg) {
+	ev, err := schemas.Decode(m.Data)
+	if err != nil {
 		return
 	}
-	t.byReq[k] = &Delivery{Invalidation: inv, Acks: map[string]time.Duration{}}
-	t.order = append(t.order, k)
-	if len(t.order) > t.limit {
-		delete(t.byReq, t.order[0])
-		t.order = t.order[1:]
+	var p schemas.AgentPresence
+	if err := ev.DecodeData(schemas.TypeAgentPresence, &p); err != nil {
+		return
+	}
+	if p.Tenant != ev.Tenant || m.Subject != schemas.PresenceSubject(p.Tenant) {
+		return
+	}
+	f.acks.Seen(p, time.Now())
+}
+
+// confirmLoop publishes an invalidation_confirmed event for each
+// invalidation once every live agent acked it, or when ConfirmTimeout
+// passed, naming the live agents that did not ack.
+func (f *Fanout) confirmLoop(ctx context.Context) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, c := range f.acks.due(now, f.ConfirmTimeout) {
+				f.confirm(ctx, c)
+			}
+		}
 	}
 }
 
-// Acked records an agent's ack and returns the delay since publication.
-func (t *AckTracker) Acked(ack schemas.InvalidationAck, at time.Time) (time.Duration, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	d, ok := t.byReq[ackKey(ack.Tenant, ack.Secret, ack.RequestID)]
-	if !ok {
-		return 0, false
+func (f *Fanout) confirm(ctx context.Context, c schemas.InvalidationConfirmed) {
+	subject := c.Tenant
+	if c.Secret != "" {
+		subject += "/" + c.Secret
 	}
-	delay := at.Sub(d.Invalidation.PublishedAt)
-	d.Acks[ack.Agent] = delay
-	return delay, true
-}
-
-// Get returns a copy of what is known about one invalidation.
-func (t *AckTracker) Get(tenant, secret, requestID string) (Delivery, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	d, ok := t.byReq[ackKey(tenant, secret, requestID)]
-	if !ok {
-		return Delivery{}, errors.New("fanout: no such invalidation")
+	ev, err := schemas.NewEvent(f.source, schemas.TypeInvalidationConfirmed, c.Tenant, subject, c)
+	if err != nil {
+		return
 	}
-	cp := Delivery{Invalidation: d.Invalidation, Acks: make(map[string]time.Duration, len(d.Acks))}
-	for k, v := range d.Acks {
-		cp.Acks[k] = v
+	ev = ev.WithID("conf-" + c.Tenant + "-" + orTenant(c.Secret) + "-" + c.RequestID)
+	if _, err := f.bus.Publish(ctx, schemas.EventsSubject(c.Tenant, schemas.KindInvalidationConfirmed), ev); err != nil {
+		f.log.Warn("invalidation_confirmed not published", "tenant", c.Tenant, "secret", c.Secret, "request_id", c.RequestID, "err", err)
+		return
 	}
-	return cp, nil
+	outcome := schemas.OutcomeSucceeded
+	if !c.Complete {
+		outcome = schemas.OutcomeFailed
+		f.log.Warn("agents did not confirm an invalidation", "tenant", c.Tenant, "secret", c.Secret, "request_id", c.RequestID,
+			"missing", c.Missing, "live", c.LiveAgents)
+	}
+	_ = f.audit.Record(ctx, schemas.AuditRecord{
+		Tenant: c.Tenant, Secret: c.Secret, Actor: "fanout", Action: "invalidation.confirm", Outcome: outcome,
+		RequestID: c.RequestID, Component: "fanout", Detail: map[string]string{
+			"live_agents": fmt.Sprint(c.LiveAgents), "acked": fmt.Sprint(c.Acked),
+			"last_ack_ms": fmt.Sprintf("%.3f", c.LastAckMS), "missing": strings.Join(c.Missing, ","),
+		},
+	})
 }

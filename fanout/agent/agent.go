@@ -57,9 +57,11 @@ var (
 
 // Defaults for the zero values of Config.
 const (
-	DefaultTTL           = 15 * time.Minute
-	DefaultFetchTimeout  = 5 * time.Second
-	DefaultUsageInterval = 5 * time.Second
+	DefaultTTL = 15 * time.Minute
+	// DefaultHeartbeatInterval is how often an agent announces its presence.
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultFetchTimeout      = 5 * time.Second
+	DefaultUsageInterval     = 5 * time.Second
 )
 
 // maxFetchAttempts bounds the fetches one Get makes when invalidations keep
@@ -121,6 +123,10 @@ type Config struct {
 	// UsageInterval is how often batched use reports are published.
 	// Default 5s.
 	UsageInterval time.Duration
+	// HeartbeatInterval is how often the agent announces itself on
+	// rekey.presence.<tenant>; rekey waits for acks only from agents it
+	// heard from within three intervals. Default 5s.
+	HeartbeatInterval time.Duration
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 	// OnInvalidate, if set, is called after an invalidation was applied
@@ -135,8 +141,8 @@ func (c Config) Validate() error {
 	if err := schemas.ValidateID("tenant", c.Tenant); err != nil {
 		return fmt.Errorf("agent config: %w", err)
 	}
-	if c.TTL < 0 || c.FetchTimeout < 0 || c.UsageInterval < 0 {
-		return fmt.Errorf("agent config: TTL, FetchTimeout and UsageInterval must not be negative")
+	if c.TTL < 0 || c.FetchTimeout < 0 || c.UsageInterval < 0 || c.HeartbeatInterval < 0 {
+		return fmt.Errorf("agent config: TTL, FetchTimeout, UsageInterval and HeartbeatInterval must not be negative")
 	}
 	return nil
 }
@@ -153,6 +159,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.UsageInterval == 0 {
 		c.UsageInterval = DefaultUsageInterval
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -227,6 +236,8 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	source  string // CloudEvents source of acks and reports
+
+	startedAt time.Time
 
 	// gate and cache are read lock-free by Get.
 	gate  atomic.Uint32
@@ -323,9 +334,11 @@ func (a *Agent) Start(ctx context.Context) error {
 
 	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = stop
-	a.wg.Add(2)
+	a.startedAt = time.Now().UTC()
+	a.wg.Add(3)
 	go func() { defer a.wg.Done(); a.usageLoop(loopCtx) }()
 	go func() { defer a.wg.Done(); a.resyncLoop(loopCtx) }()
+	go func() { defer a.wg.Done(); a.presenceLoop(loopCtx) }()
 
 	a.started = true
 	a.gate.And(^gateNotStarted)

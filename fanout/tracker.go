@@ -1,0 +1,210 @@
+package fanout
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// ErrUnknown is returned for an invalidation the tracker does not hold.
+var ErrUnknown = errors.New("fanout: no such invalidation")
+
+// presenceTTL is how many heartbeat intervals an agent may miss before it
+// is no longer waited for.
+const presenceTTL = 3
+
+type presence struct {
+	lastSeen time.Time
+	interval time.Duration
+	tool     string
+}
+
+// AckTracker remembers which agents are alive (their heartbeats) and, for
+// recent invalidations, which live agents acknowledged them.
+type AckTracker struct {
+	mu     sync.Mutex
+	limit  int
+	order  []string
+	byReq  map[string]*Delivery
+	latest map[string]string // tenant/secret -> key of its latest delivery
+	agents map[string]map[string]presence
+}
+
+// Delivery is one invalidation: the agents that were alive when it was
+// published, and their acks.
+type Delivery struct {
+	Invalidation schemas.Invalidation
+	// Live are the agents of the tenant alive at publication.
+	Live []string
+	// Acks maps an agent to its publish-to-ack delay (any agent, live or not).
+	Acks map[string]time.Duration
+	// Confirmed is set once the confirmation event was decided.
+	Confirmed bool
+}
+
+// Missing returns the live agents that have not acked and are still alive.
+func (d Delivery) Missing(alive func(string) bool) []string {
+	var out []string
+	for _, a := range d.Live {
+		if _, ok := d.Acks[a]; !ok && alive(a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// NewAckTracker keeps up to limit invalidations.
+func NewAckTracker(limit int) *AckTracker {
+	return &AckTracker{limit: limit, byReq: map[string]*Delivery{}, latest: map[string]string{}, agents: map[string]map[string]presence{}}
+}
+
+func ackKey(tenant, secret, requestID string) string { return tenant + "/" + secret + "/" + requestID }
+
+// Seen records an agent's heartbeat (or its leaving).
+func (t *AckTracker) Seen(p schemas.AgentPresence, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m := t.agents[p.Tenant]
+	if m == nil {
+		m = map[string]presence{}
+		t.agents[p.Tenant] = m
+	}
+	if p.Leaving {
+		delete(m, p.Agent)
+		return
+	}
+	m[p.Agent] = presence{lastSeen: at, interval: p.Interval, tool: p.Tool}
+}
+
+func (t *AckTracker) aliveLocked(tenant, agent string, at time.Time) bool {
+	p, ok := t.agents[tenant][agent]
+	return ok && at.Sub(p.lastSeen) <= presenceTTL*p.interval
+}
+
+// Live returns the agents of tenant heard from recently, sorted.
+func (t *AckTracker) Live(tenant string, at time.Time) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.liveLocked(tenant, at)
+}
+
+func (t *AckTracker) liveLocked(tenant string, at time.Time) []string {
+	var out []string
+	for a := range t.agents[tenant] {
+		if t.aliveLocked(tenant, a, at) {
+			out = append(out, a)
+		} else {
+			delete(t.agents[tenant], a)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Published records an invalidation about to be sent, with the agents of
+// its tenant that are alive now.
+func (t *AckTracker) Published(inv schemas.Invalidation) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := ackKey(inv.Tenant, inv.Secret, inv.RequestID)
+	if _, ok := t.byReq[k]; ok {
+		return
+	}
+	t.byReq[k] = &Delivery{Invalidation: inv, Live: t.liveLocked(inv.Tenant, inv.PublishedAt), Acks: map[string]time.Duration{}}
+	t.latest[inv.Tenant+"/"+inv.Secret] = k
+	t.order = append(t.order, k)
+	if len(t.order) > t.limit {
+		old := t.order[0]
+		if d, ok := t.byReq[old]; ok && t.latest[d.Invalidation.Tenant+"/"+d.Invalidation.Secret] == old {
+			delete(t.latest, d.Invalidation.Tenant+"/"+d.Invalidation.Secret)
+		}
+		delete(t.byReq, old)
+		t.order = t.order[1:]
+	}
+}
+
+// Acked records an agent's ack and returns the delay since publication.
+func (t *AckTracker) Acked(ack schemas.InvalidationAck, at time.Time) (time.Duration, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d, ok := t.byReq[ackKey(ack.Tenant, ack.Secret, ack.RequestID)]
+	if !ok {
+		return 0, false
+	}
+	delay := at.Sub(d.Invalidation.PublishedAt)
+	if _, dup := d.Acks[ack.Agent]; !dup {
+		d.Acks[ack.Agent] = delay
+	}
+	return delay, true
+}
+
+// Get returns a copy of what is known about one invalidation.
+func (t *AckTracker) Get(tenant, secret, requestID string) (Delivery, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d, ok := t.byReq[ackKey(tenant, secret, requestID)]
+	if !ok {
+		return Delivery{}, ErrUnknown
+	}
+	return d.copy(), nil
+}
+
+// Latest returns the latest invalidation of a secret ("" for tenant-wide).
+func (t *AckTracker) Latest(tenant, secret string) (Delivery, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k, ok := t.latest[tenant+"/"+secret]
+	if !ok {
+		return Delivery{}, ErrUnknown
+	}
+	return t.byReq[k].copy(), nil
+}
+
+func (d *Delivery) copy() Delivery {
+	cp := *d
+	cp.Live = slices.Clone(d.Live)
+	cp.Acks = make(map[string]time.Duration, len(d.Acks))
+	for k, v := range d.Acks {
+		cp.Acks[k] = v
+	}
+	return cp
+}
+
+// due returns the confirmations that can be decided at now: every live
+// agent (still alive) acked, or timeout passed since publication. Each
+// delivery is returned once.
+func (t *AckTracker) due(now time.Time, timeout time.Duration) []schemas.InvalidationConfirmed {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []schemas.InvalidationConfirmed
+	for _, k := range t.order {
+		d := t.byReq[k]
+		if d == nil || d.Confirmed {
+			continue
+		}
+		inv := d.Invalidation
+		missing := d.Missing(func(a string) bool { return t.aliveLocked(inv.Tenant, a, now) })
+		timedOut := now.Sub(inv.PublishedAt) >= timeout
+		if len(missing) > 0 && !timedOut {
+			continue
+		}
+		d.Confirmed = true
+		var last time.Duration
+		acked := 0
+		for _, a := range d.Live {
+			if delay, ok := d.Acks[a]; ok {
+				acked++
+				last = max(last, delay)
+			}
+		}
+		out = append(out, schemas.InvalidationConfirmed{
+			Tenant: inv.Tenant, Secret: inv.Secret, Kind: inv.Kind, Version: inv.Version, RequestID: inv.RequestID,
+			PublishedAt: inv.PublishedAt, LiveAgents: len(d.Live), Acked: acked, Missing: missing,
+			Complete: len(missing) == 0, LastAckMS: float64(last.Microseconds()) / 1000,
+		})
+	}
+	return out
+}
