@@ -19,7 +19,10 @@ type EmbeddedServer struct {
 
 // StartEmbedded starts nats-server on addr (host:port; port 0 picks one)
 // with JetStream files under storeDir, and waits until it takes clients.
-func StartEmbedded(addr, storeDir string, log *slog.Logger) (*EmbeddedServer, error) {
+//
+// With users, every client must authenticate as one of them (rekeyd's own
+// user and the per-tenant agent users of NATSAuth.Users).
+func StartEmbedded(addr, storeDir string, users []*server.User, log *slog.Logger) (*EmbeddedServer, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: address %q: %w", addr, err)
@@ -43,6 +46,7 @@ func StartEmbedded(addr, storeDir string, log *slog.Logger) (*EmbeddedServer, er
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: 1 << 20,
+		Users:      users,
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

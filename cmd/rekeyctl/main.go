@@ -85,6 +85,23 @@ func (g *globals) adminToken() (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
+// natsConnect connects to --nats-url. A URL without credentials on a
+// machine with rekeyd's data dir connects as rekeyd's user (the embedded
+// server requires authentication).
+func (g *globals) natsConnect(name string, opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{nats.Name(name)}, opts...)
+	if !strings.Contains(g.natsURL, "@") {
+		if auth, err := orchestrator.ReadNATSAuth(g.dataDir); err == nil {
+			opts = append(opts, nats.UserInfo(orchestrator.RekeydUser, auth.Password(orchestrator.RekeydUser)))
+		}
+	}
+	nc, err := nats.Connect(g.natsURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", g.natsURL, err)
+	}
+	return nc, nil
+}
+
 // call does one API request and decodes a 2xx JSON reply into out; any
 // other status becomes an error carrying the API's reason.
 func (g *globals) call(ctx context.Context, method, path string, body any, out any, headers map[string]string) error {
@@ -252,9 +269,9 @@ func newRevoke(g *globals, action string) *cobra.Command {
 			defer stop()
 			var events chan schemas.Event
 			if wait && action == schemas.ActionRevoke {
-				nc, err := nats.Connect(g.natsURL, nats.Name("rekeyctl"))
+				nc, err := g.natsConnect("rekeyctl")
 				if err != nil {
-					return fmt.Errorf("--wait needs NATS at %s: %w", g.natsURL, err)
+					return fmt.Errorf("--wait needs NATS: %w", err)
 				}
 				defer nc.Close()
 				events = make(chan schemas.Event, 16)
@@ -356,9 +373,9 @@ func newWatch(g *globals) *cobra.Command {
 			}
 			ctx, stop := signalContext(cmd)
 			defer stop()
-			nc, err := nats.Connect(g.natsURL, nats.Name("rekeyctl-watch"), nats.MaxReconnects(-1))
+			nc, err := g.natsConnect("rekeyctl-watch", nats.MaxReconnects(-1))
 			if err != nil {
-				return fmt.Errorf("connect %s: %w", g.natsURL, err)
+				return err
 			}
 			defer nc.Close()
 			out := cmd.OutOrStdout()

@@ -197,7 +197,7 @@ func (a *Agent) Resync(ctx context.Context) error {
 		AckPolicy:         jetstream.AckNonePolicy,
 		MemoryStorage:     true,
 		Replicas:          1,
-		InactiveThreshold: time.Minute, // in case the delete below is lost
+		InactiveThreshold: 30 * time.Second, // removed by the server after use
 	})
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
@@ -207,13 +207,9 @@ func (a *Agent) Resync(ctx context.Context) error {
 		}
 		return fmt.Errorf("agent: resync %s: create consumer on %s: %w", a.cfg.Tenant, schemas.StreamInvalidate, err)
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.FetchTimeout)
-		defer cancel()
-		if err := a.js.DeleteConsumer(dctx, schemas.StreamInvalidate, cons.CachedInfo().Name); err != nil {
-			a.log.Debug("resync: delete consumer", "error", err)
-		}
-	}()
+	// The consumer is not deleted: the server removes it after
+	// InactiveThreshold, and agents' NATS permissions do not include
+	// deleting consumers (they could delete other tenants' ones).
 
 	pending := cons.CachedInfo().NumPending
 	applied := 0

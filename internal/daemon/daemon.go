@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/rekey-dev/rekey/fanout"
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/local"
@@ -38,6 +40,7 @@ type Daemon struct {
 	cfg        orchestrator.Config
 	log        *slog.Logger
 	embedded   *orchestrator.EmbeddedServer
+	natsAuth   *orchestrator.NATSAuth
 	bus        *orchestrator.Bus
 	state      *orchestrator.State
 	metrics    *orchestrator.Metrics
@@ -70,14 +73,22 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}()
 
 	url := cfg.NATS.URL
+	var natsOpts []nats.Option
 	if url == "" {
-		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), log)
+		// Embedded: rekeyd's own privileged user and one user per tenant
+		// whose permissions reach that tenant's subjects only.
+		d.natsAuth, err = orchestrator.LoadNATSAuth(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.natsAuth.Users(cfg.TenantNames()), log)
 		if err != nil {
 			return nil, err
 		}
 		url = d.embedded.ClientURL()
+		natsOpts = append(natsOpts, nats.UserInfo(orchestrator.RekeydUser, d.natsAuth.Password(orchestrator.RekeydUser)))
 	}
-	d.bus, err = orchestrator.Connect(ctx, url, "rekeyd", cfg.NATS, log)
+	d.bus, err = orchestrator.Connect(ctx, url, "rekeyd", cfg.NATS, log, natsOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +189,27 @@ func (d *Daemon) NATSURL() string {
 		return d.embedded.ClientURL()
 	}
 	return ""
+}
+
+// AgentNATSOptions are the connection options of an agent of tenant on
+// the embedded server: the tenant's agent user and its inbox prefix. With
+// an external NATS, only the inbox prefix (credentials are the operator's).
+func (d *Daemon) AgentNATSOptions(tenant string) []nats.Option {
+	opts := []nats.Option{nats.CustomInboxPrefix(schemas.AgentInboxPrefix(tenant))}
+	if d.natsAuth != nil {
+		user := orchestrator.AgentUser(tenant)
+		opts = append(opts, nats.UserInfo(user, d.natsAuth.Password(user)))
+	}
+	return opts
+}
+
+// AdminNATSOptions are the connection options of rekeyd's own user (for
+// rekeyctl and tests) on the embedded server.
+func (d *Daemon) AdminNATSOptions() []nats.Option {
+	if d.natsAuth == nil {
+		return nil
+	}
+	return []nats.Option{nats.UserInfo(orchestrator.RekeydUser, d.natsAuth.Password(orchestrator.RekeydUser))}
 }
 
 // AdminToken is the token the HTTP API requires.

@@ -148,7 +148,8 @@ func rotate(t *testing.T, d *running, tenant, secret string) string {
 // newAgent starts an agent of tenant on its own NATS connection.
 func newAgent(t *testing.T, d *running, tenant, instance string, onInv func(agent.Invalidated)) *agent.Agent {
 	t.Helper()
-	nc, err := nats.Connect(d.NATSURL(), nats.Name(instance), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	opts := append(d.AgentNATSOptions(tenant), nats.Name(instance), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(d.NATSURL(), opts...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	a, err := agent.New(nc, agent.NewNATSFetcher(nc, instance), agent.Config{

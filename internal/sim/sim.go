@@ -111,7 +111,7 @@ func (c *Cluster) Close() error {
 // NewAgent connects a new agent of tenant, on its own NATS connection, and
 // records its drops.
 func (c *Cluster) NewAgent(ctx context.Context, tenant, instance string) (*agent.Agent, error) {
-	nc, err := nats.Connect(c.Daemon.NATSURL(), nats.Name(instance))
+	nc, err := nats.Connect(c.Daemon.NATSURL(), append(c.Daemon.AgentNATSOptions(tenant), nats.Name(instance))...)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,163 @@
+package orchestrator
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// RekeydUser is the NATS user of rekeyd and rekeyctl: every subject.
+const RekeydUser = "rekeyd"
+
+// NATSSecretFile holds, under the data dir, the key from which the
+// embedded server's passwords are derived.
+const NATSSecretFile = "nats.secret"
+
+// AgentUser is the NATS user shared by a tenant's agents.
+func AgentUser(tenant string) string { return "agent-" + tenant }
+
+// AgentPermissions are what a tenant's agents may do on NATS, and nothing
+// more: receive the tenant's invalidations (live, and from the INVALIDATE
+// stream through an ephemeral consumer filtered on the tenant), publish
+// acks, use reports and presence for the tenant, and fetch the tenant's
+// values from the local backend. Replies come to the tenant's own inbox
+// prefix (schemas.AgentInboxPrefix), which agents must use.
+func AgentPermissions(tenant string) *server.Permissions {
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{
+			"rekey.used." + tenant + ".>",
+			"rekey.ack." + tenant + ".>",
+			schemas.PresenceSubject(tenant),
+			"rekey.fetch." + tenant + ".>",
+			// Resync: create an ephemeral consumer whose filter is the
+			// tenant's subjects (the filter is part of the API subject,
+			// so the server refuses any other filter), and pull from it.
+			"$JS.API.CONSUMER.CREATE." + schemas.StreamInvalidate + ".*." + schemas.InvalidateTenantSubject(tenant),
+			"$JS.API.CONSUMER.MSG.NEXT." + schemas.StreamInvalidate + ".*",
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{
+			schemas.InvalidateTenantSubject(tenant),
+			schemas.AgentInboxPrefix(tenant) + ".>",
+		}},
+	}
+}
+
+// NATSAuth derives the embedded server's passwords from a secret kept in
+// the data dir, so that they survive restarts without being stored.
+type NATSAuth struct {
+	secret []byte
+}
+
+// LoadNATSAuth reads <dataDir>/nats.secret, creating it (mode 0600) with
+// 32 random bytes on first use.
+func LoadNATSAuth(dataDir string) (*NATSAuth, error) {
+	path := filepath.Join(dataDir, NATSSecretFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("nats secret: %w", err)
+		}
+		var k [32]byte
+		if _, err := rand.Read(k[:]); err != nil {
+			return nil, fmt.Errorf("nats secret: %w", err)
+		}
+		enc := base64.StdEncoding.EncodeToString(k[:])
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			return LoadNATSAuth(dataDir) // another process made it first
+		}
+		if err != nil {
+			return nil, fmt.Errorf("nats secret: %w", err)
+		}
+		_, werr := f.WriteString(enc + "\n")
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return nil, fmt.Errorf("nats secret: %w", werr)
+		}
+		return &NATSAuth{secret: k[:]}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nats secret: %w", err)
+	}
+	return parseNATSSecret(path, b)
+}
+
+// ReadNATSAuth reads <dataDir>/nats.secret (rekeyctl uses it to connect to
+// an embedded server as rekeyd); it never creates it.
+func ReadNATSAuth(dataDir string) (*NATSAuth, error) {
+	path := filepath.Join(dataDir, NATSSecretFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("nats secret: %w", err)
+	}
+	return parseNATSSecret(path, b)
+}
+
+func parseNATSSecret(path string, b []byte) (*NATSAuth, error) {
+	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(k) < 32 {
+		return nil, fmt.Errorf("nats secret %s: not 32 base64 bytes", path)
+	}
+	return &NATSAuth{secret: k}, nil
+}
+
+// Password returns the password of a NATS user.
+func (a *NATSAuth) Password(user string) string {
+	m := hmac.New(sha256.New, a.secret)
+	m.Write([]byte("rekey-nats-user:" + user))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// Users returns rekeyd's user (every subject) and one user per tenant
+// with AgentPermissions.
+func (a *NATSAuth) Users(tenants []string) []*server.User {
+	users := []*server.User{{Username: RekeydUser, Password: a.Password(RekeydUser)}}
+	for _, t := range tenants {
+		users = append(users, &server.User{Username: AgentUser(t), Password: a.Password(AgentUser(t)), Permissions: AgentPermissions(t)})
+	}
+	return users
+}
+
+// NATSConfigBlock prints, in nats-server configuration syntax, the users
+// and permissions rekey needs on an external NATS: rekeyd's user and one
+// user per tenant for its agents. Passwords are read from environment
+// variables named in the block, so the block holds no secret.
+func NATSConfigBlock(tenants []string) string {
+	var b strings.Builder
+	b.WriteString("# rekey users for nats-server.conf; set the environment variables before starting nats-server.\n")
+	b.WriteString("# JetStream must be enabled for this account.\n")
+	b.WriteString("authorization {\n  users = [\n")
+	fmt.Fprintf(&b, "    { user: %q, password: $REKEYD_NATS_PASSWORD }\n", RekeydUser)
+	for _, t := range tenants {
+		p := AgentPermissions(t)
+		fmt.Fprintf(&b, "    { user: %q, password: $%s,\n      permissions: {\n", AgentUser(t), envName(t))
+		fmt.Fprintf(&b, "        publish: { allow: %s }\n", quoteList(p.Publish.Allow))
+		fmt.Fprintf(&b, "        subscribe: { allow: %s }\n      } }\n", quoteList(p.Subscribe.Allow))
+	}
+	b.WriteString("  ]\n}\n")
+	return b.String()
+}
+
+func envName(tenant string) string {
+	return "REKEY_AGENT_" + strings.ToUpper(strings.NewReplacer("-", "_").Replace(tenant)) + "_NATS_PASSWORD"
+}
+
+func quoteList(list []string) string {
+	q := make([]string, len(list))
+	for i, s := range list {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
