@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/deployments/examples"
@@ -102,6 +103,24 @@ func TestRekeyctl(t *testing.T) {
 
 	_, _, err = rekeyctl(t, append(g, "restore", "globex")...)
 	require.NoError(t, err)
+
+	// agent-creds: credentials that connect as acme's agents and only that.
+	out, _, err = rekeyctl(t, append(g, "agent-creds", "acme")...)
+	require.NoError(t, err)
+	var creds agentCreds
+	require.NoError(t, json.Unmarshal([]byte(out), &creds))
+	require.Equal(t, "agent-acme", creds.User)
+	nc, err := nats.Connect(d.NATSURL(), nats.UserInfo(creds.User, creds.Password), nats.CustomInboxPrefix(creds.InboxPrefix))
+	require.NoError(t, err)
+	nc.Close()
+	_, err = nats.Connect(d.NATSURL(), nats.UserInfo("agent-globex", creds.Password))
+	require.Error(t, err, "acme's password must not open globex's user")
+
+	out, _, err = rekeyctl(t, "nats-config")
+	require.NoError(t, err)
+	require.Contains(t, out, `user: "agent-globex"`)
+	require.Contains(t, out, `"rekey.invalidate.acme.>"`)
+	require.NotContains(t, out, creds.Password)
 
 	// Errors carry the API's reason.
 	_, _, err = rekeyctl(t, append(g, "rotate", "acme/stripe-key")...)

@@ -1,0 +1,50 @@
+package orchestrator_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+)
+
+// TestNATSConfigBlockLoads: the block printed by `rekeyctl nats-config`
+// is accepted by nats-server's own config parser and yields the same
+// permissions as the embedded server's users.
+func TestNATSConfigBlockLoads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	require.NoError(t, os.WriteFile(path, []byte("jetstream: {}\n"+orchestrator.NATSConfigBlock([]string{"acme", "globex-eu"})), 0o600))
+	t.Setenv("REKEYD_NATS_PASSWORD", "p-rekeyd")
+	t.Setenv("REKEY_AGENT_ACME_NATS_PASSWORD", "p-acme")
+	t.Setenv("REKEY_AGENT_GLOBEX_EU_NATS_PASSWORD", "p-globex")
+	opts, err := server.ProcessConfigFile(path)
+	require.NoError(t, err)
+	users := map[string]*server.User{}
+	for _, u := range opts.Users {
+		users[u.Username] = u
+	}
+	require.Len(t, users, 3)
+	require.Equal(t, "p-acme", users["agent-acme"].Password)
+	require.Equal(t, "p-globex", users["agent-globex-eu"].Password)
+	require.Nil(t, users["rekeyd"].Permissions)
+	require.Equal(t, orchestrator.AgentPermissions("acme").Publish.Allow, users["agent-acme"].Permissions.Publish.Allow)
+	require.Equal(t, orchestrator.AgentPermissions("globex-eu").Subscribe.Allow, users["agent-globex-eu"].Permissions.Subscribe.Allow)
+}
+
+func TestNATSAuthPasswords(t *testing.T) {
+	dir := t.TempDir()
+	a, err := orchestrator.LoadNATSAuth(dir)
+	require.NoError(t, err)
+	b, err := orchestrator.ReadNATSAuth(dir)
+	require.NoError(t, err)
+	require.Equal(t, a.Password("agent-acme"), b.Password("agent-acme"), "passwords survive a restart")
+	require.NotEqual(t, a.Password("agent-acme"), a.Password("agent-globex"))
+	fi, err := os.Stat(filepath.Join(dir, orchestrator.NATSSecretFile))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	_, err = orchestrator.ReadNATSAuth(t.TempDir())
+	require.Error(t, err, "ReadNATSAuth never creates the secret")
+}
