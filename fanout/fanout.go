@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,7 +30,12 @@ type Fanout struct {
 	// ConfirmTimeout is how long fanout waits for every live agent's ack
 	// before it publishes an incomplete invalidation_confirmed event.
 	ConfirmTimeout time.Duration
+
+	started atomic.Bool
 }
+
+// Started reports whether fanout consumes events and hears acks (for readiness).
+func (f *Fanout) Started() bool { return f.started.Load() }
 
 // New returns a Fanout. source is the CloudEvents source of invalidations.
 func New(bus *orchestrator.Bus, audit *orchestrator.Auditor, metrics *orchestrator.Metrics, source string, log *slog.Logger) *Fanout {
@@ -77,7 +83,9 @@ func (f *Fanout) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", schemas.StreamEvents, err)
 	}
+	f.started.Store(true)
 	<-ctx.Done()
+	f.started.Store(false)
 	cc.Drain()
 	select {
 	case <-cc.Closed():

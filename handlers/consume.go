@@ -18,6 +18,8 @@ type queue struct {
 	stream, durable, filter string
 	ackWait                 time.Duration
 	maxAckPending, batch    int
+	// started, if set, is called once the consumer exists and pulls.
+	started func()
 }
 
 // pull creates (or updates) the durable consumer and hands every message to
@@ -40,6 +42,9 @@ func pull(ctx context.Context, bus *orchestrator.Bus, q queue, log *slog.Logger,
 	}
 	stop := context.AfterFunc(ctx, iter.Stop)
 	defer stop()
+	if q.started != nil {
+		q.started()
+	}
 	for {
 		msg, err := iter.Next()
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,6 +20,7 @@ import (
 // secret of the tenant and asks every backend that holds revocable
 // credentials to revoke the tenant's, and reports what it did.
 type RevocationWorker struct {
+	started atomic.Bool
 	d       Deps
 	cfg     WorkerConfig
 	rotator *Rotator
@@ -67,6 +69,7 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 	}
 	err := pull(ctx, w.d.Bus, queue{
 		stream: schemas.StreamRevoke, durable: orchestrator.ConsumerRevocation, filter: schemas.SubjectRevokeAll,
+		started: func() { w.started.Store(true) },
 		ackWait: w.cfg.AckWait, maxAckPending: 1000, batch: 64,
 	}, log, func(msg jetstream.Msg) {
 		mu.Lock()
@@ -292,3 +295,6 @@ func sortedParts(m map[string]*schemas.PartReport) []string {
 	slices.Sort(out)
 	return out
 }
+
+// Started reports whether the worker consumes (for readiness).
+func (w *RevocationWorker) Started() bool { return w.started.Load() }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -45,6 +46,7 @@ func (c WorkerConfig) withDefaults() WorkerConfig {
 // a time: every request that arrived before a rotation started is satisfied
 // by it (coalescing), so a storm of requests costs one or two rotations.
 type RotationWorker struct {
+	started atomic.Bool
 	d       Deps
 	cfg     WorkerConfig
 	rotator *Rotator
@@ -71,14 +73,11 @@ func NewRotationWorker(d Deps, r *Rotator, concurrency int, minInterval time.Dur
 	}
 }
 
-// Run provisions missing secrets, then consumes until ctx ends. It then
+// Run consumes until ctx ends (call Provision first). It then
 // stops pulling, lets in-flight rotations finish (up to ShutdownTimeout)
 // and naks whatever is still waiting, so nothing is lost.
 func (w *RotationWorker) Run(ctx context.Context) error {
 	log := w.d.Log.With("component", "rotation-worker")
-	if err := w.provision(ctx); err != nil {
-		return err
-	}
 	// Work runs on its own context so that shutdown lets it finish.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -87,6 +86,7 @@ func (w *RotationWorker) Run(ctx context.Context) error {
 
 	err := pull(ctx, w.d.Bus, queue{
 		stream: schemas.StreamRotate, durable: orchestrator.ConsumerRotation, filter: schemas.SubjectRotateAll,
+		started: func() { w.started.Store(true) },
 		ackWait: w.cfg.AckWait, maxAckPending: 20000, batch: 512,
 	}, log, w.enqueue)
 
@@ -348,9 +348,10 @@ func (w *RotationWorker) nakHeld() {
 	}
 }
 
-// provision creates the first version of secrets whose backend can, and
-// records the current version in the status of every secret.
-func (w *RotationWorker) provision(ctx context.Context) error {
+// Provision creates the first version of secrets whose backend can, and
+// records the current version in the status of every secret. rekeyd calls
+// it before it reports ready, so that agents find every secret.
+func (w *RotationWorker) Provision(ctx context.Context) error {
 	for _, t := range w.d.Catalog.Tenants() {
 		for _, s := range w.d.Catalog.Secrets(t) {
 			ref, b, err := w.d.Catalog.Lookup(t, s)
@@ -390,3 +391,6 @@ func truncateReason(s string) string {
 	}
 	return s
 }
+
+// Started reports whether the worker consumes (for readiness).
+func (w *RotationWorker) Started() bool { return w.started.Load() }

@@ -29,6 +29,7 @@ type Config struct {
 	NATS     NATSConfig              `yaml:"nats"`
 	HTTP     HTTPConfig              `yaml:"http"`
 	Rotation RotationConfig          `yaml:"rotation"`
+	Fanout   FanoutConfig            `yaml:"fanout"`
 	Backends BackendsConfig          `yaml:"backends"`
 	Tenants  map[string]TenantConfig `yaml:"tenants"`
 	// Triggers holds one section per trigger kind (cron, usage, siem,
@@ -86,6 +87,13 @@ type RotationConfig struct {
 	// a storm lasting a few seconds costs a couple of rotations. Kill
 	// switch rotations do not wait. 0 disables it.
 	MinInterval time.Duration `yaml:"min_interval"`
+}
+
+// FanoutConfig tunes the fanout of invalidations.
+type FanoutConfig struct {
+	// ConfirmTimeout is how long fanout waits for every live agent to ack
+	// an invalidation before it reports the ones that did not.
+	ConfirmTimeout time.Duration `yaml:"confirm_timeout"`
 }
 
 // BackendsConfig holds one section per backend kind.
@@ -167,6 +175,7 @@ func Defaults() Config {
 			LockTTL:        30 * time.Second,
 			MinInterval:    2 * time.Second,
 		},
+		Fanout: FanoutConfig{ConfirmTimeout: 10 * time.Second},
 	}
 }
 
@@ -259,6 +268,7 @@ func (c *Config) Validate() error {
 		"rotation.backoff_max":     c.Rotation.BackoffMax,
 		"rotation.step_timeout":    c.Rotation.StepTimeout,
 		"rotation.lock_ttl":        c.Rotation.LockTTL,
+		"fanout.confirm_timeout":   c.Fanout.ConfirmTimeout,
 	} {
 		if d <= 0 {
 			add(fieldErr(name, "%s must be positive", d))

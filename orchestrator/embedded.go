@@ -14,7 +14,8 @@ import (
 // EmbeddedServer is a nats-server running inside this process with
 // JetStream storing on disk.
 type EmbeddedServer struct {
-	srv *server.Server
+	srv  *server.Server
+	opts *server.Options
 }
 
 // StartEmbedded starts nats-server on addr (host:port; port 0 picks one)
@@ -60,7 +61,28 @@ func StartEmbedded(addr, storeDir string, users []*server.User, log *slog.Logger
 	if log != nil {
 		log.Info("embedded nats started", "component", "nats", "url", srv.ClientURL(), "store_dir", storeDir)
 	}
-	return &EmbeddedServer{srv: srv}, nil
+	return &EmbeddedServer{srv: srv, opts: opts}, nil
+}
+
+// Restart stops the server and starts it again on the same port and store
+// (tests use it to show that nothing is lost when NATS restarts).
+func (e *EmbeddedServer) Restart(down time.Duration) error {
+	addr := e.srv.Addr().(*net.TCPAddr)
+	e.Shutdown()
+	time.Sleep(down)
+	opts := *e.opts
+	opts.Port = addr.Port
+	srv, err := server.NewServer(&opts)
+	if err != nil {
+		return fmt.Errorf("embedded nats restart: %w", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(15 * time.Second) {
+		srv.Shutdown()
+		return fmt.Errorf("embedded nats restart on port %d: not ready after 15s", addr.Port)
+	}
+	e.srv = srv
+	return nil
 }
 
 // ClientURL is the nats:// URL clients connect to.

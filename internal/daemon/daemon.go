@@ -131,9 +131,27 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		rotator.SetStepHook(opts.StepHook)
 	}
 	d.fanout = fanout.New(d.bus, audit, d.metrics, "rekeyd/fanout", log)
+	d.fanout.ConfirmTimeout = cfg.Fanout.ConfirmTimeout
 	fetch := local.NewServer(d.bus.NC, d.local, catalog.Ref, d.state.IsRevoked, log)
 
-	d.http, err = orchestrator.NewHTTPServer(cfg.HTTP, d.metrics, d.bus.Ready, log)
+	// Ready once NATS answers and the consuming components are running.
+	var revocations *handlers.RevocationWorker
+	var rotations *handlers.RotationWorker
+	ready := func(ctx context.Context) error {
+		if err := d.bus.Ready(ctx); err != nil {
+			return err
+		}
+		switch {
+		case !rotations.Started():
+			return errors.New("rotation worker not consuming yet")
+		case !revocations.Started():
+			return errors.New("revocation worker not consuming yet")
+		case !d.fanout.Started():
+			return errors.New("fanout not consuming yet")
+		}
+		return nil
+	}
+	d.http, err = orchestrator.NewHTTPServer(cfg.HTTP, d.metrics, ready, log)
 	if err != nil {
 		return nil, err
 	}
@@ -144,9 +162,14 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 	api.Register(d.http.Mux)
 
+	rotations = handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, cfg.Rotation.MinInterval, opts.Worker)
+	if err := rotations.Provision(ctx); err != nil {
+		return nil, err
+	}
+	revocations = handlers.NewRevocationWorker(deps, rotator, opts.Worker)
 	d.comps = []orchestrator.Named{
-		{Name: "rotation-worker", Component: handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, cfg.Rotation.MinInterval, opts.Worker)},
-		{Name: "revocation-worker", Component: handlers.NewRevocationWorker(deps, rotator, opts.Worker)},
+		{Name: "rotation-worker", Component: rotations},
+		{Name: "revocation-worker", Component: revocations},
 		{Name: "fanout", Component: d.fanout},
 		{Name: "local-fetch", Component: fetch},
 		{Name: "http", Component: d.http},
