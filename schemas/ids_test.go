@@ -141,3 +141,26 @@ func TestParseRef(t *testing.T) {
 		})
 	}
 }
+
+// TestValidIDMatchesPattern: the hand-written check agrees with IDPattern.
+func TestValidIDMatchesPattern(t *testing.T) {
+	re := regexp.MustCompile(schemas.IDPattern)
+	inputs := []string{"", "a", "a-", "-a", "_a", "a_b-c", "A", "ab.c", "a*", "a>", " a", "é", strings.Repeat("a", 63), strings.Repeat("a", 64), "0", "09_", "a\x00"}
+	for c := 0; c < 256; c++ {
+		inputs = append(inputs, "a"+string(rune(c)), string(rune(c)))
+	}
+	for _, in := range inputs {
+		require.Equal(t, re.MatchString(in), schemas.ValidateID("x", in) == nil, "%q", in)
+	}
+}
+
+func FuzzValidateIDMatchesPattern(f *testing.F) {
+	re := regexp.MustCompile(schemas.IDPattern)
+	f.Add("acme")
+	f.Add("a-b_c")
+	f.Fuzz(func(t *testing.T, in string) {
+		if re.MatchString(in) != (schemas.ValidateID("x", in) == nil) {
+			t.Fatalf("disagree on %q", in)
+		}
+	})
+}

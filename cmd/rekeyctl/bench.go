@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -51,6 +52,30 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(prop, get)
+	var sizes []int
+	var fanRotations int
+	fan := &cobra.Command{
+		Use:   "fanout",
+		Short: "rotation finish -> last of N agents dropped, next to a raw NATS baseline, and memory per agent",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			var results []sim.FanoutResult
+			for _, n := range sizes {
+				res, err := sim.Fanout(ctx, n, fanRotations, log)
+				if err != nil {
+					return fmt.Errorf("%d agents: %w", n, err)
+				}
+				results = append(results, res)
+			}
+			sim.PrintFanout(cmd.OutOrStdout(), results)
+			return nil
+		},
+	}
+	fan.Flags().IntSliceVar(&sizes, "agents", []int{1000, 5000}, "agent counts to measure")
+	fan.Flags().IntVar(&fanRotations, "rotations", 50, "rotations per agent count")
+	cmd.AddCommand(prop, get, fan)
 	return cmd
 }

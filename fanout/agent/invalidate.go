@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -88,7 +89,12 @@ func (a *Agent) handleMsg(m *nats.Msg) {
 // is acked only then, and is skipped when it, or an invalidation published
 // later on the same subject, was already applied.
 func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
-	log := a.log.With("secret", p.token, "request_id", p.inv.RequestID, "kind", p.inv.Kind, "version", p.inv.Version)
+	// The logger with attributes is built only when something is logged:
+	// apply runs for every agent on every invalidation.
+	log := func() *slog.Logger {
+		return a.log.With("secret", p.token, "request_id", p.inv.RequestID, "kind", p.inv.Kind, "version", p.inv.Version)
+	}
+	debug := a.log.Enabled(context.Background(), slog.LevelDebug)
 	tenantWide := p.token == schemas.TenantToken
 	a.mu.Lock()
 	m, seen := a.marks[p.token]
@@ -100,7 +106,9 @@ func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
 	if (replayed && (older || (seen && p.id == m.id))) ||
 		(!replayed && older && tenantWide && p.inv.Kind == schemas.InvalidationRestored) {
 		a.mu.Unlock()
-		log.Debug("invalidation already applied or outdated", "event", p.id, "replayed", replayed)
+		if debug {
+			log().Debug("invalidation already applied or outdated", "event", p.id, "replayed", replayed)
+		}
 		return
 	}
 	if !older {
@@ -137,11 +145,11 @@ func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
 	a.mu.Unlock()
 
 	if p.inv.Kind == schemas.InvalidationRestored && changed {
-		log.Info("tenant restored")
+		log().Info("tenant restored")
 	} else if tenantWide && changed {
-		log.Warn("tenant revoked: cache dropped, failing closed")
-	} else {
-		log.Debug("invalidation applied", "replayed", replayed, "changed", changed)
+		log().Warn("tenant revoked: cache dropped, failing closed")
+	} else if debug {
+		log().Debug("invalidation applied", "replayed", replayed, "changed", changed)
 	}
 	if ack {
 		a.publishAck(p, received, dropped)
