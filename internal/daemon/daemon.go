@@ -62,6 +62,9 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	if err := checkTriggerSections(&cfg); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -166,6 +169,10 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := rotations.Provision(ctx); err != nil {
 		return nil, err
 	}
+	triggers, err := d.buildTriggers(audit, log)
+	if err != nil {
+		return nil, err
+	}
 	revocations = handlers.NewRevocationWorker(deps, rotator, opts.Worker)
 	d.comps = []orchestrator.Named{
 		{Name: "rotation-worker", Component: rotations},
@@ -174,6 +181,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		{Name: "local-fetch", Component: fetch},
 		{Name: "http", Component: d.http},
 	}
+	d.comps = append(d.comps, triggers...)
 	return d, nil
 }
 

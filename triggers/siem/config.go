@@ -1,0 +1,495 @@
+package siem
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// Section is the configuration section this package reads.
+const Section = "triggers.siem"
+
+// Defaults of Config and SourceConfig.
+const (
+	DefaultMaxBodyBytes = 1 << 20
+	DefaultDedupWindow  = 10 * time.Minute
+	DefaultRatePerSec   = 10
+	DefaultRateBurst    = 20
+	DefaultMaxSkew      = 5 * time.Minute
+)
+
+// Actions a rule can ask for.
+const (
+	ActionRotate = "rotate"
+	ActionRevoke = "revoke"
+)
+
+// Config is the triggers.siem section of rekey.yaml.
+type Config struct {
+	// Sources are the webhook senders, by name: POST /v1/hooks/{name}.
+	Sources map[string]SourceConfig `yaml:"sources"`
+	// MaxBodyBytes bounds a webhook body (default 1 MiB); larger get 413.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// DedupWindow is how long an alert delivered again (same source, id,
+	// tenant and secret) is dropped as a duplicate (default 10m).
+	DedupWindow time.Duration `yaml:"dedup_window"`
+}
+
+// SourceConfig is one webhook sender. Zero values take the defaults.
+type SourceConfig struct {
+	// Format is alertmanager, grafana, splunk, datadog, pagerduty or generic.
+	Format string `yaml:"format"`
+	// Tenants is the allow-list: the only tenants this source may name.
+	Tenants []string `yaml:"tenants"`
+	// Auth is how a request proves it comes from the sender (required).
+	Auth AuthConfig `yaml:"auth"`
+	// Rules turn alerts into requests; for each alert the first rule
+	// whose match holds and whose min_severity it reaches applies.
+	Rules []RuleConfig `yaml:"rules"`
+	// RateLimit bounds accepted webhook requests; over it: 429.
+	RateLimit RateLimitConfig `yaml:"rate_limit"`
+	// DedupWindow overrides Config.DedupWindow for this source.
+	DedupWindow time.Duration `yaml:"dedup_window"`
+	// MaxBodyBytes overrides Config.MaxBodyBytes for this source.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// SeverityLabel, when set, is the label the severity is read from,
+	// instead of the format's own (see the parsers).
+	SeverityLabel string `yaml:"severity_label"`
+	// Severities maps vendor severities (case-insensitive) to info,
+	// warning, error or critical, before the built-in mapping.
+	Severities map[string]string `yaml:"severities"`
+	// DefaultSeverity applies to alerts whose severity is unknown.
+	DefaultSeverity string `yaml:"default_severity"`
+	// Generic is the field mapping of format generic (and only of it).
+	Generic *GenericMapping `yaml:"generic"`
+}
+
+// AuthConfig holds exactly one authentication method.
+type AuthConfig struct {
+	HMAC   *HMACAuth   `yaml:"hmac"`
+	Bearer *BearerAuth `yaml:"bearer"`
+	Basic  *BasicAuth  `yaml:"basic"`
+}
+
+// HMACAuth checks an HMAC-SHA256 of the raw body sent in a header.
+type HMACAuth struct {
+	// Secret or SecretEnv (the name of an environment variable holding
+	// it): the shared key, at least 16 bytes.
+	Secret    Secret `yaml:"secret"`
+	SecretEnv string `yaml:"secret_env"`
+	// Header carries the signature. Default X-PagerDuty-Signature for
+	// pagerduty, X-Grafana-Alerting-Signature for grafana; required for
+	// other formats.
+	Header string `yaml:"header"`
+	// Prefix precedes each signature: "sha256=" (GitHub style), "v1="
+	// (PagerDuty, the default for pagerduty) or "" (Grafana, the default
+	// for the others). The header may hold several comma-separated
+	// signatures (PagerDuty during a key rotation); one valid is enough.
+	Prefix *string `yaml:"prefix"`
+	// Encoding of the signature: hex (default) or base64.
+	Encoding string `yaml:"encoding"`
+	// TimestampHeader, when set, carries a Unix time (seconds) that must
+	// be within MaxSkew of now, and the signature is over
+	// "<timestamp>:<body>" (Grafana's scheme) instead of the body alone.
+	TimestampHeader string        `yaml:"timestamp_header"`
+	MaxSkew         time.Duration `yaml:"max_skew"`
+}
+
+// BearerAuth checks "Authorization: Bearer <token>".
+type BearerAuth struct {
+	Token    Secret `yaml:"token"`
+	TokenEnv string `yaml:"token_env"`
+}
+
+// BasicAuth checks HTTP basic authentication.
+type BasicAuth struct {
+	Username    string `yaml:"username"`
+	Password    Secret `yaml:"password"`
+	PasswordEnv string `yaml:"password_env"`
+}
+
+// RateLimitConfig is a token bucket per source.
+type RateLimitConfig struct {
+	// PerSecond is the sustained rate (default 10); Burst the bucket size
+	// (default 20).
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
+}
+
+// RuleConfig turns a matching alert into requests.
+type RuleConfig struct {
+	// Name appears in audit records and request reasons (default rule-<n>).
+	Name string `yaml:"name"`
+	// Match: every label must equal its value. MatchRE: every label must
+	// match its regular expression (RE2, anchored). Both empty: any alert.
+	Match   map[string]string `yaml:"match"`
+	MatchRE map[string]string `yaml:"match_re"`
+	// The tenant: fixed (Tenant) or read from a label (TenantLabel).
+	Tenant      string `yaml:"tenant"`
+	TenantLabel string `yaml:"tenant_label"`
+	// For rotate, the secrets: fixed (Secrets), read from a label
+	// (SecretLabel, comma-separated for several) or every secret of the
+	// tenant (AllSecrets). Revoke is tenant-wide and takes none.
+	Secrets     []string `yaml:"secrets"`
+	SecretLabel string   `yaml:"secret_label"`
+	AllSecrets  bool     `yaml:"all_secrets"`
+	// Action is rotate (default) or revoke.
+	Action string `yaml:"action"`
+	// MinSeverity: info, warning, error or critical; empty matches any
+	// alert, even one without a severity.
+	MinSeverity string `yaml:"min_severity"`
+}
+
+// Secret is a credential from the configuration. It prints, logs and
+// encodes as "[redacted]", never as its value.
+type Secret string
+
+const redacted = "[redacted]"
+
+func (Secret) String() string               { return redacted }
+func (Secret) GoString() string             { return `"` + redacted + `"` }
+func (Secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
+func (Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
+func (Secret) MarshalYAML() (any, error)    { return redacted, nil }
+
+// Defaults returns the section's defaults, with no sources.
+func Defaults() Config {
+	return Config{MaxBodyBytes: DefaultMaxBodyBytes, DedupWindow: DefaultDedupWindow}
+}
+
+// ParseConfig decodes the raw triggers.siem section over the defaults,
+// validates it, and checks it against the rekey configuration: every
+// allow-listed tenant and every fixed secret must be configured. Errors
+// name their field, e.g. "triggers.siem.sources.prod-am.auth.hmac.header".
+func ParseConfig(raw []byte, rekey *orchestrator.Config) (Config, error) {
+	cfg := Defaults()
+	if err := orchestrator.DecodeSection(Section, raw, &cfg); err != nil {
+		return Config{}, err
+	}
+	if err := cfg.checkAgainst(rekey); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// checkAgainst checks tenants and fixed secrets exist in rekey's config.
+func (c Config) checkAgainst(rekey *orchestrator.Config) error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, orchestrator.FieldErrorf(Section+"."+field, format, args...))
+	}
+	for _, name := range sortedKeys(c.Sources) {
+		s := c.Sources[name]
+		sf := "sources." + name
+		for i, t := range s.Tenants {
+			if _, ok := rekey.Tenants[t]; !ok {
+				add(fmt.Sprintf("%s.tenants[%d]", sf, i), "tenant %q is not configured in tenants", t)
+			}
+		}
+		for i, r := range s.Rules {
+			if r.Tenant == "" {
+				continue
+			}
+			for j, sec := range r.Secrets {
+				if _, ok := rekey.Secret(r.Tenant, sec); !ok {
+					add(fmt.Sprintf("%s.rules[%d].secrets[%d]", sf, i, j), "secret %q of tenant %q is not configured", sec, r.Tenant)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+type fieldProblem struct{ field, reason string }
+
+// Validate checks every field and returns every problem found, each a
+// *orchestrator.FieldError naming its field relative to the section
+// ("sources.prod-am.auth.hmac.header"). Zero values stand for defaults.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, orchestrator.FieldErrorf(field, format, args...))
+	}
+	if c.MaxBodyBytes != 0 && (c.MaxBodyBytes < 1024 || c.MaxBodyBytes > 64<<20) {
+		add("max_body_bytes", "%d must be between 1024 and 67108864", c.MaxBodyBytes)
+	}
+	if c.DedupWindow != 0 && (c.DedupWindow < time.Second || c.DedupWindow > 7*24*time.Hour) {
+		add("dedup_window", "%s must be between 1s and 168h", c.DedupWindow)
+	}
+	for _, name := range sortedKeys(c.Sources) {
+		sf := "sources." + name
+		if err := schemas.ValidateID("source", name); err != nil {
+			add(sf, "source name: %v", err)
+			continue
+		}
+		for _, p := range c.Sources[name].validate() {
+			add(sf+"."+p.field, "%s", p.reason)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s SourceConfig) validate() []fieldProblem {
+	var out []fieldProblem
+	add := func(field, format string, args ...any) {
+		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
+	}
+	if !slices.Contains(Formats, s.Format) {
+		add("format", "%q must be one of %s", s.Format, strings.Join(Formats, ", "))
+	}
+	if s.Format == FormatGeneric {
+		if s.Generic == nil {
+			add("generic", "must be set for format generic")
+		} else {
+			for _, p := range s.Generic.validate() {
+				add("generic."+p.field, "%s", p.reason)
+			}
+		}
+	} else if s.Generic != nil {
+		add("generic", "is only for format generic")
+	}
+	allowed := map[string]bool{}
+	if len(s.Tenants) == 0 {
+		add("tenants", "at least one tenant is required (the tenants this source may name)")
+	}
+	for i, t := range s.Tenants {
+		if err := schemas.ValidateID("tenant", t); err != nil {
+			add(fmt.Sprintf("tenants[%d]", i), "%v", err)
+		}
+		allowed[t] = true
+	}
+	out = append(out, s.Auth.validate(s.Format)...)
+	if len(s.Rules) == 0 {
+		add("rules", "at least one rule is required")
+	}
+	names := map[string]bool{}
+	for i, r := range s.Rules {
+		rf := fmt.Sprintf("rules[%d]", i)
+		for _, p := range r.validate(allowed) {
+			add(rf+"."+p.field, "%s", p.reason)
+		}
+		if n := r.name(i); names[n] {
+			add(rf+".name", "%q is used by another rule", n)
+		} else {
+			names[n] = true
+		}
+	}
+	if s.RateLimit.PerSecond < 0 || s.RateLimit.PerSecond > 10000 {
+		add("rate_limit.per_second", "%g must be between 0 and 10000 (0: default %d)", s.RateLimit.PerSecond, DefaultRatePerSec)
+	}
+	if s.RateLimit.Burst < 0 || s.RateLimit.Burst > 100000 {
+		add("rate_limit.burst", "%d must be between 0 and 100000 (0: default %d)", s.RateLimit.Burst, DefaultRateBurst)
+	}
+	if s.DedupWindow != 0 && (s.DedupWindow < time.Second || s.DedupWindow > 7*24*time.Hour) {
+		add("dedup_window", "%s must be between 1s and 168h", s.DedupWindow)
+	}
+	if s.MaxBodyBytes != 0 && (s.MaxBodyBytes < 1024 || s.MaxBodyBytes > 64<<20) {
+		add("max_body_bytes", "%d must be between 1024 and 67108864", s.MaxBodyBytes)
+	}
+	for _, k := range sortedKeys(s.Severities) {
+		if _, ok := SeverityLevel(s.Severities[k]); !ok {
+			add("severities."+k, "%q must be info, warning, error or critical", s.Severities[k])
+		}
+	}
+	if s.DefaultSeverity != "" {
+		if _, ok := SeverityLevel(s.DefaultSeverity); !ok {
+			add("default_severity", "%q must be info, warning, error or critical", s.DefaultSeverity)
+		}
+	}
+	return out
+}
+
+func (a AuthConfig) validate(format string) []fieldProblem {
+	var out []fieldProblem
+	add := func(field, format string, args ...any) {
+		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
+	}
+	n := 0
+	for _, set := range []bool{a.HMAC != nil, a.Bearer != nil, a.Basic != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		add("auth", "exactly one of hmac, bearer or basic is required")
+	}
+	secret := func(field, envField string, v Secret, env string) {
+		switch {
+		case v != "" && env != "":
+			add(field, "set %s or %s, not both", field[strings.LastIndexByte(field, '.')+1:], envField[strings.LastIndexByte(envField, '.')+1:])
+		case v == "" && env == "":
+			add(field, "is required (or %s)", envField[strings.LastIndexByte(envField, '.')+1:])
+		case v != "" && len(v) < 16:
+			add(field, "must be at least 16 bytes")
+		}
+	}
+	if h := a.HMAC; h != nil {
+		secret("auth.hmac.secret", "auth.hmac.secret_env", h.Secret, h.SecretEnv)
+		e := h.withDefaults(format)
+		if e.Header == "" {
+			add("auth.hmac.header", "must be set for format %s (e.g. X-Hub-Signature-256)", format)
+		} else if !validHeaderName(e.Header) {
+			add("auth.hmac.header", "%q is not a header name", e.Header)
+		}
+		if e.Encoding != "hex" && e.Encoding != "base64" {
+			add("auth.hmac.encoding", "%q must be hex or base64", e.Encoding)
+		}
+		if h.TimestampHeader != "" && !validHeaderName(h.TimestampHeader) {
+			add("auth.hmac.timestamp_header", "%q is not a header name", h.TimestampHeader)
+		}
+		if h.MaxSkew < 0 || h.MaxSkew > time.Hour {
+			add("auth.hmac.max_skew", "%s must be between 0 and 1h (0: default %s)", h.MaxSkew, DefaultMaxSkew)
+		}
+	}
+	if b := a.Bearer; b != nil {
+		secret("auth.bearer.token", "auth.bearer.token_env", b.Token, b.TokenEnv)
+	}
+	if b := a.Basic; b != nil {
+		if b.Username == "" || strings.Contains(b.Username, ":") {
+			add("auth.basic.username", "must be set, without ':'")
+		}
+		secret("auth.basic.password", "auth.basic.password_env", b.Password, b.PasswordEnv)
+	}
+	return out
+}
+
+// withDefaults fills the format's default header, prefix and encoding.
+func (h HMACAuth) withDefaults(format string) HMACAuth {
+	if h.Header == "" {
+		switch format {
+		case FormatPagerDuty:
+			h.Header = "X-PagerDuty-Signature"
+		case FormatGrafana:
+			h.Header = "X-Grafana-Alerting-Signature"
+		}
+	}
+	if h.Prefix == nil {
+		p := ""
+		if format == FormatPagerDuty {
+			p = "v1="
+		}
+		h.Prefix = &p
+	}
+	if h.Encoding == "" {
+		h.Encoding = "hex"
+	}
+	if h.MaxSkew == 0 {
+		h.MaxSkew = DefaultMaxSkew
+	}
+	return h
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (r RuleConfig) name(i int) string {
+	if r.Name != "" {
+		return r.Name
+	}
+	return fmt.Sprintf("rule-%d", i+1)
+}
+
+func (r RuleConfig) validate(allowed map[string]bool) []fieldProblem {
+	var out []fieldProblem
+	add := func(field, format string, args ...any) {
+		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
+	}
+	if r.Name != "" {
+		if err := schemas.ValidateID("rule", r.Name); err != nil {
+			add("name", "%v", err)
+		}
+	}
+	for _, k := range sortedKeys(r.Match) {
+		if k == "" {
+			add("match", "a label name is empty")
+		}
+	}
+	for _, k := range sortedKeys(r.MatchRE) {
+		if _, err := regexp.Compile("^(?:" + r.MatchRE[k] + ")$"); err != nil {
+			add("match_re."+k, "%v", err)
+		}
+	}
+	switch {
+	case (r.Tenant == "") == (r.TenantLabel == ""):
+		add("tenant", "exactly one of tenant or tenant_label is required")
+	case r.Tenant != "":
+		if err := schemas.ValidateID("tenant", r.Tenant); err != nil {
+			add("tenant", "%v", err)
+		} else if !allowed[r.Tenant] {
+			add("tenant", "%q is not in the source's tenants", r.Tenant)
+		}
+	}
+	action := r.Action
+	if action == "" {
+		action = ActionRotate
+	}
+	nsec := 0
+	if len(r.Secrets) > 0 {
+		nsec++
+	}
+	if r.SecretLabel != "" {
+		nsec++
+	}
+	if r.AllSecrets {
+		nsec++
+	}
+	switch action {
+	case ActionRotate:
+		if nsec != 1 {
+			add("secrets", "exactly one of secrets, secret_label or all_secrets is required for rotate")
+		}
+		for i, s := range r.Secrets {
+			if err := schemas.ValidateID("secret", s); err != nil {
+				add(fmt.Sprintf("secrets[%d]", i), "%v", err)
+			}
+		}
+	case ActionRevoke:
+		if nsec != 0 {
+			add("secrets", "revoke is tenant-wide: secrets, secret_label and all_secrets must not be set")
+		}
+	default:
+		add("action", "%q must be rotate or revoke", r.Action)
+	}
+	if r.MinSeverity != "" {
+		if _, ok := SeverityLevel(r.MinSeverity); !ok {
+			add("min_severity", "%q must be info, warning, error or critical", r.MinSeverity)
+		}
+	}
+	return out
+}
+
+// resolveSecret returns the value, or the environment variable's.
+func resolveSecret(field string, v Secret, env string) (Secret, error) {
+	if env == "" {
+		return v, nil
+	}
+	s := os.Getenv(env)
+	if s == "" {
+		return "", orchestrator.FieldErrorf(field, "environment variable %s is empty or unset", env)
+	}
+	if len(s) < 16 {
+		return "", orchestrator.FieldErrorf(field, "environment variable %s must hold at least 16 bytes", env)
+	}
+	return Secret(s), nil
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

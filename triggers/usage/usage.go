@@ -1,0 +1,609 @@
+// Package usage is the use-count trigger: it counts the uses agents report
+// per tenant, secret and version, and requests one rotation of a secret
+// when a version reaches its policy.max_uses.
+//
+// Agents (fanout/agent) publish batched UsageReport events on
+// rekey.used.<t>.<s> (stream REKEY_USAGE). Every replica reads them through
+// one shared durable consumer ("usage-counter"), so each report goes to one
+// of them; counts live in the "rekey_usage" KV bucket (key <t>.<s>.<version>),
+// updated with compare-and-set before the report is acked, so they survive
+// restarts. A count entry remembers the stream sequences of the reports it
+// holds that may still be redelivered, so a report whose ack was lost is
+// not counted twice.
+//
+// The decision to rotate is stored in the same entry, by the one update
+// that takes the count to max_uses, so a version is asked to rotate once,
+// ever; the request id is derived from the version (RequestID), so even a
+// repeated publish is dropped by JetStream.
+package usage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// Names of the NATS resources the trigger uses.
+const (
+	Bucket      = "rekey_usage"
+	Durable     = "usage-counter"
+	EventSource = "rekeyd/usage"
+)
+
+// Config is the triggers.usage section of rekey.yaml.
+type Config struct {
+	// Enabled runs the trigger (default true).
+	Enabled bool `yaml:"enabled"`
+	// Concurrency is the number of reports counted at once by one
+	// replica (default 4). Reports of one secret are counted in order.
+	Concurrency int `yaml:"concurrency"`
+	// AckWait is how long a report may stay unacked before JetStream
+	// hands it to another replica (default 30s).
+	AckWait time.Duration `yaml:"ack_wait"`
+	// Retention is how long the count of a version no longer reported is
+	// kept (default 720h); 0 keeps counts forever.
+	Retention time.Duration `yaml:"retention"`
+}
+
+// Defaults returns the configuration of an empty section.
+func Defaults() Config {
+	return Config{Enabled: true, Concurrency: 4, AckWait: 30 * time.Second, Retention: 30 * 24 * time.Hour}
+}
+
+// Validate checks the fields; errors name the field within the section.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Concurrency < 1 || c.Concurrency > 64 {
+		errs = append(errs, orchestrator.FieldErrorf("concurrency", "%d must be between 1 and 64", c.Concurrency))
+	}
+	if c.AckWait < time.Second || c.AckWait > 10*time.Minute {
+		errs = append(errs, orchestrator.FieldErrorf("ack_wait", "%s must be between 1s and 10m", c.AckWait))
+	}
+	if c.Retention != 0 && c.Retention < time.Hour {
+		errs = append(errs, orchestrator.FieldErrorf("retention", "%s must be 0 (forever) or at least 1h", c.Retention))
+	}
+	return errors.Join(errs...)
+}
+
+// ParseConfig decodes the triggers.usage section over the defaults.
+func ParseConfig(raw []byte) (Config, error) {
+	cfg := Defaults()
+	if s := strings.TrimSpace(string(raw)); s == "null" || s == "~" {
+		raw = nil // a section with nothing under it
+	}
+	if err := orchestrator.DecodeSection("triggers.usage", raw, &cfg); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Count is the entry of one secret version in the bucket. It never holds
+// a value.
+type Count struct {
+	Tenant    string    `json:"tenant"`
+	Secret    string    `json:"secret"`
+	Version   string    `json:"version"`
+	Uses      int64     `json:"uses"`
+	Reports   int64     `json:"reports"`
+	FirstAt   time.Time `json:"first_at,omitzero"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
+	// Applied are the REKEY_USAGE sequences of counted reports that were
+	// not known to be acked when counted (at most maxApplied are kept);
+	// AckFloor is the consumer's ack floor when they were pruned: every
+	// report at or below it was acked, hence counted. Together they keep
+	// a redelivered report from being counted twice.
+	Applied  []uint64 `json:"applied,omitempty"`
+	AckFloor uint64   `json:"ack_floor,omitempty"`
+	// Epoch identifies the REKEY_USAGE stream (its creation time) that
+	// the sequences belong to; a recreated stream starts them over.
+	Epoch int64 `json:"epoch,omitempty"`
+	// Rotation is set once, by the update that reached max_uses.
+	Rotation *Rotation `json:"rotation,omitempty"`
+}
+
+// Rotation records the rotation requested for a version.
+type Rotation struct {
+	RequestID string    `json:"request_id"`
+	Uses      int64     `json:"uses"`
+	MaxUses   int64     `json:"max_uses"`
+	DecidedAt time.Time `json:"decided_at"`
+	// Seq is the report that reached max_uses; its handler publishes.
+	Seq         uint64    `json:"seq"`
+	Published   bool      `json:"published"`
+	PublishedAt time.Time `json:"published_at,omitzero"`
+}
+
+// maxApplied bounds Count.Applied.
+const maxApplied = 4096
+
+// ReadCount returns the stored count of one version (zero if none).
+func ReadCount(ctx context.Context, bus *orchestrator.Bus, tenant, secret, version string) (Count, error) {
+	kv, err := bus.JS.KeyValue(ctx, Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return Count{Tenant: tenant, Secret: secret, Version: version}, nil
+	}
+	if err != nil {
+		return Count{}, fmt.Errorf("open %s: %w", Bucket, err)
+	}
+	c, _, err := get(ctx, kv, tenant, secret, version)
+	return c, err
+}
+
+// Trigger counts uses and requests rotations.
+type Trigger struct {
+	cfg     Config
+	rekey   *orchestrator.Config
+	bus     *orchestrator.Bus
+	audit   *orchestrator.Auditor
+	metrics *orchestrator.Metrics
+	log     *slog.Logger
+	reports *prometheus.CounterVec // outcome
+
+	// ackFloor is the consumer's ack floor (a stream sequence): reports
+	// at or below it are acked and never redelivered.
+	ackFloor atomic.Uint64
+}
+
+// New returns the trigger.
+func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *orchestrator.Auditor,
+	metrics *orchestrator.Metrics, log *slog.Logger) (*Trigger, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("triggers.usage: %w", err)
+	}
+	if rekey == nil || bus == nil || audit == nil {
+		return nil, errors.New("usage: config, bus and auditor are required")
+	}
+	if metrics == nil {
+		metrics = orchestrator.NewMetrics()
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	reports := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rekey_usage_reports_total",
+		Help: "Use reports handled by the use-count trigger, by outcome (counted, duplicate, ignored, refused, failed).",
+	}, []string{"outcome"})
+	if err := metrics.Registry.Register(reports); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, fmt.Errorf("usage: register metrics: %w", err)
+		}
+		reports = are.ExistingCollector.(*prometheus.CounterVec)
+	}
+	return &Trigger{cfg: cfg, rekey: rekey, bus: bus, audit: audit, metrics: metrics,
+		log: log.With("component", "usage"), reports: reports}, nil
+}
+
+// Run counts reports until ctx ends, then stops taking reports, finishes
+// the ones being counted, hands the others back and returns nil.
+func (t *Trigger) Run(ctx context.Context) error {
+	if !t.cfg.Enabled {
+		t.log.Info("use-count trigger disabled")
+		return nil
+	}
+	if !t.anyPolicy() {
+		t.log.Debug("no secret has max_uses")
+		return nil
+	}
+	kv, err := t.bus.KV(ctx, Bucket, t.cfg.Retention)
+	if err != nil {
+		return t.setupFailed(ctx, err)
+	}
+	state, err := orchestrator.NewState(ctx, t.bus, t.rekey.Rotation.LockTTL)
+	if err != nil {
+		return t.setupFailed(ctx, err)
+	}
+	cons, err := t.bus.Consumer(ctx, schemas.StreamUsage, jetstream.ConsumerConfig{
+		Durable:       Durable,
+		Description:   "use-count trigger; shared by every rekeyd",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       t.cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 4096,
+		FilterSubject: schemas.SubjectUsedAll,
+	})
+	if err != nil {
+		return t.setupFailed(ctx, err)
+	}
+	epoch, err := streamEpoch(ctx, t.bus)
+	if err != nil {
+		return t.setupFailed(ctx, err)
+	}
+	// Pull little ahead: a report waiting in this process past AckWait is
+	// redelivered (and then recognised, but the work is wasted).
+	iter, err := cons.Messages(jetstream.PullMaxMessages(8 * t.cfg.Concurrency))
+	if err != nil {
+		return t.setupFailed(ctx, fmt.Errorf("consume %s: %w", schemas.StreamUsage, err))
+	}
+	// Stop in two steps: stop pulling (Drain), hand what was pulled but
+	// not counted back to the stream (Nak), finish what is being counted.
+	stop := context.AfterFunc(ctx, iter.Drain)
+	defer stop()
+	defer iter.Stop()
+	t.log.Info("use-count trigger started", "durable", Durable)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { t.trackAckFloor(ctx, cons) })
+	// Counting runs on its own context, so a report being counted when
+	// ctx ends is finished and acked.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	c := &counter{t: t, kv: kv, state: state, epoch: epoch}
+	shards := make([]chan jetstream.Msg, t.cfg.Concurrency)
+	var workers sync.WaitGroup
+	for i := range shards {
+		shards[i] = make(chan jetstream.Msg, 8)
+		workers.Go(func() {
+			for msg := range shards[i] {
+				if ctx.Err() != nil {
+					_ = msg.Nak() // stopping: hand it to another replica now
+					continue
+				}
+				c.handle(workCtx, msg)
+			}
+		})
+	}
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				break
+			}
+			t.log.Warn("pull failed", "stream", schemas.StreamUsage, "err", err)
+			continue
+		}
+		// Reports of one secret go to one worker, in order.
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(msg.Subject()))
+		shards[h.Sum32()%uint32(len(shards))] <- msg
+	}
+	for _, s := range shards {
+		close(s)
+	}
+	workers.Wait()
+	wg.Wait()
+	t.log.Info("use-count trigger stopped")
+	return nil
+}
+
+func (t *Trigger) anyPolicy() bool {
+	for _, tn := range t.rekey.TenantNames() {
+		for _, s := range t.rekey.TenantSecrets(tn) {
+			if sc, _ := t.rekey.Secret(tn, s); sc.Policy.MaxUses > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// trackAckFloor refreshes ackFloor every few seconds until ctx ends.
+func (t *Trigger) trackAckFloor(ctx context.Context, cons jetstream.Consumer) {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := cons.Info(ictx)
+		cancel()
+		if err == nil && info.AckFloor.Stream > t.ackFloor.Load() {
+			t.ackFloor.Store(info.AckFloor.Stream)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// streamEpoch identifies the incarnation of the REKEY_USAGE stream.
+func streamEpoch(ctx context.Context, bus *orchestrator.Bus) (int64, error) {
+	st, err := bus.JS.Stream(ctx, schemas.StreamUsage)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", schemas.StreamUsage, err)
+	}
+	return st.CachedInfo().Created.UnixNano(), nil
+}
+
+// counter handles reports for one Run.
+type counter struct {
+	t     *Trigger
+	kv    jetstream.KeyValue
+	state *orchestrator.State
+	epoch int64
+}
+
+// handle counts one report and acks it, or naks it to count it later.
+func (c *counter) handle(ctx context.Context, msg jetstream.Msg) {
+	t := c.t
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	md, err := msg.Metadata()
+	if err != nil {
+		t.log.Warn("report without JetStream metadata dropped", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	rep, err := ParseReport(msg.Subject(), msg.Data())
+	switch {
+	case errors.Is(err, ErrRefused):
+		t.reports.WithLabelValues("refused").Inc()
+		t.log.Warn("use report refused", "subject", msg.Subject(), "seq", md.Sequence.Stream, "err", err)
+		_ = msg.Ack()
+		return
+	case err != nil:
+		t.ignore(msg, md, "malformed", "err", err)
+		return
+	}
+	sc, ok := t.rekey.Secret(rep.Tenant, rep.Secret)
+	if !ok {
+		t.ignore(msg, md, "unknown tenant or secret", "tenant", rep.Tenant, "secret", rep.Secret)
+		return
+	}
+	if sc.Policy.MaxUses <= 0 {
+		t.ignore(msg, md, "secret has no max_uses", "tenant", rep.Tenant, "secret", rep.Secret)
+		return
+	}
+	log := t.log.With("tenant", rep.Tenant, "secret", rep.Secret, "version", rep.Version)
+	cnt, dup, err := c.count(ctx, rep, md.Sequence.Stream, sc.Policy.MaxUses, log)
+	if err != nil {
+		t.reports.WithLabelValues("failed").Inc()
+		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "err", err)
+		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
+		return
+	}
+	if r := cnt.Rotation; r != nil && !r.Published && (r.Seq == md.Sequence.Stream || time.Since(r.DecidedAt) > 2*t.cfg.AckWait) {
+		// This report reached max_uses (or the one that did was lost):
+		// publish the request; on failure the redelivery retries it.
+		if err := c.request(ctx, cnt, log); err != nil {
+			log.Warn("rotation not requested; will retry", "request_id", r.RequestID, "err", err)
+			_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
+			return
+		}
+	}
+	outcome := "counted"
+	if dup {
+		outcome = "duplicate"
+	}
+	t.reports.WithLabelValues(outcome).Inc()
+	if err := msg.Ack(); err != nil {
+		log.Debug("ack failed; the report will be redelivered and recognised", "seq", md.Sequence.Stream, "err", err)
+	}
+}
+
+func (t *Trigger) ignore(msg jetstream.Msg, md *jetstream.MsgMetadata, why string, args ...any) {
+	t.reports.WithLabelValues("ignored").Inc()
+	t.log.Debug("use report ignored: "+why, append([]any{"subject", msg.Subject(), "seq", md.Sequence.Stream}, args...)...)
+	_ = msg.Ack()
+}
+
+// count adds the report to its version's count with compare-and-set,
+// unless it is already counted (dup), and decides the rotation when the
+// count reaches maxUses while the version is still current.
+func (c *counter) count(ctx context.Context, rep schemas.UsageReport, seq uint64, maxUses int64, log *slog.Logger) (Count, bool, error) {
+	var superseded *bool // looked up once, when needed
+	for range 50 {
+		cnt, rev, err := get(ctx, c.kv, rep.Tenant, rep.Secret, rep.Version)
+		if err != nil {
+			return Count{}, false, err
+		}
+		now := time.Now().UTC()
+		if cnt.Epoch != c.epoch {
+			// New entry, or sequences of a stream since recreated.
+			cnt.Epoch, cnt.Applied, cnt.AckFloor = c.epoch, nil, 0
+		}
+		// At or below an ack floor, the report was acked, so counted: this
+		// is a copy redelivered while the first was being counted.
+		floor := c.t.ackFloor.Load()
+		dup := seq <= max(cnt.AckFloor, floor) || slices.Contains(cnt.Applied, seq)
+		changed := !dup
+		if !dup {
+			cnt.Uses = satAdd(cnt.Uses, rep.Count)
+			cnt.Reports++
+			if cnt.FirstAt.IsZero() {
+				cnt.FirstAt = now
+			}
+			cnt.UpdatedAt = now
+			cnt.AckFloor = max(cnt.AckFloor, floor)
+			cnt.Applied = prune(append(cnt.Applied, seq), cnt.AckFloor)
+		}
+		if cnt.Rotation == nil && cnt.Uses >= maxUses {
+			if superseded == nil {
+				s := c.superseded(ctx, rep, log)
+				superseded = &s
+			}
+			if !*superseded {
+				cnt.Rotation = &Rotation{RequestID: RequestID(rep.Tenant, rep.Secret, rep.Version),
+					Uses: cnt.Uses, MaxUses: maxUses, DecidedAt: now, Seq: seq}
+				changed = true
+			}
+		}
+		if !changed {
+			return cnt, dup, nil
+		}
+		ok, err := put(ctx, c.kv, cnt, rev)
+		if err != nil {
+			return Count{}, false, err
+		}
+		if ok {
+			return cnt, dup, nil
+		}
+	}
+	return Count{}, false, fmt.Errorf("count %s: too many concurrent updates", Key(rep.Tenant, rep.Secret, rep.Version))
+}
+
+// superseded reports whether the secret's status names another current
+// version: rotating because an old version reached max_uses would replace
+// a version that did not. Unknown status counts as current.
+func (c *counter) superseded(ctx context.Context, rep schemas.UsageReport, log *slog.Logger) bool {
+	st, err := c.state.SecretStatus(ctx, rep.Tenant, rep.Secret)
+	if err != nil {
+		log.Warn("secret status unavailable; treating the version as current", "err", err)
+		return false
+	}
+	if st.Version != "" && st.Version != rep.Version {
+		log.Debug("version reached max_uses but is no longer current; no rotation requested", "current", st.Version)
+		return true
+	}
+	return false
+}
+
+// request publishes the rotation request decided in cnt, marks it
+// published and audits it.
+func (c *counter) request(ctx context.Context, cnt Count, log *slog.Logger) error {
+	t, r := c.t, cnt.Rotation
+	uses := strconv.FormatInt(r.Uses, 10)
+	req := schemas.RotationRequested{
+		Tenant: cnt.Tenant, Secret: cnt.Secret,
+		Reason:      fmt.Sprintf("version %s used %d times (max_uses %d)", cnt.Version, r.Uses, r.MaxUses),
+		Trigger:     schemas.Trigger{Kind: schemas.TriggerUsage, Source: "usage", Actor: cnt.Version + ":" + uses},
+		RequestedAt: time.Now().UTC(),
+	}
+	ev, err := schemas.NewEvent(EventSource, schemas.TypeRotationRequested, cnt.Tenant, cnt.Tenant+"/"+cnt.Secret, req)
+	if err != nil {
+		return err
+	}
+	ack, err := t.bus.Publish(ctx, schemas.RotateSubject(cnt.Tenant, cnt.Secret), ev.WithID(r.RequestID))
+	if err != nil {
+		return err
+	}
+	if err := c.markPublished(ctx, cnt); err != nil {
+		return err
+	}
+	outcome, metric := schemas.OutcomeAccepted, "accepted"
+	if ack.Duplicate {
+		outcome, metric = schemas.OutcomeCoalesced, "duplicate"
+	}
+	t.metrics.RequestsTotal.WithLabelValues("usage", metric).Inc()
+	_ = t.audit.Record(ctx, schemas.AuditRecord{
+		Tenant: cnt.Tenant, Secret: cnt.Secret, Actor: "usage:" + req.Trigger.Actor, Action: "rotation.request",
+		Outcome: outcome, RequestID: r.RequestID, Component: "usage",
+		Detail: map[string]string{
+			"version": cnt.Version, "uses": uses, "max_uses": strconv.FormatInt(r.MaxUses, 10),
+			"duplicate": strconv.FormatBool(ack.Duplicate),
+		},
+	})
+	log.Info("use limit reached; rotation requested", "request_id", r.RequestID, "uses", r.Uses,
+		"max_uses", r.MaxUses, "duplicate", ack.Duplicate)
+	return nil
+}
+
+func (c *counter) markPublished(ctx context.Context, cnt Count) error {
+	for range 50 {
+		cur, rev, err := get(ctx, c.kv, cnt.Tenant, cnt.Secret, cnt.Version)
+		if err != nil {
+			return err
+		}
+		if cur.Rotation == nil { // the entry expired and came back
+			cur.Rotation = cnt.Rotation
+		}
+		if cur.Rotation.Published {
+			return nil
+		}
+		cur.Rotation.Published, cur.Rotation.PublishedAt = true, time.Now().UTC()
+		ok, err := put(ctx, c.kv, cur, rev)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("mark %s published: too many concurrent updates", Key(cnt.Tenant, cnt.Secret, cnt.Version))
+}
+
+func get(ctx context.Context, kv jetstream.KeyValue, tenant, secret, version string) (Count, uint64, error) {
+	k := Key(tenant, secret, version)
+	zero := Count{Tenant: tenant, Secret: secret, Version: version}
+	e, err := kv.Get(ctx, k)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return zero, 0, nil
+	}
+	if err != nil {
+		return Count{}, 0, fmt.Errorf("read count %s: %w", k, err)
+	}
+	var cnt Count
+	if err := json.Unmarshal(e.Value(), &cnt); err != nil {
+		return Count{}, 0, fmt.Errorf("decode count %s: %w", k, err)
+	}
+	if cnt.Tenant != tenant || cnt.Secret != secret || cnt.Version != version {
+		// Two versions hashing to one key: practically impossible.
+		return Count{}, 0, fmt.Errorf("count %s holds %s/%s version %q", k, cnt.Tenant, cnt.Secret, cnt.Version)
+	}
+	return cnt, e.Revision(), nil
+}
+
+// put writes cnt with compare-and-set; ok is false when another writer
+// was first.
+func put(ctx context.Context, kv jetstream.KeyValue, cnt Count, rev uint64) (bool, error) {
+	k := Key(cnt.Tenant, cnt.Secret, cnt.Version)
+	b, err := json.Marshal(cnt)
+	if err != nil {
+		return false, fmt.Errorf("encode count %s: %w", k, err)
+	}
+	if rev == 0 {
+		_, err = kv.Create(ctx, k, b)
+	} else {
+		_, err = kv.Update(ctx, k, b, rev)
+	}
+	if err == nil {
+		return true, nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
+		return false, nil
+	}
+	return false, fmt.Errorf("write count %s: %w", k, err)
+}
+
+// prune drops the sequences at or below the ack floor (never redelivered)
+// and keeps at most maxApplied of the rest, the newest.
+func prune(seqs []uint64, floor uint64) []uint64 {
+	seqs = slices.DeleteFunc(seqs, func(s uint64) bool { return s <= floor })
+	if len(seqs) > maxApplied {
+		slices.Sort(seqs)
+		seqs = slices.Clone(seqs[len(seqs)-maxApplied:])
+	}
+	return seqs
+}
+
+func satAdd(a, b int64) int64 {
+	if b > 0 && a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// retryDelay backs off from 500ms to 30s with the number of deliveries.
+func retryDelay(delivered uint64) time.Duration {
+	d := 500 * time.Millisecond
+	for i := uint64(1); i < delivered && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Second)
+}
+
+// setupFailed is Run's result when setting up failed: nil if that was
+// because ctx ended.
+func (t *Trigger) setupFailed(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("usage: %w", err)
+}

@@ -1,0 +1,555 @@
+package usage_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/internal/testutil"
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+	"github.com/rekey-dev/rekey/triggers/usage"
+)
+
+func TestParseConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       usage.Config
+		field      string // expected in the error; "" for success
+	}{
+		{name: "empty section", yaml: "", want: usage.Defaults()},
+		{name: "null section", yaml: "~", want: usage.Defaults()},
+		{name: "all fields", yaml: "enabled: false\nconcurrency: 2\nack_wait: 5s\nretention: 0s\n",
+			want: usage.Config{Enabled: false, Concurrency: 2, AckWait: 5 * time.Second}},
+		{name: "concurrency", yaml: "concurrency: 0\n", field: "triggers.usage.concurrency"},
+		{name: "ack wait", yaml: "ack_wait: 10ms\n", field: "triggers.usage.ack_wait"},
+		{name: "retention", yaml: "retention: 1m\n", field: "triggers.usage.retention"},
+		{name: "bad duration", yaml: "retention: forever\n", field: "triggers.usage.retention"},
+		{name: "unknown field", yaml: "max_uses: 3\n", field: `unknown field "max_uses"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := usage.ParseConfig([]byte(tc.yaml))
+			if tc.field != "" {
+				require.Error(t, err)
+				require.Contains(t, err.Error(), tc.field)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, cfg)
+		})
+	}
+	require.True(t, usage.Defaults().Enabled)
+}
+
+// uses is the test's traffic: 10,000 uses of acme/openai-key (max_uses
+// 1000) across three agents: versions 1 and 2 pass the limit, 3 does not.
+var uses = map[string]int64{"1": 5000, "2": 4001, "3": 999}
+
+// TestOneRotationPerVersionOverLimit: exactly one request per version that
+// reached max_uses; reports that are malformed, unknown, without a policy
+// or whose subject and payload disagree are acked and not counted.
+func TestOneRotationPerVersionOverLimit(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{})
+	stop := run(t, env.trigger(t, env.connect(t)))
+
+	reports := split(uses, 3)
+	env.publish(t, reports)
+	// Noise.
+	env.publish(t, []schemas.UsageReport{
+		{Tenant: "acme", Secret: "db", Version: "1", Agent: "a", Count: 50000},         // no max_uses
+		{Tenant: "nope", Secret: "openai-key", Version: "1", Agent: "a", Count: 50000}, // unknown tenant
+		{Tenant: "acme", Secret: "gone", Version: "1", Agent: "a", Count: 50000},       // unknown secret
+	})
+	env.publishRaw(t, "rekey.used.acme.openai-key", []byte(`{"specversion":"1.0","id":"x"`))
+	env.publishRaw(t, "rekey.used.acme.openai-key", event(t, schemas.UsageReport{Tenant: "acme", Secret: "openai-key", Version: "", Agent: "a", Count: 5000}))
+	env.publishRaw(t, "rekey.used.acme.db", event(t, schemas.UsageReport{Tenant: "acme", Secret: "openai-key", Version: "3", Agent: "a", Count: 5000})) // refused
+
+	env.waitCounted(t, uses)
+	stop()
+
+	reqs := env.requests(t)
+	require.Len(t, reqs, 2, "versions 1 and 2, not 3")
+	for i, v := range []string{"1", "2"} {
+		cnt, err := usage.ReadCount(context.Background(), env.bus, "acme", "openai-key", v)
+		require.NoError(t, err)
+		require.NotNil(t, cnt.Rotation)
+		require.True(t, cnt.Rotation.Published)
+		require.GreaterOrEqual(t, cnt.Rotation.Uses, int64(1000))
+
+		r := reqs[i]
+		require.Equal(t, usage.RequestID("acme", "openai-key", v), r.ev.ID)
+		require.Equal(t, "usage.acme.openai-key."+v, r.ev.ID)
+		require.Equal(t, schemas.Trigger{Kind: schemas.TriggerUsage, Source: "usage", Actor: fmt.Sprintf("%s:%d", v, cnt.Rotation.Uses)}, r.req.Trigger)
+		require.Equal(t, fmt.Sprintf("version %s used %d times (max_uses 1000)", v, cnt.Rotation.Uses), r.req.Reason)
+	}
+	cnt, err := usage.ReadCount(context.Background(), env.bus, "acme", "db", "1")
+	require.NoError(t, err)
+	require.Zero(t, cnt.Uses, "secret without max_uses is not counted")
+
+	audits := env.audits(t)
+	require.Len(t, audits, 2)
+	for _, a := range audits {
+		require.Equal(t, schemas.OutcomeAccepted, a.Outcome)
+		require.Equal(t, "rotation.request", a.Action)
+		require.Equal(t, "1000", a.Detail["max_uses"])
+	}
+}
+
+// TestCountsSurviveRestarts: the counter is stopped while reports flow, a
+// new one carries on, NATS itself restarts; no use is lost or counted
+// twice, and each version is still requested once.
+func TestCountsSurviveRestarts(t *testing.T) {
+	dir := t.TempDir()
+	srv := testutil.StartNATS(t, -1, dir)
+	port := srv.Addr().(*net.TCPAddr).Port
+	env := newEnvOn(t, srv, orchestrator.NATSConfig{})
+
+	reports := split(uses, 3)
+	third := len(reports) / 3
+
+	// First counter: the first third, then stop.
+	stop := run(t, env.trigger(t, env.connect(t)))
+	env.publish(t, reports[:third])
+	env.waitCounted(t, sum(reports[:third]))
+	stop()
+
+	// NATS restarts on the same files.
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	srv = testutil.StartNATS(t, port, dir)
+	env = newEnvOn(t, srv, orchestrator.NATSConfig{})
+
+	// Second counter, stopped while the second third is being published.
+	stop = run(t, env.trigger(t, env.connect(t)))
+	var wg sync.WaitGroup
+	var pubErr error
+	wg.Go(func() { pubErr = env.send(reports[third : 2*third]) })
+	time.Sleep(50 * time.Millisecond)
+	stop()
+	wg.Wait()
+	require.NoError(t, pubErr)
+
+	// Third counter: the rest.
+	stop = run(t, env.trigger(t, env.connect(t)))
+	env.publish(t, reports[2*third:])
+	env.waitCounted(t, uses)
+	stop()
+
+	require.Len(t, env.requests(t), 2)
+}
+
+// TestReportsHeldByALostReplicaAreCounted: reports a replica took from the
+// shared consumer and never acked (it died) are counted by another after
+// the ack wait, once.
+func TestReportsHeldByALostReplicaAreCounted(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{})
+	ctx := context.Background()
+	stop := run(t, env.trigger(t, env.connect(t))) // creates the durable
+	require.Eventually(t, func() bool {
+		_, err := env.bus.JS.Consumer(ctx, schemas.StreamUsage, usage.Durable)
+		return err == nil
+	}, 30*time.Second, 50*time.Millisecond)
+	stop()
+
+	reports := split(uses, 3)
+	env.publish(t, reports)
+	cons, err := env.connect(t).JS.Consumer(ctx, schemas.StreamUsage, usage.Durable)
+	require.NoError(t, err)
+	batch, err := cons.Fetch(40, jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(t, err)
+	held := 0
+	for range batch.Messages() {
+		held++ // and never acked
+	}
+	require.Equal(t, 40, held)
+
+	stop = run(t, env.trigger(t, env.connect(t)))
+	env.waitCounted(t, uses)
+	stop()
+	require.Len(t, env.requests(t), 2)
+}
+
+// TestTwoCountersAtOnce: two replicas share the durable consumer; each
+// report is counted once and each version requested once.
+func TestTwoCountersAtOnce(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{})
+	stopA := run(t, env.trigger(t, env.connect(t)))
+	stopB := run(t, env.trigger(t, env.connect(t)))
+
+	reports := split(uses, 3)
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for agent := range 3 { // each agent publishes its own reports
+		wg.Go(func() {
+			var mine []schemas.UsageReport
+			for _, r := range reports {
+				if r.Agent == fmt.Sprintf("acme-agent-%d", agent) {
+					mine = append(mine, r)
+				}
+			}
+			errs[agent] = env.send(mine)
+		})
+	}
+	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
+	env.waitCounted(t, uses)
+	stopA()
+	stopB()
+
+	reqs := env.requests(t)
+	require.Len(t, reqs, 2)
+	require.Equal(t, usage.RequestID("acme", "openai-key", "1"), reqs[0].ev.ID)
+	require.Equal(t, usage.RequestID("acme", "openai-key", "2"), reqs[1].ev.ID)
+}
+
+// TestNeverRequestedTwice: a version over its limit is not requested again
+// by later reports, even after the duplicate window has passed.
+func TestNeverRequestedTwice(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{DuplicateWindow: time.Second})
+	stop := run(t, env.trigger(t, env.connect(t)))
+	env.publish(t, split(map[string]int64{"1": 1500}, 2))
+	env.waitCounted(t, map[string]int64{"1": 1500})
+	require.Len(t, env.requests(t), 1)
+
+	time.Sleep(1500 * time.Millisecond) // past the duplicate window
+	env.publish(t, split(map[string]int64{"1": 2500}, 2))
+	env.waitCounted(t, map[string]int64{"1": 4000})
+	stop()
+	require.Len(t, env.requests(t), 1)
+}
+
+// TestOldVersionDoesNotRotateTheNewOne: a version that is no longer the
+// current one (per the secret's status) does not cause a rotation.
+func TestOldVersionDoesNotRotateTheNewOne(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{})
+	state, err := orchestrator.NewState(context.Background(), env.bus, time.Minute)
+	require.NoError(t, err)
+	_, err = state.UpdateSecretStatus(context.Background(), "acme", "openai-key", func(st *orchestrator.SecretStatus) error {
+		st.Version = "5"
+		return nil
+	})
+	require.NoError(t, err)
+
+	stop := run(t, env.trigger(t, env.connect(t)))
+	env.publish(t, split(map[string]int64{"4": 1200}, 2))
+	env.waitCounted(t, map[string]int64{"4": 1200})
+	require.Empty(t, env.requests(t))
+
+	env.publish(t, split(map[string]int64{"5": 1200}, 2))
+	env.waitCounted(t, map[string]int64{"4": 1200, "5": 1200})
+	stop()
+	reqs := env.requests(t)
+	require.Len(t, reqs, 1)
+	require.Equal(t, usage.RequestID("acme", "openai-key", "5"), reqs[0].ev.ID)
+}
+
+// TestRequestRetriedUntilPublished: when the request cannot be published
+// (here the ROTATE stream is missing), the report that reached the limit
+// is not acked; its redelivery publishes the request once NATS takes it.
+func TestRequestRetriedUntilPublished(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{})
+	ctx := context.Background()
+	require.NoError(t, env.bus.JS.DeleteStream(ctx, schemas.StreamRotate))
+	stop := run(t, env.trigger(t, env.connect(t)))
+
+	env.publish(t, split(map[string]int64{"1": 1500}, 2))
+	require.Eventually(t, func() bool {
+		c, err := usage.ReadCount(ctx, env.bus, "acme", "openai-key", "1")
+		return err == nil && c.Uses == 1500 && c.Rotation != nil && !c.Rotation.Published
+	}, 30*time.Second, 50*time.Millisecond, "counted and decided, not yet published")
+	time.Sleep(time.Second) // a retry or two fail
+
+	require.NoError(t, env.bus.EnsureStreams(ctx))
+	env.waitCounted(t, map[string]int64{"1": 1500})
+	stop()
+	reqs := env.requests(t)
+	require.Len(t, reqs, 1)
+	require.Equal(t, usage.RequestID("acme", "openai-key", "1"), reqs[0].ev.ID)
+	c, err := usage.ReadCount(ctx, env.bus, "acme", "openai-key", "1")
+	require.NoError(t, err)
+	require.True(t, c.Rotation.Published)
+}
+
+func TestDisabledOrNoPolicyReturns(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{})
+	log := slog.New(slog.DiscardHandler)
+	cfg := usage.Defaults()
+	cfg.Enabled = false
+	tr, err := usage.New(cfg, env.rekey, env.bus, orchestrator.NewAuditor(env.bus, "test", log), nil, log)
+	require.NoError(t, err)
+	require.NoError(t, tr.Run(context.Background()))
+
+	_, err = usage.New(usage.Config{}, env.rekey, env.bus, orchestrator.NewAuditor(env.bus, "test", log), nil, log)
+	require.ErrorContains(t, err, "concurrency")
+}
+
+func TestRequestIDAndKey(t *testing.T) {
+	require.Equal(t, "acme.openai-key.7", usage.Key("acme", "openai-key", "7"))
+	require.Equal(t, "usage.acme.openai-key.7", usage.RequestID("acme", "openai-key", "7"))
+	require.NotEqual(t, usage.RequestID("a-b", "c", "1"), usage.RequestID("a", "b-c", "1"))
+	// A version that is not a safe token is hashed.
+	k := usage.Key("acme", "db", "database/creds/role.1")
+	require.True(t, strings.HasPrefix(k, "acme.db.="), k)
+	require.NotContains(t, k, "/")
+	require.NotEqual(t, k, usage.Key("acme", "db", "database/creds/role.2"))
+}
+
+// --- helpers ---
+
+type env struct {
+	url   string
+	bus   *orchestrator.Bus
+	rekey *orchestrator.Config
+	nats  orchestrator.NATSConfig
+}
+
+func newEnv(t *testing.T, nc orchestrator.NATSConfig) *env {
+	t.Helper()
+	return newEnvOn(t, testutil.StartNATS(t, -1, ""), nc)
+}
+
+func newEnvOn(t *testing.T, srv *server.Server, nc orchestrator.NATSConfig) *env {
+	t.Helper()
+	rekey, err := orchestrator.Parse([]byte(`
+tenants:
+  acme:
+    secrets:
+      openai-key: {backend: local, policy: {max_uses: 1000}}
+      db: {backend: local}
+`))
+	require.NoError(t, err)
+	e := &env{url: srv.ClientURL(), rekey: &rekey, nats: nc}
+	e.bus = e.connect(t)
+	require.NoError(t, e.bus.EnsureStreams(context.Background()))
+	return e
+}
+
+func (e *env) connect(t *testing.T) *orchestrator.Bus {
+	t.Helper()
+	bus, err := orchestrator.Connect(context.Background(), e.url, "usage-test", e.nats, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(bus.Close)
+	return bus
+}
+
+// trigger returns a counter on bus (its own connection, as a replica),
+// with a short ack wait so that reports held by a stopped one come back
+// quickly.
+func (e *env) trigger(t *testing.T, bus *orchestrator.Bus) *usage.Trigger {
+	t.Helper()
+	cfg := usage.Defaults()
+	cfg.AckWait = 2 * time.Second
+	log := slog.New(slog.DiscardHandler)
+	tr, err := usage.New(cfg, e.rekey, bus, orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), log)
+	require.NoError(t, err)
+	return tr
+}
+
+// run starts tr and returns a func that stops it and checks it returned nil.
+func run(t *testing.T, tr *usage.Trigger) func() {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(30 * time.Second):
+				t.Error("Run did not return within 30s of ctx ending")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// split cuts the uses of each version of acme/openai-key into reports of
+// 1 to 60 uses from three agents, interleaved, as agents batch them.
+func split(uses map[string]int64, agents int) []schemas.UsageReport {
+	rng := rand.New(rand.NewPCG(1, 2))
+	left := map[string]int64{}
+	var versions []string
+	for v, n := range uses {
+		left[v] = n
+		versions = append(versions, v)
+	}
+	var out []schemas.UsageReport
+	now := time.Now().UTC()
+	for len(versions) > 0 {
+		i := rng.IntN(len(versions))
+		v := versions[i]
+		n := min(left[v], 1+rng.Int64N(60))
+		left[v] -= n
+		if left[v] == 0 {
+			versions = append(versions[:i], versions[i+1:]...)
+		}
+		out = append(out, schemas.UsageReport{
+			Tenant: "acme", Secret: "openai-key", Version: v, Agent: fmt.Sprintf("acme-agent-%d", rng.IntN(agents)),
+			Tool: "planner", Count: n, WindowStart: now.Add(-5 * time.Second), WindowEnd: now,
+		})
+	}
+	return out
+}
+
+func sum(reports []schemas.UsageReport) map[string]int64 {
+	out := map[string]int64{}
+	for _, r := range reports {
+		out[r.Version] += r.Count
+	}
+	return out
+}
+
+func event(t *testing.T, r schemas.UsageReport) []byte {
+	t.Helper()
+	ev, err := schemas.NewEvent("agent/"+r.Agent, schemas.TypeUsageReport, r.Tenant, r.Tenant+"/"+r.Secret, r)
+	require.NoError(t, err)
+	b, err := ev.Encode()
+	require.NoError(t, err)
+	return b
+}
+
+// publish sends reports as the agent does: one event each, its id as the
+// Nats-Msg-Id, on the subject of the report's own tenant and secret.
+func (e *env) publish(t *testing.T, reports []schemas.UsageReport) {
+	t.Helper()
+	require.NoError(t, e.send(reports))
+}
+
+// send is publish for goroutines other than the test's.
+func (e *env) send(reports []schemas.UsageReport) error {
+	for _, r := range reports {
+		ev, err := schemas.NewEvent("agent/"+r.Agent, schemas.TypeUsageReport, r.Tenant, r.Tenant+"/"+r.Secret, r)
+		if err != nil {
+			return err
+		}
+		if _, err := e.bus.Publish(context.Background(), schemas.UsedSubject(r.Tenant, r.Secret), ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *env) publishRaw(t *testing.T, subject string, data []byte) {
+	t.Helper()
+	_, err := e.bus.JS.Publish(context.Background(), subject, data)
+	require.NoError(t, err)
+}
+
+// waitCounted waits until acme/openai-key's counts are want and the
+// consumer has nothing pending or unacked.
+func (e *env) waitCounted(t *testing.T, want map[string]int64) {
+	t.Helper()
+	ctx := context.Background()
+	var last string
+	ok := assertEventually(60*time.Second, func() bool {
+		got := map[string]int64{}
+		for v := range want {
+			c, err := usage.ReadCount(ctx, e.bus, "acme", "openai-key", v)
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			got[v] = c.Uses
+		}
+		cons, err := e.bus.JS.Consumer(ctx, schemas.StreamUsage, usage.Durable)
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		last = fmt.Sprintf("counts %v, pending %d, unacked %d", got, info.NumPending, info.NumAckPending)
+		for v, n := range want {
+			if got[v] != n {
+				return false
+			}
+		}
+		return info.NumPending == 0 && info.NumAckPending == 0
+	})
+	require.True(t, ok, "want counts %v; last: %s", want, last)
+}
+
+func assertEventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type stored struct {
+	ev  schemas.Event
+	req schemas.RotationRequested
+}
+
+// requests returns the rotation requests stored in the ROTATE stream.
+func (e *env) requests(t *testing.T) []stored {
+	t.Helper()
+	var out []stored
+	for _, m := range e.messages(t, schemas.StreamRotate) {
+		ev, err := schemas.Decode(m.Data)
+		require.NoError(t, err)
+		require.Equal(t, ev.ID, m.Header.Get("Nats-Msg-Id"))
+		var req schemas.RotationRequested
+		require.NoError(t, ev.DecodeData(schemas.TypeRotationRequested, &req))
+		out = append(out, stored{ev, req})
+	}
+	slices.SortFunc(out, func(a, b stored) int { return strings.Compare(a.ev.ID, b.ev.ID) })
+	return out
+}
+
+func (e *env) audits(t *testing.T) []schemas.AuditRecord {
+	t.Helper()
+	var out []schemas.AuditRecord
+	for _, m := range e.messages(t, schemas.StreamAudit) {
+		ev, err := schemas.Decode(m.Data)
+		require.NoError(t, err)
+		var rec schemas.AuditRecord
+		require.NoError(t, ev.DecodeData(schemas.TypeAuditRecord, &rec))
+		out = append(out, rec)
+	}
+	return out
+}
+
+func (e *env) messages(t *testing.T, stream string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx := context.Background()
+	st, err := e.bus.JS.Stream(ctx, stream)
+	require.NoError(t, err)
+	info, err := st.Info(ctx)
+	require.NoError(t, err)
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		require.NoError(t, err)
+		out = append(out, m)
+	}
+	return out
+}
