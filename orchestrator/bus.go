@@ -112,6 +112,7 @@ func (b *Bus) StreamConfigs() []jetstream.StreamConfig {
 			Name: schemas.StreamInvalidate, Subjects: []string{schemas.SubjectInvalidateAll},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
 			Replicas: r, Duplicates: dup, MaxMsgsPerSubject: 1,
+			AllowDirect: true, // agents resync with direct gets, no consumers
 			Description: "last invalidation per tenant/secret, for agent resync",
 		},
 		{

@@ -28,9 +28,10 @@ func AgentUser(tenant string) string { return "agent-" + tenant }
 
 // AgentPermissions are what a tenant's agents may do on NATS, and nothing
 // more: receive the tenant's invalidations (live, and from the INVALIDATE
-// stream through an ephemeral consumer filtered on the tenant), publish
-// acks, use reports and presence for the tenant, and fetch the tenant's
-// values from the local backend. Replies come to the tenant's own inbox
+// stream), publish
+// acks, use reports and presence for the tenant, read the last
+// invalidation of the tenant's subjects from the INVALIDATE stream (direct
+// get), and fetch the tenant's values from the local backend. Replies come to the tenant's own inbox
 // prefix (schemas.AgentInboxPrefix), which agents must use.
 func AgentPermissions(tenant string) *server.Permissions {
 	return &server.Permissions{
@@ -39,11 +40,10 @@ func AgentPermissions(tenant string) *server.Permissions {
 			"rekey.ack." + tenant + ".>",
 			schemas.PresenceSubject(tenant),
 			"rekey.fetch." + tenant + ".>",
-			// Resync: create an ephemeral consumer whose filter is the
-			// tenant's subjects (the filter is part of the API subject,
-			// so the server refuses any other filter), and pull from it.
-			"$JS.API.CONSUMER.CREATE." + schemas.StreamInvalidate + ".*." + schemas.InvalidateTenantSubject(tenant),
-			"$JS.API.CONSUMER.MSG.NEXT." + schemas.StreamInvalidate + ".*",
+			// Resync: direct get of the last message of one of the
+			// tenant's invalidation subjects (the subject is part of the
+			// API subject, so no other tenant's can be asked for).
+			"$JS.API.DIRECT.GET." + schemas.StreamInvalidate + "." + schemas.InvalidateTenantSubject(tenant),
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			schemas.InvalidateTenantSubject(tenant),

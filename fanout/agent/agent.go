@@ -33,7 +33,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/rekey-dev/rekey/schemas"
@@ -231,7 +230,6 @@ type mark struct {
 // use.
 type Agent struct {
 	nc      *nats.Conn
-	js      jetstream.JetStream
 	fetcher Fetcher
 	cfg     Config
 	log     *slog.Logger
@@ -270,16 +268,11 @@ func New(nc *nats.Conn, f Fetcher, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, fmt.Errorf("agent: jetstream: %w", err)
-	}
 	if f == nil {
 		f = NewNATSFetcher(nc, cfg.Instance)
 	}
 	a := &Agent{
 		nc:      nc,
-		js:      js,
 		fetcher: f,
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "fanout/agent", "tenant", cfg.Tenant, "agent", cfg.Instance),

@@ -120,6 +120,7 @@ func createStream(tb testing.TB, nc *nats.Conn) jetstream.JetStream {
 		Name:              schemas.StreamInvalidate,
 		Subjects:          []string{schemas.SubjectInvalidateAll},
 		MaxMsgsPerSubject: 1,
+		AllowDirect:       true,
 	})
 	require.NoError(tb, err)
 	return js

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -186,70 +185,61 @@ func (a *Agent) publishAck(p invalidation, received, dropped time.Time) {
 	}
 }
 
-// Resync replays the last invalidation of each of the tenant's subjects
-// from the INVALIDATE stream: it applies a revocation or a restore, and
-// drops cached secrets whose version differs from the last one announced.
-// Start runs it, and so does every reconnect; call it when some other
-// reason to think invalidations were missed arises. A missing stream (or no
-// JetStream: rekeyd is not running yet) is not an error.
+// Resync reads the last invalidation of the tenant's subject and of every
+// secret this Agent has read, from the INVALIDATE stream: it applies a
+// revocation or a restore, and drops cached secrets whose version differs
+// from the last one announced. Start runs it, and so does every reconnect;
+// call it when some other reason to think invalidations were missed arises.
+//
+// It uses JetStream direct gets of the last message per subject
+// ($JS.API.DIRECT.GET.<stream>.<subject>): no consumer is created, so
+// thousands of agents reconnecting at once cost the server no state, and
+// the per-tenant NATS permissions can name the subjects the tenant may read.
+// A missing stream (rekeyd is not running yet) is not an error.
 func (a *Agent) Resync(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, a.cfg.FetchTimeout)
 		defer cancel()
 	}
-	filter := schemas.InvalidateTenantSubject(a.cfg.Tenant)
-	cons, err := a.js.CreateConsumer(ctx, schemas.StreamInvalidate, jetstream.ConsumerConfig{
-		FilterSubject:     filter,
-		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
-		AckPolicy:         jetstream.AckNonePolicy,
-		MemoryStorage:     true,
-		Replicas:          1,
-		InactiveThreshold: 30 * time.Second, // removed by the server after use
-	})
-	if err != nil {
-		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
-			errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) || errors.Is(err, nats.ErrNoResponders) {
-			a.log.Debug("no invalidation stream to resync from", "stream", schemas.StreamInvalidate, "error", err)
+	a.mu.Lock()
+	tokens := make([]string, 0, len(a.states)+1)
+	tokens = append(tokens, schemas.TenantToken)
+	for name := range a.states {
+		tokens = append(tokens, name)
+	}
+	a.mu.Unlock()
+
+	applied := 0
+	for _, token := range tokens {
+		subject := schemas.InvalidateSubject(a.cfg.Tenant, token)
+		msg, err := a.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+schemas.StreamInvalidate+"."+subject, nil)
+		if errors.Is(err, nats.ErrNoResponders) {
+			a.log.Debug("no invalidation stream to resync from", "stream", schemas.StreamInvalidate)
 			return nil
 		}
-		return fmt.Errorf("agent: resync %s: create consumer on %s: %w", a.cfg.Tenant, schemas.StreamInvalidate, err)
-	}
-	// The consumer is not deleted: the server removes it after
-	// InactiveThreshold, and agents' NATS permissions do not include
-	// deleting consumers (they could delete other tenants' ones).
-
-	pending := cons.CachedInfo().NumPending
-	applied := 0
-	for pending > 0 {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("agent: resync %s: %w", a.cfg.Tenant, err)
-		}
-		batch, err := cons.FetchNoWait(int(min(pending, 256)))
 		if err != nil {
-			return fmt.Errorf("agent: resync %s: fetch: %w", a.cfg.Tenant, err)
+			return fmt.Errorf("agent: resync %s: last invalidation on %s: %w", a.cfg.Tenant, subject, err)
 		}
-		got := 0
-		for msg := range batch.Messages() {
-			got++
-			received := time.Now()
-			if meta, err := msg.Metadata(); err == nil {
-				pending = meta.NumPending
-			}
-			p, err := parseInvalidation(a.cfg.Tenant, msg.Subject(), msg.Data())
-			if err != nil {
-				a.log.Debug("resync: ignoring invalidation message", "subject", msg.Subject(), "error", err)
-				continue
-			}
-			a.apply(p, received, true)
-			applied++
+		switch status := msg.Header.Get("Status"); status {
+		case "":
+		case "404": // nothing announced on this subject yet
+			continue
+		default:
+			return fmt.Errorf("agent: resync %s: last invalidation on %s: status %s %s", a.cfg.Tenant, subject, status, msg.Header.Get("Description"))
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return fmt.Errorf("agent: resync %s: fetch: %w", a.cfg.Tenant, err)
+		received := time.Now()
+		from := msg.Header.Get("Nats-Subject")
+		if from == "" {
+			from = subject
 		}
-		if got == 0 {
-			break
+		p, err := parseInvalidation(a.cfg.Tenant, from, msg.Data)
+		if err != nil {
+			a.log.Debug("resync: ignoring invalidation message", "subject", from, "error", err)
+			continue
 		}
+		a.apply(p, received, true)
+		applied++
 	}
 	a.log.Debug("resynced", "replayed", applied, "revoked", a.Revoked())
 	return nil
