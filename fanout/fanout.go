@@ -95,6 +95,8 @@ func (f *Fanout) Run(ctx context.Context) error {
 }
 
 func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
+	// A message being handled is finished even while rekeyd stops.
+	ctx = context.WithoutCancel(ctx)
 	ev, err := schemas.Decode(msg.Data())
 	if err != nil {
 		f.log.Warn("malformed event dropped", "subject", msg.Subject(), "err", err)
@@ -223,7 +225,7 @@ func (f *Fanout) confirmLoop(ctx context.Context) {
 			return
 		case now := <-t.C:
 			for _, c := range f.acks.due(now, f.ConfirmTimeout) {
-				f.confirm(ctx, c)
+				f.confirm(context.WithoutCancel(ctx), c)
 			}
 		}
 	}
