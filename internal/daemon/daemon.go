@@ -18,6 +18,7 @@ import (
 	"github.com/rekey-dev/rekey/fanout"
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/local"
+	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/httpapi"
@@ -119,7 +120,21 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	catalog, err := handlers.NewCatalog(&d.cfg, d.local)
+	backends := []handlers.Backend{d.local}
+	var backendComps []orchestrator.Named
+	if len(cfg.Backends.Vault) > 0 {
+		vcfg, err := vault.ParseConfig(cfg.Backends.Vault, &d.cfg)
+		if err != nil {
+			return nil, err
+		}
+		vb, err := vault.New(ctx, vcfg, log)
+		if err != nil {
+			return nil, fmt.Errorf("backends.vault: %w", err)
+		}
+		backends = append(backends, vb)
+		backendComps = append(backendComps, orchestrator.Named{Name: "vault-auth", Component: vb})
+	}
+	catalog, err := handlers.NewCatalog(&d.cfg, backends...)
 	if err != nil {
 		return nil, err
 	}
@@ -182,6 +197,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		{Name: "http", Component: d.http},
 	}
 	d.comps = append(d.comps, triggers...)
+	d.comps = append(d.comps, backendComps...)
 	return d, nil
 }
 

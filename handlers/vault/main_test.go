@@ -1,0 +1,245 @@
+package vault_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/vault"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
+	"github.com/rekey-dev/rekey/internal/testutil"
+)
+
+// The servers are started by the first test that needs them and stopped
+// by TestMain, so `go test -run TestConfig` needs neither. A test that
+// needs one that cannot be found fails with how to get it.
+var (
+	vaultOnce sync.Once
+	vaultSrv  *vaulttest.Vault
+	vaultErr  error
+
+	pgOnce sync.Once
+	pgSrv  *vaulttest.Postgres
+	pgErr  error
+
+	dbOnce sync.Once
+	dbErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgSrv.Stop()
+	vaultSrv.Stop()
+	os.Exit(code)
+}
+
+// needVault returns the shared dev server.
+func needVault(t testing.TB) *vaulttest.Vault {
+	t.Helper()
+	vaultOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		vaultSrv, vaultErr = vaulttest.StartVault(ctx)
+	})
+	if vaultErr != nil {
+		t.Fatalf("this test needs a Vault dev server: %v", vaultErr)
+	}
+	return vaultSrv
+}
+
+// needPostgres returns the shared throwaway PostgreSQL.
+func needPostgres(t testing.TB) *vaulttest.Postgres {
+	t.Helper()
+	pgOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+		defer cancel()
+		pgSrv, pgErr = vaulttest.StartPostgres(ctx)
+	})
+	if pgErr != nil {
+		t.Fatalf("this test needs PostgreSQL: %v", pgErr)
+	}
+	return pgSrv
+}
+
+// dbConnection is the name of the database secrets engine connection.
+const dbConnection = "pg"
+
+// needDatabase mounts the database secrets engine at "database" with a
+// connection to the shared PostgreSQL.
+func needDatabase(t testing.TB) (*vaulttest.Vault, *vaulttest.Postgres) {
+	t.Helper()
+	v, pg := needVault(t), needPostgres(t)
+	dbOnce.Do(func() {
+		ctx := context.Background()
+		if dbErr = v.Client.Sys().MountWithContext(ctx, "database", &api.MountInput{Type: "database"}); dbErr != nil {
+			return
+		}
+		_, dbErr = v.Client.Logical().WriteWithContext(ctx, "database/config/"+dbConnection, map[string]any{
+			"plugin_name":    "postgresql-database-plugin",
+			"allowed_roles":  "*",
+			"connection_url": fmt.Sprintf("postgresql://{{username}}:{{password}}@%s:%d/postgres?sslmode=disable", pg.Host, pg.Port),
+			"username":       pg.User,
+			"password":       pg.Password,
+			// Enough connections for 200 credentials made in parallel.
+			"max_open_connections": 8,
+		})
+	})
+	require.NoError(t, dbErr, "database secrets engine")
+	return v, pg
+}
+
+// logBuffer collects a backend's logs so a test can grep them.
+type logBuffer struct{ testutil.SyncBuffer }
+
+func (l *logBuffer) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// requireNoValue fails if text holds any of the values, raw or base64.
+func requireNoValue(t *testing.T, text string, values ...[]byte) {
+	t.Helper()
+	for _, v := range values {
+		require.NotEmpty(t, v, "empty value: the check would prove nothing")
+		require.NotContains(t, text, string(v), "a secret value leaked")
+		require.NotContains(t, text, base64.StdEncoding.EncodeToString(v), "a base64 secret value leaked")
+	}
+}
+
+// rootEnv is the environment variable the tests put the root token in.
+const rootEnv = "REKEY_TEST_VAULT_ROOT_TOKEN"
+
+// baseConfig is a token-auth config for the dev server (root token).
+func baseConfig(t testing.TB, addr string) vault.Config {
+	t.Helper()
+	v := needVault(t)
+	// os.Setenv, not t.Setenv, which parallel tests cannot use; every test
+	// sets the same value.
+	require.NoError(t, os.Setenv(rootEnv, v.RootToken))
+	if addr == "" {
+		addr = v.Addr
+	}
+	return vault.Config{
+		Address: addr,
+		Auth:    vault.AuthConfig{Method: vault.AuthToken, TokenEnv: rootEnv},
+		Timeout: 10 * time.Second,
+	}
+}
+
+// newBackend builds a backend and runs its Run loop for the test.
+func newBackend(t testing.TB, cfg vault.Config, log *slog.Logger) *vault.Backend {
+	t.Helper()
+	b, err := vault.New(t.Context(), cfg, log)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done, "Run")
+	})
+	return b
+}
+
+// uniq makes a secret or role name that no other test uses.
+var uniqN struct {
+	sync.Mutex
+	n int
+}
+
+func uniq(prefix string) string {
+	uniqN.Lock()
+	defer uniqN.Unlock()
+	uniqN.n++
+	return fmt.Sprintf("%s-%d", prefix, uniqN.n)
+}
+
+// kvRef is a kv secret of tenant.
+func kvRef(tenant, secret string) handlers.SecretRef {
+	return handlers.SecretRef{Tenant: tenant, Secret: secret, Backend: vault.Name, Generator: handlers.Generator{}.Defaults()}
+}
+
+// rotate runs the whole saga with a fresh token.
+func rotate(t testing.TB, ctx context.Context, b handlers.Backend, ref handlers.SecretRef) handlers.Version {
+	t.Helper()
+	v, err := b.Create(ctx, ref, uniq("tok"))
+	require.NoError(t, err, "Create")
+	require.NoError(t, b.Set(ctx, ref, v), "Set")
+	require.NoError(t, b.Test(ctx, ref, v), "Test")
+	require.NoError(t, b.Finish(ctx, ref, v), "Finish")
+	return v
+}
+
+// pgLogin opens and closes a connection as user/password; nil when the
+// login worked.
+func pgLogin(ctx context.Context, pg *vaulttest.Postgres, user, password string) error {
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://%s:%d/postgres?sslmode=disable&connect_timeout=10", pg.Host, pg.Port))
+	if err != nil {
+		return err
+	}
+	cfg.User, cfg.Password = user, password
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return conn.Close(ctx)
+}
+
+// pgExec runs SQL as the superuser.
+func pgExec(t testing.TB, pg *vaulttest.Postgres, sql string, args ...any) {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), pg.URL("postgres"))
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(t.Context(), sql, args...)
+	require.NoError(t, err, "sql: %s", sql)
+}
+
+// pgCount runs a count query as the superuser.
+func pgCount(t testing.TB, pg *vaulttest.Postgres, sql string, args ...any) int {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), pg.URL("postgres"))
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	var n int
+	require.NoError(t, conn.QueryRow(t.Context(), sql, args...).Scan(&n))
+	return n
+}
+
+// isAuthFailure reports whether err is PostgreSQL refusing the login
+// (invalid password, or the role does not exist any more).
+func isAuthFailure(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	return strings.Contains(s, "28P01") || strings.Contains(s, "password authentication failed") || strings.Contains(s, "28000")
+}
+
+// recorder keeps every value a Read returned, for the leak check.
+type recorder struct {
+	mu     sync.Mutex
+	values [][]byte
+	read   func(ctx context.Context, ref handlers.SecretRef) (string, []byte, error)
+}
+
+func (r *recorder) Read(ctx context.Context, ref handlers.SecretRef) (string, []byte, error) {
+	v, val, err := r.read(ctx, ref)
+	if err == nil {
+		r.mu.Lock()
+		r.values = append(r.values, bytes.Clone(val))
+		r.mu.Unlock()
+	}
+	return v, val, err
+}
