@@ -208,3 +208,10 @@ func (t *AckTracker) due(now time.Time, timeout time.Duration) []schemas.Invalid
 	}
 	return out
 }
+
+// Alive reports whether an agent of tenant heartbeated recently.
+func (t *AckTracker) Alive(tenant, agent string, at time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.aliveLocked(tenant, agent, at)
+}

@@ -77,6 +77,15 @@ func TestConfirmedInvalidation(t *testing.T) {
 	require.Positive(t, c.LastAckMS)
 	require.Less(t, c.LastAckMS, 1000.0)
 
+	// The status of the secret names the agents that confirmed.
+	code, st := api(t, d.HTTPAddr(), http.MethodGet, "/v1/tenants/acme/secrets/billing-db", testToken, "")
+	require.Equal(t, http.StatusOK, code)
+	inv := st["invalidation"].(map[string]any)
+	require.Equal(t, id, inv["request_id"])
+	require.EqualValues(t, 3, inv["live_agents"])
+	require.ElementsMatch(t, []any{"acme-0", "acme-1", "acme-2"}, inv["acked"])
+	require.Empty(t, inv["missing"])
+
 	resp, err := http.Get("http://" + d.HTTPAddr() + "/metrics")
 	require.NoError(t, err)
 	m, _ := io.ReadAll(resp.Body)

@@ -178,6 +178,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	api.SetDeliveries(deliveries{d.fanout.Acks()})
 	api.Register(d.http.Mux)
 
 	rotations = handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, cfg.Rotation.MinInterval, opts.Worker)
@@ -321,4 +322,30 @@ func WaitReady(ctx context.Context, timeout time.Duration, fn func(context.Conte
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// deliveries adapts fanout's ack tracker to what the HTTP API shows.
+type deliveries struct{ acks *fanout.AckTracker }
+
+func (d deliveries) LatestInvalidation(tenant, secret string) (httpapi.InvalidationStatus, bool) {
+	del, err := d.acks.Latest(tenant, secret)
+	if err != nil {
+		return httpapi.InvalidationStatus{}, false
+	}
+	now := time.Now()
+	out := httpapi.InvalidationStatus{
+		RequestID: del.Invalidation.RequestID, Kind: del.Invalidation.Kind, Version: del.Invalidation.Version,
+		PublishedAt: del.Invalidation.PublishedAt, LiveAgents: len(del.Live),
+		Acked: []string{}, Missing: del.Missing(func(a string) bool { return d.acks.Alive(tenant, a, now) }),
+	}
+	for _, a := range del.Live {
+		if delay, ok := del.Acks[a]; ok {
+			out.Acked = append(out.Acked, a)
+			out.LastAckMS = max(out.LastAckMS, float64(delay.Microseconds())/1000)
+		}
+	}
+	if out.Missing == nil {
+		out.Missing = []string{}
+	}
+	return out, true
 }

@@ -48,6 +48,8 @@ type API struct {
 	metrics *orchestrator.Metrics
 	log     *slog.Logger
 	tokenID string
+
+	deliveries Deliveries
 }
 
 // New returns the API.
@@ -256,6 +258,32 @@ func (a *API) publish(r *http.Request, t, s, subject, typ string, data any, acti
 	return http.StatusAccepted, Accepted{RequestID: ev.ID, Subject: subject, Duplicate: ack.Duplicate}, nil
 }
 
+// InvalidationStatus says which agents confirmed the latest invalidation
+// of a secret (fanout tracks it from agents' acks and heartbeats).
+type InvalidationStatus struct {
+	RequestID   string    `json:"request_id"`
+	Kind        string    `json:"kind"`
+	Version     string    `json:"version,omitempty"`
+	PublishedAt time.Time `json:"published_at"`
+	// LiveAgents were alive (heartbeating) when it was published.
+	LiveAgents int `json:"live_agents"`
+	// Acked are the agents that confirmed it, Missing the live ones that
+	// have not (agents that stopped heartbeating are not listed).
+	Acked     []string `json:"acked"`
+	Missing   []string `json:"missing"`
+	LastAckMS float64  `json:"last_ack_ms"`
+}
+
+// Deliveries reports the latest invalidation of a secret; fanout
+// implements it (through an adapter in cmd/).
+type Deliveries interface {
+	LatestInvalidation(tenant, secret string) (InvalidationStatus, bool)
+}
+
+// SetDeliveries makes secret status replies include who confirmed the
+// latest invalidation.
+func (a *API) SetDeliveries(d Deliveries) { a.deliveries = d }
+
 // SecretStatus is the reply of GET /v1/tenants/{t}/secrets/{s}.
 type SecretStatus struct {
 	Tenant          string        `json:"tenant"`
@@ -269,6 +297,9 @@ type SecretStatus struct {
 	LastRotation    *LastRotation `json:"last_rotation,omitempty"`
 	LastError       string        `json:"last_error,omitempty"`
 	LastFailedAt    *time.Time    `json:"last_failed_at,omitempty"`
+	// Invalidation is the latest invalidation this rekeyd published for
+	// the secret and the agents' acks, when known.
+	Invalidation *InvalidationStatus `json:"invalidation,omitempty"`
 }
 
 // LastRotation describes the last completed rotation.
@@ -293,7 +324,13 @@ func (a *API) secretStatus(_ http.ResponseWriter, r *http.Request) (int, any, *a
 	if err != nil {
 		return 0, nil, errorf(http.StatusServiceUnavailable, "", "tenant state unavailable: %v", err)
 	}
-	return http.StatusOK, toStatus(st, ts, a.rekey), nil
+	out := toStatus(st, ts, a.rekey)
+	if a.deliveries != nil {
+		if inv, ok := a.deliveries.LatestInvalidation(t, s); ok {
+			out.Invalidation = &inv
+		}
+	}
+	return http.StatusOK, out, nil
 }
 
 func toStatus(st orchestrator.SecretStatus, ts orchestrator.TenantState, cfg *orchestrator.Config) SecretStatus {
