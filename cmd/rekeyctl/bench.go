@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -76,6 +77,28 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 	}
 	fan.Flags().IntSliceVar(&sizes, "agents", []int{1000, 5000}, "agent counts to measure")
 	fan.Flags().IntVar(&fanRotations, "rotations", 50, "rotations per agent count")
-	cmd.AddCommand(prop, get, fan)
+	var clients, samples, hookAgents int
+	var dur time.Duration
+	hook := &cobra.Command{
+		Use:   "webhook",
+		Short: "SIEM webhooks accepted per second, and webhook accepted -> agents invalidated (p50/p99)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			res, err := sim.Webhook(ctx, clients, dur, samples, hookAgents, log)
+			if err != nil {
+				return err
+			}
+			res.Print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	hook.Flags().IntVar(&clients, "clients", 16, "concurrent HTTP clients")
+	hook.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long to send")
+	hook.Flags().IntVar(&samples, "samples", 50, "latency samples, one webhook at a time")
+	hook.Flags().IntVar(&hookAgents, "agents", 10, "agents of the tenant")
+	cmd.AddCommand(prop, get, fan, hook)
 	return cmd
 }

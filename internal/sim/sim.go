@@ -44,6 +44,7 @@ type Cluster struct {
 // Drop is one agent dropping a value after an invalidation.
 type Drop struct {
 	Agent     string
+	Secret    string
 	Kind      string
 	Version   string
 	Published time.Time // when fanout published the invalidation
@@ -123,7 +124,7 @@ func (c *Cluster) NewAgent(ctx context.Context, tenant, instance string) (*agent
 		OnInvalidate: func(ev agent.Invalidated) {
 			c.mu.Lock()
 			c.drops[ev.Invalidation.RequestID] = append(c.drops[ev.Invalidation.RequestID], Drop{
-				Agent: instance, Kind: ev.Invalidation.Kind, Version: ev.Invalidation.Version,
+				Agent: instance, Secret: ev.Invalidation.Secret, Kind: ev.Invalidation.Kind, Version: ev.Invalidation.Version,
 				Published: ev.EventTime, Dropped: ev.DroppedAt,
 			})
 			c.cond.Broadcast()
@@ -245,4 +246,55 @@ func (c *Cluster) Events(tenant, kind string) (<-chan schemas.Event, func(), err
 		return nil, nil, err
 	}
 	return ch, func() { _ = sub.Unsubscribe() }, nil
+}
+
+// WaitIdle waits until no rotation request is pending and the secret is idle.
+func (c *Cluster) WaitIdle(ctx context.Context, tenant, secret string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.StreamRotate, orchestrator.ConsumerRotation)
+		if err == nil {
+			info, err := cons.Info(ctx)
+			st, serr := c.Daemon.State().SecretStatus(ctx, tenant, secret)
+			if err == nil && serr == nil && info.NumPending == 0 && info.NumAckPending == 0 && st.State != orchestrator.SecretRotating {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("rotations still pending after %s", timeout)
+}
+
+// WaitVersionDropped waits until n agents dropped secret's version old
+// (whatever request caused it) and returns when the last one did.
+func (c *Cluster) WaitVersionDropped(ctx context.Context, secret, old string, n int, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		c.mu.Lock()
+		var last time.Time
+		agents := map[string]bool{}
+		for id, drops := range c.drops {
+			for _, d := range drops {
+				if d.Kind == schemas.InvalidationRotated && d.Version != old && d.Secret == secret {
+					agents[d.Agent] = true
+					if d.Dropped.After(last) {
+						last = d.Dropped
+					}
+				}
+			}
+			_ = id
+		}
+		if len(agents) >= n {
+			for id, drops := range c.drops {
+				if len(drops) > 0 && drops[0].Secret == secret {
+					delete(c.drops, id)
+				}
+			}
+			c.mu.Unlock()
+			return last, nil
+		}
+		c.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	return time.Time{}, fmt.Errorf("%d agents did not drop %s v%s within %s", n, secret, old, timeout)
 }

@@ -43,3 +43,13 @@ func TestPropagationSmall(t *testing.T) {
 	res.Print(&out)
 	require.Contains(t, out.String(), "request -> all 5 agents dropped")
 }
+
+func TestWebhookBenchSmall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := sim.Webhook(ctx, 2, 300*time.Millisecond, 2, 2, nil)
+	require.NoError(t, err)
+	require.Positive(t, res.Accepted)
+	require.Empty(t, res.Other, "every signed webhook is accepted")
+	require.Len(t, res.ToDropped, 2)
+}
