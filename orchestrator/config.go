@@ -202,7 +202,7 @@ func Parse(b []byte) (Config, error) {
 		return Config{}, fieldErr(yamlPathOf(b, bd.value), "%q is not a duration (use 500ms, 30s, 2m, 1h)", bd.value)
 	}
 	if err != nil {
-		return Config{}, fmt.Errorf("parse: %s", yaml.FormatError(err, false, true))
+		return Config{}, fmt.Errorf("parse: %s", describeYAMLError(b, err))
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
@@ -424,7 +424,7 @@ func DecodeSection(prefix string, raw []byte, v interface{ Validate() error }) e
 			return fieldErr(prefix+"."+yamlPathOf(raw, bd.value), "%q is not a duration (use 500ms, 30s, 2m, 1h)", bd.value)
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %s", prefix, yaml.FormatError(err, false, true))
+			return fmt.Errorf("%s: %s", prefix, describeYAMLError(raw, err))
 		}
 	}
 	if err := v.Validate(); err != nil {
@@ -456,3 +456,42 @@ func prefixFields(prefix string, err error) error {
 // FieldErrorf returns a *FieldError; trigger and backend packages use it in
 // their Validate so that DecodeSection can prefix the field.
 func FieldErrorf(field, format string, args ...any) error { return fieldErr(field, format, args...) }
+
+// describeYAMLError formats a decode error without quoting the source (a
+// line could hold an inline credential) and names the field at the error's
+// position when it can.
+func describeYAMLError(src []byte, err error) string {
+	msg := yaml.FormatError(err, false, false)
+	var line, col int
+	if _, serr := fmt.Sscanf(msg, "[%d:%d]", &line, &col); serr != nil {
+		return msg
+	}
+	f, perr := parser.ParseBytes(src, 0)
+	if perr != nil {
+		return msg
+	}
+	v := &positionFinder{line: line, col: col}
+	for _, doc := range f.Docs {
+		ast.Walk(v, doc)
+	}
+	if v.path == "" {
+		return msg
+	}
+	return strings.TrimPrefix(v.path, "$.") + ": " + msg
+}
+
+type positionFinder struct {
+	line, col int
+	path      string
+}
+
+func (p *positionFinder) Visit(n ast.Node) ast.Visitor {
+	if p.path != "" {
+		return nil
+	}
+	if tk := n.GetToken(); tk != nil && tk.Position.Line == p.line && tk.Position.Column == p.col {
+		p.path = n.GetPath()
+		return nil
+	}
+	return p
+}

@@ -61,7 +61,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.natsURL, "nats-url", envOr("REKEY_NATS_URL", "nats://127.0.0.1:4222"), "NATS URL for watch and --wait (env REKEY_NATS_URL)")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "timeout of each HTTP call")
 	root.AddCommand(newRotate(g), newRevoke(g, schemas.ActionRevoke), newRevoke(g, schemas.ActionRestore),
-		newStatus(g), newWatch(g), newBench(), newAgentCreds(g), newNATSConfig(), newVaultPolicy())
+		newStatus(g), newWatch(g), newBench(), newAgentCreds(g), newNATSConfig(), newVaultPolicy(), newAudit(g))
 	return root
 }
 

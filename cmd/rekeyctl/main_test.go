@@ -122,6 +122,24 @@ func TestRekeyctl(t *testing.T) {
 	require.Contains(t, out, `"rekey.invalidate.acme.>"`)
 	require.NotContains(t, out, creds.Password)
 
+	// audit: the trail of one request, as JSON lines, from trigger to invalidation.
+	out, _, err = rekeyctl(t, append(g, "audit", "--tenant", "acme", "--since", "10m", "--request", res["request_id"].(string))...)
+	require.NoError(t, err)
+	var actions []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var rec map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &rec), "%q", line)
+		require.Equal(t, "acme", rec["tenant"])
+		actions = append(actions, rec["action"].(string))
+	}
+	for _, want := range []string{"rotation.request", "rotation.create", "rotation.finish", "rotation.complete", "invalidation.publish"} {
+		require.Contains(t, actions, want)
+	}
+	out, _, err = rekeyctl(t, append(g, "audit", "--since", "10m")...)
+	require.NoError(t, err)
+	require.Contains(t, out, `"tenant":"globex"`)
+	require.Contains(t, out, `"action":"revocation.complete"`)
+
 	// Errors carry the API's reason.
 	_, _, err = rekeyctl(t, append(g, "rotate", "acme/stripe-key")...)
 	require.ErrorContains(t, err, `secret "stripe-key" of tenant "acme" is not configured (HTTP 404)`)

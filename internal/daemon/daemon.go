@@ -22,6 +22,7 @@ import (
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/httpapi"
+	"github.com/rekey-dev/rekey/triggers/selfservice"
 )
 
 // Options are what New needs besides the config.
@@ -173,12 +174,23 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	api, err := httpapi.New(httpapi.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes},
-		&d.cfg, d.bus, d.state, audit, d.metrics, log)
+	selfCfg, err := selfservice.ParseConfig(cfg.Triggers["selfservice"], &d.cfg)
+	if err != nil {
+		return nil, err
+	}
+	api, err := httpapi.New(httpapi.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		IdempotencyTTL: selfCfg.IdempotencyTTL}, &d.cfg, d.bus, d.state, audit, d.metrics, log)
 	if err != nil {
 		return nil, err
 	}
 	api.SetDeliveries(deliveries{d.fanout.Acks()})
+	if selfCfg.Enabled() {
+		self, err := selfservice.New(ctx, selfCfg, &d.cfg, d.bus, d.metrics, log)
+		if err != nil {
+			return nil, err
+		}
+		api.SetTenantAccess(self, self)
+	}
 	api.Register(d.http.Mux)
 
 	rotations = handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, cfg.Rotation.MinInterval, opts.Worker)

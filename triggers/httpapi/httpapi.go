@@ -1,18 +1,27 @@
-// Package httpapi is the admin HTTP API of rekeyd: it turns authenticated
+// Package httpapi is the HTTP API of rekeyd: it turns authenticated
 // requests into rotation and revocation requests on NATS and reports a
 // secret's status. It never calls a backend and never returns a value.
+//
+// Every request is authenticated into a Principal: the admin token reaches
+// every route; a tenant token (checked by an Authenticator, see
+// triggers/selfservice) reaches only the self-service routes of its own
+// tenant (rotate, list, status), and its rotations are spaced out by a
+// Limiter. Anything else is 403 and audited as refused.
 package httpapi
 
 import (
+	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,12 +31,15 @@ import (
 
 // Config configures the API.
 type Config struct {
-	// AdminToken is the bearer token every route requires.
+	// AdminToken is the bearer token that reaches every route.
 	AdminToken string
 	// MaxBodyBytes bounds request bodies (default 1 MiB).
 	MaxBodyBytes int64
 	// Source is the CloudEvents source of the requests published.
 	Source string
+	// IdempotencyTTL is how long the answer to an Idempotency-Key is
+	// replayed (default 24h).
+	IdempotencyTTL time.Duration
 }
 
 // Validate checks the config.
@@ -35,10 +47,13 @@ func (c Config) Validate() error {
 	if len(c.AdminToken) < 16 {
 		return errors.New("httpapi: admin token must be at least 16 characters")
 	}
+	if c.IdempotencyTTL < 0 {
+		return errors.New("httpapi: idempotency TTL must not be negative")
+	}
 	return nil
 }
 
-// API serves the /v1 admin routes.
+// API serves the /v1 routes and /openapi.json.
 type API struct {
 	cfg     Config
 	rekey   *orchestrator.Config
@@ -48,8 +63,13 @@ type API struct {
 	metrics *orchestrator.Metrics
 	log     *slog.Logger
 	tokenID string
+	idem    *idempotency
+	now     func() time.Time
 
 	deliveries Deliveries
+	tenantAuth Authenticator
+	limiter    Limiter
+	routes     []string
 }
 
 // New returns the API.
@@ -61,20 +81,49 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, state *o
 	if cfg.Source == "" {
 		cfg.Source = "rekeyd/httpapi"
 	}
+	if cfg.IdempotencyTTL == 0 {
+		cfg.IdempotencyTTL = DefaultIdempotencyTTL
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if log == nil {
+		log = slog.Default()
+	}
 	return &API{cfg: cfg, rekey: rekey, bus: bus, state: state, audit: audit, metrics: metrics,
-		log: log.With("component", "httpapi"), tokenID: orchestrator.TokenID(cfg.AdminToken)}, nil
+		log: log.With("component", "httpapi"), tokenID: orchestrator.TokenID(cfg.AdminToken),
+		idem: &idempotency{bus: bus, ttl: cfg.IdempotencyTTL}, now: time.Now}, nil
 }
+
+// scope says which principals reach a route.
+type scope int
+
+const (
+	adminOnly scope = iota // admin token only
+	ownTenant              // admin, or a tenant token on its own tenant
+)
 
 // Register mounts the routes on mux.
 func (a *API) Register(mux *http.ServeMux) {
-	mux.Handle("POST /v1/tenants/{tenant}/secrets/{secret}/rotate", a.route("rotate", a.rotate))
-	mux.Handle("GET /v1/tenants/{tenant}/secrets/{secret}", a.route("secret_status", a.secretStatus))
-	mux.Handle("GET /v1/tenants/{tenant}", a.route("tenant_status", a.tenantStatus))
-	mux.Handle("POST /v1/tenants/{tenant}/revoke", a.route("revoke", a.revocation(schemas.ActionRevoke)))
-	mux.Handle("POST /v1/tenants/{tenant}/restore", a.route("restore", a.revocation(schemas.ActionRestore)))
+	a.handle(mux, "POST /v1/tenants/{tenant}/secrets/{secret}/rotate", a.route("rotate", "rotation.request", ownTenant, a.rotate))
+	a.handle(mux, "GET /v1/tenants/{tenant}/secrets/{secret}", a.route("secret_status", "status.read", ownTenant, a.secretStatus))
+	a.handle(mux, "GET /v1/tenants/{tenant}/secrets", a.route("secret_list", "status.read", ownTenant, a.secretList))
+	a.handle(mux, "GET /v1/tenants/{tenant}", a.route("tenant_status", "status.read", adminOnly, a.tenantStatus))
+	a.handle(mux, "POST /v1/tenants/{tenant}/revoke", a.route("revoke", "revocation.revoke.request", adminOnly, a.revocation(schemas.ActionRevoke)))
+	a.handle(mux, "POST /v1/tenants/{tenant}/restore", a.route("restore", "revocation.restore.request", adminOnly, a.revocation(schemas.ActionRestore)))
+	a.handle(mux, "GET /openapi.json", http.HandlerFunc(serveOpenAPI))
+}
+
+func (a *API) handle(mux *http.ServeMux, pattern string, h http.Handler) {
+	mux.Handle(pattern, h)
+	a.routes = append(a.routes, pattern)
+}
+
+// Routes are the patterns Register mounted ("METHOD /path"), sorted.
+func (a *API) Routes() []string {
+	out := slices.Clone(a.routes)
+	slices.Sort(out)
+	return out
 }
 
 // apiError is the JSON body of every error reply.
@@ -88,45 +137,71 @@ func errorf(status int, field, format string, args ...any) *apiError {
 	return &apiError{Status: status, Field: field, Error: fmt.Sprintf(format, args...)}
 }
 
-type handlerFunc func(w http.ResponseWriter, r *http.Request) (int, any, *apiError)
+type handlerFunc func(w http.ResponseWriter, r *http.Request, p Principal) (int, any, *apiError)
 
-// route authenticates, runs h and writes its JSON reply.
-func (a *API) route(name string, h handlerFunc) http.Handler {
+// route authenticates, checks the principal's scope, runs h and writes
+// its JSON reply. action names the route in audit records of refusals.
+func (a *API) route(name, action string, sc scope, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		status, body, apiErr := a.authenticate(r), any(nil), (*apiError)(nil)
-		if status != nil {
-			apiErr = status
+		var code int
+		var body any
+		p, apiErr := a.authenticate(r)
+		if apiErr != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rekey"`)
-		} else {
+		} else if apiErr = a.authorize(r, p, sc, action); apiErr == nil {
 			r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes)
-			var code int
-			code, body, apiErr = h(w, r)
-			if apiErr == nil {
-				writeJSON(w, code, body)
-				a.metrics.HTTPRequestsTotal.WithLabelValues(name, fmt.Sprint(code)).Inc()
-				return
-			}
+			code, body, apiErr = h(w, r, p)
 		}
-		writeJSON(w, apiErr.Status, apiErr)
-		a.metrics.HTTPRequestsTotal.WithLabelValues(name, fmt.Sprint(apiErr.Status)).Inc()
+		if apiErr != nil {
+			code, body = apiErr.Status, apiErr
+		}
+		writeJSON(w, code, body)
+		a.metrics.HTTPRequestsTotal.WithLabelValues(name, strconv.Itoa(code)).Inc()
 	})
 }
 
-func (a *API) authenticate(r *http.Request) *apiError {
-	h := r.Header.Get("Authorization")
-	if h == "" {
-		return errorf(http.StatusUnauthorized, "", "missing Authorization: Bearer <admin token>")
+// authorize keeps tenant principals on their own tenant's self-service
+// routes, and out while their tenant is revoked (fail closed). Every
+// refusal is audited in the token's tenant's trail.
+func (a *API) authorize(r *http.Request, p Principal, sc scope, action string) *apiError {
+	if p.Kind == PrincipalAdmin {
+		return nil
 	}
-	tok, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok {
-		return errorf(http.StatusUnauthorized, "", "Authorization must be a Bearer token")
+	target := r.PathValue("tenant")
+	var refusal *apiError
+	switch {
+	case sc == adminOnly:
+		refusal = errorf(http.StatusForbidden, "", "a tenant token may not call %s", r.Pattern)
+	case target != p.Tenant:
+		refusal = errorf(http.StatusForbidden, "tenant", "a tenant token only reaches its own tenant")
+	default:
+		revoked, err := a.state.IsRevoked(r.Context(), p.Tenant)
+		if err != nil {
+			return errorf(http.StatusServiceUnavailable, "", "tenant state unavailable, retry")
+		}
+		if revoked {
+			refusal = errorf(http.StatusForbidden, "tenant", "tenant %q is revoked", p.Tenant)
+		}
 	}
-	// Compare digests so the comparison takes the same time whatever the length.
-	got, want := sha256.Sum256([]byte(strings.TrimSpace(tok))), sha256.Sum256([]byte(a.cfg.AdminToken))
-	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-		return errorf(http.StatusUnauthorized, "", "invalid admin token")
+	if refusal == nil {
+		return nil
 	}
-	return nil
+	detail := map[string]string{"route": r.Pattern, "reason": refusal.Error, "remote": r.RemoteAddr}
+	if schemas.ValidateID("tenant", target) == nil {
+		detail["target_tenant"] = target
+	} else {
+		detail["target_tenant"] = "(invalid)"
+	}
+	if s := r.PathValue("secret"); s != "" && schemas.ValidateID("secret", s) == nil {
+		detail["target_secret"] = s
+	}
+	_ = a.audit.Record(r.Context(), schemas.AuditRecord{
+		Tenant: p.Tenant, Actor: p.Actor(), Action: action, Outcome: schemas.OutcomeRefused,
+		Component: "httpapi", Detail: detail,
+	})
+	a.log.Warn("tenant request refused", "tenant", p.Tenant, "token_id", p.TokenID, "target_tenant", detail["target_tenant"],
+		"action", action, "reason", refusal.Error)
+	return refusal
 }
 
 // ids validates the path IDs, then checks they are configured.
@@ -189,7 +264,15 @@ type Accepted struct {
 	Duplicate bool   `json:"duplicate,omitempty"`
 }
 
-func (a *API) rotate(_ http.ResponseWriter, r *http.Request) (int, any, *apiError) {
+// trigger is what a principal's requests say asked for them.
+func (p Principal) trigger() schemas.Trigger {
+	if p.Kind == PrincipalTenant {
+		return schemas.Trigger{Kind: schemas.TriggerTenant, Source: "selfservice", Actor: p.TokenID}
+	}
+	return schemas.Trigger{Kind: schemas.TriggerAPI, Source: "admin", Actor: p.TokenID}
+}
+
+func (a *API) rotate(w http.ResponseWriter, r *http.Request, p Principal) (int, any, *apiError) {
 	t, s, apiErr := a.ids(r, true)
 	if apiErr != nil {
 		return 0, nil, apiErr
@@ -201,16 +284,22 @@ func (a *API) rotate(_ http.ResponseWriter, r *http.Request) (int, any, *apiErro
 	reason := body.Reason
 	if reason == "" {
 		reason = "requested through the admin API"
+		if p.Kind == PrincipalTenant {
+			reason = "requested through the self-service API"
+		}
 	}
 	req := schemas.RotationRequested{
-		Tenant: t, Secret: s, Reason: reason, RequestedAt: time.Now().UTC(),
-		Trigger: schemas.Trigger{Kind: schemas.TriggerAPI, Source: "admin", Actor: a.tokenID},
+		Tenant: t, Secret: s, Reason: reason, RequestedAt: a.now().UTC(), Trigger: p.trigger(),
 	}
-	return a.publish(r, t, s, schemas.RotateSubject(t, s), schemas.TypeRotationRequested, req, "rotation.request")
+	return a.request(w, r, p, outgoing{
+		tenant: t, secret: s, subject: schemas.RotateSubject(t, s), typ: schemas.TypeRotationRequested,
+		data: req, action: "rotation.request", fingerprint: fingerprint(body.Reason),
+		limited: p.Kind == PrincipalTenant,
+	})
 }
 
 func (a *API) revocation(action string) handlerFunc {
-	return func(_ http.ResponseWriter, r *http.Request) (int, any, *apiError) {
+	return func(w http.ResponseWriter, r *http.Request, p Principal) (int, any, *apiError) {
 		t, _, apiErr := a.ids(r, false)
 		if apiErr != nil {
 			return 0, nil, apiErr
@@ -220,42 +309,151 @@ func (a *API) revocation(action string) handlerFunc {
 			return 0, nil, apiErr
 		}
 		req := schemas.RevocationRequested{
-			Tenant: t, Action: action, Reason: body.Reason, RequestedAt: time.Now().UTC(),
-			Trigger: schemas.Trigger{Kind: schemas.TriggerAPI, Source: "admin", Actor: a.tokenID},
+			Tenant: t, Action: action, Reason: body.Reason, RequestedAt: a.now().UTC(), Trigger: p.trigger(),
 		}
-		return a.publish(r, t, "", schemas.RevokeSubject(t), schemas.TypeRevocationRequested, req, "revocation."+action+".request")
+		return a.request(w, r, p, outgoing{
+			tenant: t, subject: schemas.RevokeSubject(t), typ: schemas.TypeRevocationRequested,
+			data: req, action: "revocation." + action + ".request", fingerprint: fingerprint(action, body.Reason),
+		})
 	}
 }
 
-// publish sends a request event. An Idempotency-Key header derives the
-// event id, so a retried HTTP call is dropped by JetStream as a duplicate.
-func (a *API) publish(r *http.Request, t, s, subject, typ string, data any, action string) (int, any, *apiError) {
-	ceSubject := t
-	if s != "" {
-		ceSubject += "/" + s
+// outgoing is a request about to be published.
+type outgoing struct {
+	tenant, secret string
+	subject, typ   string
+	data           any
+	action         string
+	// fingerprint identifies the request's content for Idempotency-Key.
+	fingerprint string
+	// limited: subject to the Limiter (tenant-initiated rotations).
+	limited bool
+}
+
+// request publishes o once. With an Idempotency-Key, the first answer is
+// kept in KV and a retry gets it back (marked duplicate) without anything
+// new being started; the key also derives the event id, so that JetStream
+// drops a second publish within its duplicate window as well.
+func (a *API) request(w http.ResponseWriter, r *http.Request, p Principal, o outgoing) (int, any, *apiError) {
+	key := r.Header.Get("Idempotency-Key")
+	if len(key) > maxIdempotencyKey {
+		return 0, nil, errorf(http.StatusBadRequest, "Idempotency-Key", "header is over %d characters", maxIdempotencyKey)
 	}
-	ev, err := schemas.NewEvent(a.cfg.Source, typ, t, ceSubject, data)
-	if err != nil {
-		return 0, nil, errorf(http.StatusInternalServerError, "", "encode request: %v", err)
-	}
-	if key := r.Header.Get("Idempotency-Key"); key != "" {
-		if len(key) > 200 {
-			return 0, nil, errorf(http.StatusBadRequest, "Idempotency-Key", "header is over 200 characters")
+	// Claims are settled even when the client went away.
+	bg := context.WithoutCancel(r.Context())
+	var stored *idemRecord
+	published := false
+	if key != "" {
+		k := idemKey(p, r.Method, r.URL.EscapedPath(), key)
+		rev, old, err := a.idem.claim(r.Context(), k, o.fingerprint, a.now())
+		if err != nil {
+			a.log.Error("idempotency store unavailable", "tenant", o.tenant, "secret", o.secret, "err", err)
+			return 0, nil, errorf(http.StatusServiceUnavailable, "", "request not queued: idempotency store unavailable, retry")
 		}
-		h := sha256.Sum256([]byte(subject + "\x00" + key))
+		if old != nil {
+			return a.replay(w, o, old)
+		}
+		stored = &idemRecord{Started: a.now().UTC(), Fingerprint: o.fingerprint}
+		defer func() {
+			ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+			defer cancel()
+			if stored.Reply == nil {
+				if err := a.idem.release(ctx, k, rev); err != nil {
+					a.log.Warn("idempotency key not released", "tenant", o.tenant, "secret", o.secret, "err", err)
+				}
+				return
+			}
+			if err := a.idem.complete(ctx, k, rev, *stored); err != nil {
+				a.log.Warn("idempotent answer not stored", "tenant", o.tenant, "secret", o.secret,
+					"request_id", stored.Reply.RequestID, "err", err)
+			}
+		}()
+	}
+	if o.limited && a.limiter != nil {
+		undo, err := a.limiter.Reserve(r.Context(), o.tenant, o.secret)
+		var tooSoon *TooSoonError
+		if errors.As(err, &tooSoon) {
+			secs := max(1, int(math.Ceil(tooSoon.RetryAfter.Seconds())))
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			_ = a.audit.Record(r.Context(), schemas.AuditRecord{
+				Tenant: o.tenant, Secret: o.secret, Actor: p.Actor(), Action: o.action, Outcome: schemas.OutcomeRateLimited,
+				Component: "httpapi", Detail: map[string]string{"remote": r.RemoteAddr, "retry_after_s": strconv.Itoa(secs)},
+			})
+			return 0, nil, errorf(http.StatusTooManyRequests, "", "secret %q was rotated through the self-service API less than the minimum interval ago; retry in %ds", o.secret, secs)
+		}
+		if err != nil {
+			a.log.Error("rate limiter unavailable", "tenant", o.tenant, "secret", o.secret, "err", err)
+			return 0, nil, errorf(http.StatusServiceUnavailable, "", "request not queued: NATS unavailable, retry")
+		}
+		if undo != nil {
+			defer func() {
+				if !published {
+					ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+					defer cancel()
+					undo(ctx)
+				}
+			}()
+		}
+	}
+	code, acc, apiErr := a.publish(r, p, o, key)
+	if apiErr != nil {
+		return 0, nil, apiErr
+	}
+	published = true
+	if stored != nil {
+		stored.Status, stored.Reply = code, &acc
+	}
+	return code, acc, nil
+}
+
+// replay answers a retried request from its stored record.
+func (a *API) replay(w http.ResponseWriter, o outgoing, old *idemRecord) (int, any, *apiError) {
+	switch {
+	case old.Fingerprint != o.fingerprint:
+		return 0, nil, errorf(http.StatusUnprocessableEntity, "Idempotency-Key", "Idempotency-Key was already used for a different request")
+	case old.Pending || old.Reply == nil:
+		w.Header().Set("Retry-After", "1")
+		return 0, nil, errorf(http.StatusConflict, "Idempotency-Key", "a request with this Idempotency-Key is still in progress; retry")
+	}
+	w.Header().Set("Idempotent-Replayed", "true")
+	acc := *old.Reply
+	acc.Duplicate = true
+	a.log.Info("request replayed", "tenant", o.tenant, "secret", o.secret, "request_id", acc.RequestID)
+	return old.Status, acc, nil
+}
+
+// publish sends a request event and audits it.
+func (a *API) publish(r *http.Request, p Principal, o outgoing, idempotencyKey string) (int, Accepted, *apiError) {
+	ceSubject := o.tenant
+	if o.secret != "" {
+		ceSubject += "/" + o.secret
+	}
+	ev, err := schemas.NewEvent(a.cfg.Source, o.typ, o.tenant, ceSubject, o.data)
+	if err != nil {
+		return 0, Accepted{}, errorf(http.StatusInternalServerError, "", "encode request: %v", err)
+	}
+	if idempotencyKey != "" {
+		// Admin ids are derived as they always were; a tenant's are
+		// scoped, so that a tenant cannot shadow an admin's request.
+		in := o.subject + "\x00" + idempotencyKey
+		if p.Kind == PrincipalTenant {
+			in = "tenant:" + p.Tenant + "\x00" + in
+		}
+		h := sha256.Sum256([]byte(in))
 		ev = ev.WithID("idem-" + hex.EncodeToString(h[:16]))
 	}
-	ack, err := a.bus.Publish(r.Context(), subject, ev)
+	ack, err := a.bus.Publish(r.Context(), o.subject, ev)
 	if err != nil {
-		a.log.Error("request not queued", "tenant", t, "secret", s, "request_id", ev.ID, "err", err)
-		return 0, nil, errorf(http.StatusServiceUnavailable, "", "request not queued: NATS unavailable, retry")
+		a.log.Error("request not queued", "tenant", o.tenant, "secret", o.secret, "request_id", ev.ID, "err", err)
+		return 0, Accepted{}, errorf(http.StatusServiceUnavailable, "", "request not queued: NATS unavailable, retry")
 	}
 	_ = a.audit.Record(r.Context(), schemas.AuditRecord{
-		Tenant: t, Secret: s, Actor: "api:" + a.tokenID, Action: action, Outcome: schemas.OutcomeAccepted,
-		RequestID: ev.ID, Component: "httpapi", Detail: map[string]string{"remote": r.RemoteAddr, "duplicate": fmt.Sprint(ack.Duplicate)},
+		Tenant: o.tenant, Secret: o.secret, Actor: p.Actor(), Action: o.action, Outcome: schemas.OutcomeAccepted,
+		RequestID: ev.ID, Component: "httpapi", Detail: map[string]string{"remote": r.RemoteAddr, "duplicate": strconv.FormatBool(ack.Duplicate)},
 	})
-	a.log.Info("request queued", "tenant", t, "secret", s, "request_id", ev.ID, "subject", subject, "duplicate", ack.Duplicate)
-	return http.StatusAccepted, Accepted{RequestID: ev.ID, Subject: subject, Duplicate: ack.Duplicate}, nil
+	a.log.Info("request queued", "tenant", o.tenant, "secret", o.secret, "request_id", ev.ID, "subject", o.subject,
+		"duplicate", ack.Duplicate, "principal", string(p.Kind), "token_id", p.TokenID)
+	return http.StatusAccepted, Accepted{RequestID: ev.ID, Subject: o.subject, Duplicate: ack.Duplicate}, nil
 }
 
 // InvalidationStatus says which agents confirmed the latest invalidation
@@ -311,24 +509,60 @@ type LastRotation struct {
 	CompletedAt time.Time       `json:"completed_at"`
 }
 
-func (a *API) secretStatus(_ http.ResponseWriter, r *http.Request) (int, any, *apiError) {
+func (a *API) secretStatus(_ http.ResponseWriter, r *http.Request, _ Principal) (int, any, *apiError) {
 	t, s, apiErr := a.ids(r, true)
 	if apiErr != nil {
 		return 0, nil, apiErr
 	}
-	st, err := a.state.SecretStatus(r.Context(), t, s)
-	if err != nil {
-		return 0, nil, errorf(http.StatusServiceUnavailable, "", "status unavailable: %v", err)
-	}
 	ts, err := a.state.TenantState(r.Context(), t)
 	if err != nil {
 		return 0, nil, errorf(http.StatusServiceUnavailable, "", "tenant state unavailable: %v", err)
+	}
+	out, apiErr := a.status(r.Context(), t, s, ts)
+	if apiErr != nil {
+		return 0, nil, apiErr
+	}
+	return http.StatusOK, out, nil
+}
+
+// status is one secret's status, with its latest invalidation if known.
+func (a *API) status(ctx context.Context, t, s string, ts orchestrator.TenantState) (SecretStatus, *apiError) {
+	st, err := a.state.SecretStatus(ctx, t, s)
+	if err != nil {
+		return SecretStatus{}, errorf(http.StatusServiceUnavailable, "", "status unavailable: %v", err)
 	}
 	out := toStatus(st, ts, a.rekey)
 	if a.deliveries != nil {
 		if inv, ok := a.deliveries.LatestInvalidation(t, s); ok {
 			out.Invalidation = &inv
 		}
+	}
+	return out, nil
+}
+
+// SecretList is the reply of GET /v1/tenants/{t}/secrets.
+type SecretList struct {
+	Tenant        string         `json:"tenant"`
+	TenantRevoked bool           `json:"tenant_revoked"`
+	Secrets       []SecretStatus `json:"secrets"`
+}
+
+func (a *API) secretList(_ http.ResponseWriter, r *http.Request, _ Principal) (int, any, *apiError) {
+	t, _, apiErr := a.ids(r, false)
+	if apiErr != nil {
+		return 0, nil, apiErr
+	}
+	ts, err := a.state.TenantState(r.Context(), t)
+	if err != nil {
+		return 0, nil, errorf(http.StatusServiceUnavailable, "", "tenant state unavailable: %v", err)
+	}
+	out := SecretList{Tenant: t, TenantRevoked: ts.Revoked, Secrets: []SecretStatus{}}
+	for _, s := range a.rekey.TenantSecrets(t) {
+		st, apiErr := a.status(r.Context(), t, s, ts)
+		if apiErr != nil {
+			return 0, nil, apiErr
+		}
+		out.Secrets = append(out.Secrets, st)
 	}
 	return http.StatusOK, out, nil
 }
@@ -362,7 +596,7 @@ type TenantStatus struct {
 	Secrets   []SecretStatus `json:"secrets"`
 }
 
-func (a *API) tenantStatus(_ http.ResponseWriter, r *http.Request) (int, any, *apiError) {
+func (a *API) tenantStatus(_ http.ResponseWriter, r *http.Request, _ Principal) (int, any, *apiError) {
 	t, _, apiErr := a.ids(r, false)
 	if apiErr != nil {
 		return 0, nil, apiErr
