@@ -173,12 +173,9 @@ func toInvalidation(ev schemas.Event) (schemas.Invalidation, string, time.Time, 
 }
 
 func (f *Fanout) onAck(m *nats.Msg) {
-	ev, err := schemas.Decode(m.Data)
-	if err != nil {
-		return
-	}
 	var ack schemas.InvalidationAck
-	if err := ev.DecodeData(schemas.TypeInvalidationAck, &ack); err != nil {
+	ev, err := schemas.DecodeAs(m.Data, schemas.TypeInvalidationAck, &ack)
+	if err != nil {
 		return
 	}
 	// The subject names the tenant; an agent cannot ack for another.

@@ -39,3 +39,18 @@ func BenchmarkEncodeAck(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkDecodeAsInvalidation(b *testing.B) {
+	ev, _ := schemas.NewEvent("rekeyd/fanout", schemas.TypeInvalidation, "acme", "acme/openai-key", schemas.Invalidation{
+		Tenant: "acme", Secret: "openai-key", Kind: schemas.InvalidationRotated, Version: "42", Reason: "requested through the admin API",
+		RequestID: schemas.NewULID(), PublishedAt: time.Now(),
+	})
+	data, _ := ev.Encode()
+	b.ReportAllocs()
+	for b.Loop() {
+		var inv schemas.Invalidation
+		if _, err := schemas.DecodeAs(data, schemas.TypeInvalidation, &inv); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

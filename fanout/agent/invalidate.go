@@ -37,16 +37,13 @@ func parseInvalidation(tenant, subject string, data []byte) (invalidation, error
 	if !ok || token == "" || strings.Contains(token, ".") {
 		return invalidation{}, fmt.Errorf("subject %q is not %s<secret>: %w", truncate(subject, 200), prefix, schemas.ErrMalformed)
 	}
-	ev, err := schemas.Decode(data)
+	var inv schemas.Invalidation
+	ev, err := schemas.DecodeAs(data, schemas.TypeInvalidation, &inv) // one pass: this runs in every agent
 	if err != nil {
 		return invalidation{}, err
 	}
 	if ev.Tenant != tenant {
 		return invalidation{}, fmt.Errorf("event %s is for tenant %q: %w", ev.ID, ev.Tenant, schemas.ErrMalformed)
-	}
-	var inv schemas.Invalidation
-	if err := ev.DecodeData(schemas.TypeInvalidation, &inv); err != nil {
-		return invalidation{}, err
 	}
 	if inv.Tenant != tenant {
 		return invalidation{}, fmt.Errorf("event %s: invalidation is for tenant %q: %w", ev.ID, inv.Tenant, schemas.ErrMalformed)

@@ -1,0 +1,51 @@
+package schemas_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// TestDecodeAsMatchesDecode: the single-pass decoder accepts and refuses
+// what Decode + DecodeData do.
+func TestDecodeAsMatchesDecode(t *testing.T) {
+	inv := schemas.Invalidation{Tenant: "acme", Secret: "openai-key", Kind: schemas.InvalidationRotated, Version: "4",
+		RequestID: "r1", PublishedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)}
+	good, err := schemas.NewEvent("src", schemas.TypeInvalidation, "acme", "acme/openai-key", inv)
+	require.NoError(t, err)
+	goodB, _ := good.Encode()
+	bad := inv
+	bad.Kind = "expired"
+	badEv, _ := schemas.NewEvent("src", schemas.TypeInvalidation, "acme", "acme/openai-key", bad)
+	badB, _ := badEv.Encode()
+	wrongType, _ := schemas.NewEvent("src", schemas.TypeUsageReport, "acme", "acme/openai-key", inv)
+	wrongTypeB, _ := wrongType.Encode()
+	for name, in := range map[string][]byte{
+		"good": goodB, "invalid data": badB, "wrong type": wrongTypeB, "not json": []byte("{"),
+		"no data":    []byte(`{"specversion":"1.0","id":"x","source":"s","type":"rekey.invalidation.v1","time":"2026-01-01T00:00:00Z","tenant":"acme"}`),
+		"bad tenant": []byte(`{"specversion":"1.0","id":"x","source":"s","type":"rekey.invalidation.v1","time":"2026-01-01T00:00:00Z","tenant":"a.b","data":{}}`),
+	} {
+		t.Run(name, func(t *testing.T) {
+			var viaAs schemas.Invalidation
+			evAs, errAs := schemas.DecodeAs(in, schemas.TypeInvalidation, &viaAs)
+			var viaTwo schemas.Invalidation
+			ev, errTwo := schemas.Decode(in)
+			if errTwo == nil {
+				errTwo = ev.DecodeData(schemas.TypeInvalidation, &viaTwo)
+			}
+			require.Equal(t, errTwo == nil, errAs == nil, "Decode: %v, DecodeAs: %v", errTwo, errAs)
+			if errAs != nil {
+				require.True(t, errors.Is(errAs, schemas.ErrMalformed), "%v", errAs)
+				return
+			}
+			require.Equal(t, viaTwo, viaAs)
+			require.Equal(t, ev.ID, evAs.ID)
+			require.Equal(t, ev.Tenant, evAs.Tenant)
+			require.True(t, ev.Time.Equal(evAs.Time))
+		})
+	}
+}
