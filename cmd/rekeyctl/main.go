@@ -218,13 +218,17 @@ func newRotate(g *globals) *cobra.Command {
 			// was made, its own or a coalesced one.
 			deadline := time.Now().Add(waitFor)
 			for {
+				var raw json.RawMessage
+				if err := g.call(ctx, http.MethodGet, base, nil, &raw, nil); err != nil {
+					return err
+				}
 				var st secretStatus
-				if err := g.call(ctx, http.MethodGet, base, nil, &st, nil); err != nil {
+				if err := json.Unmarshal(raw, &st); err != nil {
 					return err
 				}
 				if st.LastRotation != nil && st.LastRotation.CompletedAt.After(start.Add(-time.Second)) &&
 					(before.LastRotation == nil || st.LastRotation.RequestID != before.LastRotation.RequestID) {
-					return printJSON(cmd.OutOrStdout(), map[string]any{"request_id": acc.RequestID, "status": st,
+					return printJSON(cmd.OutOrStdout(), map[string]any{"request_id": acc.RequestID, "status": raw,
 						"satisfied_by": st.LastRotation.RequestID, "elapsed_ms": time.Since(start).Milliseconds()})
 				}
 				if st.State == "failed" && st.LastFailedAt != nil && st.LastFailedAt.After(start) {
