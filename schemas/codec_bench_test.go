@@ -54,3 +54,13 @@ func BenchmarkDecodeAsInvalidation(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkEncodeNewAck(b *testing.B) {
+	ack := schemas.InvalidationAck{Tenant: "acme", Secret: "openai-key", Agent: "planner-1", Version: "42", RequestID: schemas.NewULID(), ReceivedAt: time.Now(), DroppedAt: time.Now()}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := schemas.EncodeNew("rekey-agent/planner-1", schemas.TypeInvalidationAck, "acme", "acme/openai-key", ack); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -49,3 +49,18 @@ func TestDecodeAsMatchesDecode(t *testing.T) {
 		})
 	}
 }
+
+// TestEncodeNewDecodes: EncodeNew's output is a valid event that Decode reads back.
+func TestEncodeNewDecodes(t *testing.T) {
+	ack := schemas.InvalidationAck{Tenant: "acme", Secret: "k", Agent: "a-1", Version: "3", RequestID: "r", ReceivedAt: time.Now().UTC(), DroppedAt: time.Now().UTC()}
+	id, b, err := schemas.EncodeNew("src", schemas.TypeInvalidationAck, "acme", "acme/k", ack)
+	require.NoError(t, err)
+	ev, err := schemas.Decode(b)
+	require.NoError(t, err)
+	require.Equal(t, id, ev.ID)
+	require.Equal(t, "application/json", ev.DataContentType)
+	var got schemas.InvalidationAck
+	require.NoError(t, ev.DecodeData(schemas.TypeInvalidationAck, &got))
+	require.Equal(t, ack.RequestID, got.RequestID)
+	require.True(t, ack.DroppedAt.Equal(got.DroppedAt))
+}

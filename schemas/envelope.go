@@ -242,3 +242,25 @@ func DecodeAs[T any](b []byte, typ string, v *T) (Event, error) {
 	}
 	return e, nil
 }
+
+// EncodeNew builds a new event around data (fresh ULID, current time) and
+// encodes it in a single pass (NewEvent then Encode marshals the data
+// twice). For hot paths such as agents' acks. It returns the event id.
+func EncodeNew[T any](source, typ, tenant, subject string, data T) (string, []byte, error) {
+	te := struct {
+		SpecVersion     string    `json:"specversion"`
+		ID              string    `json:"id"`
+		Source          string    `json:"source"`
+		Type            string    `json:"type"`
+		Time            time.Time `json:"time"`
+		Subject         string    `json:"subject,omitempty"`
+		DataContentType string    `json:"datacontenttype,omitempty"`
+		Tenant          string    `json:"tenant"`
+		Data            T         `json:"data"`
+	}{SpecVersion, NewULID(), source, typ, time.Now().UTC(), subject, "application/json", tenant, data}
+	b, err := json.Marshal(te)
+	if err != nil {
+		return "", nil, fmt.Errorf("encode %s event: %w", typ, err)
+	}
+	return te.ID, b, nil
+}

@@ -170,12 +170,9 @@ func (a *Agent) publishAck(p invalidation, received, dropped time.Time) {
 		ack.Secret = p.token
 		evSubject = a.cfg.Tenant + "/" + p.token
 	}
-	ev, err := schemas.NewEvent(a.source, schemas.TypeInvalidationAck, a.cfg.Tenant, evSubject, ack)
+	_, b, err := schemas.EncodeNew(a.source, schemas.TypeInvalidationAck, a.cfg.Tenant, evSubject, ack)
 	if err == nil {
-		var b []byte
-		if b, err = ev.Encode(); err == nil {
-			err = a.nc.Publish(subject, b)
-		}
+		err = a.nc.Publish(subject, b)
 	}
 	if err != nil {
 		a.log.Warn("ack invalidation", "secret", p.token, "request_id", p.inv.RequestID, "subject", subject, "error", err)
