@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
@@ -25,79 +24,25 @@ import (
 // The servers are started by the first test that needs them and stopped
 // by TestMain, so `go test -run TestConfig` needs neither. A test that
 // needs one that cannot be found fails with how to get it.
-var (
-	vaultOnce sync.Once
-	vaultSrv  *vaulttest.Vault
-	vaultErr  error
-
-	pgOnce sync.Once
-	pgSrv  *vaulttest.Postgres
-	pgErr  error
-
-	dbOnce sync.Once
-	dbErr  error
-)
+var servers vaulttest.Servers
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	pgSrv.Stop()
-	vaultSrv.Stop()
+	servers.Stop()
 	os.Exit(code)
 }
 
-// needVault returns the shared dev server.
-func needVault(t testing.TB) *vaulttest.Vault {
-	t.Helper()
-	vaultOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		defer cancel()
-		vaultSrv, vaultErr = vaulttest.StartVault(ctx)
-	})
-	if vaultErr != nil {
-		t.Fatalf("this test needs a Vault dev server: %v", vaultErr)
-	}
-	return vaultSrv
-}
+func needVault(t testing.TB) *vaulttest.Vault { t.Helper(); return servers.Vault(t) }
 
-// needPostgres returns the shared throwaway PostgreSQL.
-func needPostgres(t testing.TB) *vaulttest.Postgres {
-	t.Helper()
-	pgOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-		defer cancel()
-		pgSrv, pgErr = vaulttest.StartPostgres(ctx)
-	})
-	if pgErr != nil {
-		t.Fatalf("this test needs PostgreSQL: %v", pgErr)
-	}
-	return pgSrv
-}
+func needPostgres(t testing.TB) *vaulttest.Postgres { t.Helper(); return servers.Postgres(t) }
 
-// dbConnection is the name of the database secrets engine connection.
-const dbConnection = "pg"
+const dbConnection = vaulttest.DBConnection
 
 // needDatabase mounts the database secrets engine at "database" with a
 // connection to the shared PostgreSQL.
 func needDatabase(t testing.TB) (*vaulttest.Vault, *vaulttest.Postgres) {
 	t.Helper()
-	v, pg := needVault(t), needPostgres(t)
-	dbOnce.Do(func() {
-		ctx := context.Background()
-		if dbErr = v.Client.Sys().MountWithContext(ctx, "database", &api.MountInput{Type: "database"}); dbErr != nil {
-			return
-		}
-		_, dbErr = v.Client.Logical().WriteWithContext(ctx, "database/config/"+dbConnection, map[string]any{
-			"plugin_name":    "postgresql-database-plugin",
-			"allowed_roles":  "*",
-			"connection_url": fmt.Sprintf("postgresql://{{username}}:{{password}}@%s:%d/postgres?sslmode=disable", pg.Host, pg.Port),
-			"username":       pg.User,
-			"password":       pg.Password,
-			// Enough connections for 200 credentials made in parallel.
-			"max_open_connections": 8,
-		})
-	})
-	require.NoError(t, dbErr, "database secrets engine")
-	return v, pg
+	return servers.Database(t)
 }
 
 // logBuffer collects a backend's logs so a test can grep them.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/vault/api"
 	"github.com/jackc/pgx/v5"
@@ -18,74 +17,25 @@ import (
 // The servers are started by the first test that needs them and stopped by
 // TestMain. A test that needs one that cannot be found fails with how to
 // get it (vaulttest says), never skips.
-var (
-	vaultOnce sync.Once
-	vaultSrv  *vaulttest.Vault
-	vaultErr  error
-
-	pgOnce sync.Once
-	pgSrv  *vaulttest.Postgres
-	pgErr  error
-
-	dbOnce sync.Once
-	dbErr  error
-)
+var servers vaulttest.Servers
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	pgSrv.Stop()
-	vaultSrv.Stop()
+	servers.Stop()
 	os.Exit(code)
 }
 
-func needVault(t testing.TB) *vaulttest.Vault {
-	t.Helper()
-	vaultOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		defer cancel()
-		vaultSrv, vaultErr = vaulttest.StartVault(ctx)
-	})
-	if vaultErr != nil {
-		t.Fatalf("this test needs a Vault dev server: %v", vaultErr)
-	}
-	return vaultSrv
-}
+func needVault(t testing.TB) *vaulttest.Vault { t.Helper(); return servers.Vault(t) }
 
-func needPostgres(t testing.TB) *vaulttest.Postgres {
-	t.Helper()
-	pgOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-		defer cancel()
-		pgSrv, pgErr = vaulttest.StartPostgres(ctx)
-	})
-	if pgErr != nil {
-		t.Fatalf("this test needs PostgreSQL: %v", pgErr)
-	}
-	return pgSrv
-}
+func needPostgres(t testing.TB) *vaulttest.Postgres { t.Helper(); return servers.Postgres(t) }
 
-const dbConnection = "pg"
+const dbConnection = vaulttest.DBConnection
 
 // needDatabase mounts the database secrets engine at "database" with a
 // connection to the shared PostgreSQL.
 func needDatabase(t testing.TB) (*vaulttest.Vault, *vaulttest.Postgres) {
 	t.Helper()
-	v, pg := needVault(t), needPostgres(t)
-	dbOnce.Do(func() {
-		ctx := context.Background()
-		if dbErr = v.Client.Sys().MountWithContext(ctx, "database", &api.MountInput{Type: "database"}); dbErr != nil {
-			return
-		}
-		_, dbErr = v.Client.Logical().WriteWithContext(ctx, "database/config/"+dbConnection, map[string]any{
-			"plugin_name":    "postgresql-database-plugin",
-			"allowed_roles":  "*",
-			"connection_url": fmt.Sprintf("postgresql://{{username}}:{{password}}@%s:%d/postgres?sslmode=disable", pg.Host, pg.Port),
-			"username":       pg.User,
-			"password":       pg.Password,
-		})
-	})
-	require.NoError(t, dbErr, "database secrets engine")
-	return v, pg
+	return servers.Database(t)
 }
 
 // clientWithToken is a new client on the dev server with token.
