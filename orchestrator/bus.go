@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -38,7 +39,7 @@ type Bus struct {
 
 // Connect dials NATS and returns a Bus. name identifies the connection in
 // the server's monitoring.
-func Connect(ctx context.Context, url, name string, cfg NATSConfig, log *slog.Logger, opts ...nats.Option) (*Bus, error) {
+func Connect(ctx context.Context, natsURL, name string, cfg NATSConfig, log *slog.Logger, opts ...nats.Option) (*Bus, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -56,9 +57,9 @@ func Connect(ctx context.Context, url, name string, cfg NATSConfig, log *slog.Lo
 			log.Info("nats reconnected", "component", "bus", "url", c.ConnectedUrlRedacted())
 		}),
 	}
-	nc, err := nats.Connect(url, append(base, opts...)...)
+	nc, err := nats.Connect(natsURL, append(base, opts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+		return nil, fmt.Errorf("connect nats %s: %w", RedactURL(natsURL), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -211,4 +212,14 @@ func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, 
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, d)
+}
+
+// RedactURL hides the password of a URL such as nats://user:pass@host:4222
+// for logs and errors; something that does not parse is hidden whole.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }

@@ -48,3 +48,9 @@ func TestNATSAuthPasswords(t *testing.T) {
 	_, err = orchestrator.ReadNATSAuth(t.TempDir())
 	require.Error(t, err, "ReadNATSAuth never creates the secret")
 }
+
+func TestRedactURL(t *testing.T) {
+	require.Equal(t, "nats://rekeyd:xxxxx@nats.nats.svc:4222", orchestrator.RedactURL("nats://rekeyd:s3cr3t-pw@nats.nats.svc:4222"))
+	require.Equal(t, "nats://127.0.0.1:4222", orchestrator.RedactURL("nats://127.0.0.1:4222"))
+	require.NotContains(t, orchestrator.RedactURL("nats://u:p%zz@h"), "p%zz")
+}

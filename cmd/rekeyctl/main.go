@@ -97,7 +97,7 @@ func (g *globals) natsConnect(name string, opts ...nats.Option) (*nats.Conn, err
 	}
 	nc, err := nats.Connect(g.natsURL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", g.natsURL, err)
+		return nil, fmt.Errorf("connect %s: %w", orchestrator.RedactURL(g.natsURL), err)
 	}
 	return nc, nil
 }

@@ -56,7 +56,7 @@ example configuration (tenants acme and globex).`,
 			if err != nil {
 				return err
 			}
-			log.Info("rekeyd ready", "http", d.HTTPAddr(), "nats", d.NATSURL(), "data_dir", cfg.DataDir,
+			log.Info("rekeyd ready", "http", d.HTTPAddr(), "nats", orchestrator.RedactURL(d.NATSURL()), "data_dir", cfg.DataDir,
 				"admin_token", tokenHint(cfg.DataDir))
 			return d.Run(ctx)
 		},
