@@ -179,9 +179,23 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 		w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(time.Second) })
 		return
 	}
+	// A promoted rotation whose announcement was lost (crash, failed
+	// publish) is announced now, before its requests are acked.
+	if !st.Announced && st.LastRequestID != "" {
+		if err := w.rotator.Reannounce(ctx, st); err != nil {
+			w.d.Log.Warn("announcement failed; requests will be retried", "component", "rotation-worker", "tenant", t, "secret", s, "err", err)
+			w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(time.Second) })
+			return
+		}
+	}
 	// Requests made before the last completed rotation started are done.
 	var pending []request
 	for _, r := range reqs {
+		if r.seq <= st.CoveredSeq && r.id == st.LastRequestID {
+			// Its own rotation completed (and is now announced).
+			w.finish([]request{r}, func(m jetstream.Msg) error { return m.Ack() })
+			continue
+		}
 		if r.seq <= st.CoveredSeq {
 			w.coalesced(ctx, r, st.LastRequestID)
 			w.finish([]request{r}, func(m jetstream.Msg) error { return m.Ack() })

@@ -266,6 +266,8 @@ func (r *Rotator) completed(ctx context.Context, done schemas.RotationCompleted,
 		st.LastError = ""
 		st.CoveredSeq = max(st.CoveredSeq, covered)
 		st.InFlightSeq = 0
+		st.LastAttempts = done.Attempts
+		st.Announced = false
 		return nil
 	})
 	if err != nil {
@@ -273,19 +275,70 @@ func (r *Rotator) completed(ctx context.Context, done schemas.RotationCompleted,
 		// coalesced or rotated again, which is safe.
 		return fmt.Errorf("record rotation of %s/%s: %w", done.Tenant, done.Secret, err)
 	}
-	if _, err := r.d.Bus.PublishEvent(ctx, schemas.EventsSubject(done.Tenant, schemas.KindRotationCompleted), r.d.Source,
-		schemas.TypeRotationCompleted, done.Tenant, done.Tenant+"/"+done.Secret, done); err != nil {
-		return fmt.Errorf("publish completion of %s/%s: %w", done.Tenant, done.Secret, err)
+	if err := r.announce(ctx, done, false); err != nil {
+		return err
 	}
-	r.audit(ctx, Job{Tenant: done.Tenant, Secret: done.Secret, RequestID: done.RequestID, Trigger: done.Trigger},
-		"rotation.complete", schemas.OutcomeSucceeded, map[string]string{
-			"version": done.Version, "previous_version": done.PreviousVersion,
-			"attempts": fmt.Sprint(done.Attempts), "coalesced": fmt.Sprint(len(done.Coalesced)),
-		})
 	r.d.Metrics.RotationsTotal.WithLabelValues(done.Tenant, "succeeded").Inc()
 	r.d.Metrics.RotationDuration.WithLabelValues(done.Backend).Observe(done.CompletedAt.Sub(done.StartedAt).Seconds())
 	r.d.Metrics.RotationAttempts.Observe(float64(done.Attempts))
 	return nil
+}
+
+// announce publishes a completed rotation's event (which makes fanout
+// invalidate agents) and its audit record, with ids derived from the
+// request so that doing it again after a crash adds no duplicate, then
+// marks the status announced.
+func (r *Rotator) announce(ctx context.Context, done schemas.RotationCompleted, recovered bool) error {
+	ev, err := schemas.NewEvent(r.d.Source, schemas.TypeRotationCompleted, done.Tenant, done.Tenant+"/"+done.Secret, done)
+	if err != nil {
+		return err
+	}
+	ev = ev.WithID("done-" + done.RequestID + "-" + done.Version)
+	if _, err := r.d.Bus.Publish(ctx, schemas.EventsSubject(done.Tenant, schemas.KindRotationCompleted), ev); err != nil {
+		return fmt.Errorf("publish completion of %s/%s: %w", done.Tenant, done.Secret, err)
+	}
+	detail := map[string]string{
+		"version": done.Version, "previous_version": done.PreviousVersion,
+		"attempts": fmt.Sprint(done.Attempts), "coalesced": fmt.Sprint(len(done.Coalesced)),
+	}
+	if recovered {
+		detail["recovered"] = "true"
+	}
+	actor := done.Trigger.Kind
+	if done.Trigger.Actor != "" {
+		actor += ":" + done.Trigger.Actor
+	}
+	if err := r.d.Audit.RecordWithID(ctx, "audit-done-"+done.RequestID+"-"+done.Version, schemas.AuditRecord{
+		Tenant: done.Tenant, Secret: done.Secret, Actor: actor, Action: "rotation.complete", Outcome: schemas.OutcomeSucceeded,
+		RequestID: done.RequestID, Component: "rotator", Detail: detail,
+	}); err != nil {
+		return err
+	}
+	if _, err := r.d.State.UpdateSecretStatus(ctx, done.Tenant, done.Secret, func(st *orchestrator.SecretStatus) error {
+		if st.LastRequestID == done.RequestID && st.Version == done.Version {
+			st.Announced = true
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("record announcement of %s/%s: %w", done.Tenant, done.Secret, err)
+	}
+	return nil
+}
+
+// Reannounce writes the completion event and audit record of the last
+// rotation recorded in st, when a crash (or a failed publish) came between
+// the promotion being recorded and its announcement.
+func (r *Rotator) Reannounce(ctx context.Context, st orchestrator.SecretStatus) error {
+	if st.Announced || st.LastRequestID == "" || st.Version == "" {
+		return nil
+	}
+	r.d.Log.Warn("announcing a rotation whose completion was not published (crash or publish failure)",
+		"component", "rotator", "tenant", st.Tenant, "secret", st.Secret, "request_id", st.LastRequestID, "version", st.Version)
+	return r.announce(context.WithoutCancel(ctx), schemas.RotationCompleted{
+		Tenant: st.Tenant, Secret: st.Secret, Backend: st.Backend, Version: st.Version, PreviousVersion: st.PreviousVersion,
+		RequestID: st.LastRequestID, Reason: st.LastReason, Trigger: st.LastTrigger, Attempts: max(st.LastAttempts, 1),
+		StartedAt: st.LastStartedAt, CompletedAt: st.LastCompletedAt,
+	}, true)
 }
 
 // failed records a rotation given up for good.

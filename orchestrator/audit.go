@@ -24,6 +24,13 @@ func NewAuditor(bus *Bus, source string, log *slog.Logger) *Auditor {
 // Record writes one audit record and waits for the stream to store it.
 // A failure is logged and returned; callers decide whether it is fatal.
 func (a *Auditor) Record(ctx context.Context, rec schemas.AuditRecord) error {
+	return a.RecordWithID(ctx, "", rec)
+}
+
+// RecordWithID is Record with a derived event id (when id is not empty),
+// so that a record written again after a crash is dropped by JetStream as
+// a duplicate.
+func (a *Auditor) RecordWithID(ctx context.Context, id string, rec schemas.AuditRecord) error {
 	if rec.Time.IsZero() {
 		rec.Time = time.Now().UTC()
 	}
@@ -31,7 +38,14 @@ func (a *Auditor) Record(ctx context.Context, rec schemas.AuditRecord) error {
 	if rec.Secret != "" {
 		subject += "/" + rec.Secret
 	}
-	if _, err := a.bus.PublishEvent(ctx, schemas.AuditSubject(rec.Tenant), a.source, schemas.TypeAuditRecord, rec.Tenant, subject, rec); err != nil {
+	ev, err := schemas.NewEvent(a.source, schemas.TypeAuditRecord, rec.Tenant, subject, rec)
+	if err == nil {
+		if id != "" {
+			ev = ev.WithID(id)
+		}
+		_, err = a.bus.Publish(ctx, schemas.AuditSubject(rec.Tenant), ev)
+	}
+	if err != nil {
 		a.log.Error("audit record not written", "component", "audit", "tenant", rec.Tenant, "secret", rec.Secret,
 			"action", rec.Action, "outcome", rec.Outcome, "request_id", rec.RequestID, "err", err)
 		return fmt.Errorf("audit %s %s: %w", rec.Action, rec.Outcome, err)

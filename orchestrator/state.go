@@ -45,6 +45,12 @@ type SecretStatus struct {
 	CoveredSeq uint64 `json:"covered_seq"`
 	// InFlightSeq is the same for the rotation in progress, if any.
 	InFlightSeq uint64 `json:"in_flight_seq,omitempty"`
+	// LastAttempts is how many saga attempts the last rotation needed.
+	LastAttempts int `json:"last_attempts,omitempty"`
+	// Announced is set once the last rotation's completion event and audit
+	// record were written. A request redelivered after a crash between the
+	// status write and the event finds it false and announces again.
+	Announced bool `json:"announced"`
 }
 
 // TenantState says whether a tenant is revoked.

@@ -148,7 +148,7 @@ func TestAuthAppRole(t *testing.T) {
 			t.Logf("backend logs:\n%s", logs.String())
 		}
 	})
-	deadline := time.Now().Add(9 * time.Second) // past two max TTLs
+	deadline := time.Now().Add(13 * time.Second) // past three max TTLs
 	for time.Now().Before(deadline) {
 		rotate(t, ctx, b, ref)
 		_, err := b.RevokeTenant(ctx, "globex")
@@ -160,7 +160,11 @@ func TestAuthAppRole(t *testing.T) {
 		strings.Count(text, "logged in to Vault"), strings.Count(text, "can no longer be renewed"),
 		strings.Count(text, "no longer valid; logged in again"), strings.Count(text, "Vault token renewed"))
 	require.GreaterOrEqual(t, strings.Count(text, "logged in to Vault"), 3, "no new login after the max TTL:\n%s", text)
-	require.Contains(t, text, "can no longer be renewed; logging in again")
+	// Which path logs in again (the watcher noticing the max TTL, or a
+	// request refused with a dead token) depends on timing on a loaded
+	// machine; together they must have happened at least twice.
+	require.GreaterOrEqual(t, strings.Count(text, "can no longer be renewed; logging in again")+
+		strings.Count(text, "no longer valid; logged in again"), 2, "re-logins:\n%s", text)
 	require.Contains(t, text, "Vault token renewed")
 	require.NotContains(t, text, secretID, "the secret id was logged")
 

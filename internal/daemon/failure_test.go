@@ -127,3 +127,61 @@ func subscribeEvents(t *testing.T, d *running, tenant, kind string) (<-chan sche
 	require.NoError(t, d.Bus().NC.Flush())
 	return ch, func() { _ = sub.Unsubscribe() }
 }
+
+// TestLostAnnouncementIsRepaired: a promotion recorded in the status whose
+// completion event and audit record were not written (rekeyd killed in
+// between, or the publish failed) is announced before the secret's next
+// request is handled, so agents still hear of it.
+func TestLostAnnouncementIsRepaired(t *testing.T) {
+	d := start(t, testConfig(t, t.TempDir()), daemonOpts())
+	ctx := context.Background()
+	first := rotate(t, d, "acme", "openai-key")
+	require.Eventually(t, func() bool {
+		st, err := d.State().SecretStatus(ctx, "acme", "openai-key")
+		return err == nil && st.LastRequestID == first && st.Announced
+	}, 10*time.Second, 10*time.Millisecond)
+
+	// Pretend the announcement of that rotation was lost.
+	_, err := d.State().UpdateSecretStatus(ctx, "acme", "openai-key", func(st *orchestrator.SecretStatus) error {
+		st.Announced = false
+		return nil
+	})
+	require.NoError(t, err)
+	completed, unsub := subscribeEvents(t, d, "acme", schemas.KindRotationCompleted)
+	defer unsub()
+	second := rotate(t, d, "acme", "openai-key")
+
+	seen := map[string]string{}
+	deadline := time.After(15 * time.Second)
+	for len(seen) < 2 {
+		select {
+		case ev := <-completed:
+			var done schemas.RotationCompleted
+			require.NoError(t, ev.DecodeData(schemas.TypeRotationCompleted, &done))
+			seen[done.RequestID] = ev.ID
+		case <-deadline:
+			t.Fatalf("completions seen: %v", seen)
+		}
+	}
+	require.Equal(t, "done-"+first+"-2", seen[first], "the lost announcement was made again, with its derived id")
+	require.Contains(t, seen, second)
+	// Here the first announcement was not really lost, so the derived ids
+	// make JetStream keep one copy of each: no duplicate record or event.
+	completes := 0
+	for _, r := range auditRecords(t, d, "acme") {
+		if r.Action == "rotation.complete" && r.RequestID == first {
+			completes++
+		}
+	}
+	require.Equal(t, 1, completes, "the re-announcement duplicated the audit record")
+	stored := 0
+	for _, m := range streamMsgs(t, d, schemas.StreamEvents) {
+		if m.Header.Get("Nats-Msg-Id") == "done-"+first+"-2" {
+			stored++
+		}
+	}
+	require.Equal(t, 1, stored)
+	st, err := d.State().SecretStatus(ctx, "acme", "openai-key")
+	require.NoError(t, err)
+	require.True(t, st.Announced)
+}
