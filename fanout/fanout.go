@@ -79,7 +79,8 @@ func (f *Fanout) Run(ctx context.Context) error {
 
 	// Consume's callback runs on one goroutine, in stream order, so the
 	// invalidations of one secret go out in the order of its rotations.
-	cc, err := cons.Consume(func(msg jetstream.Msg) { f.handle(ctx, msg) }, jetstream.PullMaxMessages(256))
+	cc, err := cons.Consume(func(msg jetstream.Msg) { f.handle(ctx, msg) }, jetstream.PullMaxMessages(256),
+		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(2*time.Second))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", schemas.StreamEvents, err)
 	}

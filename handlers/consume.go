@@ -36,7 +36,9 @@ func pull(ctx context.Context, bus *orchestrator.Bus, q queue, log *slog.Logger,
 	if err != nil {
 		return err
 	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(q.batch))
+	// Short pulls with frequent heartbeats: after a NATS restart a lost pull
+	// is noticed within seconds, not after the 30 s default expiry.
+	iter, err := cons.Messages(jetstream.PullMaxMessages(q.batch), jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(2*time.Second))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", q.stream, err)
 	}

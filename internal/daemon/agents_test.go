@@ -196,6 +196,14 @@ func TestRevocationSurvivesAgentReconnect(t *testing.T) {
 	code, _ := api(t, d.HTTPAddr(), http.MethodPost, "/v1/tenants/globex/revoke", testToken, "")
 	require.Equal(t, http.StatusAccepted, code)
 	require.Eventually(t, a.Revoked, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { // the kill switch finished rotating globex's secrets
+		for _, r := range auditRecords(t, d, "globex") {
+			if r.Action == "revocation.complete" {
+				return true
+			}
+		}
+		return false
+	}, 15*time.Second, 20*time.Millisecond)
 
 	require.NoError(t, d.Embedded().Restart(200*time.Millisecond))
 	// After the reconnect (and its resync) the agent is still closed.
@@ -210,5 +218,5 @@ func TestRevocationSurvivesAgentReconnect(t *testing.T) {
 	require.Eventually(t, func() bool {
 		_, err := a.Get(ctx, "openai-key")
 		return err == nil
-	}, 15*time.Second, 20*time.Millisecond)
+	}, 40*time.Second, 20*time.Millisecond)
 }
