@@ -208,17 +208,7 @@ func encodeULID(id [16]byte) string {
 // decoding invalidations, fanout decoding acks. The returned Event has no
 // Data.
 func DecodeAs[T any](b []byte, typ string, v *T) (Event, error) {
-	var te struct {
-		SpecVersion     string    `json:"specversion"`
-		ID              string    `json:"id"`
-		Source          string    `json:"source"`
-		Type            string    `json:"type"`
-		Time            time.Time `json:"time"`
-		Subject         string    `json:"subject,omitempty"`
-		DataContentType string    `json:"datacontenttype,omitempty"`
-		Tenant          string    `json:"tenant"`
-		Data            *T        `json:"data"`
-	}
+	var te typedEvent[*T]
 	te.Data = v
 	if err := json.Unmarshal(b, &te); err != nil {
 		return Event{}, fmt.Errorf("decode %s event: %v: %w", typ, err, ErrMalformed)
@@ -247,20 +237,24 @@ func DecodeAs[T any](b []byte, typ string, v *T) (Event, error) {
 // encodes it in a single pass (NewEvent then Encode marshals the data
 // twice). For hot paths such as agents' acks. It returns the event id.
 func EncodeNew[T any](source, typ, tenant, subject string, data T) (string, []byte, error) {
-	te := struct {
-		SpecVersion     string    `json:"specversion"`
-		ID              string    `json:"id"`
-		Source          string    `json:"source"`
-		Type            string    `json:"type"`
-		Time            time.Time `json:"time"`
-		Subject         string    `json:"subject,omitempty"`
-		DataContentType string    `json:"datacontenttype,omitempty"`
-		Tenant          string    `json:"tenant"`
-		Data            T         `json:"data"`
-	}{SpecVersion, NewULID(), source, typ, time.Now().UTC(), subject, "application/json", tenant, data}
+	te := typedEvent[T]{SpecVersion, NewULID(), source, typ, time.Now().UTC(), subject, "application/json", tenant, data}
 	b, err := json.Marshal(te)
 	if err != nil {
 		return "", nil, fmt.Errorf("encode %s event: %w", typ, err)
 	}
 	return te.ID, b, nil
+}
+
+// typedEvent is Event with typed data, for single-pass encoding and
+// decoding on hot paths (DecodeAs, EncodeNew).
+type typedEvent[T any] struct {
+	SpecVersion     string    `json:"specversion"`
+	ID              string    `json:"id"`
+	Source          string    `json:"source"`
+	Type            string    `json:"type"`
+	Time            time.Time `json:"time"`
+	Subject         string    `json:"subject,omitempty"`
+	DataContentType string    `json:"datacontenttype,omitempty"`
+	Tenant          string    `json:"tenant"`
+	Data            T         `json:"data"`
 }

@@ -552,19 +552,28 @@ func (a *API) secretList(_ http.ResponseWriter, r *http.Request, _ Principal) (i
 	if apiErr != nil {
 		return 0, nil, apiErr
 	}
-	ts, err := a.state.TenantState(r.Context(), t)
+	ts, secrets, apiErr := a.tenantSecrets(r.Context(), t)
+	if apiErr != nil {
+		return 0, nil, apiErr
+	}
+	return http.StatusOK, SecretList{Tenant: t, TenantRevoked: ts.Revoked, Secrets: secrets}, nil
+}
+
+// tenantSecrets reads a tenant's revocation state and every secret's status.
+func (a *API) tenantSecrets(ctx context.Context, t string) (orchestrator.TenantState, []SecretStatus, *apiError) {
+	ts, err := a.state.TenantState(ctx, t)
 	if err != nil {
-		return 0, nil, errorf(http.StatusServiceUnavailable, "", "tenant state unavailable: %v", err)
+		return ts, nil, errorf(http.StatusServiceUnavailable, "", "tenant state unavailable: %v", err)
 	}
-	out := SecretList{Tenant: t, TenantRevoked: ts.Revoked, Secrets: []SecretStatus{}}
+	out := []SecretStatus{}
 	for _, s := range a.rekey.TenantSecrets(t) {
-		st, apiErr := a.status(r.Context(), t, s, ts)
+		st, apiErr := a.status(ctx, t, s, ts)
 		if apiErr != nil {
-			return 0, nil, apiErr
+			return ts, nil, apiErr
 		}
-		out.Secrets = append(out.Secrets, st)
+		out = append(out, st)
 	}
-	return http.StatusOK, out, nil
+	return ts, out, nil
 }
 
 func toStatus(st orchestrator.SecretStatus, ts orchestrator.TenantState, cfg *orchestrator.Config) SecretStatus {
@@ -601,20 +610,13 @@ func (a *API) tenantStatus(_ http.ResponseWriter, r *http.Request, _ Principal) 
 	if apiErr != nil {
 		return 0, nil, apiErr
 	}
-	ts, err := a.state.TenantState(r.Context(), t)
-	if err != nil {
-		return 0, nil, errorf(http.StatusServiceUnavailable, "", "tenant state unavailable: %v", err)
+	ts, secrets, apiErr := a.tenantSecrets(r.Context(), t)
+	if apiErr != nil {
+		return 0, nil, apiErr
 	}
-	out := TenantStatus{Tenant: t, Revoked: ts.Revoked, RequestID: ts.RequestID}
+	out := TenantStatus{Tenant: t, Revoked: ts.Revoked, RequestID: ts.RequestID, Secrets: secrets}
 	if !ts.Since.IsZero() {
 		out.Since = &ts.Since
-	}
-	for _, s := range a.rekey.TenantSecrets(t) {
-		st, err := a.state.SecretStatus(r.Context(), t, s)
-		if err != nil {
-			return 0, nil, errorf(http.StatusServiceUnavailable, "", "status unavailable: %v", err)
-		}
-		out.Secrets = append(out.Secrets, toStatus(st, ts, a.rekey))
 	}
 	return http.StatusOK, out, nil
 }
