@@ -4,6 +4,7 @@ package testutil
 
 import (
 	"bytes"
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -55,4 +56,30 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Run starts c.Run in the background and returns a func that stops it and
+// fails the test unless Run returned nil within 30s; the test's cleanup
+// calls it too. Calling it twice is fine.
+func Run(t testing.TB, c interface{ Run(context.Context) error }) func() {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run returned %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("Run did not return within 30s of ctx ending")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }

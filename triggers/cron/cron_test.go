@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -345,23 +344,7 @@ func clock(start time.Time) func() time.Time {
 // run starts tr and returns a func that stops it and checks it returned nil.
 func run(t *testing.T, tr *cron.Trigger) func() {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				require.NoError(t, err)
-			case <-time.After(30 * time.Second):
-				t.Error("Run did not return within 30s of ctx ending")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return testutil.Run(t, tr)
 }
 
 type stored struct {

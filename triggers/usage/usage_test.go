@@ -360,23 +360,7 @@ func (e *env) trigger(t *testing.T, bus *orchestrator.Bus) *usage.Trigger {
 // run starts tr and returns a func that stops it and checks it returned nil.
 func run(t *testing.T, tr *usage.Trigger) func() {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				require.NoError(t, err)
-			case <-time.After(30 * time.Second):
-				t.Error("Run did not return within 30s of ctx ending")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return testutil.Run(t, tr)
 }
 
 // split cuts the uses of each version of acme/openai-key into reports of
