@@ -206,7 +206,7 @@ func TestCrashBetweenCreateAndFinish(t *testing.T) {
 	ref := handlers.SecretRef{Tenant: "acme", Secret: "billing-db", Backend: "local"}
 	require.Eventually(t, func() bool {
 		st, err := d.State().SecretStatus(ctx, "acme", "billing-db")
-		return err == nil && st.Rotations == 1 && st.State == orchestrator.SecretIdle
+		return err == nil && st.Rotations == 1 && st.State == orchestrator.SecretIdle && st.Announced
 	}, 30*time.Second, 50*time.Millisecond, "the interrupted request was not completed after restart")
 
 	cur, err := d.Local().Current(ctx, ref)
@@ -376,7 +376,7 @@ func TestNoSecretEscapes(t *testing.T) {
 			id := rotate(t, d, "acme", s)
 			require.Eventually(t, func() bool {
 				st, err := d.State().SecretStatus(ctx, "acme", s)
-				return err == nil && st.LastRequestID == id && st.State == orchestrator.SecretIdle
+				return err == nil && st.LastRequestID == id && st.State == orchestrator.SecretIdle && st.Announced
 			}, 10*time.Second, 5*time.Millisecond)
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -34,7 +34,7 @@ func TestTransientFailureRetries(t *testing.T) {
 	ctx := context.Background()
 	require.Eventually(t, func() bool {
 		st, err := d.State().SecretStatus(ctx, "acme", "billing-db")
-		return err == nil && st.LastRequestID == id && st.State == orchestrator.SecretIdle
+		return err == nil && st.LastRequestID == id && st.State == orchestrator.SecretIdle && st.Announced
 	}, 15*time.Second, 10*time.Millisecond)
 
 	ref := handlers.SecretRef{Tenant: "acme", Secret: "billing-db", Backend: "local"}
