@@ -28,6 +28,7 @@ const (
 	TypeAuditRecord           = "rekey.audit.record.v1"
 	TypeAgentPresence         = "rekey.agent.presence.v1"
 	TypeInvalidationConfirmed = "rekey.invalidation.confirmed.v1"
+	TypeExternalChange        = "rekey.external.change.v1"
 )
 
 // ErrMalformed is returned (wrapped) when a message is not a valid envelope

@@ -39,17 +39,35 @@ func (t Trigger) Validate() error {
 // RotationRequested asks for one secret to be rotated. The request ID is the
 // CloudEvent ID of the envelope carrying it.
 type RotationRequested struct {
-	Tenant      string    `json:"tenant"`
-	Secret      string    `json:"secret"`
-	Reason      string    `json:"reason"`
-	Trigger     Trigger   `json:"trigger"`
+	Tenant  string  `json:"tenant"`
+	Secret  string  `json:"secret"`
+	Reason  string  `json:"reason"`
+	Trigger Trigger `json:"trigger"`
+	// Mode is RotateModeRotate (empty means the same) or RotateModeSync.
+	Mode        string    `json:"mode,omitempty"`
 	RequestedAt time.Time `json:"requested_at"`
 }
 
-// Validate checks the IDs and the trigger.
+// Rotation request modes.
+const (
+	// RotateModeRotate: make a new version through the backend.
+	RotateModeRotate = "rotate"
+	// RotateModeSync: the backend's live version changed outside rekey (AWS
+	// rotated it itself, someone called PutSecretValue); record the backend's
+	// current version and invalidate agents if it differs. Nothing is written
+	// to the backend.
+	RotateModeSync = "sync"
+)
+
+// Validate checks the IDs, the mode and the trigger.
 func (r RotationRequested) Validate() error {
 	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
 		return err
+	}
+	switch r.Mode {
+	case "", RotateModeRotate, RotateModeSync:
+	default:
+		return fmt.Errorf("mode %q is not %q or %q: %w", r.Mode, RotateModeRotate, RotateModeSync, ErrMalformed)
 	}
 	return r.Trigger.Validate()
 }
@@ -377,6 +395,54 @@ func (r InvalidationConfirmed) Validate() error {
 	}
 	if r.Acked < 0 || r.LiveAgents < 0 {
 		return fmt.Errorf("counts must not be negative: %w", ErrMalformed)
+	}
+	return nil
+}
+
+// ExternalChange reports a change to a secret that a backend's own event
+// source observed (for AWS: an EventBridge event read from SQS), whether or
+// not rekey made it. A delegated AWS rotation waits for the one that ends it.
+// It never carries a value.
+type ExternalChange struct {
+	Tenant  string `json:"tenant"`
+	Secret  string `json:"secret"`
+	Backend string `json:"backend"`
+	// Source is the event source, e.g. "aws.secretsmanager".
+	Source string `json:"source"`
+	// Event is the provider's event name: RotationSucceeded, RotationFailed,
+	// PutSecretValue, UpdateSecretVersionStage, DeleteSecret...
+	Event string `json:"event"`
+	// Outcome is ExternalSucceeded, ExternalFailed or ExternalInfo.
+	Outcome string `json:"outcome"`
+	// ResourceID is the secret's ARN or name as the provider reported it.
+	ResourceID string `json:"resource_id"`
+	// VersionID is the provider's version id when the event names one.
+	VersionID string `json:"version_id,omitempty"`
+	// EventID is the provider's event id (EventBridge "id").
+	EventID string `json:"event_id"`
+	// Error is the provider's error message of a failed rotation.
+	Error      string    `json:"error,omitempty"`
+	EventTime  time.Time `json:"event_time"`
+	ObservedAt time.Time `json:"observed_at"`
+}
+
+// External change outcomes.
+const (
+	ExternalSucceeded = "succeeded"
+	ExternalFailed    = "failed"
+	ExternalInfo      = "info"
+)
+
+// Validate checks the IDs and the required fields.
+func (r ExternalChange) Validate() error {
+	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
+		return err
+	}
+	switch {
+	case r.Backend == "" || r.Source == "" || r.Event == "" || r.ResourceID == "" || r.EventID == "":
+		return fmt.Errorf("backend, source, event, resource_id and event_id are required: %w", ErrMalformed)
+	case r.Outcome != ExternalSucceeded && r.Outcome != ExternalFailed && r.Outcome != ExternalInfo:
+		return fmt.Errorf("outcome %q is not %q, %q or %q: %w", r.Outcome, ExternalSucceeded, ExternalFailed, ExternalInfo, ErrMalformed)
 	}
 	return nil
 }

@@ -34,6 +34,7 @@ var schemaByType = map[string]string{
 	TypeAuditRecord:           "audit_record.schema.json",
 	TypeAgentPresence:         "agent_presence.schema.json",
 	TypeInvalidationConfirmed: "invalidation_confirmed.schema.json",
+	TypeExternalChange:        "external_change.schema.json",
 }
 
 // SchemaFiles returns the schema files, at the root of the returned FS

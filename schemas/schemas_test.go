@@ -43,6 +43,7 @@ var payloadTypes = []payloadType{
 	{schemas.TypeAuditRecord, func() any { return new(schemas.AuditRecord) }},
 	{schemas.TypeAgentPresence, func() any { return new(schemas.AgentPresence) }},
 	{schemas.TypeInvalidationConfirmed, func() any { return new(schemas.InvalidationConfirmed) }},
+	{schemas.TypeExternalChange, func() any { return new(schemas.ExternalChange) }},
 }
 
 var (
@@ -155,6 +156,21 @@ func examples() []example {
 		{"invalidation partly confirmed", schemas.TypeInvalidationConfirmed, schemas.InvalidationConfirmed{
 			Tenant: "acme", Kind: schemas.InvalidationRevoked, RequestID: requestID,
 			PublishedAt: t0, LiveAgents: 3, Acked: 2, Missing: []string{"retriever-2"}, LastAckMS: 0.8,
+		}},
+		{"sync request", schemas.TypeRotationRequested, schemas.RotationRequested{
+			Tenant: "acme", Secret: "stripe-key", Reason: "aws RotationSucceeded", Mode: schemas.RotateModeSync,
+			Trigger: schemas.Trigger{Kind: schemas.TriggerAWS, Source: "sqs", Actor: "evt-1"}, RequestedAt: t0,
+		}},
+		{"external change", schemas.TypeExternalChange, schemas.ExternalChange{
+			Tenant: "acme", Secret: "stripe-key", Backend: "awssm", Source: "aws.secretsmanager",
+			Event: "RotationSucceeded", Outcome: schemas.ExternalSucceeded,
+			ResourceID: "arn:aws:secretsmanager:us-east-1:123456789012:secret:/tenants/acme/stripe-key-AbCdEf",
+			EventID:    "6a7e8feb-b491-4cf7-a9f1-bf3703467718", EventTime: t0, ObservedAt: t0,
+		}},
+		{"external failure", schemas.TypeExternalChange, schemas.ExternalChange{
+			Tenant: "acme", Secret: "stripe-key", Backend: "awssm", Source: "aws.secretsmanager",
+			Event: "RotationFailed", Outcome: schemas.ExternalFailed, ResourceID: "/tenants/acme/stripe-key",
+			VersionID: "rekey-0a1b", EventID: "e-2", Error: "Lambda timed out", EventTime: t0, ObservedAt: t0,
 		}},
 	}
 }
@@ -371,6 +387,11 @@ var specific = map[string][]mutation{
 	schemas.TypeInvalidationConfirmed: {
 		{"negative acked", "acked", -1, true},
 		{"unknown kind", "kind", "expired", false},
+	},
+	schemas.TypeExternalChange: {
+		{"unknown outcome", "outcome", "done", false},
+		{"empty event id", "event_id", "", true},
+		{"no resource", "resource_id", del{}, true},
 	},
 	schemas.TypeAuditRecord: {
 		{"unknown outcome", "outcome", "ok", false},

@@ -37,6 +37,7 @@ const (
 	KindRevocationCompleted   = "revocation_completed"
 	KindTenantRestored        = "tenant_restored"
 	KindInvalidationConfirmed = "invalidation_confirmed"
+	KindExternalChange        = "external_change"
 )
 
 // RotateSubject is where rotation requests for one secret are published.
