@@ -389,7 +389,7 @@ var specific = map[string][]mutation{
 		{"unknown kind", "kind", "expired", false},
 	},
 	schemas.TypeExternalChange: {
-		{"unknown outcome", "outcome", "done", false},
+		{"unknown outcome", "outcome", "done", true},
 		{"empty event id", "event_id", "", true},
 		{"no resource", "resource_id", del{}, true},
 	},
