@@ -88,6 +88,14 @@ type TenantRevoker interface {
 	RevokeTenant(ctx context.Context, tenant string) (revoked int, err error)
 }
 
+// StepTimeouts is implemented by backends some of whose steps may take
+// longer than rotation.step_timeout, e.g. an AWS rotation delegated to a
+// Lambda, whose Finish waits for the Lambda. The rotator uses the larger of
+// the two.
+type StepTimeouts interface {
+	StepTimeout(ref SecretRef, step string) time.Duration
+}
+
 // Provisioner is implemented by backends that can create a secret's first
 // version when it does not exist yet (the local backend).
 type Provisioner interface {

@@ -206,6 +206,21 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 	if len(pending) == 0 {
 		return
 	}
+	// Sync requests (the backend changed outside rekey) are recorded at
+	// once, unless a rotation is about to make a newer version anyway.
+	var rotates, syncs []request
+	for _, r := range pending {
+		if r.data.Mode == schemas.RotateModeSync {
+			syncs = append(syncs, r)
+		} else {
+			rotates = append(rotates, r)
+		}
+	}
+	if len(rotates) == 0 {
+		w.sync(ctx, syncs)
+		return
+	}
+	pending = append(rotates, syncs...)
 	// Too soon after the last rotation started: wait out the interval, then
 	// take this batch together with whatever arrived meanwhile.
 	if wait := time.Until(st.LastStartedAt.Add(w.minInterval)); wait > 0 && !st.LastStartedAt.IsZero() {
@@ -256,6 +271,51 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 			w.d.Log.Warn("rotation interrupted; will retry", "component", "rotation-worker", "tenant", t, "secret", s, "request_id", job.RequestID, "err", err)
 		}
 		w.finish(pending, func(m jetstream.Msg) error {
+			return m.NakWithDelay(backoff(time.Second, 30*time.Second, int(primary.delivery)))
+		})
+	}
+}
+
+// sync records the backend's live version for a batch of sync requests of
+// one secret (see Rotator.Sync).
+func (w *RotationWorker) sync(ctx context.Context, reqs []request) {
+	primary := reqs[0]
+	job := Job{
+		Tenant: primary.data.Tenant, Secret: primary.data.Secret, RequestID: primary.id,
+		Reason: primary.data.Reason, Trigger: primary.data.Trigger, Delivery: primary.delivery,
+	}
+	for _, r := range reqs[1:] {
+		job.Coalesced = append(job.Coalesced, r.id)
+	}
+	select {
+	case w.sem <- struct{}{}:
+	case <-ctx.Done():
+		return // held; naked by Run
+	}
+	_, changed, err := w.rotator.Sync(ctx, job)
+	<-w.sem
+	switch {
+	case err == nil:
+		for _, r := range reqs[1:] {
+			w.coalesced(ctx, r, primary.id)
+		}
+		outcome := "synced"
+		if !changed {
+			outcome = "unchanged"
+		}
+		w.d.Metrics.RequestsTotal.WithLabelValues("sync", outcome).Add(float64(len(reqs)))
+		w.finish(reqs, func(m jetstream.Msg) error { return m.Ack() })
+	case errors.Is(err, ErrBusy):
+		w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(500 * time.Millisecond) })
+	case errors.Is(err, ErrPermanent) || primary.delivery >= uint64(w.cfg.MaxDeliver):
+		w.d.Log.Warn("sync request failed", "component", "rotation-worker", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+		w.d.Metrics.RequestsTotal.WithLabelValues("sync", "failed").Add(float64(len(reqs)))
+		w.finish(reqs, func(m jetstream.Msg) error { return m.TermWithReason(truncateReason(err.Error())) })
+	default:
+		if ctx.Err() == nil {
+			w.d.Log.Warn("sync failed; will retry", "component", "rotation-worker", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+		}
+		w.finish(reqs, func(m jetstream.Msg) error {
 			return m.NakWithDelay(backoff(time.Second, 30*time.Second, int(primary.delivery)))
 		})
 	}

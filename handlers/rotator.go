@@ -67,40 +67,11 @@ func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationComplete
 		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s/%s: %w: %w", job.Tenant, job.Secret, err, ErrPermanent)
 	}
 	log := r.d.Log.With("component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID)
-
-	lock, err := r.d.State.Lock(ctx, "rotate."+job.Tenant+"."+job.Secret, r.d.Owner)
-	if errors.Is(err, orchestrator.ErrLocked) {
-		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: %w", ref, ErrBusy)
-	}
+	release, err := r.lock(ctx, ref, log)
 	if err != nil {
-		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: %w", ref, err)
+		return schemas.RotationCompleted{}, err
 	}
-	lockCtx, stopRefresh := context.WithCancel(context.WithoutCancel(ctx))
-	refreshed := make(chan struct{})
-	go func() {
-		defer close(refreshed)
-		t := time.NewTicker(r.cfg.LockTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-lockCtx.Done():
-				return
-			case <-t.C:
-				if err := lock.Refresh(lockCtx); err != nil {
-					log.Warn("rotation lock refresh failed", "err", err)
-				}
-			}
-		}
-	}()
-	defer func() {
-		stopRefresh()
-		<-refreshed
-		relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := lock.Release(relCtx); err != nil {
-			log.Warn("rotation lock not released; it will expire", "err", err)
-		}
-	}()
+	defer release()
 
 	// Every request already in the stream now was made before this
 	// rotation started, so this rotation satisfies it.
@@ -163,6 +134,94 @@ func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationComplete
 	return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: gave up after %d attempts at step %s: %w: %w", ref, attempt, lastStep, lastErr, ErrPermanent)
 }
 
+// lock takes the secret's rotation lock (ErrBusy when another rotation
+// holds it) and keeps it refreshed until release is called.
+func (r *Rotator) lock(ctx context.Context, ref SecretRef, log *slog.Logger) (release func(), err error) {
+	lock, err := r.d.State.Lock(ctx, "rotate."+ref.Tenant+"."+ref.Secret, r.d.Owner)
+	if errors.Is(err, orchestrator.ErrLocked) {
+		return nil, fmt.Errorf("rotate %s: %w", ref, ErrBusy)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rotate %s: %w", ref, err)
+	}
+	lockCtx, stopRefresh := context.WithCancel(context.WithoutCancel(ctx))
+	refreshed := make(chan struct{})
+	go func() {
+		defer close(refreshed)
+		t := time.NewTicker(r.cfg.LockTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-lockCtx.Done():
+				return
+			case <-t.C:
+				if err := lock.Refresh(lockCtx); err != nil {
+					log.Warn("rotation lock refresh failed", "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		stopRefresh()
+		<-refreshed
+		relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := lock.Release(relCtx); err != nil {
+			log.Warn("rotation lock not released; it will expire", "err", err)
+		}
+	}, nil
+}
+
+// Sync records a version the backend got outside rekey (mode sync: AWS
+// rotated the secret itself, someone wrote it directly): under the
+// secret's lock it reads the backend's live version and, when it differs
+// from the recorded one, records and announces it like a completed
+// rotation, so fanout invalidates every agent. It writes nothing to the
+// backend. changed is false when the live version was already recorded.
+// A sync never satisfies rotation requests (it did not start after them).
+func (r *Rotator) Sync(ctx context.Context, job Job) (done schemas.RotationCompleted, changed bool, err error) {
+	ref, backend, err := r.d.Catalog.Lookup(job.Tenant, job.Secret)
+	if err != nil {
+		return done, false, fmt.Errorf("sync %s/%s: %w: %w", job.Tenant, job.Secret, err, ErrPermanent)
+	}
+	log := r.d.Log.With("component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID)
+	release, err := r.lock(ctx, ref, log)
+	if err != nil {
+		return done, false, err
+	}
+	defer release()
+
+	started := time.Now().UTC()
+	cur, err := backend.Current(ctx, ref)
+	if err != nil {
+		r.audit(ctx, job, "rotation.sync", schemas.OutcomeFailed, map[string]string{"error": err.Error()})
+		if errors.Is(err, ErrNotFound) {
+			return done, false, fmt.Errorf("sync %s: %w: %w", ref, err, ErrPermanent)
+		}
+		return done, false, fmt.Errorf("sync %s: %w", ref, err)
+	}
+	st, err := r.d.State.SecretStatus(ctx, job.Tenant, job.Secret)
+	if err != nil {
+		return done, false, fmt.Errorf("sync %s: %w", ref, err)
+	}
+	if st.Version == cur.ID {
+		r.audit(ctx, job, "rotation.sync", schemas.OutcomeCoalesced, map[string]string{"version": cur.ID, "unchanged": "true"})
+		return done, false, nil
+	}
+	done = schemas.RotationCompleted{
+		Tenant: job.Tenant, Secret: job.Secret, Backend: backend.Name(),
+		Version: cur.ID, PreviousVersion: st.Version, RequestID: job.RequestID,
+		Coalesced: job.Coalesced, Reason: job.Reason, Trigger: job.Trigger, Mode: schemas.RotateModeSync,
+		Attempts: 1, StartedAt: started, CompletedAt: time.Now().UTC(),
+	}
+	// covered 0: the recorded coverage stays what rekey's own rotations set.
+	if err := r.completed(ctx, done, 0); err != nil {
+		return done, true, err
+	}
+	log.Info("recorded a version made outside rekey", "version", cur.ID, "previous_version", st.Version)
+	return done, true, nil
+}
+
 // saga runs create -> set -> test -> finish once, rolling back on failure
 // before finish. It returns the step that failed.
 func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token string, job Job, log *slog.Logger) (Version, string, error) {
@@ -199,7 +258,13 @@ func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token stri
 
 // step runs one saga step with the step timeout and audits its outcome.
 func (r *Rotator) step(ctx context.Context, job Job, name, version string, fn func(context.Context) error) error {
-	sctx, cancel := context.WithTimeout(ctx, r.cfg.StepTimeout)
+	timeout := r.cfg.StepTimeout
+	if ref, b, err := r.d.Catalog.Lookup(job.Tenant, job.Secret); err == nil {
+		if st, ok := b.(StepTimeouts); ok {
+			timeout = max(timeout, st.StepTimeout(ref, name))
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	err := fn(sctx)
 	if err == nil && r.hookAfterStep != nil {
@@ -267,6 +332,7 @@ func (r *Rotator) completed(ctx context.Context, done schemas.RotationCompleted,
 		st.CoveredSeq = max(st.CoveredSeq, covered)
 		st.InFlightSeq = 0
 		st.LastAttempts = done.Attempts
+		st.LastMode = done.Mode
 		st.Announced = false
 		return nil
 	})
@@ -300,6 +366,9 @@ func (r *Rotator) announce(ctx context.Context, done schemas.RotationCompleted, 
 	detail := map[string]string{
 		"version": done.Version, "previous_version": done.PreviousVersion,
 		"attempts": fmt.Sprint(done.Attempts), "coalesced": fmt.Sprint(len(done.Coalesced)),
+	}
+	if done.Mode != "" {
+		detail["mode"] = done.Mode
 	}
 	if recovered {
 		detail["recovered"] = "true"
@@ -336,7 +405,7 @@ func (r *Rotator) Reannounce(ctx context.Context, st orchestrator.SecretStatus) 
 		"component", "rotator", "tenant", st.Tenant, "secret", st.Secret, "request_id", st.LastRequestID, "version", st.Version)
 	return r.announce(context.WithoutCancel(ctx), schemas.RotationCompleted{
 		Tenant: st.Tenant, Secret: st.Secret, Backend: st.Backend, Version: st.Version, PreviousVersion: st.PreviousVersion,
-		RequestID: st.LastRequestID, Reason: st.LastReason, Trigger: st.LastTrigger, Attempts: max(st.LastAttempts, 1),
+		RequestID: st.LastRequestID, Reason: st.LastReason, Trigger: st.LastTrigger, Mode: st.LastMode, Attempts: max(st.LastAttempts, 1),
 		StartedAt: st.LastStartedAt, CompletedAt: st.LastCompletedAt,
 	}, true)
 }

@@ -47,6 +47,8 @@ type SecretStatus struct {
 	InFlightSeq uint64 `json:"in_flight_seq,omitempty"`
 	// LastAttempts is how many saga attempts the last rotation needed.
 	LastAttempts int `json:"last_attempts,omitempty"`
+	// LastMode is "sync" when the last version was made outside rekey.
+	LastMode string `json:"last_mode,omitempty"`
 	// Announced is set once the last rotation's completion event and audit
 	// record were written. A request redelivered after a crash between the
 	// status write and the event finds it false and announces again.

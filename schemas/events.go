@@ -74,18 +74,21 @@ func (r RotationRequested) Validate() error {
 
 // RotationCompleted reports a promoted new version.
 type RotationCompleted struct {
-	Tenant          string    `json:"tenant"`
-	Secret          string    `json:"secret"`
-	Backend         string    `json:"backend"`
-	Version         string    `json:"version"`
-	PreviousVersion string    `json:"previous_version,omitempty"`
-	RequestID       string    `json:"request_id"`
-	Coalesced       []string  `json:"coalesced,omitempty"`
-	Reason          string    `json:"reason"`
-	Trigger         Trigger   `json:"trigger"`
-	Attempts        int       `json:"attempts"`
-	StartedAt       time.Time `json:"started_at"`
-	CompletedAt     time.Time `json:"completed_at"`
+	Tenant          string   `json:"tenant"`
+	Secret          string   `json:"secret"`
+	Backend         string   `json:"backend"`
+	Version         string   `json:"version"`
+	PreviousVersion string   `json:"previous_version,omitempty"`
+	RequestID       string   `json:"request_id"`
+	Coalesced       []string `json:"coalesced,omitempty"`
+	Reason          string   `json:"reason"`
+	Trigger         Trigger  `json:"trigger"`
+	// Mode is RotateModeSync when the version was made outside rekey and
+	// only recorded; empty for rekey's own rotations.
+	Mode        string    `json:"mode,omitempty"`
+	Attempts    int       `json:"attempts"`
+	StartedAt   time.Time `json:"started_at"`
+	CompletedAt time.Time `json:"completed_at"`
 }
 
 // Validate checks the IDs and the version.
