@@ -27,11 +27,16 @@ type RevocationWorker struct {
 	// BusyWait bounds how long a revocation waits for a secret's ongoing
 	// rotation to release its lock.
 	BusyWait time.Duration
+	// PartAttempts is how many rounds a failing item (a secret's rotation,
+	// a backend's lease revocation) gets before it is reported failed;
+	// PartBackoff the delay before the second round, doubled after.
+	PartAttempts int
+	PartBackoff  time.Duration
 }
 
 // NewRevocationWorker returns a revocation worker.
 func NewRevocationWorker(d Deps, r *Rotator, cfg WorkerConfig) *RevocationWorker {
-	return &RevocationWorker{d: d, cfg: cfg.withDefaults(), rotator: r, BusyWait: 2 * time.Minute}
+	return &RevocationWorker{d: d, cfg: cfg.withDefaults(), rotator: r, BusyWait: 2 * time.Minute, PartAttempts: 3, PartBackoff: time.Second}
 }
 
 // Run consumes until ctx ends; a revocation in flight finishes first (up to
@@ -169,56 +174,27 @@ func (w *RevocationWorker) revoke(ctx context.Context, requestID string, req sch
 	})
 	log.Warn("tenant revoked; revoking and rotating its credentials")
 
-	// 2. In parallel: rotate every static secret; revoke leases.
-	var (
-		mu    sync.Mutex
-		parts = map[string]*schemas.PartReport{}
-		wg    sync.WaitGroup
-	)
-	record := func(part string, d time.Duration, n int, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		p, ok := parts[part]
-		if !ok {
-			p = &schemas.PartReport{Part: part}
-			parts[part] = p
-		}
-		if err != nil {
-			p.Failed++
-			p.Errors = append(p.Errors, err.Error())
-		} else {
-			p.Succeeded += n
-		}
-		p.DurationMS = max(p.DurationMS, float64(d.Microseconds())/1000)
-	}
+	// 2. In parallel: rotate every static secret; revoke leases. Each item
+	// that fails is retried in rounds; each end is published as progress.
+	var items []revocationItem
 	for _, s := range w.d.Catalog.Secrets(t) {
 		ref, b, err := w.d.Catalog.Lookup(t, s)
 		if err != nil {
-			record("secrets", 0, 0, err)
+			items = append(items, revocationItem{part: "secrets", name: s, run: func(context.Context, int) (int, error) { return 0, err }})
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			begin := time.Now()
-			err := w.rotateForRevocation(ctx, requestID, ref, req)
-			record(b.Name()+".secrets", time.Since(begin), 1, err)
-		}()
+		items = append(items, revocationItem{part: b.Name() + ".secrets", name: s, run: func(ctx context.Context, round int) (int, error) {
+			return 1, w.rotateForRevocation(ctx, requestID, ref, req, round)
+		}})
 	}
 	for _, b := range w.d.Catalog.Backends() {
-		rv, ok := b.(TenantRevoker)
-		if !ok {
-			continue
+		if rv, ok := b.(TenantRevoker); ok {
+			items = append(items, revocationItem{part: b.Name() + ".leases", name: b.Name(), run: func(ctx context.Context, _ int) (int, error) {
+				return rv.RevokeTenant(ctx, t)
+			}})
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			begin := time.Now()
-			n, err := rv.RevokeTenant(ctx, t)
-			record(b.Name()+".leases", time.Since(begin), n, err)
-		}()
 	}
-	wg.Wait()
+	parts := w.runItems(ctx, requestID, t, started, items)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -251,14 +227,106 @@ func (w *RevocationWorker) revoke(ctx context.Context, requestID string, req sch
 	return nil
 }
 
+// revocationItem is one unit of a revocation: a secret to rotate or a
+// backend whose leases to revoke. run (round counts from 1) returns how
+// many credentials it covered.
+type revocationItem struct {
+	part, name string
+	run        func(ctx context.Context, round int) (int, error)
+}
+
+// runItems runs every item at once, each up to PartAttempts rounds with
+// backoff between them, publishes a progress event at each end or retry,
+// and returns the per-part report.
+func (w *RevocationWorker) runItems(ctx context.Context, requestID, tenant string, started time.Time, items []revocationItem) map[string]*schemas.PartReport {
+	var (
+		mu     sync.Mutex
+		parts  = map[string]*schemas.PartReport{}
+		done   int
+		failed int
+		wg     sync.WaitGroup
+	)
+	progress := func(it revocationItem, attempt, n int, err error, final bool, took time.Duration) {
+		mu.Lock()
+		p, ok := parts[it.part]
+		if !ok {
+			p = &schemas.PartReport{Part: it.part}
+			parts[it.part] = p
+		}
+		ev := schemas.RevocationProgress{
+			Tenant: tenant, RequestID: requestID, Part: it.part, Item: it.name, Attempt: attempt, Total: len(items),
+		}
+		switch {
+		case !final:
+			ev.Outcome = schemas.OutcomeRetrying
+		case err != nil:
+			ev.Outcome = schemas.OutcomeFailed
+			p.Failed++
+			p.Errors = append(p.Errors, it.name+": "+err.Error())
+			failed++
+		default:
+			ev.Outcome = schemas.OutcomeSucceeded
+			p.Succeeded += n
+			ev.Count = n
+		}
+		if final {
+			done++
+			if attempt > 1 {
+				p.Retried++
+			}
+			p.DurationMS = max(p.DurationMS, float64(took.Microseconds())/1000)
+		}
+		if err != nil {
+			ev.Error = err.Error()
+		}
+		ev.Done, ev.Failed = done, failed
+		ev.ElapsedMS = float64(time.Since(started).Microseconds()) / 1000
+		mu.Unlock()
+		if _, perr := w.d.Bus.PublishEvent(context.WithoutCancel(ctx), schemas.EventsSubject(tenant, schemas.KindRevocationProgress), w.d.Source,
+			schemas.TypeRevocationProgress, tenant, tenant, ev); perr != nil {
+			w.d.Log.Warn("revocation progress not published", "component", "revocation-worker", "tenant", tenant, "err", perr)
+		}
+		if err != nil {
+			_ = w.d.Audit.Record(ctx, schemas.AuditRecord{
+				Tenant: tenant, Actor: "revocation:" + requestID, Action: "revocation." + it.part, Outcome: ev.Outcome,
+				RequestID: requestID, Component: "revocation-worker",
+				Detail: map[string]string{"item": it.name, "attempt": fmt.Sprint(attempt), "error": err.Error()},
+			})
+		}
+	}
+	attempts := max(w.PartAttempts, 1)
+	for _, it := range items {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			begin := time.Now()
+			for attempt := 1; ; attempt++ {
+				n, err := it.run(ctx, attempt)
+				if err == nil || attempt >= attempts || ctx.Err() != nil {
+					progress(it, attempt, n, err, true, time.Since(begin))
+					return
+				}
+				progress(it, attempt, n, err, false, 0)
+				if sleep(ctx, backoff(w.PartBackoff, 30*time.Second, attempt)) != nil {
+					progress(it, attempt, n, err, true, time.Since(begin))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return parts
+}
+
 // rotateForRevocation rotates one secret, waiting for a rotation already in
 // progress to finish first.
-func (w *RevocationWorker) rotateForRevocation(ctx context.Context, requestID string, ref SecretRef, req schemas.RevocationRequested) error {
+func (w *RevocationWorker) rotateForRevocation(ctx context.Context, requestID string, ref SecretRef, req schemas.RevocationRequested, round int) error {
 	deadline := time.Now().Add(w.BusyWait)
 	for {
 		_, err := w.rotator.Rotate(ctx, Job{
 			Tenant: ref.Tenant, Secret: ref.Secret, RequestID: requestID + "." + ref.Secret,
 			Reason: "tenant revoked: " + req.Reason, Trigger: schemas.Trigger{Kind: schemas.TriggerRevoke, Actor: requestID},
+			Delivery: uint64(round), // a new backend token each round
 		})
 		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
 			return err

@@ -29,6 +29,7 @@ const (
 	TypeAgentPresence         = "rekey.agent.presence.v1"
 	TypeInvalidationConfirmed = "rekey.invalidation.confirmed.v1"
 	TypeExternalChange        = "rekey.external.change.v1"
+	TypeRevocationProgress    = "rekey.revocation.progress.v1"
 )
 
 // ErrMalformed is returned (wrapped) when a message is not a valid envelope

@@ -163,11 +163,52 @@ func (r RevocationStarted) Validate() error { return ValidateID("tenant", r.Tena
 // PartReport is one part of a revocation (a backend's leases, the tenant's
 // static secrets...).
 type PartReport struct {
-	Part       string   `json:"part"`
-	Succeeded  int      `json:"succeeded"`
-	Failed     int      `json:"failed"`
+	Part      string `json:"part"`
+	Succeeded int    `json:"succeeded"`
+	Failed    int    `json:"failed"`
+	// Retried counts items of the part that needed more than one round.
+	Retried    int      `json:"retried,omitempty"`
 	Errors     []string `json:"errors,omitempty"`
 	DurationMS float64  `json:"duration_ms"`
+}
+
+// RevocationProgress reports one item of a revocation (a secret rotated, a
+// backend's leases revoked) as it ends or is about to be retried, so that
+// `rekeyctl revoke --wait` can show progress.
+type RevocationProgress struct {
+	Tenant    string `json:"tenant"`
+	RequestID string `json:"request_id"`
+	// Part is the report part the item counts in, e.g. "vault.leases".
+	Part string `json:"part"`
+	// Item is the secret ID, or the backend name for a tenant-wide part.
+	Item string `json:"item"`
+	// Outcome is OutcomeSucceeded, OutcomeFailed (given up) or OutcomeRetrying.
+	Outcome string `json:"outcome"`
+	Attempt int    `json:"attempt"`
+	// Count is how many credentials the item covered (leases revoked).
+	Count int    `json:"count,omitempty"`
+	Error string `json:"error,omitempty"`
+	// Done and Total count items ended so far and in all; Failed those given up.
+	Done      int     `json:"done"`
+	Total     int     `json:"total"`
+	Failed    int     `json:"failed"`
+	ElapsedMS float64 `json:"elapsed_ms"`
+}
+
+// Validate checks the tenant and the counts.
+func (r RevocationProgress) Validate() error {
+	if err := ValidateID("tenant", r.Tenant); err != nil {
+		return err
+	}
+	switch r.Outcome {
+	case OutcomeSucceeded, OutcomeFailed, OutcomeRetrying:
+	default:
+		return fmt.Errorf("outcome %q is not %q, %q or %q: %w", r.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeRetrying, ErrMalformed)
+	}
+	if r.Done < 0 || r.Total < 0 || r.Failed < 0 || r.Done > r.Total {
+		return fmt.Errorf("counts out of range: %w", ErrMalformed)
+	}
+	return nil
 }
 
 // RevocationCompleted reports the end of a revocation, with what was done.

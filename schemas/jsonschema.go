@@ -35,6 +35,7 @@ var schemaByType = map[string]string{
 	TypeAgentPresence:         "agent_presence.schema.json",
 	TypeInvalidationConfirmed: "invalidation_confirmed.schema.json",
 	TypeExternalChange:        "external_change.schema.json",
+	TypeRevocationProgress:    "revocation_progress.schema.json",
 }
 
 // SchemaFiles returns the schema files, at the root of the returned FS

@@ -44,6 +44,7 @@ var payloadTypes = []payloadType{
 	{schemas.TypeAgentPresence, func() any { return new(schemas.AgentPresence) }},
 	{schemas.TypeInvalidationConfirmed, func() any { return new(schemas.InvalidationConfirmed) }},
 	{schemas.TypeExternalChange, func() any { return new(schemas.ExternalChange) }},
+	{schemas.TypeRevocationProgress, func() any { return new(schemas.RevocationProgress) }},
 }
 
 var (
@@ -166,6 +167,14 @@ func examples() []example {
 			Event: "RotationSucceeded", Outcome: schemas.ExternalSucceeded,
 			ResourceID: "arn:aws:secretsmanager:us-east-1:123456789012:secret:/tenants/acme/stripe-key-AbCdEf",
 			EventID:    "6a7e8feb-b491-4cf7-a9f1-bf3703467718", EventTime: t0, ObservedAt: t0,
+		}},
+		{"revocation progress", schemas.TypeRevocationProgress, schemas.RevocationProgress{
+			Tenant: "acme", RequestID: requestID, Part: "vault.leases", Item: "vault", Outcome: schemas.OutcomeSucceeded,
+			Attempt: 1, Count: 500, Done: 3, Total: 52, ElapsedMS: 812.5,
+		}},
+		{"revocation item retrying", schemas.TypeRevocationProgress, schemas.RevocationProgress{
+			Tenant: "acme", RequestID: requestID, Part: "awssm.secrets", Item: "stripe-key", Outcome: schemas.OutcomeRetrying,
+			Attempt: 2, Error: "ThrottlingException", Done: 3, Total: 52, Failed: 0, ElapsedMS: 1200,
 		}},
 		{"external failure", schemas.TypeExternalChange, schemas.ExternalChange{
 			Tenant: "acme", Secret: "stripe-key", Backend: "awssm", Source: "aws.secretsmanager",
@@ -387,6 +396,11 @@ var specific = map[string][]mutation{
 	schemas.TypeInvalidationConfirmed: {
 		{"negative acked", "acked", -1, true},
 		{"unknown kind", "kind", "expired", false},
+	},
+	schemas.TypeRevocationProgress: {
+		{"unknown outcome", "outcome", "skipped", true},
+		{"negative done", "done", -1, true},
+		{"no item", "item", del{}, false},
 	},
 	schemas.TypeExternalChange: {
 		{"unknown outcome", "outcome", "done", true},

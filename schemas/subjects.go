@@ -38,6 +38,7 @@ const (
 	KindTenantRestored        = "tenant_restored"
 	KindInvalidationConfirmed = "invalidation_confirmed"
 	KindExternalChange        = "external_change"
+	KindRevocationProgress    = "revocation_progress"
 )
 
 // RotateSubject is where rotation requests for one secret are published.

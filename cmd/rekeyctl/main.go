@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -160,6 +159,9 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// printJSONLine writes v as one line of JSON (JSON lines output).
+func printJSONLine(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
 type accepted struct {
 	RequestID string `json:"request_id"`
 	Subject   string `json:"subject"`
@@ -278,8 +280,9 @@ func newRevoke(g *globals, action string) *cobra.Command {
 					return fmt.Errorf("--wait needs NATS: %w", err)
 				}
 				defer nc.Close()
-				events = make(chan schemas.Event, 16)
-				sub, err := nc.Subscribe(schemas.EventsSubject(t, schemas.KindRevocationCompleted), func(m *nats.Msg) {
+				events = make(chan schemas.Event, 1024)
+				// One subscription, so progress and report keep their order.
+				sub, err := nc.Subscribe(schemas.EventsSubject(t, "*"), func(m *nats.Msg) {
 					if ev, err := schemas.Decode(m.Data); err == nil {
 						events <- ev
 					}
@@ -299,28 +302,7 @@ func newRevoke(g *globals, action string) *cobra.Command {
 			if events == nil {
 				return printJSON(cmd.OutOrStdout(), acc)
 			}
-			timer := time.NewTimer(waitFor)
-			defer timer.Stop()
-			for {
-				select {
-				case ev := <-events:
-					var rep schemas.RevocationCompleted
-					if err := ev.DecodeData(schemas.TypeRevocationCompleted, &rep); err != nil || rep.RequestID != acc.RequestID {
-						continue
-					}
-					if err := printJSON(cmd.OutOrStdout(), rep); err != nil {
-						return err
-					}
-					if rep.Failed {
-						return errors.New("revocation finished with failures (see report)")
-					}
-					return nil
-				case <-timer.C:
-					return fmt.Errorf("revocation %s not completed after %s", acc.RequestID, waitFor)
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
+			return waitRevocation(ctx, cmd.OutOrStdout(), acc.RequestID, events, waitFor)
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why (goes to the audit trail)")

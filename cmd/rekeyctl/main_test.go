@@ -86,8 +86,19 @@ func TestRekeyctl(t *testing.T) {
 	// revoke --wait prints the report.
 	out, _, err = rekeyctl(t, append(g, "revoke", "globex", "--wait", "--reason", "cli test")...)
 	require.NoError(t, err)
+	// Not a terminal: JSON lines, one per item as it ends, then the report.
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.GreaterOrEqual(t, len(lines), 3, "progress lines and a report: %s", out)
+	for i, line := range lines[:len(lines)-1] {
+		var p schemas.RevocationProgress
+		require.NoError(t, json.Unmarshal([]byte(line), &p), "line %d: %q", i, line)
+		require.Equal(t, "globex", p.Tenant)
+		require.Equal(t, schemas.OutcomeSucceeded, p.Outcome)
+		require.Equal(t, i+1, p.Done)
+		require.Equal(t, len(lines)-1, p.Total)
+	}
 	var rep schemas.RevocationCompleted
-	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &rep))
 	require.Equal(t, "globex", rep.Tenant)
 	require.False(t, rep.Failed)
 	require.NotEmpty(t, rep.Parts)

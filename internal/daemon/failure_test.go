@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -184,4 +186,61 @@ func TestLostAnnouncementIsRepaired(t *testing.T) {
 	st, err := d.State().SecretStatus(ctx, "acme", "openai-key")
 	require.NoError(t, err)
 	require.True(t, st.Announced)
+}
+
+// TestRevocationRetriesFailedParts: a secret whose rotation fails for a
+// whole round during a revocation is retried in a second round, its
+// progress is published (retrying, then succeeded), and the report counts
+// it as retried, not failed.
+func TestRevocationRetriesFailedParts(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	d := start(t, testConfig(t, t.TempDir()), daemon.Options{
+		StepHook: func(_ context.Context, step string) error {
+			if step == handlers.StepSet && failing.Load() {
+				return errors.New("issuer unavailable")
+			}
+			return nil
+		},
+	})
+	progress, unsubP := subscribeEvents(t, d, "globex", schemas.KindRevocationProgress)
+	defer unsubP()
+	completed, unsubC := subscribeEvents(t, d, "globex", schemas.KindRevocationCompleted)
+	defer unsubC()
+	code, body := api(t, d.HTTPAddr(), http.MethodPost, "/v1/tenants/globex/revoke", testToken, `{"reason":"test"}`)
+	require.Equal(t, http.StatusAccepted, code, "body %v", body)
+
+	var outcomes []string
+	var last schemas.RevocationProgress
+	deadline := time.After(30 * time.Second)
+	for last.Total == 0 || last.Done < last.Total {
+		select {
+		case e := <-progress:
+			require.NoError(t, e.DecodeData(schemas.TypeRevocationProgress, &last))
+			outcomes = append(outcomes, last.Item+":"+last.Outcome)
+			if last.Outcome == schemas.OutcomeRetrying {
+				require.Contains(t, last.Error, "issuer unavailable")
+				failing.Store(false) // the next round works
+			}
+		case <-deadline:
+			t.Fatalf("revocation did not finish; progress so far %v", outcomes)
+		}
+	}
+	require.True(t, slices.ContainsFunc(outcomes, func(o string) bool { return strings.HasSuffix(o, ":"+schemas.OutcomeRetrying) }), "outcomes %v", outcomes)
+	require.Equal(t, 0, last.Failed)
+
+	var rep schemas.RevocationCompleted
+	select {
+	case e := <-completed:
+		require.NoError(t, e.DecodeData(schemas.TypeRevocationCompleted, &rep))
+	case <-time.After(10 * time.Second):
+		t.Fatal("no revocation report")
+	}
+	require.False(t, rep.Failed, "report %+v", rep)
+	retried := 0
+	for _, p := range rep.Parts {
+		retried += p.Retried
+		require.Zero(t, p.Failed, "part %+v", p)
+	}
+	require.GreaterOrEqual(t, retried, 1, "report %+v", rep)
 }
