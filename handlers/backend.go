@@ -8,6 +8,9 @@ package handlers
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"syscall"
 	"time"
 )
 
@@ -22,7 +25,25 @@ var (
 	ErrRevoked = errors.New("tenant revoked")
 	// ErrBusy: another rotation of the same secret holds its lock.
 	ErrBusy = errors.New("rotation in progress")
+	// ErrUnavailable: the backend could not be reached (connection refused
+	// or reset, timeout). A rotation that fails only for this is not given
+	// up: its request is redelivered with backoff until the backend is back
+	// (up to the worker's max deliveries).
+	ErrUnavailable = errors.New("backend unavailable")
 )
+
+// IsUnavailable reports whether err means the backend could not be
+// reached, rather than that it refused: ErrUnavailable, a network error, or
+// a step timeout.
+func IsUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var netErr net.Error
+	return errors.Is(err, ErrUnavailable) || errors.As(err, &netErr) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded)
+}
 
 // SecretRef is what a backend gets to locate one secret: the IDs and the
 // secret's backend-specific options from the config (a Vault path template,

@@ -130,6 +130,14 @@ func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationComplete
 		}
 	}
 	attempt = min(attempt, r.cfg.MaxAttempts)
+	if IsUnavailable(lastErr) && !errors.Is(lastErr, ErrPermanent) {
+		// Unreachable, not refused: nothing is promoted; the request is
+		// redelivered with backoff and tried again when the backend is back.
+		r.audit(ctx, job, "rotation", schemas.OutcomeRetrying, map[string]string{
+			"step": lastStep, "attempts": fmt.Sprint(attempt), "error": lastErr.Error(), "unavailable": "true",
+		})
+		return schemas.RotationCompleted{}, r.interrupted(ctx, job, fmt.Errorf("rotate %s: backend unavailable after %d attempts at step %s: %w", ref, attempt, lastStep, lastErr))
+	}
 	r.failed(ctx, job, backend.Name(), lastStep, lastErr, attempt)
 	return schemas.RotationCompleted{}, fmt.Errorf("rotate %s: gave up after %d attempts at step %s: %w: %w", ref, attempt, lastStep, lastErr, ErrPermanent)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/vault"
+	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
 var approleOnce sync.Once
@@ -180,9 +181,9 @@ func TestAuthAppRole(t *testing.T) {
 func TestStartWithoutVault(t *testing.T) {
 	t.Parallel()
 	v := needVault(t)
-	p := startProxy(t, strings.TrimPrefix(v.Addr, "http://"))
-	p.cut()
-	cfg := baseConfig(t, "http://"+p.addr)
+	p := testutil.StartProxy(t, strings.TrimPrefix(v.Addr, "http://"))
+	p.Cut()
+	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = 2 * time.Second
 	logs := &logBuffer{}
 	b := newBackend(t, cfg, logs.logger())
@@ -190,7 +191,7 @@ func TestStartWithoutVault(t *testing.T) {
 	_, err := b.Create(t.Context(), ref, "tok-late")
 	require.Error(t, err)
 	require.NotErrorIs(t, err, handlers.ErrPermanent, "an unreachable Vault is temporary")
-	p.restore()
+	p.Restore()
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "logged in to Vault") }, 20*time.Second, 50*time.Millisecond)
 	rotate(t, t.Context(), b, ref)
 }

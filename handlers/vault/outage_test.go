@@ -2,8 +2,6 @@ package vault_test
 
 import (
 	"context"
-	"io"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -13,103 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
-
-// proxy is a TCP proxy on 127.0.0.1 in front of the dev server that can be
-// cut (listener closed, every connection dropped: connection refused) and
-// restored on the same port.
-type proxy struct {
-	t      *testing.T
-	target string
-	addr   string
-
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]struct{}
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	p := &proxy{t: t, target: target, conns: map[net.Conn]struct{}{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	p.addr = ln.Addr().String()
-	p.serve(ln)
-	t.Cleanup(p.cut)
-	return p
-}
-
-func (p *proxy) serve(ln net.Listener) {
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.pipe(c)
-		}
-	}()
-}
-
-func (p *proxy) pipe(c net.Conn) {
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	if p.ln == nil { // cut meanwhile
-		p.mu.Unlock()
-		c.Close()
-		up.Close()
-		return
-	}
-	p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-	<-done
-	c.Close()
-	up.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, up)
-	p.mu.Unlock()
-}
-
-// cut closes the listener and every open connection.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		c.Close()
-	}
-	clear(p.conns)
-}
-
-// restore listens again on the same address.
-func (p *proxy) restore() {
-	p.t.Helper()
-	var ln net.Listener
-	var err error
-	for range 50 {
-		if ln, err = net.Listen("tcp", p.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	require.NoError(p.t, err, "proxy: listen again on %s", p.addr)
-	p.serve(ln)
-}
 
 // TestVaultUnreachableSteps: with Vault cut off after Create, every step
 // fails with a temporary error (not ErrPermanent, not ErrNotFound), so the
@@ -118,8 +22,8 @@ func (p *proxy) restore() {
 func TestVaultUnreachableSteps(t *testing.T) {
 	t.Parallel()
 	v := needVault(t)
-	p := startProxy(t, strings.TrimPrefix(v.Addr, "http://"))
-	cfg := baseConfig(t, "http://"+p.addr)
+	p := testutil.StartProxy(t, strings.TrimPrefix(v.Addr, "http://"))
+	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = 2 * time.Second
 	b := newBackend(t, cfg, nil)
 	ctx := t.Context()
@@ -130,7 +34,7 @@ func TestVaultUnreachableSteps(t *testing.T) {
 
 	staged, err := b.Create(ctx, ref, schemas.NewULID())
 	require.NoError(t, err)
-	p.cut()
+	p.Cut()
 	begin := time.Now()
 	for _, step := range []struct {
 		name string
@@ -148,7 +52,7 @@ func TestVaultUnreachableSteps(t *testing.T) {
 		require.NotErrorIs(t, step.err, handlers.ErrNotFound, step.name)
 	}
 	t.Logf("6 calls failed against the cut proxy in %s", time.Since(begin))
-	p.restore()
+	p.Restore()
 
 	list, err := b.Staged(ctx, ref)
 	require.NoError(t, err)
@@ -176,8 +80,8 @@ func TestVaultUnreachableSteps(t *testing.T) {
 func TestVaultOutageDuringRotation(t *testing.T) {
 	t.Parallel()
 	v := needVault(t)
-	p := startProxy(t, strings.TrimPrefix(v.Addr, "http://"))
-	cfg := baseConfig(t, "http://"+p.addr)
+	p := testutil.StartProxy(t, strings.TrimPrefix(v.Addr, "http://"))
+	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = time.Second
 	b := newBackend(t, cfg, nil)
 	ctx := t.Context()
@@ -195,10 +99,10 @@ func TestVaultOutageDuringRotation(t *testing.T) {
 	rot.SetStepHook(func(_ context.Context, step string) error {
 		if step == handlers.StepCreate {
 			once.Do(func() {
-				p.cut()
+				p.Cut()
 				go func() {
 					time.Sleep(3 * time.Second)
-					p.restore()
+					p.Restore()
 					close(restored)
 				}()
 			})

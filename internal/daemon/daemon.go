@@ -49,6 +49,7 @@ type Daemon struct {
 	http       *orchestrator.HTTPServer
 	fanout     *fanout.Fanout
 	local      *local.Backend
+	catalog    *handlers.Catalog
 	adminToken string
 	comps      []orchestrator.Named
 }
@@ -139,6 +140,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	d.catalog = catalog
 
 	owner := fmt.Sprintf("%s-%d-%s", hostname(), os.Getpid(), schemas.NewULID()[20:])
 	deps := handlers.Deps{
@@ -280,6 +282,11 @@ func (d *Daemon) Bus() *orchestrator.Bus { return d.bus }
 
 // State is the daemon's shared state.
 func (d *Daemon) State() *orchestrator.State { return d.state }
+
+// Lookup returns a configured secret's reference and backend.
+func (d *Daemon) Lookup(tenant, secret string) (handlers.SecretRef, handlers.Backend, error) {
+	return d.catalog.Lookup(tenant, secret)
+}
 
 // Local is the local backend (tests read values through it).
 func (d *Daemon) Local() *local.Backend { return d.local }
