@@ -32,7 +32,19 @@ type Fanout struct {
 	ConfirmTimeout time.Duration
 
 	started atomic.Bool
+	// ackAudit queues one audit record per agent ack, written off the ack
+	// path by auditAcks.
+	ackAudit chan ackRecord
 }
+
+// ackRecord is an agent ack and the delay fanout measured for it.
+type ackRecord struct {
+	ack   schemas.InvalidationAck
+	delay time.Duration
+}
+
+// ackAuditQueue bounds the acks waiting for their audit record.
+const ackAuditQueue = 1 << 16
 
 // Started reports whether fanout consumes events and hears acks (for readiness).
 func (f *Fanout) Started() bool { return f.started.Load() }
@@ -40,7 +52,7 @@ func (f *Fanout) Started() bool { return f.started.Load() }
 // New returns a Fanout. source is the CloudEvents source of invalidations.
 func New(bus *orchestrator.Bus, audit *orchestrator.Auditor, metrics *orchestrator.Metrics, source string, log *slog.Logger) *Fanout {
 	return &Fanout{bus: bus, audit: audit, metrics: metrics, log: log.With("component", "fanout"), source: source,
-		acks: NewAckTracker(10000), ConfirmTimeout: 10 * time.Second}
+		acks: NewAckTracker(10000), ConfirmTimeout: 10 * time.Second, ackAudit: make(chan ackRecord, ackAuditQueue)}
 }
 
 // Acks returns the tracker of agent acks.
@@ -76,6 +88,9 @@ func (f *Fanout) Run(ctx context.Context) error {
 	confirmed := make(chan struct{})
 	go func() { defer close(confirmed); f.confirmLoop(confirmCtx) }()
 	defer func() { stopConfirm(); <-confirmed }()
+	audited := make(chan struct{})
+	go func() { defer close(audited); f.auditAcks(confirmCtx) }()
+	defer func() { stopConfirm(); <-audited }()
 
 	// Consume's callback runs on one goroutine, in stream order, so the
 	// invalidations of one secret go out in the order of its rotations.
@@ -184,8 +199,53 @@ func (f *Fanout) onAck(m *nats.Msg) {
 		return
 	}
 	f.metrics.AgentAcksTotal.Inc()
-	if d, ok := f.acks.Acked(ack, time.Now()); ok {
+	d, ok := f.acks.Acked(ack, time.Now())
+	if ok {
 		f.metrics.AgentInvalidationDelay.Observe(d.Seconds())
+	}
+	select {
+	case f.ackAudit <- ackRecord{ack: ack, delay: d}:
+	default:
+		f.log.Warn("ack audit queue full; ack not audited (it still counts in invalidation_confirmed)",
+			"tenant", ack.Tenant, "secret", ack.Secret, "agent", ack.Agent, "request_id", ack.RequestID)
+	}
+}
+
+// auditAcks writes one audit record per agent ack: the agent instance as
+// actor, its tool when it reported one, the version it dropped. The id is
+// derived from the ack, so replicas that all heard it write one record.
+func (f *Fanout) auditAcks(ctx context.Context) {
+	write := func(r ackRecord) {
+		a := r.ack
+		detail := map[string]string{"dropped_at": a.DroppedAt.Format(time.RFC3339Nano)}
+		if a.Version != "" {
+			detail["version"] = a.Version
+		}
+		if r.delay > 0 {
+			detail["ack_ms"] = fmt.Sprintf("%.3f", float64(r.delay.Microseconds())/1000)
+		}
+		if tool := f.acks.Tool(a.Tenant, a.Agent); tool != "" {
+			detail["tool"] = tool
+		}
+		_ = f.audit.RecordWithID(context.WithoutCancel(ctx), "ack-"+a.Tenant+"-"+orTenant(a.Secret)+"-"+a.RequestID+"-"+a.Agent, schemas.AuditRecord{
+			Tenant: a.Tenant, Secret: a.Secret, Actor: "agent:" + a.Agent, Action: "invalidation.ack",
+			Outcome: schemas.OutcomeSucceeded, RequestID: a.RequestID, Component: "fanout", Detail: detail,
+		})
+	}
+	for {
+		select {
+		case r := <-f.ackAudit:
+			write(r)
+		case <-ctx.Done():
+			for { // what was heard before the stop is still written
+				select {
+				case r := <-f.ackAudit:
+					write(r)
+				default:
+					return
+				}
+			}
+		}
 	}
 }
 

@@ -79,6 +79,13 @@ func (t *AckTracker) Seen(p schemas.AgentPresence, at time.Time) {
 	m[p.Agent] = presence{lastSeen: at, interval: p.Interval, tool: p.Tool}
 }
 
+// Tool returns the tool name an agent reported in its heartbeats, if any.
+func (t *AckTracker) Tool(tenant, agent string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.agents[tenant][agent].tool
+}
+
 func (t *AckTracker) aliveLocked(tenant, agent string, at time.Time) bool {
 	p, ok := t.agents[tenant][agent]
 	return ok && at.Sub(p.lastSeen) <= presenceTTL*p.interval

@@ -92,6 +92,18 @@ func TestConfirmedInvalidation(t *testing.T) {
 	resp.Body.Close()
 	require.Regexp(t, `rekey_invalidation_latency_seconds_count [1-9]`, string(m))
 	_ = ctx
+
+	// Each agent's ack has its own audit record, with the agent as actor
+	// and the version it dropped.
+	require.Eventually(t, func() bool {
+		acked := map[string]bool{}
+		for _, r := range auditRecords(t, d, "acme") {
+			if r.Action == "invalidation.ack" && r.RequestID == id && r.Secret == "billing-db" && r.Detail["version"] != "" {
+				acked[r.Actor] = true
+			}
+		}
+		return len(acked) == 3 && acked["agent:acme-0"] && acked["agent:acme-1"] && acked["agent:acme-2"]
+	}, 5*time.Second, 20*time.Millisecond)
 }
 
 // TestResyncAfterNATSRestart: the embedded NATS server restarts in the
