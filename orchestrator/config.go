@@ -53,6 +53,10 @@ type NATSConfig struct {
 	Replicas int `yaml:"replicas"`
 	// DuplicateWindow is how long JetStream remembers message ids.
 	DuplicateWindow time.Duration `yaml:"duplicate_window"`
+	// LeaseTTL is how long the replica running a one-replica-only part
+	// (the cron scheduler, invalidation confirmations) keeps it without
+	// renewing: when that replica dies, another takes over after it.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
 // EmbeddedConfig configures the nats-server started inside rekeyd.
@@ -157,6 +161,7 @@ func Defaults() Config {
 			Embedded:        EmbeddedConfig{Addr: "127.0.0.1:4222"},
 			Replicas:        1,
 			DuplicateWindow: 2 * time.Minute,
+			LeaseTTL:        15 * time.Second,
 		},
 		HTTP: HTTPConfig{
 			Addr:              "127.0.0.1:7420",
@@ -255,6 +260,9 @@ func (c *Config) Validate() error {
 	}
 	if c.NATS.DuplicateWindow < time.Second {
 		add(fieldErr("nats.duplicate_window", "%s must be at least 1s", c.NATS.DuplicateWindow))
+	}
+	if c.NATS.LeaseTTL < time.Second || c.NATS.LeaseTTL > 10*time.Minute {
+		add(fieldErr("nats.lease_ttl", "%s must be between 1s and 10m", c.NATS.LeaseTTL))
 	}
 	if c.HTTP.Addr == "" {
 		add(fieldErr("http.addr", "must be set"))

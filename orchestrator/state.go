@@ -137,16 +137,11 @@ func (s *State) UpdateSecretStatus(ctx context.Context, tenant, secret string, f
 		if err == nil {
 			return st, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+		if !IsConflict(err) {
 			return SecretStatus{}, fmt.Errorf("write status %s/%s: %w", tenant, secret, err)
 		}
 	}
 	return SecretStatus{}, fmt.Errorf("write status %s/%s: too many concurrent updates", tenant, secret)
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // TenantState returns whether a tenant is revoked.
@@ -198,7 +193,7 @@ type Lock struct {
 // Lock takes the named lock for owner, or returns ErrLocked.
 func (s *State) Lock(ctx context.Context, name, owner string) (*Lock, error) {
 	rev, err := s.locks.Create(ctx, name, []byte(owner))
-	if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+	if IsConflict(err) {
 		return nil, fmt.Errorf("lock %s: %w", name, ErrLocked)
 	}
 	if err != nil {

@@ -342,7 +342,7 @@ func store(ctx context.Context, kv jetstream.KeyValue, j *job, st state, rev uin
 	} else {
 		_, err = kv.Update(ctx, key(j), b, rev)
 	}
-	if isConflict(err) {
+	if orchestrator.IsConflict(err) {
 		return false, nil
 	}
 	if err != nil {
@@ -413,17 +413,6 @@ func latest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-func isConflict(err error) bool {
-	if err == nil {
-		return false
-	}
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // sleep waits d or until ctx ends; it reports whether ctx is still live.

@@ -91,7 +91,7 @@ func (s *idempotency) claim(ctx context.Context, key, fingerprint string, now ti
 		if err == nil {
 			return rev, nil, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+		if !orchestrator.IsConflict(err) {
 			return 0, nil, fmt.Errorf("claim idempotency key: %w", err)
 		}
 		e, err := kv.Get(ctx, key)
@@ -143,11 +143,6 @@ func (s *idempotency) release(ctx context.Context, key string, rev uint64) error
 		return fmt.Errorf("release idempotency key: %w", err)
 	}
 	return nil
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // fingerprint identifies a request's content, so that a key reused for a

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/triggers/httpapi"
 )
 
@@ -59,7 +60,7 @@ func (s *Service) Reserve(ctx context.Context, tenant, secret string) (func(cont
 		if err == nil {
 			return s.undo(tenant, secret, taken), nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+		if !orchestrator.IsConflict(err) {
 			return nil, fmt.Errorf("record self-service rotation of %s/%s: %w", tenant, secret, err)
 		}
 		// Another request (maybe on another replica) got there first: look again.
@@ -75,9 +76,4 @@ func (s *Service) undo(tenant, secret string, rev uint64) func(context.Context) 
 			s.log.Warn("self-service rotation slot not given back", "tenant", tenant, "secret", secret, "err", err)
 		}
 	}
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

@@ -565,8 +565,7 @@ func put(ctx context.Context, kv jetstream.KeyValue, cnt Count, rev uint64) (boo
 	if err == nil {
 		return true, nil
 	}
-	var apiErr *jetstream.APIError
-	if errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
+	if orchestrator.IsConflict(err) {
 		return false, nil
 	}
 	return false, fmt.Errorf("write count %s: %w", k, err)
