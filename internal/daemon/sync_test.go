@@ -98,3 +98,24 @@ func publishSync(t *testing.T, d *running, tenant, secret, eventID string) strin
 	require.NoError(t, err)
 	return ev.ID
 }
+
+// TestDuplicateCloudEvent: the same rotation request (same CloudEvent id)
+// published twice on NATS, as a retrying producer does, rotates once.
+func TestDuplicateCloudEvent(t *testing.T) {
+	d := start(t, testConfig(t, t.TempDir()), daemonOpts())
+	ctx := context.Background()
+	ev, err := schemas.NewEvent("test", schemas.TypeRotationRequested, "acme", "acme/openai-key", schemas.RotationRequested{
+		Tenant: "acme", Secret: "openai-key", Reason: "producer retry", Trigger: schemas.Trigger{Kind: schemas.TriggerAPI}, RequestedAt: time.Now().UTC(),
+	})
+	require.NoError(t, err)
+	for range 2 {
+		_, err = d.Bus().Publish(ctx, schemas.RotateSubject("acme", "openai-key"), ev)
+		require.NoError(t, err)
+	}
+	waitHandled(t, d, "acme", []string{ev.ID}, 10*time.Second)
+	time.Sleep(500 * time.Millisecond) // a second delivery would have been handled by now
+	st, err := d.State().SecretStatus(ctx, "acme", "openai-key")
+	require.NoError(t, err)
+	require.EqualValues(t, 1, st.Rotations)
+	require.Len(t, streamMsgs(t, d, schemas.StreamRotate), 1, "JetStream kept the duplicate")
+}
