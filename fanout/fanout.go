@@ -30,8 +30,14 @@ type Fanout struct {
 	// ConfirmTimeout is how long fanout waits for every live agent's ack
 	// before it publishes an incomplete invalidation_confirmed event.
 	ConfirmTimeout time.Duration
+	// Leases, when set, runs the confirmations on one replica at a time
+	// (see replicas.go); nil: this one decides them.
+	Leases Exclusive
 
 	started atomic.Bool
+	// invalidations and eventsEpoch order invalidations (replicas.go).
+	invalidations jetstream.Stream
+	eventsEpoch   int64
 	// ackAudit queues one audit record per agent ack, written off the ack
 	// path by auditAcks.
 	ackAudit chan ackRecord
@@ -84,9 +90,15 @@ func (f *Fanout) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe %s: %w", schemas.SubjectPresenceAll, err)
 	}
 	defer func() { _ = presSub.Drain() }()
+	stopFollowing, err := f.followReplicas()
+	if err != nil {
+		return err
+	}
+	defer stopFollowing()
+	f.openStreams(ctx)
 	confirmCtx, stopConfirm := context.WithCancel(ctx)
 	confirmed := make(chan struct{})
-	go func() { defer close(confirmed); f.confirmLoop(confirmCtx) }()
+	go func() { defer close(confirmed); f.runConfirm(confirmCtx) }()
 	defer func() { stopConfirm(); <-confirmed }()
 	audited := make(chan struct{})
 	go func() { defer close(audited); f.auditAcks(confirmCtx) }()
@@ -134,10 +146,21 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 	// Derived id: a redelivered event yields the same invalidation, which
 	// JetStream drops as a duplicate.
 	out = out.WithID("inv-" + ev.ID)
+	pos := f.eventPosition(msg)
+	last, stale, err := f.ordered(ctx, subject, pos)
+	if err == nil && stale {
+		f.log.Info("invalidation not published: a newer one of its subject is out", "subject", subject,
+			"request_id", inv.RequestID, "event_seq", pos.seq, "last_event_seq", last.pos.seq)
+		_ = msg.Ack()
+		return
+	}
 	if inv.Kind != schemas.InvalidationRestored { // agents ack drops, not restores
 		f.acks.Published(inv)
 	}
-	if _, err := f.bus.Publish(ctx, subject, out); err != nil {
+	if err == nil {
+		err = f.publishAfter(ctx, subject, out, pos, last)
+	}
+	if err != nil {
 		f.log.Warn("invalidation not published; will retry", "subject", subject, "request_id", inv.RequestID, "err", err)
 		_ = msg.NakWithDelay(250 * time.Millisecond)
 		return
@@ -299,9 +322,13 @@ func (f *Fanout) confirm(ctx context.Context, c schemas.InvalidationConfirmed) {
 		return
 	}
 	ev = ev.WithID("conf-" + c.Tenant + "-" + orTenant(c.Secret) + "-" + c.RequestID)
-	if _, err := f.bus.Publish(ctx, schemas.EventsSubject(c.Tenant, schemas.KindInvalidationConfirmed), ev); err != nil {
+	ack, err := f.bus.Publish(ctx, schemas.EventsSubject(c.Tenant, schemas.KindInvalidationConfirmed), ev)
+	if err != nil {
 		f.log.Warn("invalidation_confirmed not published", "tenant", c.Tenant, "secret", c.Secret, "request_id", c.RequestID, "err", err)
 		return
+	}
+	if ack.Duplicate {
+		return // confirmed already, by the replica that held the lease before
 	}
 	outcome := schemas.OutcomeSucceeded
 	if !c.Complete {

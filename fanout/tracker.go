@@ -31,6 +31,9 @@ type AckTracker struct {
 	byReq  map[string]*Delivery
 	latest map[string]string // tenant/secret -> key of its latest delivery
 	agents map[string]map[string]presence
+	// early holds acks heard before their invalidation (replicas.go).
+	early      map[string]map[string]time.Time
+	earlyOrder []string
 }
 
 // Delivery is one invalidation: the agents that were alive when it was
@@ -58,7 +61,8 @@ func (d Delivery) Missing(alive func(string) bool) []string {
 
 // NewAckTracker keeps up to limit invalidations.
 func NewAckTracker(limit int) *AckTracker {
-	return &AckTracker{limit: limit, byReq: map[string]*Delivery{}, latest: map[string]string{}, agents: map[string]map[string]presence{}}
+	return &AckTracker{limit: limit, byReq: map[string]*Delivery{}, latest: map[string]string{}, agents: map[string]map[string]presence{},
+		early: map[string]map[string]time.Time{}}
 }
 
 func ackKey(tenant, secret, requestID string) string { return tenant + "/" + secret + "/" + requestID }
@@ -121,6 +125,7 @@ func (t *AckTracker) Published(inv schemas.Invalidation) {
 		return
 	}
 	t.byReq[k] = &Delivery{Invalidation: inv, Live: t.liveLocked(inv.Tenant, inv.PublishedAt), Acks: map[string]time.Duration{}}
+	t.takeEarlyLocked(k)
 	t.latest[inv.Tenant+"/"+inv.Secret] = k
 	t.order = append(t.order, k)
 	if len(t.order) > t.limit {
@@ -139,6 +144,7 @@ func (t *AckTracker) Acked(ack schemas.InvalidationAck, at time.Time) (time.Dura
 	defer t.mu.Unlock()
 	d, ok := t.byReq[ackKey(ack.Tenant, ack.Secret, ack.RequestID)]
 	if !ok {
+		t.keepEarlyLocked(ack, at)
 		return 0, false
 	}
 	delay := at.Sub(d.Invalidation.PublishedAt)

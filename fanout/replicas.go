@@ -1,0 +1,225 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// Several rekeyd replicas run fanout at once. They share the lifecycle
+// events through the durable consumer, so each invalidation is published by
+// one of them; every replica hears every ack and heartbeat (core NATS). To
+// give every replica the same view (the API shows it from any replica):
+//
+//   - each replica also listens to the invalidations the others publish and
+//     tracks them as if it had published them (AckTracker.Published is
+//     idempotent), keeping acks that arrive before the invalidation they
+//     ack (they come on other routes);
+//   - invalidation_confirmed events are decided by one replica, the holder
+//     of the "fanout-confirm" lease (Leases); the others mark what it
+//     confirmed, so that a replica taking the lease over does not confirm
+//     it again.
+//
+// Invalidations of one subject must reach the INVALIDATE stream (and the
+// agents) in the order of their events, though the replicas handle events
+// concurrently and a crashed replica's event is redelivered late: each
+// invalidation carries its event's EVENTS stream sequence in a header, an
+// event older than the last invalidation of its subject is not published,
+// and the publish expects the last sequence of the subject it read.
+
+// Exclusive runs fn while this replica holds the named lease
+// (orchestrator.Leases).
+type Exclusive interface {
+	RunExclusive(ctx context.Context, name string, fn func(context.Context) error) error
+}
+
+// LeaseConfirm names the lease under which confirmations are decided.
+const LeaseConfirm = "fanout-confirm"
+
+// Headers of an invalidation naming the lifecycle event it comes from.
+const (
+	HeaderEventSeq   = "Rekey-Event-Seq"
+	HeaderEventEpoch = "Rekey-Event-Epoch"
+)
+
+// runConfirm runs the confirm loop, under the lease when Leases is set.
+func (f *Fanout) runConfirm(ctx context.Context) {
+	if f.Leases == nil {
+		f.confirmLoop(ctx)
+		return
+	}
+	_ = f.Leases.RunExclusive(ctx, LeaseConfirm, func(ctx context.Context) error {
+		f.confirmLoop(ctx)
+		return ctx.Err()
+	})
+}
+
+// followReplicas subscribes to the invalidations and confirmations every
+// replica publishes; stop unsubscribes.
+func (f *Fanout) followReplicas() (stop func(), err error) {
+	invSub, err := f.bus.NC.Subscribe(schemas.SubjectInvalidateAll, f.onInvalidation)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", schemas.SubjectInvalidateAll, err)
+	}
+	confSubject := schemas.EventsSubject("*", schemas.KindInvalidationConfirmed)
+	confSub, err := f.bus.NC.Subscribe(confSubject, f.onConfirmed)
+	if err != nil {
+		_ = invSub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe %s: %w", confSubject, err)
+	}
+	return func() { _ = invSub.Drain(); _ = confSub.Drain() }, nil
+}
+
+func (f *Fanout) onInvalidation(m *nats.Msg) {
+	var inv schemas.Invalidation
+	ev, err := schemas.DecodeAs(m.Data, schemas.TypeInvalidation, &inv)
+	if err != nil || inv.Tenant != ev.Tenant || inv.Kind == schemas.InvalidationRestored {
+		return
+	}
+	if inv.PublishedAt.IsZero() {
+		inv.PublishedAt = ev.Time
+	}
+	f.acks.Published(inv)
+}
+
+func (f *Fanout) onConfirmed(m *nats.Msg) {
+	var c schemas.InvalidationConfirmed
+	ev, err := schemas.DecodeAs(m.Data, schemas.TypeInvalidationConfirmed, &c)
+	if err != nil || c.Tenant != ev.Tenant {
+		return
+	}
+	f.acks.markConfirmed(c.Tenant, c.Secret, c.RequestID)
+}
+
+// eventPos is a lifecycle event's place in the EVENTS stream.
+type eventPos struct {
+	epoch int64 // the stream's creation time: a recreated stream restarts its sequences
+	seq   uint64
+}
+
+// lastOnSubject is the last invalidation stored on a subject.
+type lastOnSubject struct {
+	seq uint64   // its INVALIDATE sequence, 0 if none
+	pos eventPos // the event it came from, zero if unknown
+}
+
+// ordered reads the last invalidation of subject and reports whether the
+// event at pos is older than (or is) the one it came from: then publishing
+// it would undo a newer invalidation, or repeat one already out.
+func (f *Fanout) ordered(ctx context.Context, subject string, pos eventPos) (lastOnSubject, bool, error) {
+	if f.invalidations == nil || pos.seq == 0 {
+		return lastOnSubject{}, false, nil
+	}
+	m, err := f.invalidations.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return lastOnSubject{}, false, nil
+	}
+	if err != nil {
+		return lastOnSubject{}, false, fmt.Errorf("last invalidation on %s: %w", subject, err)
+	}
+	last := lastOnSubject{seq: m.Sequence}
+	last.pos.epoch, _ = strconv.ParseInt(m.Header.Get(HeaderEventEpoch), 10, 64)
+	last.pos.seq, _ = strconv.ParseUint(m.Header.Get(HeaderEventSeq), 10, 64)
+	stale := last.pos.epoch == pos.epoch && last.pos.seq >= pos.seq
+	return last, stale, nil
+}
+
+// publishAfter publishes an invalidation on subject if the subject's last
+// message is still last; a conflict is returned as an error (the event is
+// then redelivered and ordered again).
+func (f *Fanout) publishAfter(ctx context.Context, subject string, out schemas.Event, pos eventPos, last lastOnSubject) error {
+	if f.invalidations == nil || pos.seq == 0 {
+		_, err := f.bus.Publish(ctx, subject, out)
+		return err
+	}
+	data, err := out.Encode()
+	if err != nil {
+		return err
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(HeaderEventEpoch, strconv.FormatInt(pos.epoch, 10))
+	msg.Header.Set(HeaderEventSeq, strconv.FormatUint(pos.seq, 10))
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := f.bus.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(out.ID), jetstream.WithExpectLastSequencePerSubject(last.seq)); err != nil {
+		return fmt.Errorf("publish %s to %s: %w", out.Type, subject, err)
+	}
+	return nil
+}
+
+// eventPosition returns a consumed event's place in the EVENTS stream.
+func (f *Fanout) eventPosition(msg jetstream.Msg) eventPos {
+	md, err := msg.Metadata()
+	if err != nil {
+		return eventPos{}
+	}
+	return eventPos{epoch: f.eventsEpoch, seq: md.Sequence.Stream}
+}
+
+// openStreams reads what ordering needs: the INVALIDATE stream and the
+// EVENTS stream's creation time. Without them fanout publishes unordered.
+func (f *Fanout) openStreams(ctx context.Context) {
+	events, err := f.bus.JS.Stream(ctx, schemas.StreamEvents)
+	if err != nil {
+		f.log.Warn("events stream unavailable; invalidations not ordered across replicas", "err", err)
+		return
+	}
+	inv, err := f.bus.JS.Stream(ctx, schemas.StreamInvalidate)
+	if err != nil {
+		f.log.Warn("invalidate stream unavailable; invalidations not ordered across replicas", "err", err)
+		return
+	}
+	f.eventsEpoch = events.CachedInfo().Created.UnixNano()
+	f.invalidations = inv
+}
+
+// keepEarlyLocked keeps an ack of an invalidation not heard of yet (it was
+// published by another replica, and the ack came first); the oldest are
+// forgotten past the tracker's limit.
+func (t *AckTracker) keepEarlyLocked(ack schemas.InvalidationAck, at time.Time) {
+	k := ackKey(ack.Tenant, ack.Secret, ack.RequestID)
+	m := t.early[k]
+	if m == nil {
+		m = map[string]time.Time{}
+		t.early[k] = m
+		t.earlyOrder = append(t.earlyOrder, k)
+	}
+	if _, dup := m[ack.Agent]; !dup {
+		m[ack.Agent] = at
+	}
+	for len(t.earlyOrder) > t.limit {
+		delete(t.early, t.earlyOrder[0])
+		t.earlyOrder = t.earlyOrder[1:]
+	}
+}
+
+// takeEarlyLocked moves the acks kept for a delivery just recorded into it.
+func (t *AckTracker) takeEarlyLocked(k string) {
+	m, ok := t.early[k]
+	if !ok {
+		return
+	}
+	delete(t.early, k)
+	d := t.byReq[k]
+	for agent, at := range m {
+		d.Acks[agent] = max(at.Sub(d.Invalidation.PublishedAt), 0)
+	}
+}
+
+// markConfirmed records that a delivery's confirmation was published (by
+// the replica holding the confirm lease).
+func (t *AckTracker) markConfirmed(tenant, secret, requestID string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d, ok := t.byReq[ackKey(tenant, secret, requestID)]; ok {
+		d.Confirmed = true
+	}
+}
