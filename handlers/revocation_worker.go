@@ -111,6 +111,13 @@ func (w *RevocationWorker) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason(truncateReason(err.Error()))
 		return
 	}
+	if older, err := w.olderPending(ctx, msg); err != nil || older {
+		// Not before the tenant's earlier request: another replica has it,
+		// or it waits to be redelivered (crash, failure).
+		log.Debug("an earlier request of the tenant goes first; will be redelivered", "tenant", req.Tenant, "request_id", ev.ID, "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
 	switch req.Action {
 	case schemas.ActionRestore:
 		err = w.restore(ctx, ev.ID, req)
@@ -125,6 +132,30 @@ func (w *RevocationWorker) handle(ctx context.Context, msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
 		log.Warn("ack failed", "err", err)
 	}
+}
+
+// olderPending reports whether the stream still holds a request of msg's
+// tenant made before msg. The stream is a work queue: a request leaves it
+// once handled, so a tenant's requests (revoke, restore, revoke...) are
+// applied in the order they were made, whichever replica pulls them and
+// however late a crashed replica's request is redelivered.
+func (w *RevocationWorker) olderPending(ctx context.Context, msg jetstream.Msg) (bool, error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return false, err
+	}
+	s, err := w.d.Bus.JS.Stream(ctx, schemas.StreamRevoke)
+	if err != nil {
+		return false, fmt.Errorf("stream %s: %w", schemas.StreamRevoke, err)
+	}
+	first, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(msg.Subject()))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("oldest request on %s: %w", msg.Subject(), err)
+	}
+	return first.Sequence < md.Sequence.Stream, nil
 }
 
 func (w *RevocationWorker) keepAlive(ctx context.Context, msg jetstream.Msg) func() {

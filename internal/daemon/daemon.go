@@ -48,6 +48,7 @@ type Daemon struct {
 	metrics    *orchestrator.Metrics
 	http       *orchestrator.HTTPServer
 	fanout     *fanout.Fanout
+	leases     *orchestrator.Leases // what runs on one replica at a time
 	local      *local.Backend
 	catalog    *handlers.Catalog
 	adminToken string
@@ -147,12 +148,17 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		Bus: d.bus, State: d.state, Audit: audit, Metrics: d.metrics, Catalog: catalog,
 		Log: log, Owner: owner, Source: "rekeyd/" + owner,
 	}
+	d.leases, err = orchestrator.NewLeases(ctx, d.bus, owner, cfg.NATS.LeaseTTL, d.metrics, log)
+	if err != nil {
+		return nil, err
+	}
 	rotator := handlers.NewRotator(deps, cfg.Rotation)
 	if opts.StepHook != nil {
 		rotator.SetStepHook(opts.StepHook)
 	}
 	d.fanout = fanout.New(d.bus, audit, d.metrics, "rekeyd/fanout", log)
 	d.fanout.ConfirmTimeout = cfg.Fanout.ConfirmTimeout
+	d.fanout.Leases = d.leases
 	fetch := local.NewServer(d.bus.NC, d.local, catalog.Ref, d.state.IsRevoked, log)
 
 	// Ready once NATS answers and the consuming components are running.

@@ -41,7 +41,8 @@ func (d *Daemon) buildTriggers(audit *orchestrator.Auditor, log *slog.Logger) ([
 		if err != nil {
 			return nil, err
 		}
-		comps = append(comps, orchestrator.Named{Name: "cron", Component: t})
+		// One scheduler for all replicas: one request and audit record per tick.
+		comps = append(comps, orchestrator.Named{Name: "cron", Component: d.leases.Exclusive("cron", t)})
 	}
 
 	usageCfg, err := usage.ParseConfig(cfg.Triggers["usage"])
