@@ -1,0 +1,553 @@
+// Package awsevents is the AWS trigger: it long-polls an SQS queue that an
+// EventBridge rule feeds, and turns what AWS reports into rekey requests.
+//
+//   - A Secrets Manager event (through CloudTrail) about a secret the
+//     SecretResolver knows becomes an external_change event on
+//     rekey.events.<t>.external_change (succeeded, failed or info), and,
+//     when the secret's live version (AWSCURRENT) changed outside rekey
+//     (RotationSucceeded, PutSecretValue moving AWSCURRENT, an
+//     UpdateSecretVersionStage of AWSCURRENT, UpdateSecret with a new
+//     value, DeleteSecret), a rotation request in sync mode, so that rekey
+//     records the backend's version and invalidates the agents.
+//   - A GuardDuty finding that a configured rule maps to a tenant (by the
+//     access key or principal it names, or by a resource tag) at or above
+//     the rule's severity becomes a revocation request for that tenant.
+//
+// Every id published is derived from the EventBridge event id, so a
+// message delivered twice (SQS is at-least-once) is dropped by JetStream's
+// duplicate window and causes no second rotation, revocation or
+// invalidation. A message is deleted from the queue only after every
+// publish and audit record was acknowledged by JetStream; when NATS is
+// unavailable it stays and comes back after its visibility timeout. A
+// message that cannot be parsed is never deleted: it is audited on every
+// receive and the queue's redrive policy moves it to the dead-letter
+// queue after maxReceiveCount receives. A well-formed message rekey does
+// not act on (an unknown secret, a tenant outside the allow-list, a
+// finding no rule maps, an event it does not read) is audited as refused
+// and deleted.
+//
+// The Publisher goes the other way: it reads rekey's own lifecycle events
+// from the EVENTS stream and puts them on an EventBridge bus.
+//
+// Neither calls a backend, and no event, record or log holds a secret
+// value: CloudTrail and GuardDuty events carry none.
+package awsevents
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// Names this package puts in what it publishes.
+const (
+	// EventSource is the CloudEvents source of the events published.
+	EventSource = "rekeyd/awsevents"
+	// TriggerSource is Trigger.Source of the requests published.
+	TriggerSource = "sqs"
+	// Backend is ExternalChange.Backend of Secrets Manager changes.
+	Backend = "awssm"
+	// Component names the trigger in audit records and logs.
+	Component = "awsevents"
+)
+
+// Outcomes of one SQS message, the "outcome" label of
+// rekey_aws_messages_total.
+const (
+	OutcomePublished   = "published"   // requests or events published
+	OutcomeDuplicate   = "duplicate"   // all of them were duplicates
+	OutcomeRefused     = "refused"     // unknown secret, tenant not allowed, no rule: deleted
+	OutcomeIgnored     = "ignored"     // an event rekey does not act on, a finding below severity: deleted
+	OutcomeMalformed   = "malformed"   // not parsable: left for the redrive policy
+	OutcomeUnavailable = "unavailable" // NATS did not acknowledge: left, received again later
+)
+
+// SecretResolver maps a Secrets Manager secret, as an event names it (a
+// name, a full or partial ARN), to the tenant and secret configured for
+// it. The awssm backend's configuration implements it.
+type SecretResolver interface {
+	Lookup(secretID string) (tenant, secret string, ok bool)
+}
+
+// Trigger consumes the queue.
+type Trigger struct {
+	cfg      Config
+	sqs      sqsAPI
+	resolver SecretResolver
+	bus      *orchestrator.Bus
+	audit    *orchestrator.Auditor
+	metrics  *orchestrator.Metrics
+	log      *slog.Logger
+	rules    []rule
+	allowed  map[string]bool
+	accounts map[string]bool
+	received prometheus.Counter
+	outcomes *prometheus.CounterVec // outcome
+}
+
+// New validates cfg and builds the trigger and its SQS client (region and
+// endpoint from cfg, credentials from the SDK's default chain). A
+// disabled trigger needs none of its dependencies; its Run returns at once.
+func New(cfg Config, resolver SecretResolver, bus *orchestrator.Bus, audit *orchestrator.Auditor,
+	metrics *orchestrator.Metrics, log *slog.Logger) (*Trigger, error) {
+	cfg = cfg.withDefaults()
+	if err := orchestrator.DecodeSection(Section, nil, &cfg); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	t := &Trigger{cfg: cfg, log: log.With("component", Component)}
+	if !cfg.Enabled {
+		return t, nil
+	}
+	if resolver == nil || bus == nil || audit == nil {
+		return nil, errors.New("awsevents: resolver, bus and auditor are required")
+	}
+	if metrics == nil {
+		metrics = orchestrator.NewMetrics()
+	}
+	awsCfg, err := LoadAWSConfig(context.Background(), cmp.Or(cfg.Region, regionOf(cfg.QueueURL)), cfg.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Section, err)
+	}
+	t.sqs, t.resolver, t.bus, t.audit, t.metrics = sqs.NewFromConfig(awsCfg), resolver, bus, audit, metrics
+	t.rules = compileRules(cfg.GuardDuty.Rules)
+	t.allowed, t.accounts = set(cfg.Tenants), set(cfg.Accounts)
+	if t.received, err = register(metrics.Registry, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rekey_aws_messages_received_total", Help: "SQS messages received by the AWS trigger.",
+	})); err != nil {
+		return nil, err
+	}
+	if t.outcomes, err = register(metrics.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rekey_aws_messages_total", Help: "SQS messages handled by the AWS trigger, by outcome.",
+	}, []string{"outcome"})); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Run polls the queue until ctx ends, then finishes the messages in hand
+// and returns nil. SQS and NATS errors are logged and retried with backoff.
+func (t *Trigger) Run(ctx context.Context) error {
+	if !t.cfg.Enabled {
+		t.log.Info("AWS trigger disabled")
+		return nil
+	}
+	t.describeQueue(ctx)
+	in := &sqs.ReceiveMessageInput{
+		QueueUrl:            aws.String(t.cfg.QueueURL),
+		MaxNumberOfMessages: int32(t.cfg.MaxMessages),
+		WaitTimeSeconds:     int32(t.cfg.WaitTime / time.Second),
+		VisibilityTimeout:   int32(t.cfg.VisibilityTimeout / time.Second),
+		MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{
+			sqstypes.MessageSystemAttributeNameApproximateReceiveCount,
+		},
+	}
+	var retry backoff
+	for ctx.Err() == nil {
+		// Receive nothing while NATS is away: every receive counts toward
+		// the queue's maxReceiveCount, and good messages must not end up in
+		// the dead-letter queue because of an outage here.
+		if !t.bus.NC.IsConnected() {
+			d := retry.next()
+			t.log.Warn("NATS not connected; not receiving", "retry_in", d)
+			sleep(ctx, d)
+			continue
+		}
+		out, err := t.sqs.ReceiveMessage(ctx, in)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			d := retry.next()
+			t.log.Warn("receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "retry_in", d, "err", err)
+			sleep(ctx, d)
+			continue
+		}
+		if len(out.Messages) == 0 {
+			retry.reset()
+			continue
+		}
+		if t.handleBatch(ctx, out.Messages) {
+			retry.reset()
+			continue
+		}
+		d := retry.next()
+		t.log.Warn("NATS unavailable; messages left on the queue", "retry_in", d)
+		sleep(ctx, d)
+	}
+	t.log.Info("AWS trigger stopped")
+	return nil
+}
+
+// describeQueue logs the queue's redrive policy, and warns when it has
+// none (an unparsable message would then come back forever). Errors are
+// only logged: the receive loop retries.
+func (t *Trigger) describeQueue(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := t.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl: aws.String(t.cfg.QueueURL),
+		AttributeNames: []sqstypes.QueueAttributeName{
+			sqstypes.QueueAttributeNameRedrivePolicy, sqstypes.QueueAttributeNameVisibilityTimeout,
+		},
+	})
+	if err != nil {
+		t.log.Warn("queue attributes not readable", "queue", t.cfg.QueueURL, "err", err)
+		return
+	}
+	redrive := out.Attributes[string(sqstypes.QueueAttributeNameRedrivePolicy)]
+	if redrive == "" {
+		t.log.Warn("queue has no redrive policy: a message rekey cannot parse will be received again until it expires",
+			"queue", t.cfg.QueueURL)
+	}
+	t.log.Info("AWS trigger started", "queue", t.cfg.QueueURL, "redrive_policy", redrive,
+		"visibility_timeout_s", out.Attributes[string(sqstypes.QueueAttributeNameVisibilityTimeout)], "wait_time", t.cfg.WaitTime)
+}
+
+// handleBatch handles the messages received together and deletes those
+// that are done. It reports false when NATS was unavailable; the messages
+// from there on are left on the queue.
+func (t *Trigger) handleBatch(ctx context.Context, msgs []sqstypes.Message) bool {
+	// Messages in hand are finished even when ctx ends now.
+	ctx = context.WithoutCancel(ctx)
+	var done []sqstypes.DeleteMessageBatchRequestEntry
+	ok := true
+	for i, m := range msgs {
+		t.received.Inc()
+		mctx, cancel := context.WithTimeout(ctx, messageTimeout)
+		outcome := t.handle(mctx, m)
+		cancel()
+		t.outcomes.WithLabelValues(outcome).Inc()
+		if outcome == OutcomeUnavailable {
+			ok = false
+			break
+		}
+		if outcome != OutcomeMalformed {
+			done = append(done, sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle})
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, messageTimeout)
+	defer cancel()
+	t.delete(dctx, done)
+	return ok
+}
+
+// messageTimeout bounds the handling of one message (its publishes and
+// audit records), and the deletion of a batch.
+const messageTimeout = 10 * time.Second
+
+// delete deletes handled messages; one that is not deleted comes back and
+// is then a duplicate.
+func (t *Trigger) delete(ctx context.Context, entries []sqstypes.DeleteMessageBatchRequestEntry) {
+	if len(entries) == 0 {
+		return
+	}
+	out, err := t.sqs.DeleteMessageBatch(ctx, &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(t.cfg.QueueURL), Entries: entries})
+	if err != nil {
+		t.log.Warn("handled messages not deleted; they will be received again as duplicates", "messages", len(entries), "err", err)
+		return
+	}
+	for _, f := range out.Failed {
+		t.log.Warn("handled message not deleted; it will be received again as a duplicate",
+			"code", aws.ToString(f.Code), "reason", aws.ToString(f.Message))
+	}
+}
+
+// delivery is one received message and what the audit trail says of it.
+type delivery struct {
+	msg      Message
+	sqsID    string
+	receives string
+	now      time.Time
+}
+
+func (d *delivery) actor() string { return "aws:" + TriggerSource + ":" + idToken(d.msg.ID) }
+
+func (d *delivery) trigger() schemas.Trigger {
+	return schemas.Trigger{Kind: schemas.TriggerAWS, Source: TriggerSource, Actor: idToken(d.msg.ID)}
+}
+
+// id derives a CloudEvents id (and Nats-Msg-Id) from the EventBridge id.
+func (d *delivery) id(parts ...string) string {
+	id := "aws-" + idToken(d.msg.ID)
+	for _, p := range parts {
+		if p != "" {
+			id += "-" + p
+		}
+	}
+	return id
+}
+
+// detail is the audit detail every record about the delivery carries.
+func (d *delivery) detail(extra map[string]string) map[string]string {
+	out := map[string]string{
+		"trigger": schemas.TriggerAWS, "source": TriggerSource, "event_id": idToken(d.msg.ID),
+		"detail_type": clip(d.msg.DetailType, 128), "event_source": clip(d.msg.Source, 128),
+		"message_id": d.sqsID, "receive_count": d.receives,
+	}
+	if d.msg.Account != "" {
+		out["account"] = clip(d.msg.Account, 32)
+	}
+	for k, v := range extra {
+		out[k] = v
+	}
+	return out
+}
+
+// handle decides one message's fate and returns its outcome.
+func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
+	sqsID := aws.ToString(m.MessageId)
+	receives := m.Attributes[string(sqstypes.MessageSystemAttributeNameApproximateReceiveCount)]
+	msg, err := ParseMessage([]byte(aws.ToString(m.Body)))
+	if err != nil {
+		t.malformed(ctx, sqsID, receives, err)
+		return OutcomeMalformed
+	}
+	d := &delivery{msg: msg, sqsID: sqsID, receives: receives, now: time.Now().UTC()}
+	if len(t.accounts) > 0 && !t.accounts[msg.Account] {
+		return t.refuse(ctx, d, OutcomeRefused, "", "", "account is not in "+Section+".accounts")
+	}
+	switch msg.Kind {
+	case KindSecretsManager:
+		return t.handleSecret(ctx, d)
+	case KindGuardDuty:
+		return t.handleFinding(ctx, d)
+	default:
+		return t.refuse(ctx, d, OutcomeIgnored, "", "", "not an event rekey acts on")
+	}
+}
+
+// malformed audits a message that cannot be parsed (once per receive:
+// the record's id is derived from the message id and receive count) and
+// leaves it on the queue.
+func (t *Trigger) malformed(ctx context.Context, sqsID, receives string, err error) {
+	reason := clip(err.Error(), 300)
+	t.log.Warn("unparsable message left on the queue for its redrive policy", "message_id", sqsID, "receive_count", receives, "reason", reason)
+	if t.cfg.AuditTenant == "" {
+		return
+	}
+	_ = t.audit.RecordWithID(ctx, "aws-msg-"+idToken(sqsID)+"-"+idToken(receives)+"-malformed", schemas.AuditRecord{
+		Tenant: t.cfg.AuditTenant, Actor: "aws:" + TriggerSource + ":message/" + idToken(sqsID), Action: "aws.event",
+		Outcome: schemas.OutcomeRefused, Component: Component,
+		Detail: map[string]string{
+			"trigger": schemas.TriggerAWS, "source": TriggerSource, "message_id": sqsID, "receive_count": receives,
+			"reason": reason, "kept": "true",
+		},
+	})
+}
+
+// refuse audits a message rekey does not act on, to tenant (or the audit
+// tenant when empty), and returns outcome; the message is then deleted.
+// It returns OutcomeUnavailable when the record could not be written.
+func (t *Trigger) refuse(ctx context.Context, d *delivery, outcome, tenant, secret, reason string) string {
+	t.log.Info("AWS event not acted on", "event_id", idToken(d.msg.ID), "detail_type", clip(d.msg.DetailType, 128),
+		"tenant", tenant, "secret", secret, "reason", reason)
+	rec := schemas.AuditRecord{Tenant: tenant, Secret: secret, Action: "aws.event", Outcome: schemas.OutcomeRefused,
+		Detail: map[string]string{"reason": reason}}
+	if err := t.record(ctx, d, d.id("refused", tenant, secret), rec); err != nil {
+		return OutcomeUnavailable
+	}
+	return outcome
+}
+
+// record writes an audit record about the delivery with a derived id, to
+// rec.Tenant or else the audit tenant; with neither it writes nothing.
+func (t *Trigger) record(ctx context.Context, d *delivery, id string, rec schemas.AuditRecord) error {
+	if rec.Tenant == "" {
+		rec.Tenant, rec.Secret = t.cfg.AuditTenant, ""
+	}
+	if rec.Tenant == "" {
+		return nil
+	}
+	rec.Actor, rec.Component, rec.Detail = d.actor(), Component, d.detail(rec.Detail)
+	return t.audit.RecordWithID(ctx, id, rec)
+}
+
+// publish publishes one event with a derived id and reports whether
+// JetStream already had it.
+func (t *Trigger) publish(ctx context.Context, d *delivery, subject, typ, tenant, ceSubject, id string, data any) (bool, error) {
+	ev, err := schemas.NewEvent(EventSource, typ, tenant, ceSubject, data)
+	if err != nil {
+		return false, err
+	}
+	ack, err := t.bus.Publish(ctx, subject, ev.WithID(id))
+	if err != nil {
+		t.log.Warn("not published; the message stays on the queue", "subject", subject, "id", id,
+			"event_id", idToken(d.msg.ID), "err", err)
+		return false, err
+	}
+	return ack.Duplicate, nil
+}
+
+// handleSecret handles a Secrets Manager event.
+func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
+	s := d.msg.Secret
+	tenant, secret, known := t.lookup(s)
+	switch {
+	case !s.Understood():
+		if !known {
+			tenant, secret = "", ""
+		}
+		return t.refuse(ctx, d, OutcomeIgnored, tenant, secret, "Secrets Manager event "+clip(s.EventName, 64)+" is not one rekey acts on")
+	case !known:
+		return t.refuse(ctx, d, OutcomeRefused, "", "", fmt.Sprintf("secret %q is not a secret rekey manages", clip(s.SecretID, 256)))
+	case schemas.ValidateRef(tenant, secret) != nil:
+		return t.refuse(ctx, d, OutcomeRefused, "", "", "the secret resolver returned an invalid tenant or secret id")
+	case len(t.allowed) > 0 && !t.allowed[tenant]:
+		return t.refuse(ctx, d, OutcomeRefused, tenant, secret, "tenant is not in "+Section+".tenants")
+	}
+	outcome, live := s.Change()
+	change := schemas.ExternalChange{
+		Tenant: tenant, Secret: secret, Backend: Backend, Source: d.msg.Source, Event: s.EventName, Outcome: outcome,
+		ResourceID: cmp.Or(s.ARN, s.SecretID), VersionID: s.VersionID, EventID: d.msg.ID,
+		EventTime: firstTime(s.EventTime, d.msg.Time, d.now), ObservedAt: d.now,
+	}
+	if outcome == schemas.ExternalFailed {
+		change.Error = clip(cmp.Or(s.ErrorMessage, s.ErrorCode), 512)
+	}
+	ref := tenant + "/" + secret
+	changeID := d.id("change")
+	dup, err := t.publish(ctx, d, schemas.EventsSubject(tenant, schemas.KindExternalChange), schemas.TypeExternalChange, tenant, ref, changeID, change)
+	if err != nil {
+		return OutcomeUnavailable
+	}
+	detail := map[string]string{"event_name": s.EventName, "outcome": outcome, "resource_id": clip(change.ResourceID, 256),
+		"sync": strconv.FormatBool(live)}
+	if s.VersionID != "" {
+		detail["version_id"] = clip(s.VersionID, 128)
+	}
+	if change.Error != "" {
+		detail["error"] = change.Error
+	}
+	var syncID string
+	if live {
+		syncID = d.id("sync")
+		req := schemas.RotationRequested{
+			Tenant: tenant, Secret: secret, Reason: "aws " + s.EventName, Trigger: d.trigger(),
+			Mode: schemas.RotateModeSync, RequestedAt: d.now,
+		}
+		syncDup, err := t.publish(ctx, d, schemas.RotateSubject(tenant, secret), schemas.TypeRotationRequested, tenant, ref, syncID, req)
+		if err != nil {
+			return OutcomeUnavailable
+		}
+		dup = dup && syncDup
+		t.metrics.RequestsTotal.WithLabelValues("sync", requested(syncDup)).Inc()
+	}
+	if err := t.record(ctx, d, changeID+"-audit", schemas.AuditRecord{
+		Tenant: tenant, Secret: secret, Action: "external_change", Outcome: auditOutcome(outcome), RequestID: changeID, Detail: detail,
+	}); err != nil {
+		return OutcomeUnavailable
+	}
+	if live {
+		if err := t.record(ctx, d, syncID+"-audit", schemas.AuditRecord{
+			Tenant: tenant, Secret: secret, Action: "rotation.request", Outcome: schemas.OutcomeAccepted, RequestID: syncID,
+			Detail: map[string]string{"mode": schemas.RotateModeSync, "event_name": s.EventName},
+		}); err != nil {
+			return OutcomeUnavailable
+		}
+	}
+	t.log.Info("external change", "tenant", tenant, "secret", secret, "event_name", s.EventName, "outcome", outcome,
+		"sync", live, "request_id", syncID, "event_id", idToken(d.msg.ID), "duplicate", dup)
+	if dup {
+		return OutcomeDuplicate
+	}
+	return OutcomePublished
+}
+
+// lookup resolves the secret by the id the event names, then by its ARN.
+func (t *Trigger) lookup(s *SecretEvent) (tenant, secret string, ok bool) {
+	for _, id := range []string{s.SecretID, s.ARN} {
+		if id == "" {
+			continue
+		}
+		if tenant, secret, ok = t.resolver.Lookup(id); ok {
+			return tenant, secret, true
+		}
+	}
+	return "", "", false
+}
+
+// auditOutcome maps an external change outcome to an audit outcome.
+func auditOutcome(external string) string {
+	switch external {
+	case schemas.ExternalSucceeded:
+		return schemas.OutcomeSucceeded
+	case schemas.ExternalFailed:
+		return schemas.OutcomeFailed
+	default:
+		return schemas.OutcomeAccepted
+	}
+}
+
+func requested(duplicate bool) string {
+	if duplicate {
+		return "duplicate"
+	}
+	return "requested"
+}
+
+// idToken returns id when it is a safe, short token (EventBridge ids are
+// UUIDs), else a digest of it, for use in derived ids and audit records.
+func idToken(id string) string {
+	if id != "" && len(id) <= 128 && isToken(id) {
+		return id
+	}
+	h := sha256.Sum256([]byte(id))
+	return "h" + hex.EncodeToString(h[:16])
+}
+
+func isToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+// clip bounds a string taken from a message before it is logged or
+// recorded.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "..."
+}
+
+func firstTime(ts ...time.Time) time.Time {
+	for _, t := range ts {
+		if !t.IsZero() {
+			return t
+		}
+	}
+	return time.Time{}
+}
+
+func set(list []string) map[string]bool {
+	if len(list) == 0 {
+		return nil
+	}
+	m := make(map[string]bool, len(list))
+	for _, s := range list {
+		m[s] = true
+	}
+	return m
+}

@@ -1,0 +1,410 @@
+package awsevents
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// Section is the configuration section this package reads.
+const Section = "triggers.awsevents"
+
+// Defaults of Config.
+const (
+	DefaultWaitTime    = 20 * time.Second
+	DefaultMaxMessages = 10
+	DefaultSource      = "rekey"
+	DefaultBusName     = "default"
+)
+
+// DefaultKinds are the rekey event kinds the outcome publisher sends to
+// EventBridge when eventbridge.kinds is empty.
+var DefaultKinds = []string{schemas.KindRotationCompleted, schemas.KindRotationFailed, schemas.KindRevocationCompleted}
+
+// PublishableKinds are the event kinds eventbridge.kinds may name.
+var PublishableKinds = []string{
+	schemas.KindRotationCompleted, schemas.KindRotationFailed, schemas.KindRevocationStarted,
+	schemas.KindRevocationCompleted, schemas.KindTenantRestored, schemas.KindInvalidationConfirmed,
+}
+
+// Config is the triggers.awsevents section of rekey.yaml.
+type Config struct {
+	// Enabled runs the SQS consumer (default true). The outcome
+	// publisher has its own switch, eventbridge.enabled.
+	Enabled bool `yaml:"enabled"`
+	// QueueURL is the SQS queue an EventBridge rule feeds (required when
+	// enabled). Give it a redrive policy to a dead-letter queue: a message
+	// rekey cannot parse is left on the queue and only the redrive policy
+	// takes it away.
+	QueueURL string `yaml:"queue_url"`
+	// Region of the queue (and of the EventBridge bus). Default: read from
+	// a standard queue URL (https://sqs.<region>.amazonaws.com/...), else
+	// the SDK's (AWS_REGION, the shared config).
+	Region string `yaml:"region"`
+	// Endpoint overrides the SQS and EventBridge endpoint (an emulator,
+	// a VPC endpoint). Credentials always come from the SDK's default chain.
+	Endpoint string `yaml:"endpoint"`
+	// WaitTime is the long poll of one ReceiveMessage, 1s to 20s in whole
+	// seconds (default 20s).
+	WaitTime time.Duration `yaml:"wait_time"`
+	// MaxMessages received at once, 1 to 10 (default 10).
+	MaxMessages int `yaml:"max_messages"`
+	// VisibilityTimeout of the messages received, in whole seconds up to
+	// 12h; 0 (default) keeps the queue's own.
+	VisibilityTimeout time.Duration `yaml:"visibility_timeout"`
+	// Tenants, when not empty, is the allow-list of tenants the queue's
+	// Secrets Manager events may act on; an event about a secret of another
+	// tenant is refused (audited to that tenant) and deleted.
+	Tenants []string `yaml:"tenants"`
+	// Accounts, when not empty, are the only AWS accounts whose events are
+	// acted on; others are refused and deleted.
+	Accounts []string `yaml:"accounts"`
+	// AuditTenant receives the audit records of messages that name no
+	// tenant: unparsable messages, unknown secrets, findings no rule maps.
+	// Without it those are only logged and counted.
+	AuditTenant string `yaml:"audit_tenant"`
+	// GuardDuty maps GuardDuty findings to tenants to revoke.
+	GuardDuty GuardDutyConfig `yaml:"guardduty"`
+	// EventBridge configures the outcome publisher.
+	EventBridge EventBridgeConfig `yaml:"eventbridge"`
+}
+
+// GuardDutyConfig holds the rules that turn a GuardDuty finding into
+// revocations. Every rule is tried; each rule that matches and whose
+// min_severity the finding reaches names a tenant, and each tenant named
+// is revoked once.
+type GuardDutyConfig struct {
+	Rules []GuardDutyRule `yaml:"rules"`
+}
+
+// GuardDutyRule matches a finding by the IAM access key or principal it
+// names (and then revokes Tenant), or by a tag of the resource it names
+// (and then revokes the tenant the tag's value names, if listed in
+// Tenants).
+type GuardDutyRule struct {
+	// Name appears in audit records and reasons (default rule-<n>).
+	Name string `yaml:"name"`
+	// Tenant revoked when AccessKeyIDs or PrincipalIDs match
+	// (detail.resource.accessKeyDetails.accessKeyId / .principalId).
+	Tenant       string   `yaml:"tenant"`
+	AccessKeyIDs []string `yaml:"access_key_ids"`
+	PrincipalIDs []string `yaml:"principal_ids"`
+	// TagKey is a tag of the finding's resource (EC2 instance, EKS or ECS
+	// cluster, ECS task, Lambda function, RDS instance, S3 bucket) whose
+	// value is the tenant, e.g. TenantId. Tenants is then required: the
+	// only values acted on, since whoever may tag a resource may set it.
+	TagKey  string   `yaml:"tag_key"`
+	Tenants []string `yaml:"tenants"`
+	// MinSeverity is the least detail.severity acted on: a number from 0
+	// to 10, or low (1), medium (4), high (7), critical (9). Empty: any.
+	MinSeverity string `yaml:"min_severity"`
+}
+
+// EventBridgeConfig configures the outcome publisher: rekey's own
+// lifecycle events, read from the EVENTS stream, sent to an event bus.
+type EventBridgeConfig struct {
+	// Enabled runs the publisher (default false).
+	Enabled bool `yaml:"enabled"`
+	// BusName is the event bus name or ARN (default "default").
+	BusName string `yaml:"bus_name"`
+	// Source of the events put (default "rekey"); "aws." is reserved.
+	Source string `yaml:"source"`
+	// Kinds of rekey events sent (default rotation_completed,
+	// rotation_failed, revocation_completed).
+	Kinds []string `yaml:"kinds"`
+	// Region and Endpoint override the section's for EventBridge.
+	Region   string `yaml:"region"`
+	Endpoint string `yaml:"endpoint"`
+}
+
+// Defaults returns the configuration of an empty section.
+func Defaults() Config {
+	return Config{Enabled: true, WaitTime: DefaultWaitTime, MaxMessages: DefaultMaxMessages}
+}
+
+// ParseConfig decodes the raw triggers.awsevents section over the
+// defaults, validates it, and checks every tenant it names against the
+// rekey configuration. Errors name their field, e.g.
+// "triggers.awsevents.guardduty.rules[0].tenant".
+func ParseConfig(raw []byte, rekey *orchestrator.Config) (Config, error) {
+	cfg := Defaults()
+	if s := strings.TrimSpace(string(raw)); s == "null" || s == "~" {
+		raw = nil // a section with nothing under it
+	}
+	if err := orchestrator.DecodeSection(Section, raw, &cfg); err != nil {
+		return Config{}, err
+	}
+	if err := cfg.checkAgainst(rekey); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every field and returns every problem, each an
+// *orchestrator.FieldError naming its field within the section.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, orchestrator.FieldErrorf(field, format, args...))
+	}
+	if c.Enabled {
+		if c.QueueURL == "" {
+			add("queue_url", "is required when enabled")
+		} else if err := checkURL(c.QueueURL, true); err != nil {
+			add("queue_url", "%v", err)
+		}
+	}
+	if c.Endpoint != "" {
+		if err := checkURL(c.Endpoint, false); err != nil {
+			add("endpoint", "%v", err)
+		}
+	}
+	if c.WaitTime < time.Second || c.WaitTime > 20*time.Second || c.WaitTime%time.Second != 0 {
+		add("wait_time", "%s must be whole seconds from 1s to 20s", c.WaitTime)
+	}
+	if c.MaxMessages < 1 || c.MaxMessages > 10 {
+		add("max_messages", "%d must be between 1 and 10", c.MaxMessages)
+	}
+	if c.VisibilityTimeout < 0 || c.VisibilityTimeout > 12*time.Hour || c.VisibilityTimeout%time.Second != 0 {
+		add("visibility_timeout", "%s must be whole seconds up to 12h (0: the queue's)", c.VisibilityTimeout)
+	}
+	for i, t := range c.Tenants {
+		if err := schemas.ValidateID("tenant", t); err != nil {
+			add(fmt.Sprintf("tenants[%d]", i), "%v", err)
+		}
+	}
+	for i, a := range c.Accounts {
+		if !isAccountID(a) {
+			add(fmt.Sprintf("accounts[%d]", i), "%q is not a 12-digit AWS account id", a)
+		}
+	}
+	if c.AuditTenant != "" {
+		if err := schemas.ValidateID("tenant", c.AuditTenant); err != nil {
+			add("audit_tenant", "%v", err)
+		}
+	}
+	names := map[string]bool{}
+	for i, r := range c.GuardDuty.Rules {
+		rf := fmt.Sprintf("guardduty.rules[%d]", i)
+		for _, p := range r.validate() {
+			add(strings.TrimSuffix(rf+"."+p.field, "."), "%s", p.reason)
+		}
+		if n := r.name(i); names[n] {
+			add(rf+".name", "%q is used by another rule", n)
+		} else {
+			names[n] = true
+		}
+	}
+	for _, p := range c.EventBridge.validate() {
+		add("eventbridge."+p.field, "%s", p.reason)
+	}
+	return errors.Join(errs...)
+}
+
+type fieldProblem struct{ field, reason string }
+
+func (r GuardDutyRule) name(i int) string {
+	if r.Name != "" {
+		return r.Name
+	}
+	return fmt.Sprintf("rule-%d", i+1)
+}
+
+func (r GuardDutyRule) validate() []fieldProblem {
+	var out []fieldProblem
+	add := func(field, format string, args ...any) {
+		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
+	}
+	byIdentity := len(r.AccessKeyIDs) > 0 || len(r.PrincipalIDs) > 0
+	switch {
+	case byIdentity && r.TagKey != "":
+		add("tag_key", "a rule matches access_key_ids/principal_ids or tag_key, not both")
+	case byIdentity:
+		if r.Tenant == "" {
+			add("tenant", "is required with access_key_ids or principal_ids")
+		} else if err := schemas.ValidateID("tenant", r.Tenant); err != nil {
+			add("tenant", "%v", err)
+		}
+		if len(r.Tenants) > 0 {
+			add("tenants", "is for tag_key rules; use tenant")
+		}
+	case r.TagKey != "":
+		if r.Tenant != "" {
+			add("tenant", "a tag_key rule revokes the tenant its tag names; list it in tenants")
+		}
+		if len(r.Tenants) == 0 {
+			add("tenants", "at least one tenant is required with tag_key (the values acted on)")
+		}
+	default:
+		add("", "one of access_key_ids, principal_ids or tag_key is required")
+	}
+	for i, t := range r.Tenants {
+		if err := schemas.ValidateID("tenant", t); err != nil {
+			add(fmt.Sprintf("tenants[%d]", i), "%v", err)
+		}
+	}
+	for i, k := range r.AccessKeyIDs {
+		if k == "" || strings.TrimSpace(k) != k {
+			add(fmt.Sprintf("access_key_ids[%d]", i), "must be an access key id without spaces")
+		}
+	}
+	for i, p := range r.PrincipalIDs {
+		if p == "" || strings.TrimSpace(p) != p {
+			add(fmt.Sprintf("principal_ids[%d]", i), "must be a principal id without spaces")
+		}
+	}
+	if _, err := ParseSeverity(r.MinSeverity); err != nil {
+		add("min_severity", "%v", err)
+	}
+	return out
+}
+
+func (e EventBridgeConfig) validate() []fieldProblem {
+	var out []fieldProblem
+	add := func(field, format string, args ...any) {
+		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
+	}
+	if len(e.BusName) > 1600 || strings.ContainsAny(e.BusName, " \t\n") {
+		add("bus_name", "must be an event bus name or ARN")
+	}
+	if strings.HasPrefix(e.Source, "aws.") {
+		add("source", "%q: sources starting with aws. are reserved for AWS", e.Source)
+	} else if len(e.Source) > 256 {
+		add("source", "must be at most 256 characters")
+	}
+	for i, k := range e.Kinds {
+		if !slices.Contains(PublishableKinds, k) {
+			add(fmt.Sprintf("kinds[%d]", i), "%q is not one of %s", k, strings.Join(PublishableKinds, ", "))
+		}
+	}
+	if e.Endpoint != "" {
+		if err := checkURL(e.Endpoint, false); err != nil {
+			add("endpoint", "%v", err)
+		}
+	}
+	return out
+}
+
+// checkAgainst checks that every tenant the section names is configured.
+func (c Config) checkAgainst(rekey *orchestrator.Config) error {
+	if rekey == nil {
+		return nil
+	}
+	var errs []error
+	check := func(field, tenant string) {
+		if _, ok := rekey.Tenants[tenant]; !ok {
+			errs = append(errs, orchestrator.FieldErrorf(Section+"."+field, "tenant %q is not configured in tenants", tenant))
+		}
+	}
+	for i, t := range c.Tenants {
+		check(fmt.Sprintf("tenants[%d]", i), t)
+	}
+	if c.AuditTenant != "" {
+		check("audit_tenant", c.AuditTenant)
+	}
+	for i, r := range c.GuardDuty.Rules {
+		rf := fmt.Sprintf("guardduty.rules[%d]", i)
+		if r.Tenant != "" {
+			check(rf+".tenant", r.Tenant)
+		}
+		for j, t := range r.Tenants {
+			check(fmt.Sprintf("%s.tenants[%d]", rf, j), t)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// withDefaults fills the zero values that stand for defaults.
+func (c Config) withDefaults() Config {
+	if c.WaitTime == 0 {
+		c.WaitTime = DefaultWaitTime
+	}
+	if c.MaxMessages == 0 {
+		c.MaxMessages = DefaultMaxMessages
+	}
+	e := &c.EventBridge
+	if e.BusName == "" {
+		e.BusName = DefaultBusName
+	}
+	if e.Source == "" {
+		e.Source = DefaultSource
+	}
+	if len(e.Kinds) == 0 {
+		e.Kinds = DefaultKinds
+	}
+	if e.Region == "" {
+		e.Region = c.Region
+	}
+	if e.Endpoint == "" {
+		e.Endpoint = c.Endpoint
+	}
+	return c
+}
+
+func checkURL(raw string, queue bool) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("%q must be an http(s) URL", raw)
+	}
+	if queue && strings.Count(strings.Trim(u.Path, "/"), "/") != 1 {
+		return fmt.Errorf("%q is not a queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)", raw)
+	}
+	return nil
+}
+
+func isAccountID(s string) bool {
+	if len(s) != 12 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// Severity names GuardDuty uses for its ranges.
+var severityNames = map[string]float64{"low": 1, "medium": 4, "high": 7, "critical": 9}
+
+// ParseSeverity parses a min_severity: "" (0), a number from 0 to 10, or
+// low, medium, high or critical (the lower bound of GuardDuty's range).
+func ParseSeverity(s string) (float64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, nil
+	}
+	if v, ok := severityNames[strings.ToLower(s)]; ok {
+		return v, nil
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 || v > 10 {
+		return 0, fmt.Errorf("%q must be a number from 0 to 10, or low, medium, high or critical", s)
+	}
+	return v, nil
+}
+
+// regionOf returns the region of a standard SQS queue URL, or "".
+func regionOf(queueURL string) string {
+	u, err := url.Parse(queueURL)
+	if err != nil {
+		return ""
+	}
+	host := u.Hostname()
+	for _, p := range []struct{ prefix, suffix string }{{"sqs.", ".amazonaws.com"}, {"sqs.", ".amazonaws.com.cn"}} {
+		if strings.HasPrefix(host, p.prefix) && strings.HasSuffix(host, p.suffix) {
+			region := strings.TrimSuffix(strings.TrimPrefix(host, p.prefix), p.suffix)
+			if region != "" && !strings.Contains(region, ".") {
+				return region
+			}
+		}
+	}
+	return ""
+}

@@ -1,0 +1,163 @@
+package awsevents
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// rule is a compiled GuardDutyRule.
+type rule struct {
+	name        string
+	tenant      string
+	keys        map[string]bool
+	principals  map[string]bool
+	tagKey      string
+	tenants     map[string]bool
+	minSeverity float64
+}
+
+func compileRules(cfg []GuardDutyRule) []rule {
+	out := make([]rule, 0, len(cfg))
+	for i, r := range cfg {
+		sev, _ := ParseSeverity(r.MinSeverity) // validated
+		out = append(out, rule{
+			name: r.name(i), tenant: r.Tenant, keys: set(r.AccessKeyIDs), principals: set(r.PrincipalIDs),
+			tagKey: r.TagKey, tenants: set(r.Tenants), minSeverity: sev,
+		})
+	}
+	return out
+}
+
+// target is a tenant a finding maps to, the rule that mapped it and how.
+type target struct {
+	tenant, rule, matched string
+	minSeverity           float64
+}
+
+// matches returns the tenants rule r maps finding f to, and how many tag
+// values it saw that are not among its tenants (never repeated: a tag
+// value may be anything).
+func (r *rule) matches(f *Finding) (ts []target, badTags int) {
+	switch {
+	case f.AccessKeyID != "" && r.keys[f.AccessKeyID]:
+		return []target{{tenant: r.tenant, rule: r.name, matched: "access_key_id", minSeverity: r.minSeverity}}, 0
+	case f.PrincipalID != "" && r.principals[f.PrincipalID]:
+		return []target{{tenant: r.tenant, rule: r.name, matched: "principal_id", minSeverity: r.minSeverity}}, 0
+	case r.tagKey == "":
+		return nil, 0
+	}
+	for _, tag := range f.Tags {
+		if tag.Key != r.tagKey {
+			continue
+		}
+		v := strings.TrimSpace(tag.Value)
+		if !r.tenants[v] {
+			badTags++
+			continue
+		}
+		ts = append(ts, target{tenant: v, rule: r.name, matched: "tag:" + r.tagKey, minSeverity: r.minSeverity})
+	}
+	return ts, badTags
+}
+
+// evaluate maps a finding to the tenants to revoke (one entry per tenant,
+// the first rule that reached its severity) and those matched only below
+// their rules' min_severity.
+func evaluate(rules []rule, f *Finding) (revoke, below []target, badTags int) {
+	seen := map[string]bool{}
+	var low []target
+	for i := range rules {
+		ts, bad := rules[i].matches(f)
+		badTags += bad
+		for _, tg := range ts {
+			switch {
+			case f.Severity < tg.minSeverity:
+				low = append(low, tg)
+			case !seen[tg.tenant]:
+				seen[tg.tenant] = true
+				revoke = append(revoke, tg)
+			}
+		}
+	}
+	for _, tg := range low {
+		if !seen[tg.tenant] {
+			seen[tg.tenant] = true
+			below = append(below, tg)
+		}
+	}
+	return revoke, below, badTags
+}
+
+// handleFinding turns a GuardDuty finding into revocation requests.
+func (t *Trigger) handleFinding(ctx context.Context, d *delivery) string {
+	f := d.msg.Finding
+	revoke, below, badTags := evaluate(t.rules, f)
+	sev := strconv.FormatFloat(f.Severity, 'g', -1, 64)
+	findingDetail := func(tg target, extra map[string]string) map[string]string {
+		m := map[string]string{"finding_id": clip(f.ID, 128), "finding_type": clip(f.Type, 128), "severity": sev}
+		if tg.rule != "" {
+			m["rule"], m["matched"] = tg.rule, tg.matched
+			m["min_severity"] = strconv.FormatFloat(tg.minSeverity, 'g', -1, 64)
+		}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	for _, tg := range below {
+		reason := fmt.Sprintf("severity %s is below min_severity %g of rule %s", sev, tg.minSeverity, tg.rule)
+		t.log.Info("GuardDuty finding below severity", "tenant", tg.tenant, "rule", tg.rule, "severity", sev, "event_id", idToken(d.msg.ID))
+		if err := t.record(ctx, d, d.id("below", tg.tenant), schemas.AuditRecord{
+			Tenant: tg.tenant, Action: "revocation.revoke.request", Outcome: schemas.OutcomeRefused,
+			Detail: findingDetail(tg, map[string]string{"reason": reason}),
+		}); err != nil {
+			return OutcomeUnavailable
+		}
+	}
+	if len(revoke) == 0 {
+		if len(below) > 0 {
+			return OutcomeIgnored
+		}
+		reason := "no guardduty rule maps the finding to a tenant"
+		if badTags > 0 {
+			reason += fmt.Sprintf(" (%d tag values are not tenants of their rules)", badTags)
+		}
+		t.log.Info("GuardDuty finding maps to no tenant", "event_id", idToken(d.msg.ID), "finding_type", clip(f.Type, 128), "reason", reason)
+		if err := t.record(ctx, d, d.id("unmapped"), schemas.AuditRecord{
+			Action: "aws.event", Outcome: schemas.OutcomeRefused, Detail: findingDetail(target{}, map[string]string{"reason": reason}),
+		}); err != nil {
+			return OutcomeUnavailable
+		}
+		return OutcomeRefused
+	}
+	allDup := true
+	for _, tg := range revoke {
+		id := d.id("revoke", tg.tenant)
+		req := schemas.RevocationRequested{
+			Tenant: tg.tenant, Action: schemas.ActionRevoke, Trigger: d.trigger(), RequestedAt: d.now,
+			Reason: fmt.Sprintf("GuardDuty finding %s (severity %s), rule %s", clip(f.Type, 128), sev, tg.rule),
+		}
+		dup, err := t.publish(ctx, d, schemas.RevokeSubject(tg.tenant), schemas.TypeRevocationRequested, tg.tenant, tg.tenant, id, req)
+		if err != nil {
+			return OutcomeUnavailable
+		}
+		allDup = allDup && dup
+		t.metrics.RequestsTotal.WithLabelValues("revoke", requested(dup)).Inc()
+		if err := t.record(ctx, d, id+"-audit", schemas.AuditRecord{
+			Tenant: tg.tenant, Action: "revocation.revoke.request", Outcome: schemas.OutcomeAccepted, RequestID: id,
+			Detail: findingDetail(tg, nil),
+		}); err != nil {
+			return OutcomeUnavailable
+		}
+		t.log.Warn("revocation requested by a GuardDuty finding", "tenant", tg.tenant, "rule", tg.rule, "matched", tg.matched,
+			"severity", sev, "finding_type", clip(f.Type, 128), "request_id", id, "duplicate", dup)
+	}
+	if allDup {
+		return OutcomeDuplicate
+	}
+	return OutcomePublished
+}

@@ -1,0 +1,429 @@
+package awsevents
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// ErrMalformed is returned (wrapped) by ParseMessage for a body that is not
+// an EventBridge event rekey can read. Such a message is left on the queue.
+var ErrMalformed = errors.New("malformed EventBridge message")
+
+// Event sources and detail types rekey reads.
+const (
+	SourceSecretsManager   = "aws.secretsmanager"
+	SourceGuardDuty        = "aws.guardduty"
+	DetailTypeAPICall      = "AWS API Call via CloudTrail"
+	DetailTypeServiceEvent = "AWS Service Event via CloudTrail"
+	DetailTypeFinding      = "GuardDuty Finding"
+)
+
+// Secrets Manager event names rekey understands: the service's own
+// rotation events and the API calls that change a secret's versions.
+const (
+	EventRotationStarted          = "RotationStarted"
+	EventRotationSucceeded        = "RotationSucceeded"
+	EventRotationFailed           = "RotationFailed"
+	EventRotationAbandoned        = "RotationAbandoned"
+	EventPutSecretValue           = "PutSecretValue"
+	EventUpdateSecretVersionStage = "UpdateSecretVersionStage"
+	EventRotateSecret             = "RotateSecret"
+	EventDeleteSecret             = "DeleteSecret"
+	EventUpdateSecret             = "UpdateSecret"
+)
+
+// StageCurrent is the staging label of a secret's live version.
+const StageCurrent = "AWSCURRENT"
+
+var understood = []string{
+	EventRotationStarted, EventRotationSucceeded, EventRotationFailed, EventRotationAbandoned,
+	EventPutSecretValue, EventUpdateSecretVersionStage, EventRotateSecret, EventDeleteSecret, EventUpdateSecret,
+}
+
+// Kind is the family of a parsed message.
+type Kind int
+
+// Message kinds.
+const (
+	// KindOther is a well-formed event rekey does not act on.
+	KindOther Kind = iota
+	// KindSecretsManager is a Secrets Manager event delivered through
+	// CloudTrail (Message.Secret is set).
+	KindSecretsManager
+	// KindGuardDuty is a GuardDuty finding (Message.Finding is set).
+	KindGuardDuty
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindSecretsManager:
+		return "secretsmanager"
+	case KindGuardDuty:
+		return "guardduty"
+	default:
+		return "other"
+	}
+}
+
+// Message is an EventBridge event read from the queue: the envelope's
+// fields and, for the events rekey acts on, what it needs of the detail.
+type Message struct {
+	Version    string
+	ID         string
+	DetailType string
+	Source     string
+	Account    string
+	Region     string
+	// Time is the envelope's time; zero when it had none.
+	Time      time.Time
+	Resources []string
+	Kind      Kind
+	Secret    *SecretEvent
+	Finding   *Finding
+}
+
+// SecretEvent is what rekey reads of a Secrets Manager CloudTrail event.
+// It never holds a value: CloudTrail does not log them.
+type SecretEvent struct {
+	// EventName is the API call or service event (RotationSucceeded...).
+	EventName string
+	// EventType is "AwsApiCall" or "AwsServiceEvent".
+	EventType string
+	// EventTime is CloudTrail's eventTime; zero when absent.
+	EventTime time.Time
+	// SecretID is the secret as the event names it: an ARN or a name
+	// (additionalEventData.SecretId for service events,
+	// requestParameters.secretId for API calls).
+	SecretID string
+	// ARN is the secret's ARN from responseElements, when the call
+	// returned one.
+	ARN string
+	// VersionID is the version the event is about, when it names one.
+	VersionID string
+	// VersionStages are PutSecretValue's staging labels; nil when the
+	// call named none (Secrets Manager then moves AWSCURRENT).
+	VersionStages []string
+	// VersionStage, MoveToVersionID and RemoveFromVersionID are
+	// UpdateSecretVersionStage's parameters.
+	VersionStage        string
+	MoveToVersionID     string
+	RemoveFromVersionID string
+	// ErrorCode is set when an API call failed; ErrorMessage then, or for
+	// RotationFailed, says why.
+	ErrorCode    string
+	ErrorMessage string
+}
+
+// Understood reports whether rekey acts on this event name.
+func (s *SecretEvent) Understood() bool { return slices.Contains(understood, s.EventName) }
+
+// Change says what the event means for the secret: the ExternalChange
+// outcome (schemas.ExternalSucceeded, ExternalFailed or ExternalInfo) and
+// whether the live version (AWSCURRENT) changed, which calls for a sync.
+func (s *SecretEvent) Change() (outcome string, liveChanged bool) {
+	switch s.EventName {
+	case EventRotationSucceeded:
+		return schemas.ExternalSucceeded, true
+	case EventRotationFailed, EventRotationAbandoned:
+		return schemas.ExternalFailed, false
+	}
+	if s.ErrorCode != "" {
+		return schemas.ExternalInfo, false // the call failed: nothing changed
+	}
+	switch s.EventName {
+	case EventPutSecretValue:
+		if s.VersionStages == nil || slices.Contains(s.VersionStages, StageCurrent) {
+			return schemas.ExternalSucceeded, true
+		}
+	case EventUpdateSecretVersionStage:
+		if s.VersionStage == StageCurrent && s.MoveToVersionID != "" {
+			return schemas.ExternalSucceeded, true
+		}
+	case EventUpdateSecret:
+		if s.VersionID != "" { // a new value was given: it is AWSCURRENT now
+			return schemas.ExternalSucceeded, true
+		}
+	case EventDeleteSecret:
+		return schemas.ExternalInfo, true
+	}
+	return schemas.ExternalInfo, false
+}
+
+// Finding is what rekey reads of a GuardDuty finding.
+type Finding struct {
+	ID       string
+	Type     string
+	Title    string
+	Severity float64
+	// AccessKeyID and PrincipalID are from resource.accessKeyDetails.
+	AccessKeyID string
+	PrincipalID string
+	// Tags of every resource the finding names.
+	Tags []Tag
+}
+
+// Tag is an AWS resource tag.
+type Tag struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+// envelope is the EventBridge event as delivered to SQS.
+type envelope struct {
+	Version    string          `json:"version"`
+	ID         string          `json:"id"`
+	DetailType string          `json:"detail-type"`
+	Source     string          `json:"source"`
+	Account    string          `json:"account"`
+	Time       string          `json:"time"`
+	Region     string          `json:"region"`
+	Resources  []string        `json:"resources"`
+	Detail     json.RawMessage `json:"detail"`
+}
+
+// cloudTrailDetail is the detail of "AWS API Call via CloudTrail" and
+// "AWS Service Event via CloudTrail" events of Secrets Manager. Field
+// names match case-insensitively (encoding/json), which covers the "arn"
+// and "aRN" spellings of older events.
+type cloudTrailDetail struct {
+	EventSource         string `json:"eventSource"`
+	EventName           string `json:"eventName"`
+	EventType           string `json:"eventType"`
+	EventTime           string `json:"eventTime"`
+	ErrorCode           string `json:"errorCode"`
+	ErrorMessage        string `json:"errorMessage"`
+	AdditionalEventData *struct {
+		SecretID string `json:"SecretId"`
+	} `json:"additionalEventData"`
+	ServiceEventDetails *struct {
+		SecretID string `json:"secretId"`
+	} `json:"serviceEventDetails"`
+	RequestParameters *struct {
+		SecretID            string   `json:"secretId"`
+		ClientRequestToken  string   `json:"clientRequestToken"`
+		VersionStages       []string `json:"versionStages"`
+		VersionStage        string   `json:"versionStage"`
+		MoveToVersionID     string   `json:"moveToVersionId"`
+		RemoveFromVersionID string   `json:"removeFromVersionId"`
+	} `json:"requestParameters"`
+	ResponseElements *struct {
+		ARN           string   `json:"arn"`
+		VersionID     string   `json:"versionId"`
+		VersionStages []string `json:"versionStages"`
+	} `json:"responseElements"`
+}
+
+// findingDetail is the detail of a "GuardDuty Finding" event.
+type findingDetail struct {
+	ID       string   `json:"id"`
+	Type     string   `json:"type"`
+	Title    string   `json:"title"`
+	Severity severity `json:"severity"`
+	Resource struct {
+		AccessKeyDetails struct {
+			AccessKeyID string `json:"accessKeyId"`
+			PrincipalID string `json:"principalId"`
+		} `json:"accessKeyDetails"`
+		InstanceDetails      tagged   `json:"instanceDetails"`
+		EKSClusterDetails    tagged   `json:"eksClusterDetails"`
+		LambdaDetails        tagged   `json:"lambdaDetails"`
+		RDSDBInstanceDetails tagged   `json:"rdsDbInstanceDetails"`
+		S3BucketDetails      []tagged `json:"s3BucketDetails"`
+		ECSClusterDetails    struct {
+			Tags        []Tag  `json:"tags"`
+			TaskDetails tagged `json:"taskDetails"`
+		} `json:"ecsClusterDetails"`
+	} `json:"resource"`
+}
+
+type tagged struct {
+	Tags []Tag `json:"tags"`
+}
+
+// severity is GuardDuty's severity: a JSON number, or a string holding one.
+type severity float64
+
+func (s *severity) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '"' {
+		var str string
+		if err := json.Unmarshal(b, &str); err != nil {
+			return err
+		}
+		b = []byte(str)
+	}
+	if string(b) == "null" {
+		return nil
+	}
+	v, err := strconv.ParseFloat(string(b), 64)
+	if err != nil {
+		named, ok := severityNames[strings.ToLower(string(b))]
+		if !ok {
+			return fmt.Errorf("severity %.20q is not a number", b)
+		}
+		v = named
+	}
+	*s = severity(v)
+	return nil
+}
+
+// Bounds on what a message may hold.
+const (
+	maxIDLen       = 256
+	maxSecretIDLen = 2048
+)
+
+// ParseMessage parses the body of an SQS message fed by an EventBridge
+// rule. A body that is not an EventBridge event (not a JSON object, no id,
+// source, detail-type or detail object, a bad time), or a Secrets Manager
+// or GuardDuty event without what rekey needs (the event name, the secret
+// of an event rekey acts on), is an error wrapping ErrMalformed. A
+// well-formed event of another kind is returned with Kind KindOther.
+func ParseMessage(body []byte) (Message, error) {
+	var env envelope
+	if err := json.Unmarshal(body, &env); err != nil {
+		return Message{}, fmt.Errorf("%w: not an EventBridge event: %v", ErrMalformed, err)
+	}
+	m := Message{
+		Version: env.Version, ID: env.ID, DetailType: env.DetailType, Source: env.Source,
+		Account: env.Account, Region: env.Region, Resources: env.Resources,
+	}
+	switch {
+	case m.ID == "":
+		return Message{}, fmt.Errorf("%w: no id", ErrMalformed)
+	case len(m.ID) > maxIDLen:
+		return Message{}, fmt.Errorf("%w: id is %d bytes long (at most %d)", ErrMalformed, len(m.ID), maxIDLen)
+	case m.Source == "":
+		return Message{}, fmt.Errorf("%w: no source", ErrMalformed)
+	case m.DetailType == "":
+		return Message{}, fmt.Errorf("%w: no detail-type", ErrMalformed)
+	case !isObject(env.Detail):
+		return Message{}, fmt.Errorf("%w: detail is not a JSON object", ErrMalformed)
+	}
+	if env.Time != "" {
+		t, err := time.Parse(time.RFC3339, env.Time)
+		if err != nil {
+			return Message{}, fmt.Errorf("%w: time is not RFC 3339", ErrMalformed)
+		}
+		m.Time = t.UTC()
+	}
+	switch {
+	case m.Source == SourceSecretsManager && (m.DetailType == DetailTypeAPICall || m.DetailType == DetailTypeServiceEvent):
+		s, err := parseSecretEvent(env.Detail)
+		if err != nil {
+			return Message{}, err
+		}
+		if s != nil {
+			m.Kind, m.Secret = KindSecretsManager, s
+		}
+	case m.Source == SourceGuardDuty && m.DetailType == DetailTypeFinding:
+		f, err := parseFinding(env.Detail)
+		if err != nil {
+			return Message{}, err
+		}
+		m.Kind, m.Finding = KindGuardDuty, f
+	}
+	return m, nil
+}
+
+// parseSecretEvent reads a Secrets Manager CloudTrail detail; nil for an
+// event of another service under the same source.
+func parseSecretEvent(raw json.RawMessage) (*SecretEvent, error) {
+	var d cloudTrailDetail
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return nil, fmt.Errorf("%w: CloudTrail detail: %v", ErrMalformed, err)
+	}
+	if d.EventSource != "" && d.EventSource != "secretsmanager.amazonaws.com" {
+		return nil, nil
+	}
+	if d.EventName == "" {
+		return nil, fmt.Errorf("%w: CloudTrail detail has no eventName", ErrMalformed)
+	}
+	s := &SecretEvent{EventName: d.EventName, EventType: d.EventType, ErrorCode: d.ErrorCode, ErrorMessage: d.ErrorMessage}
+	if d.EventTime != "" {
+		t, err := time.Parse(time.RFC3339, d.EventTime)
+		if err != nil {
+			return nil, fmt.Errorf("%w: detail.eventTime is not RFC 3339", ErrMalformed)
+		}
+		s.EventTime = t.UTC()
+	}
+	if a := d.AdditionalEventData; a != nil {
+		s.SecretID = a.SecretID
+	}
+	if e := d.ServiceEventDetails; e != nil && s.SecretID == "" {
+		s.SecretID = e.SecretID
+	}
+	var token, created string // the call's client token; the version it made
+	if p := d.RequestParameters; p != nil {
+		if s.SecretID == "" {
+			s.SecretID = p.SecretID
+		}
+		s.VersionStages = p.VersionStages
+		s.VersionStage, s.MoveToVersionID, s.RemoveFromVersionID = p.VersionStage, p.MoveToVersionID, p.RemoveFromVersionID
+		token = p.ClientRequestToken
+	}
+	if r := d.ResponseElements; r != nil {
+		s.ARN, created = r.ARN, r.VersionID
+		if s.VersionStages == nil {
+			s.VersionStages = r.VersionStages
+		}
+	}
+	switch s.EventName {
+	case EventPutSecretValue, EventRotateSecret:
+		// The client token is the id of the version the call makes.
+		s.VersionID = cmp.Or(created, token)
+	case EventUpdateSecret:
+		// A version only when a value was given; SDKs send a token anyway.
+		s.VersionID = created
+	case EventUpdateSecretVersionStage:
+		s.VersionID = s.MoveToVersionID
+	}
+	if s.SecretID == "" {
+		s.SecretID = s.ARN
+	}
+	if s.Understood() && s.SecretID == "" {
+		return nil, fmt.Errorf("%w: %s event names no secret", ErrMalformed, s.EventName)
+	}
+	if len(s.SecretID) > maxSecretIDLen || len(s.ARN) > maxSecretIDLen {
+		return nil, fmt.Errorf("%w: secret id over %d bytes", ErrMalformed, maxSecretIDLen)
+	}
+	return s, nil
+}
+
+// parseFinding reads a GuardDuty finding.
+func parseFinding(raw json.RawMessage) (*Finding, error) {
+	var d findingDetail
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return nil, fmt.Errorf("%w: GuardDuty finding: %v", ErrMalformed, err)
+	}
+	r := &d.Resource
+	f := &Finding{
+		ID: d.ID, Type: d.Type, Title: d.Title, Severity: float64(d.Severity),
+		AccessKeyID: r.AccessKeyDetails.AccessKeyID, PrincipalID: r.AccessKeyDetails.PrincipalID,
+	}
+	for _, tags := range [][]Tag{
+		r.InstanceDetails.Tags, r.EKSClusterDetails.Tags, r.ECSClusterDetails.Tags, r.ECSClusterDetails.TaskDetails.Tags,
+		r.LambdaDetails.Tags, r.RDSDBInstanceDetails.Tags,
+	} {
+		f.Tags = append(f.Tags, tags...)
+	}
+	for _, b := range r.S3BucketDetails {
+		f.Tags = append(f.Tags, b.Tags...)
+	}
+	return f, nil
+}
+
+// isObject reports whether raw is a JSON object (after white space).
+func isObject(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) >= 2 && raw[0] == '{'
+}

@@ -1,0 +1,199 @@
+package awsevents
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
+	"github.com/aws/smithy-go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// PublisherDurable is the durable consumer of the EVENTS stream that the
+// outcome publisher reads through, shared by every rekeyd replica.
+const PublisherDurable = "awsevents-eventbridge"
+
+// Outcomes of one event, the "outcome" label of
+// rekey_aws_eventbridge_events_total.
+const (
+	PutPublished = "published" // PutEvents reported no failed entry: acked
+	PutFailed    = "failed"    // PutEvents failed: nak'd, sent again later
+	PutDropped   = "dropped"   // unreadable, or refused by EventBridge for good: terminated
+)
+
+// DetailType is the EventBridge detail-type of a rekey event kind:
+// "rekey rotation completed" for rotation_completed.
+func DetailType(kind string) string { return "rekey " + strings.ReplaceAll(kind, "_", " ") }
+
+// Publisher puts rekey's lifecycle events (by default rotation_completed,
+// rotation_failed and revocation_completed) on an EventBridge bus, with
+// source "rekey" (eventbridge.source), detail-type DetailType(kind) and as
+// detail the event's data, which never holds a value. An event is acked
+// on the stream only once PutEvents reported no failed entry; otherwise it
+// is nak'd with a delay and sent again. The durable consumer starts at
+// the first event published after it was created: history is not replayed.
+type Publisher struct {
+	cfg     EventBridgeConfig
+	eb      eventBridgeAPI
+	bus     *orchestrator.Bus
+	log     *slog.Logger
+	events  *prometheus.CounterVec // kind, outcome
+	started chan struct{}
+}
+
+// NewPublisher builds the outcome publisher of cfg.EventBridge and its
+// EventBridge client (region and endpoint from cfg.EventBridge, else from
+// cfg; credentials from the SDK's default chain).
+func NewPublisher(cfg Config, bus *orchestrator.Bus, metrics *orchestrator.Metrics, log *slog.Logger) (*Publisher, error) {
+	cfg = cfg.withDefaults()
+	if err := orchestrator.DecodeSection(Section, nil, &cfg); err != nil {
+		return nil, err
+	}
+	if !cfg.EventBridge.Enabled {
+		return nil, fmt.Errorf("%s.eventbridge.enabled is false", Section)
+	}
+	if bus == nil {
+		return nil, errors.New("awsevents publisher: bus is required")
+	}
+	if metrics == nil {
+		metrics = orchestrator.NewMetrics()
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	e := cfg.EventBridge
+	awsCfg, err := LoadAWSConfig(context.Background(), cmp.Or(e.Region, regionOf(cfg.QueueURL)), e.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("%s.eventbridge: %w", Section, err)
+	}
+	p := &Publisher{cfg: e, eb: eventbridge.NewFromConfig(awsCfg), bus: bus, log: log.With("component", Component+"-eventbridge"),
+		started: make(chan struct{})}
+	if p.events, err = register(metrics.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rekey_aws_eventbridge_events_total", Help: "rekey events put on EventBridge by the outcome publisher, by kind and outcome.",
+	}, []string{"kind", "outcome"})); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Started is closed once the durable consumer exists and pulls.
+func (p *Publisher) Started() <-chan struct{} { return p.started }
+
+// Run sends events until ctx ends, then stops pulling, finishes the event
+// in hand and returns nil.
+func (p *Publisher) Run(ctx context.Context) error {
+	filters := make([]string, 0, len(p.cfg.Kinds))
+	for _, k := range p.cfg.Kinds {
+		filters = append(filters, schemas.EventsSubject("*", k))
+	}
+	cons, err := p.bus.Consumer(ctx, schemas.StreamEvents, jetstream.ConsumerConfig{
+		Durable:        PublisherDurable,
+		Description:    "rekey events put on EventBridge; shared by every rekeyd",
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        30 * time.Second,
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+		FilterSubjects: filters,
+		MaxDeliver:     -1,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("awsevents publisher: %w", err)
+	}
+	// The callback runs on one goroutine, in stream order.
+	cc, err := cons.Consume(func(msg jetstream.Msg) { p.handle(ctx, msg) }, jetstream.PullMaxMessages(16),
+		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(2*time.Second))
+	if err != nil {
+		return fmt.Errorf("awsevents publisher: consume %s: %w", schemas.StreamEvents, err)
+	}
+	close(p.started)
+	p.log.Info("EventBridge outcome publisher started", "bus", p.cfg.BusName, "source", p.cfg.Source, "kinds", p.cfg.Kinds)
+	<-ctx.Done()
+	cc.Drain()
+	select {
+	case <-cc.Closed():
+	case <-time.After(10 * time.Second):
+	}
+	p.log.Info("EventBridge outcome publisher stopped")
+	return nil
+}
+
+// handle puts one event on the bus and acks it, or naks it for later.
+func (p *Publisher) handle(ctx context.Context, msg jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	kind := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
+	ev, err := schemas.Decode(msg.Data())
+	if err != nil {
+		p.log.Warn("unreadable event not sent to EventBridge", "subject", msg.Subject(), "err", err)
+		p.events.WithLabelValues(kind, PutDropped).Inc()
+		_ = msg.Term()
+		return
+	}
+	out, err := p.eb.PutEvents(ctx, &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+		EventBusName: aws.String(p.cfg.BusName),
+		Source:       aws.String(p.cfg.Source),
+		DetailType:   aws.String(DetailType(kind)),
+		Detail:       aws.String(string(ev.Data)),
+		Time:         aws.Time(ev.Time),
+	}}})
+	code, reason := "", ""
+	var apiErr smithy.APIError
+	switch {
+	case errors.As(err, &apiErr):
+		code, reason = apiErr.ErrorCode(), apiErr.ErrorMessage()
+	case err != nil:
+		code, reason = "request", err.Error()
+	case out.FailedEntryCount > 0 || len(out.Entries) != 1:
+		code, reason = "entry", fmt.Sprintf("%d failed entries", out.FailedEntryCount)
+		if len(out.Entries) == 1 {
+			code, reason = aws.ToString(out.Entries[0].ErrorCode), aws.ToString(out.Entries[0].ErrorMessage)
+		}
+	case aws.ToString(out.Entries[0].ErrorCode) != "":
+		code, reason = aws.ToString(out.Entries[0].ErrorCode), aws.ToString(out.Entries[0].ErrorMessage)
+	}
+	if code == "" {
+		p.events.WithLabelValues(kind, PutPublished).Inc()
+		p.log.Debug("event sent to EventBridge", "id", ev.ID, "kind", kind, "tenant", ev.Tenant,
+			"eventbridge_id", aws.ToString(out.Entries[0].EventId))
+		if err := msg.Ack(); err != nil {
+			p.log.Warn("event ack failed; it may be sent twice", "id", ev.ID, "err", err)
+		}
+		return
+	}
+	if permanent(code) {
+		p.events.WithLabelValues(kind, PutDropped).Inc()
+		p.log.Error("EventBridge refused the event for good; dropped", "id", ev.ID, "kind", kind, "code", code, "reason", reason)
+		_ = msg.Term()
+		return
+	}
+	delay := 2 * time.Second
+	if md, err := msg.Metadata(); err == nil {
+		delay = min(time.Duration(1<<min(md.NumDelivered, 6))*time.Second, time.Minute)
+	}
+	p.events.WithLabelValues(kind, PutFailed).Inc()
+	p.log.Warn("event not sent to EventBridge; retrying", "id", ev.ID, "kind", kind, "code", code, "reason", reason, "retry_in", delay)
+	_ = msg.NakWithDelay(delay)
+}
+
+// permanent reports whether a PutEvents entry error will not go away by
+// sending the same entry again.
+func permanent(code string) bool {
+	switch code {
+	case "MalformedDetail", "InvalidArgument", "ValidationException":
+		return true
+	}
+	return false
+}
