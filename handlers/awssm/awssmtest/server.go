@@ -308,13 +308,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		body = []byte("{}")
 	}
+	w.Header().Set("X-Amzn-RequestId", fmt.Sprintf("emulator-%d", time.Now().UnixNano()))
 	out, aerr := s.call(op, body)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("X-Amzn-RequestId", fmt.Sprintf("emulator-%d", time.Now().UnixNano()))
 	_ = json.NewEncoder(w).Encode(out)
 }
 
