@@ -221,32 +221,40 @@ func (t *Trigger) describeQueue(ctx context.Context) {
 		"visibility_timeout_s", out.Attributes[string(sqstypes.QueueAttributeNameVisibilityTimeout)], "wait_time", t.cfg.WaitTime)
 }
 
-// handleBatch handles the messages received together and deletes those
-// that are done. It reports false when NATS was unavailable; the messages
-// from there on are left on the queue.
+// handleBatch handles the messages received together, deletes those that
+// are done and releases the others. It reports false when NATS was
+// unavailable: the message that could not be published and those after it
+// are released (made visible again) for a later receive, here or by
+// another replica.
 func (t *Trigger) handleBatch(ctx context.Context, msgs []sqstypes.Message) bool {
 	// Messages in hand are finished even when ctx ends now.
 	ctx = context.WithoutCancel(ctx)
-	var done []sqstypes.DeleteMessageBatchRequestEntry
-	ok := true
-	for i, m := range msgs {
+	var done []sqstypes.Message
+	rest := msgs
+	for len(rest) > 0 {
+		if !t.bus.NC.IsConnected() {
+			t.outcomes.WithLabelValues(OutcomeUnavailable).Add(float64(len(rest)))
+			break
+		}
+		m := rest[0]
 		t.received.Inc()
 		mctx, cancel := context.WithTimeout(ctx, messageTimeout)
 		outcome := t.handle(mctx, m)
 		cancel()
 		t.outcomes.WithLabelValues(outcome).Inc()
 		if outcome == OutcomeUnavailable {
-			ok = false
 			break
 		}
+		rest = rest[1:]
 		if outcome != OutcomeMalformed {
-			done = append(done, sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle})
+			done = append(done, m)
 		}
 	}
 	dctx, cancel := context.WithTimeout(ctx, messageTimeout)
 	defer cancel()
 	t.delete(dctx, done)
-	return ok
+	t.release(dctx, rest)
+	return len(rest) == 0
 }
 
 // messageTimeout bounds the handling of one message (its publishes and
@@ -255,9 +263,13 @@ const messageTimeout = 10 * time.Second
 
 // delete deletes handled messages; one that is not deleted comes back and
 // is then a duplicate.
-func (t *Trigger) delete(ctx context.Context, entries []sqstypes.DeleteMessageBatchRequestEntry) {
-	if len(entries) == 0 {
+func (t *Trigger) delete(ctx context.Context, msgs []sqstypes.Message) {
+	if len(msgs) == 0 {
 		return
+	}
+	entries := make([]sqstypes.DeleteMessageBatchRequestEntry, len(msgs))
+	for i, m := range msgs {
+		entries[i] = sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle}
 	}
 	out, err := t.sqs.DeleteMessageBatch(ctx, &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(t.cfg.QueueURL), Entries: entries})
 	if err != nil {
@@ -267,6 +279,23 @@ func (t *Trigger) delete(ctx context.Context, entries []sqstypes.DeleteMessageBa
 	for _, f := range out.Failed {
 		t.log.Warn("handled message not deleted; it will be received again as a duplicate",
 			"code", aws.ToString(f.Code), "reason", aws.ToString(f.Message))
+	}
+}
+
+// release makes messages that were received but not handled visible
+// again at once; one not released comes back after its visibility timeout.
+func (t *Trigger) release(ctx context.Context, msgs []sqstypes.Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	entries := make([]sqstypes.ChangeMessageVisibilityBatchRequestEntry, len(msgs))
+	for i, m := range msgs {
+		entries[i] = sqstypes.ChangeMessageVisibilityBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle}
+	}
+	if _, err := t.sqs.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{
+		QueueUrl: aws.String(t.cfg.QueueURL), Entries: entries,
+	}); err != nil {
+		t.log.Debug("messages not released; they come back after their visibility timeout", "messages", len(msgs), "err", err)
 	}
 }
 

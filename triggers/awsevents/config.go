@@ -385,7 +385,7 @@ func ParseSeverity(s string) (float64, error) {
 		return v, nil
 	}
 	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || v < 0 || v > 10 {
+	if err != nil || !(v >= 0 && v <= 10) {
 		return 0, fmt.Errorf("%q must be a number from 0 to 10, or low, medium, high or critical", s)
 	}
 	return v, nil

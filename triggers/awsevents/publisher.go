@@ -56,12 +56,12 @@ type Publisher struct {
 // EventBridge client (region and endpoint from cfg.EventBridge, else from
 // cfg; credentials from the SDK's default chain).
 func NewPublisher(cfg Config, bus *orchestrator.Bus, metrics *orchestrator.Metrics, log *slog.Logger) (*Publisher, error) {
+	if !cfg.EventBridge.Enabled {
+		return nil, fmt.Errorf("%s.eventbridge.enabled is false", Section)
+	}
 	cfg = cfg.withDefaults()
 	if err := orchestrator.DecodeSection(Section, nil, &cfg); err != nil {
 		return nil, err
-	}
-	if !cfg.EventBridge.Enabled {
-		return nil, fmt.Errorf("%s.eventbridge.enabled is false", Section)
 	}
 	if bus == nil {
 		return nil, errors.New("awsevents publisher: bus is required")
@@ -79,12 +79,16 @@ func NewPublisher(cfg Config, bus *orchestrator.Bus, metrics *orchestrator.Metri
 	}
 	p := &Publisher{cfg: e, eb: eventbridge.NewFromConfig(awsCfg), bus: bus, log: log.With("component", Component+"-eventbridge"),
 		started: make(chan struct{})}
-	if p.events, err = register(metrics.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "rekey_aws_eventbridge_events_total", Help: "rekey events put on EventBridge by the outcome publisher, by kind and outcome.",
-	}, []string{"kind", "outcome"})); err != nil {
+	if p.events, err = register(metrics.Registry, newEventsCounter()); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+func newEventsCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rekey_aws_eventbridge_events_total", Help: "rekey events put on EventBridge by the outcome publisher, by kind and outcome.",
+	}, []string{"kind", "outcome"})
 }
 
 // Started is closed once the durable consumer exists and pulls.

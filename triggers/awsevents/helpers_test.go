@@ -1,0 +1,351 @@
+package awsevents_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/internal/testutil"
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+	"github.com/rekey-dev/rekey/triggers/awsevents"
+	"github.com/rekey-dev/rekey/triggers/awsevents/kumotest"
+)
+
+// The emulator is started by the first test that needs it and stopped by
+// TestMain, so `go test -run TestParse` needs none. A test that needs it
+// when it cannot be found fails with how to build it.
+var servers kumotest.Servers
+
+func TestMain(m *testing.M) {
+	// The trigger and the publisher take their credentials from the SDK's
+	// default chain, as rekeyd does; the emulator accepts any. Nothing of
+	// the machine's own AWS setup is read.
+	dir, err := os.MkdirTemp("", "awsevents-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for _, k := range []string{"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"} {
+		_ = os.Unsetenv(k)
+	}
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID": "AKIDAWSEVENTSTEST", "AWS_SECRET_ACCESS_KEY": "awsevents-test-secret",
+		"AWS_CONFIG_FILE": empty, "AWS_SHARED_CREDENTIALS_FILE": empty, "AWS_EC2_METADATA_DISABLED": "true",
+	} {
+		_ = os.Setenv(k, v)
+	}
+	code := m.Run()
+	servers.Stop()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const rekeyYAML = `
+tenants:
+  acme:
+    secrets:
+      openai-key: {backend: awssm}
+      db-password: {backend: awssm}
+  globex:
+    secrets:
+      openai-key: {backend: awssm}
+  ops:
+    secrets:
+      pager-key: {backend: local}
+`
+
+const globexARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:globex/openai-key-ZyXwVu"
+
+// resolver is the map-based SecretResolver of the tests: what the awssm
+// backend's configuration answers for its secrets.
+type resolver map[string]schemas.Ref
+
+func (r resolver) Lookup(secretID string) (string, string, bool) {
+	ref, ok := r[secretID]
+	return ref.Tenant, ref.Secret, ok
+}
+
+var secrets = resolver{
+	acmeARN:                {Tenant: "acme", Secret: "openai-key"},
+	"acme/openai-key":      {Tenant: "acme", Secret: "openai-key"},
+	globexARN:              {Tenant: "globex", Secret: "openai-key"},
+	"globex/openai-key":    {Tenant: "globex", Secret: "openai-key"},
+	"not-a-valid/rekey-id": {Tenant: "Acme", Secret: "openai-key"},
+}
+
+// sectionYAML is the triggers.awsevents section of the tests; %s are the
+// queue URL and the emulator's endpoint.
+const sectionYAML = `
+queue_url: %s
+region: us-east-1
+endpoint: %s
+wait_time: 1s
+tenants: [acme, globex]
+audit_tenant: ops
+guardduty:
+  rules:
+    - name: acme-agent-keys
+      tenant: acme
+      access_key_ids: [ASIAEXAMPLEACMEAGENT]
+      principal_ids: [AROAEXAMPLEACMEROLE:i-0123]
+      min_severity: high
+    - name: tenant-tag
+      tag_key: TenantId
+      tenants: [acme, globex]
+      min_severity: medium
+eventbridge:
+  enabled: true
+  bus_name: %s
+`
+
+var n atomic.Int64
+
+func uniq(prefix string) string { return fmt.Sprintf("%s-%d", prefix, n.Add(1)) }
+
+// env is one test's emulator queue and bus, NATS server and bus.
+type env struct {
+	t        *testing.T
+	kumo     *kumotest.Kumo
+	queue    kumotest.Queue
+	ebBus    string
+	nats     *server.Server
+	natsDir  string
+	natsPort int
+	bus      *orchestrator.Bus
+	metrics  *orchestrator.Metrics
+	rekey    *orchestrator.Config
+	cfg      awsevents.Config
+	logs     *testutil.SyncBuffer
+	log      *slog.Logger
+}
+
+// newEnv makes a queue (visibility timeout 1s, dead-letter queue after 3
+// receives) fed by a rule on a new event bus for Secrets Manager events
+// and GuardDuty findings, starts NATS and the streams, and parses the
+// section for them.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	e := &env{t: t, kumo: servers.Kumo(t), ebBus: uniq("bus"), logs: &testutil.SyncBuffer{}, metrics: orchestrator.NewMetrics()}
+	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s\nkumo:\n%s", e.logs.String(), e.kumo.Log())
+		}
+	})
+	var err error
+	e.queue, err = e.kumo.CreateQueue(ctx, uniq("rekey-events"), kumotest.QueueOptions{VisibilityTimeout: time.Second, MaxReceiveCount: 3})
+	require.NoError(t, err)
+	require.NoError(t, e.kumo.RouteToQueue(ctx, e.ebBus, "aws-to-rekey",
+		`{"source":["aws.secretsmanager","aws.guardduty"],"detail-type":["AWS API Call via CloudTrail","AWS Service Event via CloudTrail","GuardDuty Finding"]}`,
+		e.queue.ARN))
+
+	rekey, err := orchestrator.Parse([]byte(rekeyYAML))
+	require.NoError(t, err)
+	e.rekey = &rekey
+	e.cfg, err = awsevents.ParseConfig([]byte(fmt.Sprintf(sectionYAML, e.queue.URL, e.kumo.Endpoint, e.ebBus)), e.rekey)
+	require.NoError(t, err)
+
+	e.natsDir = t.TempDir()
+	e.nats = testutil.StartNATS(t, -1, e.natsDir)
+	e.natsPort = portOf(t, e.nats.ClientURL())
+	e.bus, err = orchestrator.Connect(ctx, e.nats.ClientURL(), "awsevents-test", orchestrator.NATSConfig{}, e.log)
+	require.NoError(t, err)
+	t.Cleanup(e.bus.Close)
+	require.NoError(t, e.bus.EnsureStreams(ctx))
+	return e
+}
+
+func portOf(t *testing.T, url string) int {
+	t.Helper()
+	var port int
+	_, err := fmt.Sscanf(url[strings.LastIndexByte(url, ':')+1:], "%d", &port)
+	require.NoError(t, err)
+	return port
+}
+
+// start runs the trigger until the test ends.
+func (e *env) start() *awsevents.Trigger {
+	e.t.Helper()
+	tr, err := awsevents.New(e.cfg, secrets, e.bus, orchestrator.NewAuditor(e.bus, "test", e.log), e.metrics, e.log)
+	require.NoError(e.t, err)
+	testutil.Run(e.t, tr)
+	return tr
+}
+
+// putEvent puts a fixture's source, detail-type and detail on the test's
+// event bus, to reach the queue through the rule, and returns the event
+// id EventBridge gave it.
+func (e *env) putEvent(body []byte) string {
+	e.t.Helper()
+	var env struct {
+		Source     string          `json:"source"`
+		DetailType string          `json:"detail-type"`
+		Detail     json.RawMessage `json:"detail"`
+	}
+	require.NoError(e.t, json.Unmarshal(body, &env))
+	out, err := e.kumo.EventBridge().PutEvents(context.Background(), &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+		EventBusName: aws.String(e.ebBus), Source: aws.String(env.Source), DetailType: aws.String(env.DetailType),
+		Detail: aws.String(string(env.Detail)),
+	}}})
+	require.NoError(e.t, err)
+	require.Zero(e.t, out.FailedEntryCount)
+	return aws.ToString(out.Entries[0].EventId)
+}
+
+// send puts body on the queue as is (a redelivery, a message no rule
+// would route, garbage).
+func (e *env) send(body string) {
+	e.t.Helper()
+	_, err := e.kumo.SQS().SendMessage(context.Background(), &sqs.SendMessageInput{QueueUrl: aws.String(e.queue.URL), MessageBody: aws.String(body)})
+	require.NoError(e.t, err)
+}
+
+// depth is the queue's visible plus in-flight messages.
+func (e *env) depth() int {
+	e.t.Helper()
+	visible, inFlight, err := e.kumo.Depth(context.Background(), e.queue.URL)
+	require.NoError(e.t, err)
+	return visible + inFlight
+}
+
+// waitHandled waits until the trigger handled n messages in all and the
+// queue is empty.
+func (e *env) waitHandled(n int) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		return e.handled() >= float64(n) && e.depth() == 0
+	}, 30*time.Second, 50*time.Millisecond, "handled %v of %d; %d messages on the queue", e.handled(), n, e.depth())
+}
+
+// count is rekey_aws_messages_total{outcome}.
+func (e *env) count(outcome string) float64 {
+	e.t.Helper()
+	return e.metric("rekey_aws_messages_total", "outcome", outcome)
+}
+
+func (e *env) handled() float64 {
+	total := 0.0
+	for _, o := range []string{awsevents.OutcomePublished, awsevents.OutcomeDuplicate, awsevents.OutcomeRefused,
+		awsevents.OutcomeIgnored, awsevents.OutcomeMalformed, awsevents.OutcomeUnavailable} {
+		total += e.count(o)
+	}
+	return total
+}
+
+// metric returns the value of the first counter of name with the label
+// (any, when label is empty), 0 when absent.
+func (e *env) metric(name, label, value string) float64 {
+	e.t.Helper()
+	families, err := e.metrics.Registry.Gather()
+	require.NoError(e.t, err)
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if label == "" {
+				return m.GetCounter().GetValue()
+			}
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// events returns every message of a stream, decoded, whose subject
+// matches filter ("" for all).
+func (e *env) events(stream, filter string) []schemas.Event {
+	e.t.Helper()
+	ctx := context.Background()
+	s, err := e.bus.JS.Stream(ctx, stream)
+	require.NoError(e.t, err)
+	info, err := s.Info(ctx)
+	require.NoError(e.t, err)
+	var out []schemas.Event
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue // deleted
+		}
+		if filter != "" && !strings.HasSuffix(m.Subject, filter) {
+			continue
+		}
+		ev, err := schemas.Decode(m.Data)
+		require.NoError(e.t, err)
+		require.Equal(e.t, ev.ID, m.Header.Get("Nats-Msg-Id"))
+		out = append(out, ev)
+	}
+	return out
+}
+
+// decoded decodes the data of every event of a stream (matching filter).
+func decoded[T any](e *env, stream, filter, typ string) ([]T, []schemas.Event) {
+	e.t.Helper()
+	evs := e.events(stream, filter)
+	out := make([]T, 0, len(evs))
+	for _, ev := range evs {
+		var v T
+		require.NoError(e.t, ev.DecodeData(typ, &v))
+		out = append(out, v)
+	}
+	return out, evs
+}
+
+func (e *env) rotations() ([]schemas.RotationRequested, []schemas.Event) {
+	return decoded[schemas.RotationRequested](e, schemas.StreamRotate, "", schemas.TypeRotationRequested)
+}
+
+func (e *env) revocations() ([]schemas.RevocationRequested, []schemas.Event) {
+	return decoded[schemas.RevocationRequested](e, schemas.StreamRevoke, "", schemas.TypeRevocationRequested)
+}
+
+func (e *env) changes() ([]schemas.ExternalChange, []schemas.Event) {
+	return decoded[schemas.ExternalChange](e, schemas.StreamEvents, "."+schemas.KindExternalChange, schemas.TypeExternalChange)
+}
+
+func (e *env) audits() []schemas.AuditRecord {
+	recs, _ := decoded[schemas.AuditRecord](e, schemas.StreamAudit, "", schemas.TypeAuditRecord)
+	return recs
+}
+
+// auditsOf returns the audit records of tenant with action.
+func (e *env) auditsOf(tenant, action string) []schemas.AuditRecord {
+	var out []schemas.AuditRecord
+	for _, r := range e.audits() {
+		if r.Tenant == tenant && r.Action == action {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// withSecretID returns a fixture with its secret id replaced.
+func withSecretID(t *testing.T, body []byte, id string) []byte {
+	t.Helper()
+	return []byte(strings.ReplaceAll(string(body), acmeARN, id))
+}
