@@ -233,24 +233,39 @@ func madeByRekey(id string) bool {
 // stagedLabel is the label that keeps version id staged.
 func stagedLabel(id string) string { return stagedLabelPrefix + strings.TrimPrefix(id, versionPrefix) }
 
+// resolve locates ref for the operation verb (on version v, when not
+// nil) and returns the prefix of the operation's errors, e.g.
+// "awssm: finish acme/key (/tenants/acme/key) v<id>".
+func (b *Backend) resolve(verb string, ref handlers.SecretRef, v *handlers.Version) (location, string, error) {
+	on := ""
+	if v != nil {
+		on = " v" + v.ID
+	}
+	loc, err := b.cfg.locate(ref)
+	if err != nil {
+		return location{}, "", fmt.Errorf("awssm: %s %s%s: %w", verb, ref, on, err)
+	}
+	return loc, fmt.Sprintf("awssm: %s %s (%s)%s", verb, ref, loc.name, on), nil
+}
+
 // Current returns the AWSCURRENT version, or an error wrapping
 // handlers.ErrNotFound when the secret or its AWSCURRENT version does not
 // exist.
 func (b *Backend) Current(ctx context.Context, ref handlers.SecretRef) (handlers.Version, error) {
-	loc, err := b.cfg.locate(ref)
+	loc, op, err := b.resolve("current", ref, nil)
 	if err != nil {
-		return handlers.Version{}, fmt.Errorf("awssm: current %s: %w", ref, err)
+		return handlers.Version{}, err
 	}
 	versions, err := b.listVersions(ctx, loc)
 	if err != nil {
-		return handlers.Version{}, fmt.Errorf("awssm: current %s: %w", ref, err)
+		return handlers.Version{}, fmt.Errorf("%s: %w", op, err)
 	}
 	for _, v := range versions {
 		if slices.Contains(v.VersionStages, StageCurrent) {
 			return toVersion(v), nil
 		}
 	}
-	return handlers.Version{}, fmt.Errorf("awssm: current %s: %s has no %s version: %w", ref, loc.name, StageCurrent, handlers.ErrNotFound)
+	return handlers.Version{}, fmt.Errorf("%s: no %s version: %w", op, StageCurrent, handlers.ErrNotFound)
 }
 
 // Staged lists the versions rekey made that are staged (AWSPENDING or its
@@ -259,13 +274,13 @@ func (b *Backend) Current(ctx context.Context, ref handlers.SecretRef) (handlers
 // warning, so that a rotation by Secrets Manager itself is never rolled
 // back.
 func (b *Backend) Staged(ctx context.Context, ref handlers.SecretRef) ([]handlers.Version, error) {
-	loc, err := b.cfg.locate(ref)
+	loc, op, err := b.resolve("staged", ref, nil)
 	if err != nil {
-		return nil, fmt.Errorf("awssm: staged %s: %w", ref, err)
+		return nil, err
 	}
 	versions, err := b.listVersions(ctx, loc)
 	if err != nil {
-		return nil, fmt.Errorf("awssm: staged %s: %w", ref, err)
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	var out []handlers.Version
 	for _, v := range versions {
@@ -303,11 +318,10 @@ func toVersion(v types.SecretVersionsListEntry) handlers.Version {
 // for the two modes). A second call with the same token returns the same
 // version while it is staged or current.
 func (b *Backend) Create(ctx context.Context, ref handlers.SecretRef, token string) (handlers.Version, error) {
-	loc, err := b.cfg.locate(ref)
+	loc, op, err := b.resolve("create", ref, nil)
 	if err != nil {
-		return handlers.Version{}, fmt.Errorf("awssm: create %s: %w", ref, err)
+		return handlers.Version{}, err
 	}
-	op := fmt.Sprintf("awssm: create %s (%s)", ref, loc.name)
 	if token == "" {
 		return handlers.Version{}, fmt.Errorf("%s: empty token: %w", op, handlers.ErrPermanent)
 	}
@@ -408,15 +422,15 @@ func (b *Backend) tidy(ctx context.Context, loc location, ref handlers.SecretRef
 // Set calls the set_url hook of a staged secret, if it has one; without
 // one, and in delegated mode, it does nothing.
 func (b *Backend) Set(ctx context.Context, ref handlers.SecretRef, v handlers.Version) error {
-	loc, err := b.cfg.locate(ref)
+	loc, op, err := b.resolve("set", ref, &v)
 	if err != nil {
-		return fmt.Errorf("awssm: set %s v%s: %w", ref, v.ID, err)
+		return err
 	}
 	if loc.mode == ModeDelegated || loc.setURL == "" {
 		return nil
 	}
 	if err := b.callHook(ctx, handlers.StepSet, loc.setURL, loc, ref, v); err != nil {
-		return fmt.Errorf("awssm: set %s v%s: %w", ref, v.ID, err)
+		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
 }
@@ -425,11 +439,10 @@ func (b *Backend) Set(ctx context.Context, ref handlers.SecretRef, v handlers.Ve
 // otherwise reads the version back and checks that it has a value. In
 // delegated mode the Lambda tests, and Test does nothing.
 func (b *Backend) Test(ctx context.Context, ref handlers.SecretRef, v handlers.Version) error {
-	loc, err := b.cfg.locate(ref)
+	loc, op, err := b.resolve("test", ref, &v)
 	if err != nil {
-		return fmt.Errorf("awssm: test %s v%s: %w", ref, v.ID, err)
+		return err
 	}
-	op := fmt.Sprintf("awssm: test %s (%s) v%s", ref, loc.name, v.ID)
 	switch {
 	case loc.mode == ModeDelegated:
 		return nil
@@ -460,11 +473,10 @@ func (b *Backend) Test(ctx context.Context, ref handlers.SecretRef, v handlers.V
 // delegated mode it waits for the rotation to end. Finishing the current
 // version again is a no-op.
 func (b *Backend) Finish(ctx context.Context, ref handlers.SecretRef, v handlers.Version) error {
-	loc, err := b.cfg.locate(ref)
+	loc, op, err := b.resolve("finish", ref, &v)
 	if err != nil {
-		return fmt.Errorf("awssm: finish %s v%s: %w", ref, v.ID, err)
+		return err
 	}
-	op := fmt.Sprintf("awssm: finish %s (%s) v%s", ref, loc.name, v.ID)
 	if !madeByRekey(v.ID) {
 		return fmt.Errorf("%s: not a version rekey made: %w", op, handlers.ErrNotFound)
 	}
@@ -521,14 +533,13 @@ func (b *Backend) unstage(ctx context.Context, loc location, id string, labels [
 // version without those labels and a version rekey did not make are not
 // an error (nothing is written).
 func (b *Backend) Rollback(ctx context.Context, ref handlers.SecretRef, v handlers.Version) error {
-	loc, err := b.cfg.locate(ref)
+	loc, op, err := b.resolve("rollback", ref, &v)
 	if err != nil {
-		return fmt.Errorf("awssm: rollback %s v%s: %w", ref, v.ID, err)
+		return err
 	}
 	if !madeByRekey(v.ID) {
 		return nil
 	}
-	op := fmt.Sprintf("awssm: rollback %s (%s) v%s", ref, loc.name, v.ID)
 	snap, err := b.describe(ctx, loc)
 	if errors.Is(err, handlers.ErrNotFound) {
 		return nil
@@ -553,9 +564,9 @@ func (b *Backend) Rollback(ctx context.Context, ref handlers.SecretRef, v handle
 // Read returns the AWSCURRENT version and its value (SecretString, or
 // SecretBinary). The caller owns the value and should clear it.
 func (b *Backend) Read(ctx context.Context, ref handlers.SecretRef) (string, []byte, error) {
-	loc, err := b.cfg.locate(ref)
+	loc, op, err := b.resolve("read", ref, nil)
 	if err != nil {
-		return "", nil, fmt.Errorf("awssm: read %s: %w", ref, err)
+		return "", nil, err
 	}
 	var out *secretsmanager.GetSecretValueOutput
 	err = b.read(ctx, func(ctx context.Context) error {
@@ -564,7 +575,7 @@ func (b *Backend) Read(ctx context.Context, ref handlers.SecretRef) (string, []b
 		return err
 	})
 	if err != nil {
-		return "", nil, fmt.Errorf("awssm: read %s (%s): %w", ref, loc.name, classify("get secret value", err))
+		return "", nil, fmt.Errorf("%s: %w", op, classify("get secret value", err))
 	}
 	if out.SecretString != nil {
 		return aws.ToString(out.VersionId), []byte(*out.SecretString), nil
@@ -674,15 +685,7 @@ func (b *Backend) listVersions(ctx context.Context, loc location) ([]types.Secre
 // moveLabel puts label on version to, taking it off from ("" when no
 // version has it).
 func (b *Backend) moveLabel(ctx context.Context, loc location, label, to, from string) error {
-	in := &secretsmanager.UpdateSecretVersionStageInput{SecretId: &loc.name, VersionStage: &label, MoveToVersionId: &to}
-	if from != "" {
-		in.RemoveFromVersionId = &from
-	}
-	err := b.write(ctx, b.writeLimit, func(ctx context.Context) error {
-		_, err := b.api.UpdateSecretVersionStage(ctx, in)
-		return err
-	})
-	if err != nil {
+	if err := b.updateStage(ctx, loc, label, to, from); err != nil {
 		return classify(fmt.Sprintf("move %s to version %s", label, to), err)
 	}
 	return nil
@@ -692,12 +695,7 @@ func (b *Backend) moveLabel(ctx context.Context, loc location, label, to, from s
 // that the version does not have it, a fresh look decides: gone already
 // (a concurrent call) is success.
 func (b *Backend) removeLabel(ctx context.Context, loc location, label, id string) error {
-	err := b.write(ctx, b.writeLimit, func(ctx context.Context) error {
-		_, err := b.api.UpdateSecretVersionStage(ctx, &secretsmanager.UpdateSecretVersionStageInput{
-			SecretId: &loc.name, VersionStage: &label, RemoveFromVersionId: &id,
-		})
-		return err
-	})
+	err := b.updateStage(ctx, loc, label, "", id)
 	var ip *types.InvalidParameterException
 	if errors.As(err, &ip) {
 		if snap, derr := b.describe(ctx, loc); derr == nil && !slices.Contains(snap.stages[id], label) {
@@ -708,6 +706,21 @@ func (b *Backend) removeLabel(ctx context.Context, loc location, label, id strin
 		return classify(fmt.Sprintf("remove %s from version %s", label, id), err)
 	}
 	return nil
+}
+
+// updateStage calls UpdateSecretVersionStage; to and from may be "".
+func (b *Backend) updateStage(ctx context.Context, loc location, label, to, from string) error {
+	in := &secretsmanager.UpdateSecretVersionStageInput{SecretId: &loc.name, VersionStage: &label}
+	if to != "" {
+		in.MoveToVersionId = &to
+	}
+	if from != "" {
+		in.RemoveFromVersionId = &from
+	}
+	return b.write(ctx, b.writeLimit, func(ctx context.Context) error {
+		_, err := b.api.UpdateSecretVersionStage(ctx, in)
+		return err
+	})
 }
 
 // read runs one read call with the call timeout.

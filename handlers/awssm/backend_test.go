@@ -29,9 +29,8 @@ import (
 // real SDK client, then checks that no value it read was logged.
 func TestBackendSuite(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
 	logs := &logBuffer{}
-	b := newBackend(t, s, baseConfig(), logs.logger())
+	s, b := start(t, logs.logger(), nil)
 	rec := &recorder{read: b.Read}
 	t.Cleanup(func() {
 		require.NotEmpty(t, rec.values)
@@ -47,8 +46,7 @@ func TestBackendSuite(t *testing.T) {
 // option, with an api-key generator.
 func TestBackendSuiteNameOption(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	b := newBackend(t, s, baseConfig(), nil)
+	s, b := start(t, nil, nil)
 	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
 		secret := uniq("opt")
 		ref, _ := seedNamed(t, s, "globex", secret, "/tenants/globex/llm/"+secret+"/key")
@@ -64,8 +62,7 @@ func TestBackendSuiteNameOption(t *testing.T) {
 // AWSPREVIOUS, and no AWSPENDING or rekey label is left.
 func TestStagedLayout(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	b := newBackend(t, s, baseConfig(), nil)
+	s, b := start(t, nil, nil)
 	ctx := t.Context()
 	ref, v1 := seed(t, s, "acme", "openai-key")
 	name := "/tenants/acme/openai-key"
@@ -104,9 +101,8 @@ func TestStagedLayout(t *testing.T) {
 // the version.
 func TestForeignPendingNotClobbered(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
 	logs := &logBuffer{}
-	b := newBackend(t, s, baseConfig(), logs.logger())
+	s, b := start(t, logs.logger(), nil)
 	ctx := t.Context()
 	ref, v1 := seed(t, s, "acme", "foreign")
 	name := "/tenants/acme/foreign"
@@ -229,22 +225,22 @@ func TestThrottlingRetried(t *testing.T) {
 	cfg := baseConfig()
 	cfg.Endpoint = s.Endpoint()
 	cfg.Timeout = 30 * time.Second
-	cfg.MaxRetries = 2
+	cfg.MaxRetries = 1 // the SDK's real back-off: up to 2 s before the retry
 	b, err := awssm.New(ctx, cfg, nil)
 	require.NoError(t, err)
 
 	s.ResetCalls()
-	s.Throttle(2)
+	s.Throttle(1)
 	v, err := b.Create(ctx, ref, schemas.NewULID())
-	require.NoError(t, err, "two throttled answers, then success")
-	require.Equal(t, 3, s.Calls("DescribeSecret"))
+	require.NoError(t, err, "a throttled answer, then success")
+	require.Equal(t, 2, s.Calls("DescribeSecret"))
 	require.Equal(t, 1, s.Calls("PutSecretValue"))
 
-	s.Throttle(3)
+	s.Throttle(2)
 	err = b.Finish(ctx, ref, v)
-	require.Error(t, err, "max_retries 2: three throttled answers are too many")
+	require.Error(t, err, "max_retries 1: two throttled answers are too many")
 	require.Contains(t, err.Error(), "ThrottlingException")
-	require.Equal(t, 6, s.Calls("DescribeSecret"), "one attempt and max_retries retries")
+	require.Equal(t, 4, s.Calls("DescribeSecret"), "one attempt and max_retries retries")
 	require.NoError(t, b.Finish(ctx, ref, v))
 }
 
@@ -267,9 +263,8 @@ func (l *countingLimiter) Wait(ctx context.Context) error {
 // stops the call.
 func TestRateLimiter(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
+	s, b := start(t, nil, nil)
 	ctx := t.Context()
-	b := newBackend(t, s, baseConfig(), nil)
 	write, rot := &countingLimiter{}, &countingLimiter{}
 	awssm.SetLimiters(b, write, rot)
 	ref, _ := seed(t, s, "acme", "paced")
@@ -309,10 +304,7 @@ func TestRateLimiter(t *testing.T) {
 // staged; a crashed rotation's version is found by Staged and rolled back.
 func TestOutageMidRotation(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	cfg := baseConfig()
-	cfg.Timeout = 2 * time.Second
-	b := newBackend(t, s, cfg, nil)
+	s, b := start(t, nil, func(c *awssm.Config) { c.Timeout = 2 * time.Second })
 	ctx := t.Context()
 	ref, v1 := seed(t, s, "acme", "outage")
 	name := "/tenants/acme/outage"
@@ -356,8 +348,7 @@ func TestOutageMidRotation(t *testing.T) {
 // ErrPermanent, and every error names the operation and the secret.
 func TestErrors(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	b := newBackend(t, s, baseConfig(), nil)
+	s, b := start(t, nil, nil)
 	ctx := t.Context()
 	missing := handlers.SecretRef{Tenant: "acme", Secret: "missing", Backend: awssm.Name}
 	_, err := b.Current(ctx, missing)
@@ -405,12 +396,11 @@ func (h *hookServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // not read the value itself.
 func TestHooks(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
 	h := &hookServer{}
 	h.status.Store(http.StatusNoContent)
 	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
-	b := newBackend(t, s, baseConfig(), nil)
+	s, b := start(t, nil, nil)
 	ctx := t.Context()
 	ref, _ := seed(t, s, "acme", "hooked")
 	ref.Options = map[string]string{awssm.OptSetURL: hs.URL + "/set?token=hook-credential", awssm.OptTestURL: hs.URL + "/test"}
@@ -439,11 +429,8 @@ func TestHooks(t *testing.T) {
 // and greps the logs and the errors for every value the secret had.
 func TestNoValueInLogsOrErrors(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
 	logs := &logBuffer{}
-	cfg := baseConfig()
-	cfg.Timeout = time.Second
-	b := newBackend(t, s, cfg, logs.logger())
+	s, b := start(t, logs.logger(), func(c *awssm.Config) { c.Timeout = time.Second })
 	ctx := t.Context()
 	ref, _ := seed(t, s, "acme", "leak")
 	var errs []string

@@ -3,7 +3,7 @@ package awssm_test
 import (
 	"testing"
 
-	"github.com/rekey-dev/rekey/handlers/awssm/awssmtest"
+	"github.com/rekey-dev/rekey/handlers/awssm"
 )
 
 // BenchmarkStagedRotation: one whole staged saga (create, set, test,
@@ -14,10 +14,8 @@ import (
 //
 //	go test -run '^$' -bench StagedRotation -benchtime 2000x ./handlers/awssm/
 func BenchmarkStagedRotation(b *testing.B) {
-	s := awssmtest.Start(b)
-	cfg := baseConfig()
-	cfg.WriteTPS = 10000 // the benchmark measures the calls, not the pacing
-	be := newBackend(b, s, cfg, nil)
+	// The benchmark measures the calls, not the pacing.
+	s, be := start(b, nil, func(c *awssm.Config) { c.WriteTPS = 10000 })
 	ref, _ := seed(b, s, "acme", "bench")
 	ctx := b.Context()
 	rotate(b, ctx, be, ref)

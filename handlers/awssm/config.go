@@ -106,33 +106,24 @@ type Config struct {
 
 // Defaults returns c with every unset field filled.
 func (c Config) Defaults() Config {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
 	def(&c.NameTemplate, DefaultNameTemplate)
 	def(&c.TenantPrefix, DefaultTenantPrefix)
 	def(&c.TenantTag, DefaultTenantTag)
-	if c.WriteTPS == 0 {
-		c.WriteTPS = DefaultWriteTPS
-	}
-	if c.RotateTPS == 0 {
-		c.RotateTPS = DefaultRotateTPS
-	}
-	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
-	}
-	if c.DelegatedTimeout == 0 {
-		c.DelegatedTimeout = DefaultDelegatedTimeout
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.MaxRetries == 0 {
-		c.MaxRetries = DefaultMaxRetries
-	}
+	def(&c.WriteTPS, DefaultWriteTPS)
+	def(&c.RotateTPS, DefaultRotateTPS)
+	def(&c.Timeout, DefaultTimeout)
+	def(&c.DelegatedTimeout, DefaultDelegatedTimeout)
+	def(&c.PollInterval, DefaultPollInterval)
+	def(&c.MaxRetries, DefaultMaxRetries)
 	return c
+}
+
+// def sets *p to v when *p is the zero value.
+func def[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
 }
 
 // ParseConfig decodes the backends.awssm section (raw, from
@@ -390,6 +381,7 @@ func checkHookURL(raw string) error {
 // must be the name of a configured awssm secret (a name may itself contain
 // "-"). Partial ARNs (without the suffix) are not matched.
 func (c Config) Lookup(secretID string) (tenant, secret string, ok bool) {
+	c = c.Defaults()
 	name := secretID
 	if strings.HasPrefix(secretID, "arn:") {
 		region, n, ok := parseARN(secretID)

@@ -88,8 +88,10 @@ func (c *changes) watch(key string, since time.Time) (<-chan schemas.ExternalCha
 	}
 }
 
-// errRotationFailed marks the failure that Secrets Manager reported.
-var errRotationFailed = errors.New("rotation by Secrets Manager failed")
+// ErrRotationFailed is wrapped by the error of a delegated Finish whose
+// rotation Secrets Manager reported as failed (a RotationFailed event). It
+// is temporary: the rotator rolls back and retries.
+var ErrRotationFailed = errors.New("rotation by Secrets Manager failed")
 
 // failure returns the error of a failed change that concerns version id.
 func failure(ch schemas.ExternalChange, id string) error {
@@ -100,7 +102,7 @@ func failure(ch schemas.ExternalChange, id string) error {
 	if msg == "" {
 		msg = "no error message"
 	}
-	return fmt.Errorf("%w (%s, event %s): %s", errRotationFailed, ch.Event, ch.EventID, msg)
+	return fmt.Errorf("%w (%s, event %s): %s", ErrRotationFailed, ch.Event, ch.EventID, msg)
 }
 
 // waitRotation waits until v is AWSCURRENT (success), a failure of the
@@ -161,7 +163,9 @@ func (b *Backend) rotationDone(ctx context.Context, loc location, ref handlers.S
 	b.log.InfoContext(ctx, "rotation by Secrets Manager finished", "tenant", ref.Tenant, "secret", ref.Secret, "secret_id", loc.name, "version", v.ID, "request_id", v.Token)
 	if slices.Contains(labels, StagePending) {
 		if err := b.checkTenant(snap, ref); err != nil {
-			return true, nil // promoted by Secrets Manager; rekey writes nothing
+			// Promoted by Secrets Manager; rekey writes nothing.
+			b.log.WarnContext(ctx, "AWSPENDING left on the promoted version", "tenant", ref.Tenant, "secret", ref.Secret, "version", v.ID, "err", err)
+			return true, nil
 		}
 		b.unstageLogged(ctx, loc, ref, v.ID, labels)
 	}

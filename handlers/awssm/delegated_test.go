@@ -25,20 +25,7 @@ func delegatedSecret(t *testing.T, s *awssmtest.Server, secret string) (handlers
 	return ref, name, v1
 }
 
-// finishAsync runs Finish in a goroutine and returns its result channel.
-func finishAsync(ctx context.Context, b *awssm.Backend, ref handlers.SecretRef, v handlers.Version) <-chan error {
-	done := make(chan error, 1)
-	go func() { done <- b.Finish(ctx, ref, v) }()
-	return done
-}
-
-// waitCalls waits until the emulator got more than n calls of op.
-func waitCalls(t *testing.T, s *awssmtest.Server, op string, n int) {
-	t.Helper()
-	require.Eventually(t, func() bool { return s.Calls(op) > n }, 10*time.Second, 5*time.Millisecond, "no %s call", op)
-}
-
-// blockingLambda is the default Lambda, run once release is closed.
+// blockingLambda runs then once release is closed.
 func blockingLambda(release <-chan struct{}, then awssmtest.Lambda) awssmtest.Lambda {
 	return func(ctx context.Context, r awssmtest.RotationRequest) error {
 		select {
@@ -50,75 +37,98 @@ func blockingLambda(release <-chan struct{}, then awssmtest.Lambda) awssmtest.La
 	}
 }
 
+// delegated is a delegated secret whose rotation Lambda runs then once
+// the test lets it.
+type delegated struct {
+	s       *awssmtest.Server
+	b       *awssm.Backend
+	ref     handlers.SecretRef
+	name    string
+	v1      string
+	release chan struct{}
+}
+
+// newDelegated makes the secret; with notify, the emulator's rotation
+// events reach the backend through Notify and polling is too slow to
+// matter.
+func newDelegated(t *testing.T, secret string, then awssmtest.Lambda, notify bool) *delegated {
+	t.Helper()
+	d := &delegated{release: make(chan struct{})}
+	d.s, d.b = start(t, nil, func(c *awssm.Config) {
+		if notify {
+			c.PollInterval = time.Hour
+		}
+	})
+	d.ref, d.name, d.v1 = delegatedSecret(t, d.s, secret)
+	d.s.SetLambda(blockingLambda(d.release, then))
+	if notify {
+		d.s.OnRotation(func(ev awssmtest.RotationEvent) { d.b.Notify(change(d.ref, ev)) })
+	}
+	return d
+}
+
+// finish runs Finish, lets the Lambda run once Finish has described the
+// secret polls times, and returns Finish's result.
+func (d *delegated) finish(t *testing.T, v handlers.Version, polls int) error {
+	t.Helper()
+	described := d.s.Calls("DescribeSecret")
+	done := make(chan error, 1)
+	go func() { done <- d.b.Finish(t.Context(), d.ref, v) }()
+	require.Eventually(t, func() bool { return d.s.Calls("DescribeSecret") >= described+polls }, 10*time.Second, 5*time.Millisecond, "Finish did not describe the secret")
+	close(d.release)
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("Finish did not return after the rotation ended")
+		return nil
+	}
+}
+
 // TestDelegatedPolling: Create starts the rotation with RotateSecret, Set
 // and Test do nothing, and Finish sees the new version AWSCURRENT by
 // describing the secret every poll_interval.
 func TestDelegatedPolling(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	b := newBackend(t, s, baseConfig(), nil)
+	d := newDelegated(t, "lambda-polled", awssmtest.DefaultLambda, false)
 	ctx := t.Context()
-	ref, name, v1 := delegatedSecret(t, s, "lambda-polled")
-	release := make(chan struct{})
-	s.SetLambda(blockingLambda(release, awssmtest.DefaultLambda))
-	s.ResetCalls()
+	d.s.ResetCalls()
 
 	tok := schemas.NewULID() + "-1-1"
-	v, err := b.Create(ctx, ref, tok)
+	v, err := d.b.Create(ctx, d.ref, tok)
 	require.NoError(t, err)
 	require.Equal(t, awssm.VersionID(tok), v.ID)
-	require.Equal(t, 1, s.Calls("RotateSecret"))
-	again, err := b.Create(ctx, ref, tok)
+	require.Equal(t, 1, d.s.Calls("RotateSecret"))
+	again, err := d.b.Create(ctx, d.ref, tok)
 	require.NoError(t, err, "a retried Create while the rotation runs")
 	require.Equal(t, v.ID, again.ID)
-	require.NoError(t, b.Set(ctx, ref, v))
-	require.NoError(t, b.Test(ctx, ref, v))
-	require.Zero(t, s.Calls("PutSecretValue")+s.Calls("GetSecretValue"), "rekey neither writes nor reads the value")
+	require.NoError(t, d.b.Set(ctx, d.ref, v))
+	require.NoError(t, d.b.Test(ctx, d.ref, v))
+	require.Zero(t, d.s.Calls("PutSecretValue")+d.s.Calls("GetSecretValue"), "rekey neither writes nor reads the value")
 
-	done := finishAsync(ctx, b, ref, v)
-	waitCalls(t, s, "DescribeSecret", s.Calls("DescribeSecret")+2) // polling
-	close(release)
-	require.NoError(t, <-done)
-	require.Equal(t, map[string][]string{v1: {"AWSPREVIOUS"}, v.ID: {"AWSCURRENT"}}, s.Stages(name))
-	cur, err := b.Current(ctx, ref)
+	require.NoError(t, d.finish(t, v, 3))
+	require.Equal(t, map[string][]string{d.v1: {"AWSPREVIOUS"}, v.ID: {"AWSCURRENT"}}, d.s.Stages(d.name))
+	cur, err := d.b.Current(ctx, d.ref)
 	require.NoError(t, err)
 	require.Equal(t, v.ID, cur.ID)
-	require.NoError(t, b.Finish(ctx, ref, v), "Finish again")
+	require.NoError(t, d.b.Finish(ctx, d.ref, v), "Finish again")
 }
 
 // TestDelegatedNotify: with polling too slow to matter, Finish returns
-// when Notify passes the RotationSucceeded event.
+// when Notify passes the RotationSucceeded event; changes to other secrets
+// and backends do not wake it.
 func TestDelegatedNotify(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	cfg := baseConfig()
-	cfg.PollInterval = time.Hour
-	b := newBackend(t, s, cfg, nil)
-	ctx := t.Context()
-	ref, name, v1 := delegatedSecret(t, s, "lambda-notified")
-	release := make(chan struct{})
-	s.SetLambda(blockingLambda(release, awssmtest.DefaultLambda))
-	s.OnRotation(func(ev awssmtest.RotationEvent) { b.Notify(change(ref, ev)) })
-
-	v, err := b.Create(ctx, ref, schemas.NewULID())
+	d := newDelegated(t, "lambda-notified", awssmtest.DefaultLambda, true)
+	v, err := d.b.Create(t.Context(), d.ref, schemas.NewULID())
 	require.NoError(t, err)
-	described := s.Calls("DescribeSecret")
-	done := finishAsync(ctx, b, ref, v)
-	waitCalls(t, s, "DescribeSecret", described) // Finish looked once and waits
-	// Changes to other secrets and backends do not wake it.
-	other := change(handlers.SecretRef{Tenant: "acme", Secret: "other"}, awssmtest.RotationEvent{Event: awssmtest.EventRotationFailed, Error: "not ours"})
-	b.Notify(other)
-	vaultChange := change(ref, awssmtest.RotationEvent{Event: awssmtest.EventRotationFailed, Error: "not ours"})
+	notOurs := awssmtest.RotationEvent{Event: awssmtest.EventRotationFailed, Error: "not ours"}
+	d.b.Notify(change(handlers.SecretRef{Tenant: "acme", Secret: "other"}, notOurs))
+	vaultChange := change(d.ref, notOurs)
 	vaultChange.Backend = "vault"
-	b.Notify(vaultChange)
-	close(release)
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Finish did not return after the RotationSucceeded event")
-	}
-	require.Equal(t, map[string][]string{v1: {"AWSPREVIOUS"}, v.ID: {"AWSCURRENT"}}, s.Stages(name))
+	d.b.Notify(vaultChange)
+	require.NoError(t, d.finish(t, v, 1))
+	require.Equal(t, map[string][]string{d.v1: {"AWSPREVIOUS"}, v.ID: {"AWSCURRENT"}}, d.s.Stages(d.name))
 }
 
 // TestDelegatedNotifyFailed: a RotationFailed event fails Finish with the
@@ -126,29 +136,16 @@ func TestDelegatedNotify(t *testing.T) {
 // version, and the next rotation can start.
 func TestDelegatedNotifyFailed(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	cfg := baseConfig()
-	cfg.PollInterval = time.Hour
-	b := newBackend(t, s, cfg, nil)
-	ctx := t.Context()
-	ref, name, v1 := delegatedSecret(t, s, "lambda-failed")
-	release := make(chan struct{})
-	s.SetLambda(blockingLambda(release, awssmtest.FailingLambda("setSecret: the database refused the new password")))
-	s.OnRotation(func(ev awssmtest.RotationEvent) { b.Notify(change(ref, ev)) })
-
+	d := newDelegated(t, "lambda-failed", awssmtest.FailingLambda("setSecret: the database refused the new password"), true)
+	s, b, ref, ctx := d.s, d.b, d.ref, t.Context()
 	v, err := b.Create(ctx, ref, schemas.NewULID())
 	require.NoError(t, err)
-	done := finishAsync(ctx, b, ref, v)
-	close(release)
-	select {
-	case err = <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Finish did not return after the RotationFailed event")
-	}
+	err = d.finish(t, v, 1)
 	require.ErrorContains(t, err, "setSecret: the database refused the new password")
 	require.ErrorContains(t, err, "RotationFailed")
+	require.ErrorIs(t, err, awssm.ErrRotationFailed)
 	require.NotErrorIs(t, err, handlers.ErrPermanent)
-	require.Equal(t, map[string][]string{v1: {"AWSCURRENT"}, v.ID: {"AWSPENDING"}}, s.Stages(name))
+	require.Equal(t, map[string][]string{d.v1: {"AWSCURRENT"}, v.ID: {"AWSPENDING"}}, s.Stages(d.name))
 
 	staged, err := b.Staged(ctx, ref)
 	require.NoError(t, err)
@@ -156,7 +153,7 @@ func TestDelegatedNotifyFailed(t *testing.T) {
 	require.Equal(t, v.ID, staged[0].ID)
 	require.Equal(t, v.Token, staged[0].Token)
 	require.NoError(t, b.Rollback(ctx, ref, v))
-	require.Equal(t, map[string][]string{v1: {"AWSCURRENT"}}, s.Stages(name))
+	require.Equal(t, map[string][]string{d.v1: {"AWSCURRENT"}}, s.Stages(d.name))
 
 	// A Finish that starts after the event arrived fails as well.
 	s.SetLambda(awssmtest.FailingLambda("still refused"))
@@ -170,17 +167,15 @@ func TestDelegatedNotifyFailed(t *testing.T) {
 	v3, err := b.Create(ctx, ref, schemas.NewULID())
 	require.NoError(t, err)
 	require.NoError(t, b.Finish(ctx, ref, v3))
-	require.Equal(t, map[string][]string{v1: {"AWSPREVIOUS"}, v3.ID: {"AWSCURRENT"}}, s.Stages(name))
+	require.Equal(t, map[string][]string{d.v1: {"AWSPREVIOUS"}, v3.ID: {"AWSCURRENT"}}, s.Stages(d.name))
 }
 
 // TestDelegatedTimeout: a rotation that does not end within
 // delegated_timeout fails Finish.
 func TestDelegatedTimeout(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	cfg := baseConfig()
-	cfg.DelegatedTimeout = 300 * time.Millisecond
-	b := newBackend(t, s, cfg, nil)
+	s, b := start(t, nil, func(c *awssm.Config) { c.DelegatedTimeout = 300 * time.Millisecond })
+	cfg := b.Config()
 	ctx := t.Context()
 	ref, name, v1 := delegatedSecret(t, s, "lambda-stuck")
 	s.SetLambda(blockingLambda(make(chan struct{}), awssmtest.DefaultLambda)) // never released
@@ -205,8 +200,7 @@ func TestDelegatedTimeout(t *testing.T) {
 // its own schedule blocks rekey's with a retryable error.
 func TestDelegatedForeignPending(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	b := newBackend(t, s, baseConfig(), nil)
+	s, b := start(t, nil, nil)
 	ctx := t.Context()
 	ref, name, _ := delegatedSecret(t, s, "lambda-scheduled")
 	s.SetLambda(awssmtest.FailingLambda("scheduled rotation failed"))

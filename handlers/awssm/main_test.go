@@ -36,6 +36,18 @@ func newBackend(t testing.TB, s *awssmtest.Server, cfg awssm.Config, log *slog.L
 	return b
 }
 
+// start starts an emulator and a backend on it, with baseConfig changed
+// by mutate (when not nil), logging to log (nil: nowhere).
+func start(t testing.TB, log *slog.Logger, mutate func(*awssm.Config)) (*awssmtest.Server, *awssm.Backend) {
+	t.Helper()
+	s := awssmtest.Start(t)
+	cfg := baseConfig()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return s, newBackend(t, s, cfg, log)
+}
+
 var uniqN atomic.Int64
 
 // uniq makes a secret id no other test uses.

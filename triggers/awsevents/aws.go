@@ -71,28 +71,14 @@ func register[C prometheus.Collector](reg *prometheus.Registry, c C) (C, error) 
 	return c, nil
 }
 
-// sleep waits d or until ctx ends; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-tm.C:
-		return true
-	}
+// pause waits d, or less when ctx ends first.
+func pause(ctx context.Context, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	<-ctx.Done()
 }
 
-// backoff doubles from 500ms to 30s.
-type backoff struct{ d time.Duration }
-
-func (b *backoff) next() time.Duration {
-	if b.d == 0 {
-		b.d = 500 * time.Millisecond
-	} else {
-		b.d = min(2*b.d, 30*time.Second)
-	}
-	return b.d
+// nextDelay is the retry delay after d: 500ms at first, doubling up to 30s.
+func nextDelay(d time.Duration) time.Duration {
+	return min(max(2*d, 500*time.Millisecond), 30*time.Second)
 }
-
-func (b *backoff) reset() { b.d = 0 }

@@ -159,38 +159,30 @@ func (t *Trigger) Run(ctx context.Context) error {
 			sqstypes.MessageSystemAttributeNameApproximateReceiveCount,
 		},
 	}
-	var retry backoff
+	var delay time.Duration // the retry delay; 0 while all goes well
+	retry := func(msg string, args ...any) {
+		delay = nextDelay(delay)
+		t.log.Warn(msg, append(args, "retry_in", delay)...)
+		pause(ctx, delay)
+	}
 	for ctx.Err() == nil {
 		// Receive nothing while NATS is away: every receive counts toward
 		// the queue's maxReceiveCount, and good messages must not end up in
 		// the dead-letter queue because of an outage here.
 		if !t.bus.NC.IsConnected() {
-			d := retry.next()
-			t.log.Warn("NATS not connected; not receiving", "retry_in", d)
-			sleep(ctx, d)
+			retry("NATS not connected; not receiving")
 			continue
 		}
 		out, err := t.sqs.ReceiveMessage(ctx, in)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			d := retry.next()
-			t.log.Warn("receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "retry_in", d, "err", err)
-			sleep(ctx, d)
-			continue
+		switch {
+		case ctx.Err() != nil:
+		case err != nil:
+			retry("receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "err", err)
+		case t.handleBatch(ctx, out.Messages):
+			delay = 0
+		default:
+			retry("NATS unavailable; messages left on the queue")
 		}
-		if len(out.Messages) == 0 {
-			retry.reset()
-			continue
-		}
-		if t.handleBatch(ctx, out.Messages) {
-			retry.reset()
-			continue
-		}
-		d := retry.next()
-		t.log.Warn("NATS unavailable; messages left on the queue", "retry_in", d)
-		sleep(ctx, d)
 	}
 	t.log.Info("AWS trigger stopped")
 	return nil
@@ -267,13 +259,14 @@ func (t *Trigger) delete(ctx context.Context, msgs []sqstypes.Message) {
 	if len(msgs) == 0 {
 		return
 	}
-	entries := make([]sqstypes.DeleteMessageBatchRequestEntry, len(msgs))
-	for i, m := range msgs {
-		entries[i] = sqstypes.DeleteMessageBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle}
-	}
-	out, err := t.sqs.DeleteMessageBatch(ctx, &sqs.DeleteMessageBatchInput{QueueUrl: aws.String(t.cfg.QueueURL), Entries: entries})
+	out, err := t.sqs.DeleteMessageBatch(ctx, &sqs.DeleteMessageBatchInput{
+		QueueUrl: aws.String(t.cfg.QueueURL),
+		Entries: batch(msgs, func(id, handle *string) sqstypes.DeleteMessageBatchRequestEntry {
+			return sqstypes.DeleteMessageBatchRequestEntry{Id: id, ReceiptHandle: handle}
+		}),
+	})
 	if err != nil {
-		t.log.Warn("handled messages not deleted; they will be received again as duplicates", "messages", len(entries), "err", err)
+		t.log.Warn("handled messages not deleted; they will be received again as duplicates", "messages", len(msgs), "err", err)
 		return
 	}
 	for _, f := range out.Failed {
@@ -288,15 +281,23 @@ func (t *Trigger) release(ctx context.Context, msgs []sqstypes.Message) {
 	if len(msgs) == 0 {
 		return
 	}
-	entries := make([]sqstypes.ChangeMessageVisibilityBatchRequestEntry, len(msgs))
-	for i, m := range msgs {
-		entries[i] = sqstypes.ChangeMessageVisibilityBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: m.ReceiptHandle}
-	}
 	if _, err := t.sqs.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{
-		QueueUrl: aws.String(t.cfg.QueueURL), Entries: entries,
+		QueueUrl: aws.String(t.cfg.QueueURL),
+		Entries: batch(msgs, func(id, handle *string) sqstypes.ChangeMessageVisibilityBatchRequestEntry {
+			return sqstypes.ChangeMessageVisibilityBatchRequestEntry{Id: id, ReceiptHandle: handle} // VisibilityTimeout 0
+		}),
 	}); err != nil {
 		t.log.Debug("messages not released; they come back after their visibility timeout", "messages", len(msgs), "err", err)
 	}
+}
+
+// batch makes the entries of a batch call, one per message.
+func batch[E any](msgs []sqstypes.Message, entry func(id, receiptHandle *string) E) []E {
+	out := make([]E, len(msgs))
+	for i, m := range msgs {
+		out[i] = entry(aws.String(strconv.Itoa(i)), m.ReceiptHandle)
+	}
+	return out
 }
 
 // delivery is one received message and what the audit trail says of it.

@@ -13,13 +13,6 @@ import (
 	"github.com/rekey-dev/rekey/triggers/awsevents"
 )
 
-func rekeyConfig(t *testing.T) *orchestrator.Config {
-	t.Helper()
-	c, err := orchestrator.Parse([]byte(rekeyYAML))
-	require.NoError(t, err)
-	return &c
-}
-
 const queueURL = "https://sqs.eu-west-1.amazonaws.com/123456789012/rekey-events"
 
 func TestParseConfig(t *testing.T) {

@@ -3,6 +3,7 @@ package awsevents_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -17,6 +18,7 @@ import (
 	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/internal/testutil"
@@ -60,19 +62,22 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// rekeyYAML has the tenants of the tests; ops receives the audit records
+// of messages that name no tenant.
 const rekeyYAML = `
 tenants:
-  acme:
-    secrets:
-      openai-key: {backend: awssm}
-      db-password: {backend: awssm}
-  globex:
-    secrets:
-      openai-key: {backend: awssm}
-  ops:
-    secrets:
-      pager-key: {backend: local}
+  acme: {secrets: {openai-key: {backend: awssm}, db-password: {backend: awssm}}}
+  globex: {secrets: {openai-key: {backend: awssm}}}
+  ops: {secrets: {pager-key: {backend: local}}}
 `
+
+// rekeyConfig parses rekeyYAML.
+func rekeyConfig(t testing.TB) *orchestrator.Config {
+	t.Helper()
+	c, err := orchestrator.Parse([]byte(rekeyYAML))
+	require.NoError(t, err)
+	return &c
+}
 
 const globexARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:globex/openai-key-ZyXwVu"
 
@@ -160,9 +165,7 @@ func newEnv(t *testing.T) *env {
 		`{"source":["aws.secretsmanager","aws.guardduty"],"detail-type":["AWS API Call via CloudTrail","AWS Service Event via CloudTrail","GuardDuty Finding"]}`,
 		e.queue.ARN))
 
-	rekey, err := orchestrator.Parse([]byte(rekeyYAML))
-	require.NoError(t, err)
-	e.rekey = &rekey
+	e.rekey = rekeyConfig(t)
 	e.cfg, err = awsevents.ParseConfig([]byte(fmt.Sprintf(sectionYAML, e.queue.URL, e.kumo.Endpoint, e.ebBus)), e.rekey)
 	require.NoError(t, err)
 
@@ -277,30 +280,30 @@ func (e *env) metric(name, label, value string) float64 {
 	return 0
 }
 
-// events returns every message of a stream, decoded, whose subject
-// matches filter ("" for all).
+// events reads a stream (the subjects matching filter; all when it is
+// empty) message by message, without consuming the work queues, and
+// decodes every event.
 func (e *env) events(stream, filter string) []schemas.Event {
 	e.t.Helper()
 	ctx := context.Background()
 	s, err := e.bus.JS.Stream(ctx, stream)
 	require.NoError(e.t, err)
-	info, err := s.Info(ctx)
-	require.NoError(e.t, err)
+	if filter == "" {
+		filter = ">"
+	}
 	var out []schemas.Event
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			continue // deleted
+	for next := uint64(1); ; {
+		m, err := s.GetMsg(ctx, next, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out
 		}
-		if filter != "" && !strings.HasSuffix(m.Subject, filter) {
-			continue
-		}
+		require.NoError(e.t, err)
 		ev, err := schemas.Decode(m.Data)
 		require.NoError(e.t, err)
-		require.Equal(e.t, ev.ID, m.Header.Get("Nats-Msg-Id"))
+		require.Equal(e.t, ev.ID, m.Header.Get("Nats-Msg-Id"), "the event id is JetStream's message id")
 		out = append(out, ev)
+		next = m.Sequence + 1
 	}
-	return out
 }
 
 // decoded decodes the data of every event of a stream (matching filter).
@@ -325,7 +328,7 @@ func (e *env) revocations() ([]schemas.RevocationRequested, []schemas.Event) {
 }
 
 func (e *env) changes() ([]schemas.ExternalChange, []schemas.Event) {
-	return decoded[schemas.ExternalChange](e, schemas.StreamEvents, "."+schemas.KindExternalChange, schemas.TypeExternalChange)
+	return decoded[schemas.ExternalChange](e, schemas.StreamEvents, schemas.EventsSubject("*", schemas.KindExternalChange), schemas.TypeExternalChange)
 }
 
 func (e *env) audits() []schemas.AuditRecord {

@@ -43,6 +43,16 @@ func TestConformanceAWS(t *testing.T) {
 	awssmtest.Conformance(t, secretsmanager.NewFromConfig(cfg), prefix)
 }
 
+// startWith starts an emulator holding one secret, name, and returns a
+// client for it.
+func startWith(t *testing.T, name string) (*awssmtest.Server, *secretsmanager.Client) {
+	t.Helper()
+	s := awssmtest.Start(t)
+	c := s.Client(t)
+	create(t, c, name)
+	return s, c
+}
+
 func create(t *testing.T, c *secretsmanager.Client, name string) *secretsmanager.CreateSecretOutput {
 	t.Helper()
 	out, err := c.CreateSecret(t.Context(), &secretsmanager.CreateSecretInput{Name: aws.String(name), SecretString: aws.String("v1-" + rand.Text())})
@@ -54,9 +64,7 @@ func create(t *testing.T, c *secretsmanager.Client, name string) *secretsmanager
 // returned, and calls are counted per operation, faulted ones included.
 func TestFaults(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	c := s.Client(t)
-	create(t, c, "faults")
+	s, c := startWith(t, "faults")
 	s.ResetCalls()
 
 	s.Throttle(2)
@@ -86,9 +94,7 @@ func TestFaults(t *testing.T) {
 // with the same state, after Restart.
 func TestStopRestart(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	c := s.Client(t)
-	create(t, c, "outage")
+	s, c := startWith(t, "outage")
 	s.Stop()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
@@ -161,9 +167,7 @@ func TestRotateSecret(t *testing.T) {
 // KeepDeprecated, then the oldest are dropped.
 func TestDeprecatedVersionsPruned(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	c := s.Client(t)
-	create(t, c, "pruned")
+	_, c := startWith(t, "pruned")
 	for range awssmtest.KeepDeprecated + 5 {
 		_, err := c.PutSecretValue(t.Context(), &secretsmanager.PutSecretValueInput{SecretId: aws.String("pruned"), SecretString: aws.String(rand.Text())})
 		require.NoError(t, err)
@@ -177,10 +181,8 @@ func TestDeprecatedVersionsPruned(t *testing.T) {
 // writes but can be described and restored.
 func TestScheduledDeletion(t *testing.T) {
 	t.Parallel()
-	s := awssmtest.Start(t)
-	c := s.Client(t)
+	_, c := startWith(t, "scheduled")
 	ctx := t.Context()
-	create(t, c, "scheduled")
 	_, err := c.DeleteSecret(ctx, &secretsmanager.DeleteSecretInput{SecretId: aws.String("scheduled"), RecoveryWindowInDays: aws.Int64(7)})
 	require.NoError(t, err)
 	_, err = c.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: aws.String("scheduled")})

@@ -207,6 +207,16 @@ func checkLabels(labels []string) *apiError {
 	return nil
 }
 
+// firstError returns the first non-nil error.
+func firstError(errs ...*apiError) *apiError {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
 func checkTags(tags []tagIn) ([]tag, *apiError) {
 	out := make([]tag, 0, len(tags))
 	for _, t := range tags {
@@ -293,6 +303,27 @@ type secretRef struct {
 
 func (sec *secret) ref() secretRef { return secretRef{ARN: sec.arn, Name: sec.name} }
 
+// secretInfo is what DescribeSecret and ListSecrets both tell of a secret.
+type secretInfo struct {
+	secretRef
+	Description       string `json:",omitempty"`
+	Tags              []tag  `json:",omitempty"`
+	CreatedDate       *epoch `json:",omitempty"`
+	LastChangedDate   *epoch `json:",omitempty"`
+	LastRotatedDate   *epoch `json:",omitempty"`
+	DeletedDate       *epoch `json:",omitempty"`
+	RotationEnabled   bool   `json:",omitempty"`
+	RotationLambdaARN string `json:",omitempty"`
+}
+
+func (sec *secret) info() secretInfo {
+	return secretInfo{
+		secretRef: sec.ref(), Description: sec.description, Tags: slices.Clone(sec.tags),
+		CreatedDate: ts(sec.created), LastChangedDate: ts(sec.changed), LastRotatedDate: ts(sec.rotated), DeletedDate: ts(sec.deleted),
+		RotationEnabled: sec.rotationEnabled, RotationLambdaARN: sec.rotationLambda,
+	}
+}
+
 func opCreateSecret(s *Server, body []byte) (any, *apiError) {
 	var in struct {
 		Name               *string
@@ -359,232 +390,203 @@ func opCreateSecret(s *Server, body []byte) (any, *apiError) {
 	return out, nil
 }
 
-func opDescribeSecret(s *Server, body []byte) (any, *apiError) {
-	var in struct{ SecretId *string }
-	if err := decode(body, &in); err != nil {
+// secretID is the member every input of an operation on one secret has.
+type secretID struct{ SecretId *string }
+
+func (i *secretID) id() *string { return i.SecretId }
+
+// onSecret runs an operation on one secret: it decodes body into in,
+// checks the input with check (nil: none), then runs fn on the secret
+// under the lock. A secret scheduled for deletion is refused unless
+// allowDeleted.
+func onSecret(s *Server, body []byte, in interface{ id() *string }, allowDeleted bool, check func() *apiError, fn func(sec *secret) (any, *apiError)) (any, *apiError) {
+	if err := decode(body, in); err != nil {
 		return nil, err
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return nil, err
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, true)
+	sec, err := s.get(in.id(), allowDeleted)
 	if err != nil {
 		return nil, err
 	}
-	type rules struct {
-		AutomaticallyAfterDays *int64 `json:",omitempty"`
-	}
-	out := struct {
-		secretRef
-		Description        string              `json:",omitempty"`
-		Tags               []tag               `json:",omitempty"`
-		VersionIdsToStages map[string][]string `json:",omitempty"`
-		CreatedDate        *epoch              `json:",omitempty"`
-		LastChangedDate    *epoch              `json:",omitempty"`
-		LastRotatedDate    *epoch              `json:",omitempty"`
-		DeletedDate        *epoch              `json:",omitempty"`
-		RotationEnabled    bool                `json:",omitempty"`
-		RotationLambdaARN  string              `json:",omitempty"`
-		RotationRules      *rules              `json:",omitempty"`
-	}{
-		secretRef: sec.ref(), Description: sec.description, Tags: slices.Clone(sec.tags),
-		VersionIdsToStages: sec.versionsToStages(), CreatedDate: ts(sec.created), LastChangedDate: ts(sec.changed),
-		LastRotatedDate: ts(sec.rotated), DeletedDate: ts(sec.deleted),
-		RotationEnabled: sec.rotationEnabled, RotationLambdaARN: sec.rotationLambda,
-	}
-	if sec.rotationDays != nil {
-		out.RotationRules = &rules{AutomaticallyAfterDays: sec.rotationDays}
-	}
-	return out, nil
+	return fn(sec)
+}
+
+func opDescribeSecret(s *Server, body []byte) (any, *apiError) {
+	in := &struct{ secretID }{}
+	return onSecret(s, body, in, true, nil, func(sec *secret) (any, *apiError) {
+		type rules struct {
+			AutomaticallyAfterDays *int64 `json:",omitempty"`
+		}
+		out := struct {
+			secretInfo
+			VersionIdsToStages map[string][]string `json:",omitempty"`
+			RotationRules      *rules              `json:",omitempty"`
+		}{secretInfo: sec.info(), VersionIdsToStages: sec.versionsToStages()}
+		if sec.rotationDays != nil {
+			out.RotationRules = &rules{AutomaticallyAfterDays: sec.rotationDays}
+		}
+		return out, nil
+	})
 }
 
 func opGetSecretValue(s *Server, body []byte) (any, *apiError) {
-	var in struct {
-		SecretId     *string
+	in := &struct {
+		secretID
 		VersionId    *string
 		VersionStage *string
-	}
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, false)
-	if err != nil {
-		return nil, err
-	}
-	var v *version
-	switch {
-	case in.VersionId != nil:
-		v = sec.versions[*in.VersionId]
-		if v == nil {
-			return nil, errorf(CodeResourceNotFound, "Secrets Manager can't find the specified secret value for VersionId: %s", *in.VersionId)
+	}{}
+	return onSecret(s, body, in, false, nil, func(sec *secret) (any, *apiError) {
+		var v *version
+		switch {
+		case in.VersionId != nil:
+			v = sec.versions[*in.VersionId]
+			if v == nil {
+				return nil, errorf(CodeResourceNotFound, "Secrets Manager can't find the specified secret value for VersionId: %s", *in.VersionId)
+			}
+			if in.VersionStage != nil && !v.has(*in.VersionStage) {
+				return nil, errorf(CodeResourceNotFound, "Secrets Manager can't find the specified secret value for VersionId: %s and staging label: %s", *in.VersionId, *in.VersionStage)
+			}
+		default:
+			stage := StageCurrent
+			if in.VersionStage != nil {
+				stage = *in.VersionStage
+			}
+			v = sec.holder(stage)
+			if v == nil {
+				return nil, errorf(CodeResourceNotFound, "Secrets Manager can't find the specified secret value for staging label: %s", stage)
+			}
 		}
-		if in.VersionStage != nil && !v.has(*in.VersionStage) {
-			return nil, errorf(CodeResourceNotFound, "Secrets Manager can't find the specified secret value for VersionId: %s and staging label: %s", *in.VersionId, *in.VersionStage)
-		}
-	default:
-		stage := StageCurrent
-		if in.VersionStage != nil {
-			stage = *in.VersionStage
-		}
-		v = sec.holder(stage)
-		if v == nil {
-			return nil, errorf(CodeResourceNotFound, "Secrets Manager can't find the specified secret value for staging label: %s", stage)
-		}
-	}
-	return struct {
-		secretRef
-		VersionId     string
-		VersionStages []string
-		SecretString  *string `json:",omitempty"`
-		SecretBinary  []byte  `json:",omitempty"`
-		CreatedDate   *epoch
-	}{sec.ref(), v.id, slices.Clone(v.stages), v.str, v.bin, ts(v.created)}, nil
+		return struct {
+			secretRef
+			VersionId     string
+			VersionStages []string
+			SecretString  *string `json:",omitempty"`
+			SecretBinary  []byte  `json:",omitempty"`
+			CreatedDate   *epoch
+		}{sec.ref(), v.id, slices.Clone(v.stages), v.str, v.bin, ts(v.created)}, nil
+	})
 }
 
 func opPutSecretValue(s *Server, body []byte) (any, *apiError) {
-	var in struct {
-		SecretId           *string
+	in := &struct {
+		secretID
 		ClientRequestToken *string
 		SecretString       *string
 		SecretBinary       []byte
 		VersionStages      []string
+	}{}
+	check := func() *apiError {
+		if in.VersionStages == nil {
+			in.VersionStages = []string{StageCurrent}
+		}
+		return firstError(checkToken(in.ClientRequestToken), checkValue(in.SecretString, in.SecretBinary, true), checkLabels(in.VersionStages))
 	}
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	if err := checkToken(in.ClientRequestToken); err != nil {
-		return nil, err
-	}
-	if err := checkValue(in.SecretString, in.SecretBinary, true); err != nil {
-		return nil, err
-	}
-	stages := in.VersionStages
-	if stages == nil {
-		stages = []string{StageCurrent}
-	}
-	if err := checkLabels(stages); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, false)
-	if err != nil {
-		return nil, err
-	}
-	id := deref(in.ClientRequestToken)
-	if id == "" {
-		id = newUUID()
-	}
-	type output struct {
-		secretRef
-		VersionId     string
-		VersionStages []string
-	}
-	if v := sec.versions[id]; v != nil {
-		if !v.sameValue(in.SecretString, in.SecretBinary) {
+	return onSecret(s, body, in, false, check, func(sec *secret) (any, *apiError) {
+		id := deref(in.ClientRequestToken)
+		if id == "" {
+			id = newUUID()
+		}
+		v := sec.versions[id]
+		switch {
+		case v == nil:
+			v = sec.addVersion(id, in.SecretString, in.SecretBinary, in.VersionStages, time.Now())
+		case !v.sameValue(in.SecretString, in.SecretBinary):
 			return nil, errorf(CodeResourceExists, "You can't modify an existing version, you can only create a new version.")
 		}
-		return output{sec.ref(), v.id, slices.Clone(v.stages)}, nil
-	}
-	v := sec.addVersion(id, in.SecretString, in.SecretBinary, stages, time.Now())
-	return output{sec.ref(), v.id, slices.Clone(v.stages)}, nil
+		return struct {
+			secretRef
+			VersionId     string
+			VersionStages []string
+		}{sec.ref(), v.id, slices.Clone(v.stages)}, nil
+	})
 }
 
 func opUpdateSecretVersionStage(s *Server, body []byte) (any, *apiError) {
-	var in struct {
-		SecretId            *string
+	in := &struct {
+		secretID
 		VersionStage        *string
 		MoveToVersionId     *string
 		RemoveFromVersionId *string
-	}
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	if in.VersionStage == nil {
-		return nil, errorf(CodeValidation, "1 validation error detected: Value null at 'versionStage' failed to satisfy constraint: Member must not be null")
-	}
-	label := *in.VersionStage
-	if err := checkLabels([]string{label}); err != nil {
-		return nil, err
-	}
-	if in.MoveToVersionId == nil && in.RemoveFromVersionId == nil {
-		return nil, errorf(CodeInvalidParameter, "You must specify MoveToVersionId or RemoveFromVersionId.")
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, false)
-	if err != nil {
-		return nil, err
-	}
-	holder := sec.holder(label)
-	var from *version
-	if in.RemoveFromVersionId != nil {
-		from = sec.versions[*in.RemoveFromVersionId]
-		if from == nil || holder != from {
-			return nil, errorf(CodeInvalidParameter, "The staging label %s is not attached to the version %s specified in RemoveFromVersionId.", label, *in.RemoveFromVersionId)
+	}{}
+	check := func() *apiError {
+		switch {
+		case in.VersionStage == nil:
+			return errorf(CodeValidation, "1 validation error detected: Value null at 'versionStage' failed to satisfy constraint: Member must not be null")
+		case in.MoveToVersionId == nil && in.RemoveFromVersionId == nil:
+			return errorf(CodeInvalidParameter, "You must specify MoveToVersionId or RemoveFromVersionId.")
 		}
+		return checkLabels([]string{*in.VersionStage})
 	}
-	if in.MoveToVersionId == nil {
-		if label == StageCurrent {
-			return nil, errorf(CodeInvalidParameter, "You can't remove the staging label AWSCURRENT from a version without moving it to another version (MoveToVersionId).")
+	return onSecret(s, body, in, false, check, func(sec *secret) (any, *apiError) {
+		label := *in.VersionStage
+		holder := sec.holder(label)
+		var from *version
+		if in.RemoveFromVersionId != nil {
+			from = sec.versions[*in.RemoveFromVersionId]
+			if from == nil || holder != from {
+				return nil, errorf(CodeInvalidParameter, "The staging label %s is not attached to the version %s specified in RemoveFromVersionId.", label, *in.RemoveFromVersionId)
+			}
 		}
-		sec.detach(label, from)
-	} else {
-		to := sec.versions[*in.MoveToVersionId]
-		if to == nil {
-			return nil, errorf(CodeResourceNotFound, "Secrets Manager can't find the specified secret version: %s", *in.MoveToVersionId)
+		if in.MoveToVersionId == nil {
+			if label == StageCurrent {
+				return nil, errorf(CodeInvalidParameter, "You can't remove the staging label AWSCURRENT from a version without moving it to another version (MoveToVersionId).")
+			}
+			sec.detach(label, from)
+		} else {
+			to := sec.versions[*in.MoveToVersionId]
+			if to == nil {
+				return nil, errorf(CodeResourceNotFound, "Secrets Manager can't find the specified secret version: %s", *in.MoveToVersionId)
+			}
+			if holder != nil && holder != to && from == nil {
+				return nil, errorf(CodeInvalidParameter, "The parameter RemoveFromVersionId can't be empty. Staging label %s is currently attached to version %s, so you must explicitly reference that version in RemoveFromVersionId.", label, holder.id)
+			}
+			if err := checkLabels(append(slices.Clone(to.stages), label)); err != nil {
+				return nil, err
+			}
+			sec.attach(label, to)
 		}
-		if holder != nil && holder != to && from == nil {
-			return nil, errorf(CodeInvalidParameter, "The parameter RemoveFromVersionId can't be empty. Staging label %s is currently attached to version %s, so you must explicitly reference that version in RemoveFromVersionId.", label, holder.id)
-		}
-		if err := checkLabels(append(slices.Clone(to.stages), label)); err != nil {
-			return nil, err
-		}
-		sec.attach(label, to)
-	}
-	sec.changed = time.Now()
-	sec.prune()
-	return sec.ref(), nil
+		sec.changed = time.Now()
+		sec.prune()
+		return sec.ref(), nil
+	})
 }
 
 func opListSecretVersionIds(s *Server, body []byte) (any, *apiError) {
-	var in struct {
-		SecretId          *string
+	in := &struct {
+		secretID
 		IncludeDeprecated *bool
 		MaxResults        *int32
 		NextToken         *string
-	}
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, true)
-	if err != nil {
-		return nil, err
-	}
-	type entry struct {
-		VersionId     string
-		VersionStages []string `json:",omitempty"`
-		CreatedDate   *epoch
-	}
-	var all []entry
-	for _, v := range sec.sortedVersions() {
-		if len(v.stages) == 0 && (in.IncludeDeprecated == nil || !*in.IncludeDeprecated) {
-			continue
+	}{}
+	return onSecret(s, body, in, true, nil, func(sec *secret) (any, *apiError) {
+		type entry struct {
+			VersionId     string
+			VersionStages []string `json:",omitempty"`
+			CreatedDate   *epoch
 		}
-		all = append(all, entry{v.id, slices.Clone(v.stages), ts(v.created)})
-	}
-	page, next, perr := paginate(all, in.MaxResults, in.NextToken)
-	if perr != nil {
-		return nil, perr
-	}
-	return struct {
-		secretRef
-		Versions  []entry
-		NextToken *string `json:",omitempty"`
-	}{sec.ref(), page, next}, nil
+		var all []entry
+		for _, v := range sec.sortedVersions() {
+			if len(v.stages) == 0 && (in.IncludeDeprecated == nil || !*in.IncludeDeprecated) {
+				continue
+			}
+			all = append(all, entry{v.id, slices.Clone(v.stages), ts(v.created)})
+		}
+		page, next, err := paginate(all, in.MaxResults, in.NextToken)
+		if err != nil {
+			return nil, err
+		}
+		return struct {
+			secretRef
+			Versions  []entry
+			NextToken *string `json:",omitempty"`
+		}{sec.ref(), page, next}, nil
+	})
 }
 
 // paginate cuts a page of at most max (1-100, default 100) items starting
@@ -614,49 +616,36 @@ func paginate[T any](all []T, max *int32, next *string) ([]T, *string, *apiError
 }
 
 func opTagResource(s *Server, body []byte) (any, *apiError) {
-	var in struct {
-		SecretId *string
-		Tags     []tagIn
+	in := &struct {
+		secretID
+		Tags []tagIn
+	}{}
+	var tags []tag
+	check := func() (err *apiError) {
+		tags, err = checkTags(in.Tags)
+		return err
 	}
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	tags, err := checkTags(in.Tags)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, false)
-	if err != nil {
-		return nil, err
-	}
-	old := slices.Clone(sec.tags)
-	if err := sec.setTags(tags); err != nil {
-		sec.tags = old
-		return nil, err
-	}
-	sec.changed = time.Now()
-	return struct{}{}, nil
+	return onSecret(s, body, in, false, check, func(sec *secret) (any, *apiError) {
+		old := slices.Clone(sec.tags)
+		if err := sec.setTags(tags); err != nil {
+			sec.tags = old
+			return nil, err
+		}
+		sec.changed = time.Now()
+		return struct{}{}, nil
+	})
 }
 
 func opUntagResource(s *Server, body []byte) (any, *apiError) {
-	var in struct {
-		SecretId *string
-		TagKeys  []string
-	}
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, false)
-	if err != nil {
-		return nil, err
-	}
-	sec.tags = slices.DeleteFunc(sec.tags, func(t tag) bool { return slices.Contains(in.TagKeys, t.Key) })
-	sec.changed = time.Now()
-	return struct{}{}, nil
+	in := &struct {
+		secretID
+		TagKeys []string
+	}{}
+	return onSecret(s, body, in, false, nil, func(sec *secret) (any, *apiError) {
+		sec.tags = slices.DeleteFunc(sec.tags, func(t tag) bool { return slices.Contains(in.TagKeys, t.Key) })
+		sec.changed = time.Now()
+		return struct{}{}, nil
+	})
 }
 
 type filterIn struct {
@@ -724,14 +713,8 @@ func opListSecrets(s *Server, body []byte) (any, *apiError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	type entry struct {
-		secretRef
-		Description            string              `json:",omitempty"`
-		Tags                   []tag               `json:",omitempty"`
+		secretInfo
 		SecretVersionsToStages map[string][]string `json:",omitempty"`
-		CreatedDate            *epoch              `json:",omitempty"`
-		LastChangedDate        *epoch              `json:",omitempty"`
-		DeletedDate            *epoch              `json:",omitempty"`
-		RotationEnabled        bool                `json:",omitempty"`
 		created                time.Time
 	}
 	var all []entry
@@ -743,14 +726,9 @@ func opListSecrets(s *Server, body []byte) (any, *apiError) {
 		for _, f := range in.Filters {
 			ok = ok && f.matches(sec)
 		}
-		if !ok {
-			continue
+		if ok {
+			all = append(all, entry{sec.info(), sec.versionsToStages(), sec.created})
 		}
-		all = append(all, entry{
-			secretRef: sec.ref(), Description: sec.description, Tags: slices.Clone(sec.tags),
-			SecretVersionsToStages: sec.versionsToStages(), CreatedDate: ts(sec.created), LastChangedDate: ts(sec.changed),
-			DeletedDate: ts(sec.deleted), RotationEnabled: sec.rotationEnabled, created: sec.created,
-		})
 	}
 	asc := in.SortOrder != nil && *in.SortOrder == "asc"
 	sort.Slice(all, func(i, j int) bool {
@@ -770,58 +748,46 @@ func opListSecrets(s *Server, body []byte) (any, *apiError) {
 }
 
 func opDeleteSecret(s *Server, body []byte) (any, *apiError) {
-	var in struct {
-		SecretId                   *string
+	in := &struct {
+		secretID
 		ForceDeleteWithoutRecovery *bool
 		RecoveryWindowInDays       *int64
-	}
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	force := in.ForceDeleteWithoutRecovery != nil && *in.ForceDeleteWithoutRecovery
+	}{}
 	days := int64(30)
-	if in.RecoveryWindowInDays != nil {
-		if force {
-			return nil, errorf(CodeInvalidParameter, "You can't use ForceDeleteWithoutRecovery in conjunction with RecoveryWindowInDays.")
+	check := func() *apiError {
+		if in.RecoveryWindowInDays == nil {
+			return nil
+		}
+		if in.ForceDeleteWithoutRecovery != nil && *in.ForceDeleteWithoutRecovery {
+			return errorf(CodeInvalidParameter, "You can't use ForceDeleteWithoutRecovery in conjunction with RecoveryWindowInDays.")
 		}
 		if days = *in.RecoveryWindowInDays; days < 7 || days > 30 {
-			return nil, errorf(CodeInvalidParameter, "The RecoveryWindowInDays value must be between 7 and 30 days (inclusive).")
+			return errorf(CodeInvalidParameter, "The RecoveryWindowInDays value must be between 7 and 30 days (inclusive).")
 		}
+		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, true)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	if force {
-		delete(s.secrets, sec.name)
-		sec.deletion = now
-	} else {
-		if !sec.deleted.IsZero() {
+	return onSecret(s, body, in, true, check, func(sec *secret) (any, *apiError) {
+		now := time.Now()
+		switch {
+		case in.ForceDeleteWithoutRecovery != nil && *in.ForceDeleteWithoutRecovery:
+			delete(s.secrets, sec.name)
+			sec.deletion = now
+		case !sec.deleted.IsZero():
 			return nil, errorf(CodeInvalidRequest, "You can't perform this operation on the secret because it was already scheduled for deletion.")
+		default:
+			sec.deleted = now
+			sec.deletion = now.Add(time.Duration(days) * 24 * time.Hour)
 		}
-		sec.deleted = now
-		sec.deletion = now.Add(time.Duration(days) * 24 * time.Hour)
-	}
-	return struct {
-		secretRef
-		DeletionDate *epoch
-	}{sec.ref(), ts(sec.deletion)}, nil
+		return struct {
+			secretRef
+			DeletionDate *epoch
+		}{sec.ref(), ts(sec.deletion)}, nil
+	})
 }
 
 func opRestoreSecret(s *Server, body []byte) (any, *apiError) {
-	var in struct{ SecretId *string }
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, true)
-	if err != nil {
-		return nil, err
-	}
-	sec.deleted, sec.deletion = time.Time{}, time.Time{}
-	return sec.ref(), nil
+	return onSecret(s, body, &struct{ secretID }{}, true, nil, func(sec *secret) (any, *apiError) {
+		sec.deleted, sec.deletion = time.Time{}, time.Time{}
+		return sec.ref(), nil
+	})
 }

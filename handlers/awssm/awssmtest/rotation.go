@@ -146,62 +146,50 @@ func FinishStep(ctx context.Context, r RotationRequest) error {
 }
 
 func opRotateSecret(s *Server, body []byte) (any, *apiError) {
-	var in struct {
-		SecretId           *string
+	in := &struct {
+		secretID
 		ClientRequestToken *string
 		RotationLambdaARN  *string
 		RotateImmediately  *bool
 		RotationRules      *struct{ AutomaticallyAfterDays *int64 }
-	}
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	if err := checkToken(in.ClientRequestToken); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sec, err := s.get(in.SecretId, false)
-	if err != nil {
-		return nil, err
-	}
-	if in.RotationLambdaARN != nil {
-		sec.rotationLambda = *in.RotationLambdaARN
-	}
-	if sec.rotationLambda == "" {
-		return nil, errorf(CodeInvalidRequest, "No Lambda rotation function ARN is associated with this secret.")
-	}
-	if in.RotationRules != nil {
-		sec.rotationDays = in.RotationRules.AutomaticallyAfterDays
-	}
-	sec.rotationEnabled = true
-	type output struct {
-		secretRef
-		VersionId string `json:",omitempty"`
-	}
-	if in.RotateImmediately != nil && !*in.RotateImmediately {
-		return output{secretRef: sec.ref()}, nil
-	}
-	tok := deref(in.ClientRequestToken)
-	if tok == "" {
-		tok = newUUID()
-	}
-	if sec.rotating == tok || sec.versions[tok] != nil {
-		return output{sec.ref(), tok}, nil // the same request again
-	}
-	if sec.rotating != "" {
-		return nil, errorf(CodeInvalidRequest, "A previous rotation isn't complete. That rotation will be reattempted.")
-	}
-	if p := sec.holder(StagePending); p != nil && !p.has(StageCurrent) {
-		return nil, errorf(CodeInvalidRequest, "A previous rotation isn't complete. That rotation will be reattempted.")
-	}
-	if s.ctx.Err() != nil {
-		return nil, errorf(CodeInternal, "the emulator is closing")
-	}
-	sec.rotating = tok
-	s.rotations.Add(1)
-	go s.rotate(sec.arn, sec.name, tok, s.lambda)
-	return output{sec.ref(), tok}, nil
+	}{}
+	check := func() *apiError { return checkToken(in.ClientRequestToken) }
+	return onSecret(s, body, in, false, check, func(sec *secret) (any, *apiError) {
+		if in.RotationLambdaARN != nil {
+			sec.rotationLambda = *in.RotationLambdaARN
+		}
+		if sec.rotationLambda == "" {
+			return nil, errorf(CodeInvalidRequest, "No Lambda rotation function ARN is associated with this secret.")
+		}
+		if in.RotationRules != nil {
+			sec.rotationDays = in.RotationRules.AutomaticallyAfterDays
+		}
+		sec.rotationEnabled = true
+		type output struct {
+			secretRef
+			VersionId string `json:",omitempty"`
+		}
+		if in.RotateImmediately != nil && !*in.RotateImmediately {
+			return output{secretRef: sec.ref()}, nil
+		}
+		tok := deref(in.ClientRequestToken)
+		if tok == "" {
+			tok = newUUID()
+		}
+		if sec.rotating == tok || sec.versions[tok] != nil {
+			return output{sec.ref(), tok}, nil // the same request again
+		}
+		if p := sec.holder(StagePending); sec.rotating != "" || p != nil && !p.has(StageCurrent) {
+			return nil, errorf(CodeInvalidRequest, "A previous rotation isn't complete. That rotation will be reattempted.")
+		}
+		if s.ctx.Err() != nil {
+			return nil, errorf(CodeInternal, "the emulator is closing")
+		}
+		sec.rotating = tok
+		s.rotations.Add(1)
+		go s.rotate(sec.arn, sec.name, tok, s.lambda)
+		return output{sec.ref(), tok}, nil
+	})
 }
 
 // rotate runs the Lambda for one rotation and reports its end.

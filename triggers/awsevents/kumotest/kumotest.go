@@ -47,8 +47,6 @@
 package kumotest
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -70,6 +68,8 @@ import (
 	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
 // EnvKumoBin overrides where the kumo binary is looked for.
@@ -128,7 +128,7 @@ type Kumo struct {
 	// Endpoint is http://127.0.0.1:<port>, the BaseEndpoint of every client.
 	Endpoint string
 	cmd      *exec.Cmd
-	log      *syncBuffer
+	log      *testutil.SyncBuffer
 	done     chan struct{}
 }
 
@@ -144,7 +144,7 @@ func Start(ctx context.Context) (*Kumo, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &Kumo{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), log: &syncBuffer{}, done: make(chan struct{})}
+	k := &Kumo{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), log: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	k.cmd = exec.Command(bin)
 	k.cmd.Env = append(cleanEnv(), "KUMO_HOST=127.0.0.1", "KUMO_PORT="+strconv.Itoa(port), "KUMO_LOG_LEVEL=warn",
 		"AWS_DEFAULT_REGION="+Region)
@@ -381,33 +381,8 @@ func cleanEnv() []string {
 	return out
 }
 
-// syncBuffer is a bytes.Buffer safe for the child's two output streams.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // lastLines returns the last n lines of s.
 func lastLines(s string, n int) string {
-	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
