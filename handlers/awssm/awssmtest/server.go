@@ -21,8 +21,10 @@
 // IAM and resource policies (no AccessDeniedException unless injected with
 // Fail), KMS (KmsKeyId is ignored), replication, UpdateSecret,
 // BatchGetSecretValue, GetRandomPassword, CancelRotateSecret, partial ARNs
-// as SecretId (a name or the full ARN only), rotation schedules
-// (RotationRules are stored, never acted on), the testSecret run of
+// as SecretId (a name or the full ARN only), the primary-region and
+// owning-service filters (they match nothing), ListSecrets' SortBy,
+// LastAccessedDate, RotationToken and external secret rotation, rotation
+// schedules (RotationRules are stored, never acted on), the testSecret run of
 // RotateSecret with RotateImmediately=false (it only stores the
 // configuration), eventual consistency (every change is visible at once),
 // and the time-based removal of deprecated versions: the emulator keeps the
@@ -90,8 +92,6 @@ const KeepDeprecated = 5
 
 // Server is a running emulator. It is safe for concurrent use.
 type Server struct {
-	t testing.TB
-
 	// srvMu guards the listener; mu guards everything else.
 	srvMu sync.Mutex
 	addr  string
@@ -123,7 +123,7 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		t: t, secrets: map[string]*secret{}, calls: map[string]int{}, faults: map[string]*fault{},
+		secrets: map[string]*secret{}, calls: map[string]int{}, faults: map[string]*fault{},
 		lambda: DefaultLambda, ctx: ctx, cancel: cancel,
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

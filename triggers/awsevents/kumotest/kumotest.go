@@ -84,8 +84,9 @@ const Region = "us-east-1"
 // Account is the account id kumo puts in every ARN and queue URL.
 const Account = "000000000000"
 
-// FindKumo returns the kumo binary: $REKEY_KUMO_BIN, else
-// <repository>/.cache/bin/kumo.
+// FindKumo returns the kumo binary: $REKEY_KUMO_BIN, else .cache/bin/kumo
+// of the repository (the nearest directory above the working directory
+// that has .ci/kumo.sh).
 func FindKumo() (string, error) {
 	if p := os.Getenv(EnvKumoBin); p != "" {
 		if _, err := os.Stat(p); err != nil {
@@ -93,34 +94,22 @@ func FindKumo() (string, error) {
 		}
 		return p, nil
 	}
-	root, err := repoRoot()
-	if err != nil {
-		return "", fmt.Errorf("kumo binary: %w; %s", err, HowToGetKumo)
-	}
-	p := filepath.Join(root, ".cache", "bin", "kumo")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("kumo binary not found at %s: %s", p, HowToGetKumo)
-	}
-	return p, nil
-}
-
-// repoRoot walks up from the working directory to the directory holding
-// .ci/kumo.sh.
-func repoRoot() (string, error) {
 	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, ".ci", "kumo.sh")); err == nil {
-			return dir, nil
+	for err == nil {
+		if _, serr := os.Stat(filepath.Join(dir, ".ci", "kumo.sh")); serr == nil {
+			p := filepath.Join(dir, ".cache", "bin", "kumo")
+			if _, serr := os.Stat(p); serr != nil {
+				return "", fmt.Errorf("kumo binary not found at %s: %s", p, HowToGetKumo)
+			}
+			return p, nil
 		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("repository root (the directory with .ci/kumo.sh) not found above the working directory")
+		if up := filepath.Dir(dir); up != dir {
+			dir = up
+		} else {
+			err = errors.New("no directory with .ci/kumo.sh above the working directory")
 		}
-		dir = parent
 	}
+	return "", fmt.Errorf("kumo binary: repository root: %w; %s", err, HowToGetKumo)
 }
 
 // Kumo is a running emulator.
@@ -337,36 +326,44 @@ func (k *Kumo) RouteToQueue(ctx context.Context, bus, rule, pattern, queueARN st
 // need it; Stop it in TestMain. A test that needs it when it cannot be
 // found fails with how to get it, never skips.
 type Servers struct {
-	once sync.Once
-	kumo *Kumo
-	err  error
+	mu       sync.Mutex
+	tried    bool
+	kumo     *Kumo
+	startErr error
 }
 
 // Kumo returns the emulator, starting it on first use.
 func (s *Servers) Kumo(t testing.TB) *Kumo {
 	t.Helper()
-	s.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		s.kumo, s.err = Start(ctx)
-	})
-	if s.err != nil {
-		t.Fatalf("this test needs the kumo AWS emulator: %v", s.err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.tried {
+		s.tried = true
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		s.kumo, s.startErr = Start(ctx)
+		cancel()
+	}
+	if s.startErr != nil {
+		t.Fatalf("this test needs the kumo AWS emulator: %v", s.startErr)
 	}
 	return s.kumo
 }
 
 // Stop stops the emulator if it was started.
-func (s *Servers) Stop() { s.kumo.Stop() }
+func (s *Servers) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kumo.Stop()
+}
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("find a free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	port := l.Addr().(*net.TCPAddr).Port
+	return port, l.Close()
 }
 
 // cleanEnv is the environment without AWS_* and KUMO_* variables, so that
