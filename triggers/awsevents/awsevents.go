@@ -188,9 +188,9 @@ func (t *Trigger) Run(ctx context.Context) error {
 	return nil
 }
 
-// describeQueue logs the queue's redrive policy, and warns when it has
-// none (an unparsable message would then come back forever). Errors are
-// only logged: the receive loop retries.
+// describeQueue logs the start with the queue's redrive policy, and warns
+// when it has none (an unparsable message would then come back until it
+// expires). Errors are only logged: the receive loop retries.
 func (t *Trigger) describeQueue(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -201,16 +201,16 @@ func (t *Trigger) describeQueue(ctx context.Context) {
 		},
 	})
 	if err != nil {
-		t.log.Warn("queue attributes not readable", "queue", t.cfg.QueueURL, "err", err)
+		t.log.Warn("AWS trigger started; queue attributes not readable", "queue", t.cfg.QueueURL, "err", err)
 		return
 	}
 	redrive := out.Attributes[string(sqstypes.QueueAttributeNameRedrivePolicy)]
+	t.log.Info("AWS trigger started", "queue", t.cfg.QueueURL, "redrive_policy", redrive,
+		"visibility_timeout_s", out.Attributes[string(sqstypes.QueueAttributeNameVisibilityTimeout)], "wait_time", t.cfg.WaitTime)
 	if redrive == "" {
 		t.log.Warn("queue has no redrive policy: a message rekey cannot parse will be received again until it expires",
 			"queue", t.cfg.QueueURL)
 	}
-	t.log.Info("AWS trigger started", "queue", t.cfg.QueueURL, "redrive_policy", redrive,
-		"visibility_timeout_s", out.Attributes[string(sqstypes.QueueAttributeNameVisibilityTimeout)], "wait_time", t.cfg.WaitTime)
 }
 
 // handleBatch handles the messages received together, deletes those that
