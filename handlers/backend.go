@@ -114,7 +114,9 @@ type TenantRevoker interface {
 // Lambda, whose Finish waits for the Lambda. The rotator uses the larger of
 // the two.
 type StepTimeouts interface {
-	StepTimeout(ref SecretRef, step string) time.Duration
+	// StepTimeout returns the timeout a step of ref needs; ok false: the
+	// configured one.
+	StepTimeout(ref SecretRef, step string) (d time.Duration, ok bool)
 }
 
 // Provisioner is implemented by backends that can create a secret's first

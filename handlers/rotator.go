@@ -269,7 +269,9 @@ func (r *Rotator) step(ctx context.Context, job Job, name, version string, fn fu
 	timeout := r.cfg.StepTimeout
 	if ref, b, err := r.d.Catalog.Lookup(job.Tenant, job.Secret); err == nil {
 		if st, ok := b.(StepTimeouts); ok {
-			timeout = max(timeout, st.StepTimeout(ref, name))
+			if d, ok := st.StepTimeout(ref, name); ok {
+				timeout = max(timeout, d)
+			}
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, timeout)
@@ -408,6 +410,17 @@ func (r *Rotator) announce(ctx context.Context, done schemas.RotationCompleted, 
 func (r *Rotator) Reannounce(ctx context.Context, st orchestrator.SecretStatus) error {
 	if st.Announced || st.LastRequestID == "" || st.Version == "" {
 		return nil
+	}
+	// Under the secret's lock: while another replica holds it, that
+	// replica has just promoted and is announcing (ErrBusy: look again
+	// soon); once we hold it, the status read again is final.
+	release, err := r.lock(ctx, SecretRef{Tenant: st.Tenant, Secret: st.Secret, Backend: st.Backend}, r.d.Log)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if st, err = r.d.State.SecretStatus(ctx, st.Tenant, st.Secret); err != nil || st.Announced || st.LastRequestID == "" || st.Version == "" {
+		return err
 	}
 	r.d.Log.Warn("announcing a rotation whose completion was not published (crash or publish failure)",
 		"component", "rotator", "tenant", st.Tenant, "secret", st.Secret, "request_id", st.LastRequestID, "version", st.Version)

@@ -72,7 +72,10 @@ import (
 // Name is the backend name used in configuration.
 const Name = "awssm"
 
-var _ handlers.Backend = (*Backend)(nil)
+var (
+	_ handlers.Backend      = (*Backend)(nil)
+	_ handlers.StepTimeouts = (*Backend)(nil)
+)
 
 // Staging labels with a meaning to Secrets Manager.
 const (
