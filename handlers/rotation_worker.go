@@ -183,7 +183,9 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 	// publish) is announced now, before its requests are acked.
 	if !st.Announced && st.LastRequestID != "" {
 		if err := w.rotator.Reannounce(ctx, st); err != nil {
-			w.d.Log.Warn("announcement failed; requests will be retried", "component", "rotation-worker", "tenant", t, "secret", s, "err", err)
+			if !errors.Is(err, ErrBusy) { // busy: the replica that rotated is announcing
+				w.d.Log.Warn("announcement failed; requests will be retried", "component", "rotation-worker", "tenant", t, "secret", s, "err", err)
+			}
 			w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(time.Second) })
 			return
 		}

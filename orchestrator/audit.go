@@ -43,7 +43,10 @@ func (a *Auditor) RecordWithID(ctx context.Context, id string, rec schemas.Audit
 		if id != "" {
 			ev = ev.WithID(id)
 		}
-		_, err = a.bus.Publish(ctx, schemas.AuditSubject(rec.Tenant), ev)
+		// Long enough to outlast a NATS cluster's failover (Publish retries).
+		pctx, cancel := withDefaultTimeout(ctx, 20*time.Second)
+		_, err = a.bus.Publish(pctx, schemas.AuditSubject(rec.Tenant), ev)
+		cancel()
 	}
 	if err != nil {
 		a.log.Error("audit record not written", "component", "audit", "tenant", rec.Tenant, "secret", rec.Secret,

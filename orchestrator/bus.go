@@ -159,6 +159,11 @@ func (b *Bus) KV(ctx context.Context, bucket string, ttl time.Duration) (jetstre
 // Publish sends an event to a JetStream subject with the event ID as
 // Nats-Msg-Id, and waits for the stream's acknowledgement. A duplicate
 // (same ID within the window) is acknowledged and reported in the PubAck.
+//
+// While a NATS cluster fails over (a stream's leader is gone until another
+// is elected, which takes seconds) a publish times out or is refused for a
+// while: Publish tries again with the same ID, which JetStream
+// de-duplicates, until ctx ends (default 10s).
 func (b *Bus) Publish(ctx context.Context, subject string, ev schemas.Event) (*jetstream.PubAck, error) {
 	data, err := ev.Encode()
 	if err != nil {
@@ -166,11 +171,47 @@ func (b *Bus) Publish(ctx context.Context, subject string, ev schemas.Event) (*j
 	}
 	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ack, err := b.JS.Publish(ctx, subject, data, jetstream.WithMsgID(ev.ID))
-	if err != nil {
-		return nil, fmt.Errorf("publish %s to %s: %w", ev.Type, subject, err)
+	maybeStored := false // an attempt whose outcome is unknown may have stored it
+	wait := 50 * time.Millisecond
+	for {
+		actx, acancel := context.WithTimeout(ctx, publishAttempt)
+		ack, err := b.JS.Publish(actx, subject, data, jetstream.WithMsgID(ev.ID))
+		acancel()
+		if err == nil {
+			if ack.Duplicate && maybeStored {
+				ack.Duplicate = false // our own earlier attempt, most likely
+			}
+			return ack, nil
+		}
+		retry, unknown := publishRetryable(err)
+		maybeStored = maybeStored || unknown
+		if !retry || !Sleep(ctx, wait) {
+			return nil, fmt.Errorf("publish %s to %s: %w", ev.Type, subject, err)
+		}
+		wait = min(2*wait, time.Second)
 	}
-	return ack, nil
+}
+
+// errCodeDuplicateInProcess is JetStream's "duplicate message id is in
+// process" (nats.go names no constant for it).
+const errCodeDuplicateInProcess jetstream.ErrorCode = 10158
+
+// publishAttempt bounds one attempt of Publish.
+const publishAttempt = 2 * time.Second
+
+// publishRetryable says whether a failed publish may succeed if tried
+// again soon, and whether it may have been stored (no answer came).
+func publishRetryable(err error) (retry, unknown bool) {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return true, true
+	case errors.As(err, &apiErr):
+		// 10158: a publish of the same id (another replica's) is being
+		// stored; 503: JetStream or the stream's cluster is unavailable.
+		return apiErr.ErrorCode == errCodeDuplicateInProcess || apiErr.Code == 503, false
+	}
+	return false, false
 }
 
 // PublishEvent wraps data in a new CloudEvent and publishes it to JetStream.
@@ -222,4 +263,35 @@ func RedactURL(raw string) string {
 		return "(unparsable URL)"
 	}
 	return u.Redacted()
+}
+
+// IsConflict reports whether a KV write failed because the key changed
+// (Create of an existing key, Update or Delete at a stale revision). On a
+// replicated bucket the server reports a conflict as error 10164 instead of
+// 10071; both are conflicts.
+func IsConflict(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// Sleep waits d or until ctx ends; it reports whether ctx is still live.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

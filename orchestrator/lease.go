@@ -60,16 +60,12 @@ func NewLeases(ctx context.Context, bus *Bus, owner string, ttl time.Duration, m
 	l := &Leases{kv: kv, owner: owner, ttl: ttl, poll: min(max(ttl/10, 20*time.Millisecond), time.Second),
 		log: log.With("component", "lease", "owner", owner)}
 	if metrics != nil {
-		l.held = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		l.held, err = Register(metrics, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "rekey_lease_held",
 			Help: "1 while this replica holds the lease (and runs the part it guards), else 0.",
-		}, []string{"lease"})
-		if err := metrics.Registry.Register(l.held); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return nil, fmt.Errorf("leases: register metrics: %w", err)
-			}
-			l.held = are.ExistingCollector.(*prometheus.GaugeVec)
+		}, []string{"lease"}))
+		if err != nil {
+			return nil, fmt.Errorf("leases: %w", err)
 		}
 	}
 	return l, nil
@@ -201,7 +197,7 @@ func (l *Leases) acquire(ctx context.Context, name string) (*holding, error) {
 				warned = true
 			}
 		}
-		if !sleepCtx(ctx, l.poll) {
+		if !Sleep(ctx, l.poll) {
 			return nil, ctx.Err()
 		}
 	}
@@ -219,7 +215,7 @@ func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, 
 	renewed := h.sent
 	wait := every
 	for {
-		if !sleepCtx(ctx, min(wait, time.Until(renewed.Add(giveUp)))) {
+		if !Sleep(ctx, min(wait, time.Until(renewed.Add(giveUp)))) {
 			return false
 		}
 		if time.Since(renewed) >= giveUp {
@@ -279,35 +275,4 @@ func (l *Leases) release(h *holding, log *slog.Logger) {
 		return
 	}
 	log.Info("lease released")
-}
-
-// IsConflict reports whether a KV write failed because the key changed
-// (Create of an existing key, Update or Delete at a stale revision). On a
-// replicated bucket the server reports a conflict as error 10164 instead of
-// 10071; both are conflicts.
-func IsConflict(err error) bool {
-	if err == nil {
-		return false
-	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether ctx is still live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -1,6 +1,9 @@
 package orchestrator
 
 import (
+	"errors"
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -69,4 +72,20 @@ func NewMetrics() *Metrics {
 		m.RevocationsTotal, m.RevocationDuration, m.InvalidationsTotal, m.InvalidationLatency,
 		m.HTTPRequestsTotal, m.AgentAcksTotal, m.AgentInvalidationDelay)
 	return m
+}
+
+// Register registers a component's own collector on m, or returns the one
+// already registered under its name (several components of a kind, or of
+// a test, on one registry).
+func Register[C prometheus.Collector](m *Metrics, c C) (C, error) {
+	if err := m.Registry.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, fmt.Errorf("register metrics: %w", err)
+	}
+	return c, nil
 }

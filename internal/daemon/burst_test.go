@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/local"
 	"github.com/rekey-dev/rekey/internal/daemon"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -70,6 +71,28 @@ func runBurstChild() int {
 		return 1
 	}
 	return 0
+}
+
+// startChild starts rekeyd as a child process on the configuration at
+// path, waits until it is ready, and returns it and its HTTP address. It
+// is killed when the test ends, if it still runs.
+func startChild(t *testing.T, path string) (*exec.Cmd, string) {
+	t.Helper()
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "REKEY_TEST_CHILD="+burstChildMode, burstConfigEnv+"="+path)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	cmd.Stderr = testWriter{t}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	fields := strings.Fields(readyLine(t, stdout))
+	require.Len(t, fields, 2, "READY <http addr> <nats url>")
+	addr := fields[0]
+	waitHTTP(t, "http://"+addr+"/readyz")
+	t.Logf("child rekeyd pid %d: http %s, nats %s", cmd.Process.Pid, addr, fields[1])
+	return cmd, addr
 }
 
 // burstConfig writes a configuration with 100 local secrets (50 per
@@ -162,6 +185,12 @@ type burstOpts struct {
 	// afterAccept runs (outside any lock) with the number of requests
 	// accepted so far.
 	afterAccept func(n int)
+	// Unless set, burstRequests requests over burstSecrets() to one
+	// rekeyd. With several addresses (replicas behind a load balancer),
+	// requests go round-robin and a retry goes to the next one.
+	requests int
+	secrets  []burstSecret
+	addrs    []string
 }
 
 // sendBurst sends burstRequests requests round-robin over the secrets
@@ -169,7 +198,16 @@ type burstOpts struct {
 func sendBurst(t *testing.T, addr string, o burstOpts) *burstResult {
 	t.Helper()
 	retry, afterAccept := o.retry, o.afterAccept
-	secrets := burstSecrets()
+	secrets, requests, addrs := burstSecrets(), burstRequests, []string{addr}
+	if o.secrets != nil {
+		secrets = o.secrets
+	}
+	if o.requests > 0 {
+		requests = o.requests
+	}
+	if len(o.addrs) > 0 {
+		addrs = o.addrs
+	}
 	client := &http.Client{
 		Timeout:   30 * time.Second,
 		Transport: &http.Transport{MaxIdleConns: burstWorkers, MaxIdleConnsPerHost: burstWorkers},
@@ -179,7 +217,7 @@ func sendBurst(t *testing.T, addr string, o burstOpts) *burstResult {
 	next := make(chan int)
 	go func() {
 		defer close(next)
-		for i := 0; i < burstRequests; i++ {
+		for i := 0; i < requests; i++ {
 			if o.hold != nil && i == o.holdFrom {
 				<-o.hold
 			}
@@ -197,9 +235,9 @@ func sendBurst(t *testing.T, addr string, o burstOpts) *burstResult {
 			defer wg.Done()
 			for i := range next {
 				s := secrets[i%len(secrets)]
-				for {
+				for try := 0; ; try++ {
 					sent := time.Now()
-					code, id := postRotate(client, addr, s, i)
+					code, id := postRotate(client, addrs[(i+try)%len(addrs)], s, i)
 					if took := time.Since(sent); took > 2*time.Second {
 						res.slow.Add(1)
 						for cur := res.slowest.Load(); int64(took) > cur && !res.slowest.CompareAndSwap(cur, int64(took)); cur = res.slowest.Load() {
@@ -241,7 +279,7 @@ func sendBurst(t *testing.T, addr string, o burstOpts) *burstResult {
 }
 
 // waitRotateDrained waits until the ROTATE consumer has nothing pending.
-func waitRotateDrained(t *testing.T, d *running, timeout time.Duration) {
+func waitRotateDrained(t *testing.T, d rekeyView, timeout time.Duration) {
 	t.Helper()
 	ctx := context.Background()
 	require.Eventually(t, func() bool {
@@ -254,20 +292,41 @@ func waitRotateDrained(t *testing.T, d *running, timeout time.Duration) {
 	}, timeout, 100*time.Millisecond, "rotation requests still pending")
 }
 
+// rekeyView is what the checks read: a running daemon's bus, state and
+// local backend, or the same opened on a NATS cluster that rekeyd
+// processes share.
+type rekeyView interface {
+	Bus() *orchestrator.Bus
+	State() *orchestrator.State
+	Local() *local.Backend
+}
+
 // checkBurst: every accepted request was rotated or coalesced (from the
 // audit), and no secret is half-promoted (from the backend).
-func checkBurst(t *testing.T, d *running, res *burstResult) {
+func checkBurst(t *testing.T, d rekeyView, res *burstResult) {
+	t.Helper()
+	checkRequests(t, d, res, burstSecrets())
+}
+
+// checkRequests is checkBurst over the given secrets.
+func checkRequests(t *testing.T, d rekeyView, res *burstResult, secrets []burstSecret) {
 	t.Helper()
 	ctx := context.Background()
 	rotated, coalesced := map[string]bool{}, map[string]bool{}
 	completes, leftovers := 0, 0
 	auditedAccepted := map[string]bool{}
+	listed := map[burstSecret]bool{}
+	for _, s := range secrets {
+		listed[s] = true
+	}
 	for _, tenant := range burstTenants {
 		for _, r := range auditRecords(t, d, tenant) {
 			switch {
 			case r.Action == "rotation.complete":
 				rotated[r.RequestID] = true
-				completes++
+				if listed[burstSecret{r.Tenant, r.Secret}] {
+					completes++
+				}
 			case r.Action == "rotation.request" && r.Outcome == schemas.OutcomeCoalesced:
 				coalesced[r.RequestID] = true
 			case r.Action == "rotation.rollback_leftover":
@@ -305,7 +364,7 @@ func checkBurst(t *testing.T, d *running, res *burstResult) {
 	var perSecret []int
 	total := int64(0)
 	var halfPromoted []string
-	for _, s := range burstSecrets() {
+	for _, s := range secrets {
 		ref := handlers.SecretRef{Tenant: s.tenant, Secret: s.secret, Backend: "local"}
 		staged, err := d.Local().Staged(ctx, ref)
 		require.NoError(t, err)
@@ -343,20 +402,7 @@ func checkBurst(t *testing.T, d *running, res *burstResult) {
 func TestKill9DuringBurst(t *testing.T) {
 	dir := t.TempDir()
 	path, cfg := burstConfig(t, dir)
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "REKEY_TEST_CHILD="+burstChildMode, burstConfigEnv+"="+path)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	cmd.Stderr = testWriter{t}
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
-	fields := strings.Fields(readyLine(t, stdout))
-	require.Len(t, fields, 2, "READY <http addr> <nats url>")
-	addr := fields[0]
-	waitHTTP(t, "http://"+addr+"/readyz")
-	t.Logf("child rekeyd pid %d: http %s, nats %s", cmd.Process.Pid, addr, fields[1])
+	cmd, addr := startChild(t, path)
 
 	began := time.Now()
 	var killed sync.Once
@@ -374,7 +420,7 @@ func TestKill9DuringBurst(t *testing.T) {
 	t.Logf("burst: %d accepted before the child died; SIGKILL %s into the burst, senders done after %s",
 		res.nAccepted(), killedAt, time.Since(began))
 	require.GreaterOrEqual(t, res.nAccepted(), burstInterrupt)
-	err = cmd.Wait()
+	err := cmd.Wait()
 	var exitErr *exec.ExitError
 	require.ErrorAs(t, err, &exitErr, "child should die by SIGKILL")
 	require.Contains(t, exitErr.Error(), "killed")

@@ -422,7 +422,7 @@ func TestNoSecretEscapes(t *testing.T) {
 }
 
 // streamMsgs reads every message of a stream.
-func streamMsgs(t *testing.T, d *running, stream string) []*jetstream.RawStreamMsg {
+func streamMsgs(t *testing.T, d rekeyView, stream string) []*jetstream.RawStreamMsg {
 	t.Helper()
 	ctx := context.Background()
 	s, err := d.Bus().JS.Stream(ctx, stream)
@@ -460,7 +460,7 @@ func streamText(t *testing.T, d *running, stream string) string {
 }
 
 // auditRecords reads a tenant's audit trail.
-func auditRecords(t *testing.T, d *running, tenant string) []schemas.AuditRecord {
+func auditRecords(t *testing.T, d rekeyView, tenant string) []schemas.AuditRecord {
 	t.Helper()
 	var out []schemas.AuditRecord
 	for _, msg := range streamMsgs(t, d, schemas.StreamAudit) {

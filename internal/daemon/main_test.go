@@ -152,11 +152,16 @@ func newAgent(t *testing.T, d *running, tenant, instance string, onInv func(agen
 	nc, err := nats.Connect(d.NATSURL(), opts...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
-	a, err := agent.New(nc, agent.NewNATSFetcher(nc, instance), agent.Config{
-		Tenant: tenant, Instance: instance, OnInvalidate: onInv, UsageInterval: 200 * time.Millisecond,
-	})
+	return startAgent(t, nc, agent.Config{Tenant: tenant, Instance: instance, OnInvalidate: onInv, UsageInterval: 200 * time.Millisecond})
+}
+
+// startAgent starts an agent on nc (fetching through NATS) and closes it
+// when the test ends.
+func startAgent(t *testing.T, nc *nats.Conn, cfg agent.Config) *agent.Agent {
+	t.Helper()
+	a, err := agent.New(nc, agent.NewNATSFetcher(nc, cfg.Instance), cfg)
 	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	require.NoError(t, a.Start(ctx))
 	t.Cleanup(func() { _ = a.Close() })

@@ -172,7 +172,7 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 			break
 		}
 		log.Warn("read schedule state; retrying", "err", err)
-		if !sleep(ctx, retry.next()) {
+		if !orchestrator.Sleep(ctx, retry.next()) {
 			return
 		}
 	}
@@ -188,7 +188,7 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 					return
 				}
 				log.Warn("scheduled rotation not requested; retrying", "tick", tick.UTC().Format(time.RFC3339), "err", err)
-				if !sleep(ctx, retry.next()) {
+				if !orchestrator.Sleep(ctx, retry.next()) {
 					return
 				}
 				continue
@@ -204,7 +204,7 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 			return
 		}
 		wait := next.Add(j.jitterOf(next)).Sub(now)
-		if !sleep(ctx, min(max(wait, time.Millisecond), maxSleep)) {
+		if !orchestrator.Sleep(ctx, min(max(wait, time.Millisecond), maxSleep)) {
 			return
 		}
 	}
@@ -413,18 +413,6 @@ func latest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// sleep waits d or until ctx ends; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-tm.C:
-		return true
-	}
 }
 
 // backoff doubles from 500ms to 30s.

@@ -106,34 +106,19 @@ func New(ctx context.Context, cfg Config, rekey *orchestrator.Config, bus *orche
 		s.kv = kv
 	}
 	var err error
-	s.auths, err = register(metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+	s.auths, err = orchestrator.Register(metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rekey_tenant_auth_total", Help: "Tenant token authentications, by method (hashed, jwt) and outcome (ok, invalid).",
 	}, []string{"method", "outcome"}))
 	if err != nil {
 		return nil, err
 	}
-	s.limited, err = register(metrics, prometheus.NewCounter(prometheus.CounterOpts{
+	s.limited, err = orchestrator.Register(metrics, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rekey_selfservice_rate_limited_total", Help: "Tenant rotation requests refused by the minimum interval (429).",
 	}))
 	if err != nil {
 		return nil, err
 	}
 	return s, nil
-}
-
-// register registers c, or returns the collector already registered (a
-// second Service on the same registry, in tests).
-func register[C prometheus.Collector](metrics *orchestrator.Metrics, c C) (C, error) {
-	if err := metrics.Registry.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, fmt.Errorf("selfservice metrics: %w", err)
-	}
-	return c, nil
 }
 
 // Authenticate returns the tenant principal of the request's bearer

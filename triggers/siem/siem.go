@@ -122,12 +122,9 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *o
 	h.alerts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rekey_siem_alerts_total", Help: "Alerts received by the SIEM webhook trigger, by source and outcome.",
 	}, []string{"source", "outcome"})
-	if err := metrics.Registry.Register(h.alerts); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("siem metrics: %w", err)
-		}
-		h.alerts = are.ExistingCollector.(*prometheus.CounterVec)
+	var err error
+	if h.alerts, err = orchestrator.Register(metrics, h.alerts); err != nil {
+		return nil, fmt.Errorf("siem: %w", err)
 	}
 	return h, nil
 }

@@ -179,12 +179,9 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *o
 		Name: "rekey_usage_reports_total",
 		Help: "Use reports handled by the use-count trigger, by outcome (counted, duplicate, ignored, refused, failed).",
 	}, []string{"outcome"})
-	if err := metrics.Registry.Register(reports); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("usage: register metrics: %w", err)
-		}
-		reports = are.ExistingCollector.(*prometheus.CounterVec)
+	reports, err := orchestrator.Register(metrics, reports)
+	if err != nil {
+		return nil, fmt.Errorf("usage: %w", err)
 	}
 	return &Trigger{cfg: cfg, rekey: rekey, bus: bus, audit: audit, metrics: metrics,
 		log: log.With("component", "usage"), reports: reports}, nil
