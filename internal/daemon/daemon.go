@@ -17,6 +17,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout"
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/awssm"
 	"github.com/rekey-dev/rekey/handlers/local"
 	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/orchestrator"
@@ -51,6 +52,7 @@ type Daemon struct {
 	leases     *orchestrator.Leases // what runs on one replica at a time
 	local      *local.Backend
 	catalog    *handlers.Catalog
+	awssm      *awssm.Backend
 	adminToken string
 	comps      []orchestrator.Named
 }
@@ -136,6 +138,15 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		}
 		backends = append(backends, vb)
 		backendComps = append(backendComps, orchestrator.Named{Name: "vault-auth", Component: vb})
+	}
+	if len(cfg.Backends.AWSSM) > 0 {
+		ab, comp, err := d.buildAWSSM(ctx, log)
+		if err != nil {
+			return nil, err
+		}
+		d.awssm = ab
+		backends = append(backends, ab)
+		backendComps = append(backendComps, comp)
 	}
 	catalog, err := handlers.NewCatalog(&d.cfg, backends...)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 )
 
 // knownTriggers are the sections rekey.yaml may have under triggers:.
-var knownTriggers = []string{"cron", "selfservice", "siem", "usage"}
+var knownTriggers = []string{"awsevents", "cron", "selfservice", "siem", "usage"}
 
 // checkTriggerSections refuses a section of a trigger this build lacks.
 func checkTriggerSections(cfg *orchestrator.Config) error {
@@ -67,6 +67,14 @@ func (d *Daemon) buildTriggers(audit *orchestrator.Auditor, log *slog.Logger) ([
 			return nil, fmt.Errorf("triggers.siem: %w", err)
 		}
 		h.Register(d.http.Mux)
+	}
+
+	if raw, ok := cfg.Triggers["awsevents"]; ok {
+		aws, err := d.buildAWSEvents(raw, audit, log)
+		if err != nil {
+			return nil, err
+		}
+		comps = append(comps, aws...)
 	}
 	return comps, nil
 }

@@ -1,0 +1,85 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/rekey-dev/rekey/handlers/awssm"
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+	"github.com/rekey-dev/rekey/triggers/awsevents"
+)
+
+// buildAWSSM builds the Secrets Manager backend from backends.awssm, and
+// the component that hands it the external changes the AWS trigger (on any
+// replica) publishes, which is how a delegated rotation hears that its
+// Lambda finished.
+func (d *Daemon) buildAWSSM(ctx context.Context, log *slog.Logger) (*awssm.Backend, orchestrator.Named, error) {
+	acfg, err := awssm.ParseConfig(d.cfg.Backends.AWSSM, &d.cfg)
+	if err != nil {
+		return nil, orchestrator.Named{}, err
+	}
+	b, err := awssm.New(ctx, acfg, log)
+	if err != nil {
+		return nil, orchestrator.Named{}, fmt.Errorf("%s: %w", awssm.Section, err)
+	}
+	return b, orchestrator.Named{Name: "awssm-external-changes", Component: &externalChanges{nc: d.bus.NC, notify: b.Notify, log: log}}, nil
+}
+
+// externalChanges subscribes to every tenant's external_change events and
+// passes each to notify.
+type externalChanges struct {
+	nc     *nats.Conn
+	notify func(schemas.ExternalChange)
+	log    *slog.Logger
+}
+
+// Run implements orchestrator.Component.
+func (e *externalChanges) Run(ctx context.Context) error {
+	subject := schemas.EventsSubject("*", schemas.KindExternalChange)
+	sub, err := e.nc.Subscribe(subject, func(m *nats.Msg) {
+		var ch schemas.ExternalChange
+		ev, err := schemas.DecodeAs(m.Data, schemas.TypeExternalChange, &ch)
+		if err != nil || ev.Tenant != ch.Tenant || m.Subject != schemas.EventsSubject(ch.Tenant, schemas.KindExternalChange) {
+			e.log.Warn("external change dropped", "component", "awssm", "subject", m.Subject, "err", err)
+			return
+		}
+		e.notify(ch)
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", subject, err)
+	}
+	<-ctx.Done()
+	return sub.Unsubscribe()
+}
+
+// buildAWSEvents builds the SQS/EventBridge trigger and, when enabled, the
+// EventBridge outcome publisher from triggers.awsevents.
+func (d *Daemon) buildAWSEvents(raw []byte, audit *orchestrator.Auditor, log *slog.Logger) ([]orchestrator.Named, error) {
+	cfg, err := awsevents.ParseConfig(raw, &d.cfg)
+	if err != nil {
+		return nil, err
+	}
+	var comps []orchestrator.Named
+	if cfg.Enabled {
+		if d.awssm == nil {
+			return nil, orchestrator.FieldErrorf(awsevents.Section, "needs backends.awssm: its secrets are how AWS events map to tenants")
+		}
+		t, err := awsevents.New(cfg, d.awssm.Config(), d.bus, audit, d.metrics, log)
+		if err != nil {
+			return nil, err
+		}
+		comps = append(comps, orchestrator.Named{Name: "awsevents", Component: t})
+	}
+	if cfg.EventBridge.Enabled {
+		p, err := awsevents.NewPublisher(cfg, d.bus, d.metrics, log)
+		if err != nil {
+			return nil, err
+		}
+		comps = append(comps, orchestrator.Named{Name: "awsevents-eventbridge", Component: p})
+	}
+	return comps, nil
+}

@@ -1,0 +1,263 @@
+package daemon_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	smtypes "github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
+	"github.com/goccy/go-yaml"
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/fanout/agent"
+	"github.com/rekey-dev/rekey/fanout/agent/awsfetch"
+	"github.com/rekey-dev/rekey/handlers/awssm/awssmtest"
+	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
+	"github.com/rekey-dev/rekey/triggers/awsevents/kumotest"
+)
+
+// awsEnv is rekeyd with the Secrets Manager backend on the in-test
+// emulator (awssmtest, a fake speaking the real JSON protocol: the
+// emulators available lack the staging-label calls) and the AWS trigger
+// reading a real SQS queue fed by a real EventBridge rule (kumo).
+type awsEnv struct {
+	t    *testing.T
+	d    *running
+	sm   *awssmtest.Server
+	smc  *secretsmanager.Client
+	kumo *kumotest.Kumo
+}
+
+const (
+	awsStaged    = "stripe-key" // rotated by rekey, staged mode
+	awsDelegated = "twilio-key" // rotated by a Lambda (delegated mode)
+)
+
+func startAWS(t *testing.T, pollInterval time.Duration) *awsEnv {
+	t.Helper()
+	ctx := context.Background()
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+	t.Setenv("AWS_REGION", "us-east-1")
+	e := &awsEnv{t: t, sm: awssmtest.Start(t)}
+	e.smc = e.sm.Client(t)
+	for _, s := range []string{awsStaged, awsDelegated} {
+		_, err := e.smc.CreateSecret(ctx, &secretsmanager.CreateSecretInput{
+			Name: aws.String("/tenants/acme/" + s), SecretString: aws.String("initial-" + s),
+			Tags: []smtypes.Tag{{Key: aws.String("TenantId"), Value: aws.String("acme")}},
+		})
+		require.NoError(t, err)
+	}
+	_, err := e.smc.RotateSecret(ctx, &secretsmanager.RotateSecretInput{
+		SecretId: aws.String("/tenants/acme/" + awsDelegated), RotateImmediately: aws.Bool(false),
+		RotationLambdaARN: aws.String("arn:aws:lambda:us-east-1:123456789012:function:rotate-twilio"),
+	})
+	require.NoError(t, err)
+
+	e.kumo, err = kumotest.Start(ctx)
+	require.NoError(t, err, "the kumo AWS emulator is needed: %s", kumotest.HowToGetKumo)
+	t.Cleanup(e.kumo.Stop)
+	q, err := e.kumo.CreateQueue(ctx, "rekey-events", kumotest.QueueOptions{MaxReceiveCount: 3, VisibilityTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	require.NoError(t, e.kumo.RouteToQueue(ctx, "default", "rekey-secretsmanager", `{"source":["aws.secretsmanager"]}`, q.ARN))
+
+	cfg := testConfig(t, t.TempDir())
+	cfg.Backends.AWSSM = mustYAML(t, map[string]any{"region": "us-east-1", "endpoint": e.sm.Endpoint(), "poll_interval": pollInterval.String()})
+	if cfg.Triggers == nil {
+		cfg.Triggers = map[string]yaml.RawMessage{}
+	}
+	cfg.Triggers["awsevents"] = mustYAML(t, map[string]any{
+		"queue_url": q.URL, "region": "us-east-1", "endpoint": e.kumo.Endpoint, "wait_time": "1s",
+	})
+	acme := cfg.Tenants["acme"]
+	gen := orchestrator.GeneratorConfig{Style: "api-key", Length: 32, Prefix: "sk_live_"}
+	acme.Secrets[awsStaged] = orchestrator.SecretConfig{Backend: "awssm", Generator: gen}
+	acme.Secrets[awsDelegated] = orchestrator.SecretConfig{Backend: "awssm", Generator: gen, Options: map[string]string{"mode": "delegated"}}
+	cfg.Tenants["acme"] = acme
+	require.NoError(t, cfg.Validate())
+	e.d = start(t, cfg, daemonOpts())
+	return e
+}
+
+func mustYAML(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := yaml.Marshal(v)
+	require.NoError(t, err)
+	return b
+}
+
+// agent starts an agent of acme that reads Secrets Manager itself.
+func (e *awsEnv) agent(instance string, onInv func(agent.Invalidated)) *agent.Agent {
+	e.t.Helper()
+	f, err := awsfetch.New(e.smc, awsfetch.Config{})
+	require.NoError(e.t, err)
+	return newAgentWith(e.t, e.d, "acme", instance, f, onInv)
+}
+
+// putRotationEvent puts on the default bus the event Secrets Manager sends
+// when a rotation ends, as CloudTrail shapes it.
+func (e *awsEnv) putRotationEvent(name, event string) {
+	e.t.Helper()
+	detail, err := json.Marshal(map[string]any{
+		"eventVersion": "1.08", "eventSource": "secretsmanager.amazonaws.com", "eventName": event,
+		"eventTime": time.Now().UTC().Format(time.RFC3339), "awsRegion": "us-east-1", "eventType": "AwsServiceEvent",
+		"additionalEventData": map[string]string{"SecretId": e.sm.ARN(name)},
+		"eventID":             fmt.Sprintf("evt-%d", time.Now().UnixNano()),
+	})
+	require.NoError(e.t, err)
+	out, err := e.kumo.EventBridge().PutEvents(context.Background(), &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+		Source: aws.String("aws.secretsmanager"), DetailType: aws.String("AWS Service Event via CloudTrail"), Detail: aws.String(string(detail)),
+	}}})
+	require.NoError(e.t, err)
+	require.Zero(e.t, out.FailedEntryCount)
+}
+
+// current returns the AWSCURRENT version id and value.
+func (e *awsEnv) current(name string) (string, string) {
+	e.t.Helper()
+	out, err := e.smc.GetSecretValue(context.Background(), &secretsmanager.GetSecretValueInput{SecretId: aws.String(name)})
+	require.NoError(e.t, err)
+	return aws.ToString(out.VersionId), aws.ToString(out.SecretString)
+}
+
+func waitInvalidation(t *testing.T, ch <-chan agent.Invalidated, secret string, timeout time.Duration) agent.Invalidated {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case inv := <-ch:
+			if inv.Invalidation.Secret == secret {
+				return inv
+			}
+		case <-deadline:
+			t.Fatalf("no invalidation of %s within %s", secret, timeout)
+		}
+	}
+}
+
+// TestAWSStagedRotation: a rotation through the API stages the new value
+// as AWSPENDING, promotes it to AWSCURRENT (the old one becomes
+// AWSPREVIOUS), and an agent reading Secrets Manager itself serves the new
+// value as soon as it is invalidated.
+func TestAWSStagedRotation(t *testing.T) {
+	e := startAWS(t, 5*time.Second)
+	ctx := context.Background()
+	name := "/tenants/acme/" + awsStaged
+	invs := make(chan agent.Invalidated, 8)
+	a := e.agent("aws-agent-1", func(inv agent.Invalidated) { invs <- inv })
+	before, err := a.Get(ctx, awsStaged)
+	require.NoError(t, err)
+	require.Equal(t, "initial-"+awsStaged, string(before.Value))
+
+	id := rotate(t, e.d, "acme", awsStaged)
+	inv := waitInvalidation(t, invs, awsStaged, 20*time.Second)
+	require.Equal(t, id, inv.Invalidation.RequestID)
+	vid, value := e.current(name)
+	require.Equal(t, vid, inv.Invalidation.Version)
+	require.Regexp(t, `^sk_live_[A-Za-z0-9]{32}$`, value)
+	got, err := a.Get(ctx, awsStaged)
+	require.NoError(t, err)
+	require.Equal(t, value, string(got.Value))
+	require.Equal(t, vid, got.Version)
+
+	stages := e.sm.Stages(name) // version id -> its labels
+	require.Equal(t, []string{"AWSCURRENT"}, stages[vid])
+	require.Equal(t, []string{"AWSPREVIOUS"}, stages[before.Version])
+	for v, labels := range stages {
+		require.NotContains(t, labels, "AWSPENDING", "AWSPENDING left on %s", v)
+	}
+	require.NotContains(t, e.d.logs.String(), value)
+}
+
+// TestAWSEventInvalidatesAgents: AWS rotates a secret itself; the
+// RotationSucceeded event goes EventBridge -> rule -> SQS -> rekey, which
+// records the new version without writing to Secrets Manager and
+// invalidates every agent, which then reads the new value.
+func TestAWSEventInvalidatesAgents(t *testing.T) {
+	e := startAWS(t, 5*time.Second)
+	ctx := context.Background()
+	name := "/tenants/acme/" + awsStaged
+	invs := make(chan agent.Invalidated, 8)
+	a := e.agent("aws-agent-2", func(inv agent.Invalidated) { invs <- inv })
+	before, err := a.Get(ctx, awsStaged)
+	require.NoError(t, err)
+
+	// Outside rekey: a new AWSCURRENT.
+	_, err = e.smc.PutSecretValue(ctx, &secretsmanager.PutSecretValueInput{
+		SecretId: aws.String(name), SecretString: aws.String("rotated-by-aws"), ClientRequestToken: aws.String("aws-side-rotation-0000000000000001"),
+	})
+	require.NoError(t, err)
+	cached, err := a.Get(ctx, awsStaged)
+	require.NoError(t, err)
+	require.Equal(t, before.Version, cached.Version, "the agent should still hold its cached value")
+	writes := e.sm.CallCounts()
+
+	sent := time.Now()
+	e.putRotationEvent(name, "RotationSucceeded")
+	inv := waitInvalidation(t, invs, awsStaged, 20*time.Second)
+	t.Logf("PutEvents -> agent invalidated in %s", time.Since(sent).Round(time.Millisecond))
+	require.Equal(t, "aws-side-rotation-0000000000000001", inv.Invalidation.Version)
+	got, err := a.Get(ctx, awsStaged)
+	require.NoError(t, err)
+	require.Equal(t, "rotated-by-aws", string(got.Value))
+
+	after := e.sm.CallCounts()
+	for _, op := range []string{"PutSecretValue", "UpdateSecretVersionStage", "RotateSecret"} {
+		require.Equal(t, writes[op], after[op], "rekey called %s for an AWS-side rotation", op)
+	}
+	st, err := e.d.State().SecretStatus(ctx, "acme", awsStaged)
+	require.NoError(t, err)
+	require.Equal(t, schemas.RotateModeSync, st.LastMode)
+}
+
+// TestAWSDelegatedRotation: a rotation of a secret with a rotation Lambda
+// calls RotateSecret and completes when the RotationSucceeded event comes
+// back through EventBridge and SQS (polling is set to a minute, so only
+// the event can end it in time).
+func TestAWSDelegatedRotation(t *testing.T) {
+	e := startAWS(t, time.Minute)
+	ctx := context.Background()
+	name := "/tenants/acme/" + awsDelegated
+	e.sm.OnRotation(func(ev awssmtest.RotationEvent) { e.putRotationEvent(ev.Name, ev.Event) })
+	invs := make(chan agent.Invalidated, 8)
+	a := e.agent("aws-agent-3", func(inv agent.Invalidated) { invs <- inv })
+	_, err := a.Get(ctx, awsDelegated)
+	require.NoError(t, err)
+
+	began := time.Now()
+	id := rotate(t, e.d, "acme", awsDelegated)
+	inv := waitInvalidation(t, invs, awsDelegated, 30*time.Second)
+	t.Logf("delegated rotation completed through the event in %s", time.Since(began).Round(time.Millisecond))
+	require.Equal(t, id, inv.Invalidation.RequestID)
+	vid, value := e.current(name)
+	require.Equal(t, vid, inv.Invalidation.Version)
+	got, err := a.Get(ctx, awsDelegated)
+	require.NoError(t, err)
+	require.Equal(t, value, string(got.Value))
+	require.Equal(t, 1, e.sm.Calls("RotateSecret")-1, "one RotateSecret besides the one enabling rotation")
+}
+
+// newAgentWith starts an agent of tenant on its own NATS connection that
+// reads values through f.
+func newAgentWith(t *testing.T, d *running, tenant, instance string, f agent.Fetcher, onInv func(agent.Invalidated)) *agent.Agent {
+	t.Helper()
+	opts := append(d.AgentNATSOptions(tenant), nats.Name(instance), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(d.NATSURL(), opts...)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	a, err := agent.New(nc, f, agent.Config{Tenant: tenant, Instance: instance, OnInvalidate: onInv, UsageInterval: 200 * time.Millisecond})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	require.NoError(t, a.Start(ctx))
+	t.Cleanup(func() { _ = a.Close() })
+	return a
+}
