@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,7 +31,7 @@ import (
 // emulators available lack the staging-label calls) and the AWS trigger
 // reading a real SQS queue fed by a real EventBridge rule (kumo).
 type awsEnv struct {
-	t    *testing.T
+	t    testing.TB
 	d    *running
 	sm   *awssmtest.Server
 	smc  *secretsmanager.Client
@@ -41,7 +43,7 @@ const (
 	awsDelegated = "twilio-key" // rotated by a Lambda (delegated mode)
 )
 
-func startAWS(t *testing.T, pollInterval time.Duration) *awsEnv {
+func startAWS(t testing.TB, pollInterval time.Duration) *awsEnv {
 	t.Helper()
 	ctx := context.Background()
 	t.Setenv("AWS_ACCESS_KEY_ID", "test")
@@ -87,7 +89,7 @@ func startAWS(t *testing.T, pollInterval time.Duration) *awsEnv {
 	return e
 }
 
-func mustYAML(t *testing.T, v any) []byte {
+func mustYAML(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := yaml.Marshal(v)
 	require.NoError(t, err)
@@ -247,7 +249,7 @@ func TestAWSDelegatedRotation(t *testing.T) {
 
 // newAgentWith starts an agent of tenant on its own NATS connection that
 // reads values through f.
-func newAgentWith(t *testing.T, d *running, tenant, instance string, f agent.Fetcher, onInv func(agent.Invalidated)) *agent.Agent {
+func newAgentWith(t testing.TB, d *running, tenant, instance string, f agent.Fetcher, onInv func(agent.Invalidated)) *agent.Agent {
 	t.Helper()
 	opts := append(d.AgentNATSOptions(tenant), nats.Name(instance), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	nc, err := nats.Connect(d.NATSURL(), opts...)
@@ -260,4 +262,68 @@ func newAgentWith(t *testing.T, d *running, tenant, instance string, f agent.Fet
 	require.NoError(t, a.Start(ctx))
 	t.Cleanup(func() { _ = a.Close() })
 	return a
+}
+
+// BenchmarkAWSEventToAgents measures what an AWS-side rotation costs to
+// reach every agent: a new AWSCURRENT is written, then its
+// RotationSucceeded event is put on EventBridge; the time from PutEvents
+// until the last of n agents dropped the old value (EventBridge rule ->
+// SQS long poll -> rekey -> sync -> fanout -> agents) is one sample.
+//
+//	go test -run '^$' -bench AWSEventToAgents -benchtime 50x ./internal/daemon/
+func BenchmarkAWSEventToAgents(b *testing.B) {
+	for _, n := range []int{10, 100} {
+		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
+			e := startAWS(b, 5*time.Second)
+			ctx := context.Background()
+			name := "/tenants/acme/" + awsStaged
+			var mu sync.Mutex
+			want, dropped := "", 0
+			all := make(chan time.Time, 1)
+			for i := range n {
+				a := e.agent(fmt.Sprintf("bench-%d", i), func(inv agent.Invalidated) {
+					mu.Lock()
+					defer mu.Unlock()
+					if inv.Invalidation.Secret != awsStaged || inv.Invalidation.Version != want {
+						return
+					}
+					if dropped++; dropped == n {
+						all <- inv.DroppedAt
+					}
+				})
+				_, err := a.Get(ctx, awsStaged)
+				require.NoError(b, err)
+			}
+			var lat []time.Duration
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				token := fmt.Sprintf("bench-rotation-%026d", i)
+				_, err := e.smc.PutSecretValue(ctx, &secretsmanager.PutSecretValueInput{
+					SecretId: aws.String(name), SecretString: aws.String(fmt.Sprintf("value-%d", i)), ClientRequestToken: aws.String(token),
+				})
+				require.NoError(b, err)
+				mu.Lock()
+				want, dropped = token, 0
+				mu.Unlock()
+				b.StartTimer()
+				sent := time.Now()
+				e.putRotationEvent(name, "RotationSucceeded")
+				select {
+				case at := <-all:
+					lat = append(lat, at.Sub(sent))
+				case <-time.After(30 * time.Second):
+					b.Fatalf("event %d: %d of %d agents invalidated after 30s", i, dropped, n)
+				}
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			pct := func(p float64) float64 {
+				return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Microseconds()) / 1000
+			}
+			b.ReportMetric(pct(0.50), "p50-ms")
+			b.ReportMetric(pct(0.99), "p99-ms")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }

@@ -64,7 +64,7 @@ type running struct {
 }
 
 // start runs a daemon until the test ends (or stop is called).
-func start(t *testing.T, cfg orchestrator.Config, opts daemon.Options) *running {
+func start(t testing.TB, cfg orchestrator.Config, opts daemon.Options) *running {
 	t.Helper()
 	logs := &testutil.SyncBuffer{}
 	opts.Config = cfg
@@ -97,7 +97,7 @@ func (r *running) stop() {
 }
 
 // testWriter sends logs to t.Log only when -v asks for them.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	if testing.Verbose() {
@@ -106,7 +106,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func waitHTTP(t *testing.T, url string) {
+func waitHTTP(t testing.TB, url string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		resp, err := http.Get(url)
