@@ -117,7 +117,7 @@ func TestPermanentFailure(t *testing.T) {
 	require.Equal(t, n, calls.Load(), "the failed request was redelivered")
 }
 
-func subscribeEvents(t *testing.T, d *running, tenant, kind string) (<-chan schemas.Event, func()) {
+func subscribeEvents(t testing.TB, d *running, tenant, kind string) (<-chan schemas.Event, func()) {
 	t.Helper()
 	ch := make(chan schemas.Event, 16)
 	sub, err := d.Bus().NC.Subscribe(schemas.EventsSubject(tenant, kind), func(m *nats.Msg) {
