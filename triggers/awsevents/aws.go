@@ -10,7 +10,6 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // sqsAPI is the part of the SQS client the trigger uses.
@@ -54,28 +53,6 @@ func LoadAWSConfig(ctx context.Context, region, endpoint string) (aws.Config, er
 		cfg.BaseEndpoint = aws.String(endpoint)
 	}
 	return cfg, nil
-}
-
-// register registers c on reg, or returns the collector registered before
-// under the same name (a second trigger in the same process, a test).
-func register[C prometheus.Collector](reg *prometheus.Registry, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, fmt.Errorf("register metric: %w", err)
-	}
-	return c, nil
-}
-
-// pause waits d, or less when ctx ends first.
-func pause(ctx context.Context, d time.Duration) {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	<-ctx.Done()
 }
 
 // nextDelay is the retry delay after d: 500ms at first, doubling up to 30s.

@@ -129,12 +129,12 @@ func New(cfg Config, resolver SecretResolver, bus *orchestrator.Bus, audit *orch
 	t.sqs, t.resolver, t.bus, t.audit, t.metrics = sqs.NewFromConfig(awsCfg), resolver, bus, audit, metrics
 	t.rules = compileRules(cfg.GuardDuty.Rules)
 	t.allowed, t.accounts = set(cfg.Tenants), set(cfg.Accounts)
-	if t.received, err = register(metrics.Registry, prometheus.NewCounter(prometheus.CounterOpts{
+	if t.received, err = orchestrator.Register(metrics, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rekey_aws_messages_received_total", Help: "SQS messages received by the AWS trigger.",
 	})); err != nil {
 		return nil, err
 	}
-	if t.outcomes, err = register(metrics.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
+	if t.outcomes, err = orchestrator.Register(metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rekey_aws_messages_total", Help: "SQS messages handled by the AWS trigger, by outcome.",
 	}, []string{"outcome"})); err != nil {
 		return nil, err
@@ -163,7 +163,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 	retry := func(msg string, args ...any) {
 		delay = nextDelay(delay)
 		t.log.Warn(msg, append(args, "retry_in", delay)...)
-		pause(ctx, delay)
+		orchestrator.Sleep(ctx, delay)
 	}
 	for ctx.Err() == nil {
 		// Receive nothing while NATS is away: every receive counts toward

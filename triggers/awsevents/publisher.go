@@ -79,7 +79,7 @@ func NewPublisher(cfg Config, bus *orchestrator.Bus, metrics *orchestrator.Metri
 	}
 	p := &Publisher{cfg: e, eb: eventbridge.NewFromConfig(awsCfg), bus: bus, log: log.With("component", Component+"-eventbridge"),
 		started: make(chan struct{})}
-	if p.events, err = register(metrics.Registry, newEventsCounter()); err != nil {
+	if p.events, err = orchestrator.Register(metrics, newEventsCounter()); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -61,7 +61,7 @@ func TestPublisherRetriesFailedEntries(t *testing.T) {
 	fake := &failingBus{fail: []string{"ThrottlingException", "InternalFailure", "MalformedDetail"}}
 	cfg := Defaults().withDefaults().EventBridge
 	p := &Publisher{cfg: cfg, eb: fake, bus: bus, log: log, started: make(chan struct{})}
-	p.events, err = register(orchestrator.NewMetrics().Registry, newEventsCounter())
+	p.events, err = orchestrator.Register(orchestrator.NewMetrics(), newEventsCounter())
 	require.NoError(t, err)
 	testutil.Run(t, p)
 	<-p.Started()
