@@ -30,7 +30,10 @@ fi
 
 if [ ! -f "$src_dir/go.mod" ]; then
   echo "== kumo: downloading github.com/sivchari/kumo@$kumo_version"
-  src="$(cd "$cache/.." && go mod download -json "github.com/sivchari/kumo@$kumo_version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  # Outside any module, so the project's go.mod and go.sum stay untouched.
+  tmp="$(mktemp -d)"
+  src="$(cd "$tmp" && go mod download -json "github.com/sivchari/kumo@$kumo_version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  rmdir "$tmp"
   if [ -z "$src" ] || [ ! -d "$src" ]; then echo "kumo: could not download the module" >&2; exit 1; fi
   mkdir -p "$cache"
   rm -rf "$src_dir.tmp"
