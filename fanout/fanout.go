@@ -35,6 +35,9 @@ type Fanout struct {
 	Leases Exclusive
 
 	started atomic.Bool
+	// deciding is set while this replica decides confirmations and
+	// audits acks (it holds the confirm lease).
+	deciding atomic.Bool
 	// invalidations and eventsEpoch order invalidations (replicas.go).
 	invalidations jetstream.Stream
 	eventsEpoch   int64
@@ -100,9 +103,6 @@ func (f *Fanout) Run(ctx context.Context) error {
 	confirmed := make(chan struct{})
 	go func() { defer close(confirmed); f.runConfirm(confirmCtx) }()
 	defer func() { stopConfirm(); <-confirmed }()
-	audited := make(chan struct{})
-	go func() { defer close(audited); f.auditAcks(confirmCtx) }()
-	defer func() { stopConfirm(); <-audited }()
 
 	// Consume's callback runs on one goroutine, in stream order, so the
 	// invalidations of one secret go out in the order of its rotations.
@@ -226,6 +226,9 @@ func (f *Fanout) onAck(m *nats.Msg) {
 	if ok {
 		f.metrics.AgentInvalidationDelay.Observe(d.Seconds())
 	}
+	if !f.deciding.Load() {
+		return // the replica holding the confirm lease audits it
+	}
 	select {
 	case f.ackAudit <- ackRecord{ack: ack, delay: d}:
 	default:
@@ -235,8 +238,9 @@ func (f *Fanout) onAck(m *nats.Msg) {
 }
 
 // auditAcks writes one audit record per agent ack: the agent instance as
-// actor, its tool when it reported one, the version it dropped. The id is
-// derived from the ack, so replicas that all heard it write one record.
+// actor, its tool when it reported one, the version it dropped. It runs
+// on the replica holding the confirm lease; the id is derived from the
+// ack, so an ack written again at a lease handover is still one record.
 func (f *Fanout) auditAcks(ctx context.Context) {
 	write := func(r ackRecord) {
 		a := r.ack

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,10 +23,14 @@ import (
 //     tracks them as if it had published them (AckTracker.Published is
 //     idempotent), keeping acks that arrive before the invalidation they
 //     ack (they come on other routes);
-//   - invalidation_confirmed events are decided by one replica, the holder
-//     of the "fanout-confirm" lease (Leases); the others mark what it
+//   - invalidation_confirmed events and the audit records of acks are
+//     written by one replica, the holder of the "fanout-confirm" lease
+//     (Leases), not by each (JetStream would drop the copies, but each
+//     replica would pay for all of them); the others mark what it
 //     confirmed, so that a replica taking the lease over does not confirm
-//     it again.
+//     it again. Acks heard while no replica holds the lease (a holder
+//     died, for up to the lease TTL) still count in the confirmations,
+//     but get no audit record of their own.
 //
 // Invalidations of one subject must reach the INVALIDATE stream (and the
 // agents) in the order of their events, though the replicas handle events
@@ -49,16 +54,23 @@ const (
 	HeaderEventEpoch = "Rekey-Event-Epoch"
 )
 
-// runConfirm runs the confirm loop, under the lease when Leases is set.
+// runConfirm decides confirmations and audits acks, under the lease when
+// Leases is set.
 func (f *Fanout) runConfirm(ctx context.Context) {
-	if f.Leases == nil {
+	decide := func(ctx context.Context) error {
+		f.deciding.Store(true)
+		var wg sync.WaitGroup
+		wg.Go(func() { f.auditAcks(ctx) })
 		f.confirmLoop(ctx)
+		f.deciding.Store(false)
+		wg.Wait()
+		return ctx.Err()
+	}
+	if f.Leases == nil {
+		_ = decide(ctx)
 		return
 	}
-	_ = f.Leases.RunExclusive(ctx, LeaseConfirm, func(ctx context.Context) error {
-		f.confirmLoop(ctx)
-		return ctx.Err()
-	})
+	_ = f.Leases.RunExclusive(ctx, LeaseConfirm, decide)
 }
 
 // followReplicas subscribes to the invalidations and confirmations every

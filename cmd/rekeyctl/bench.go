@@ -99,6 +99,33 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 	hook.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long to send")
 	hook.Flags().IntVar(&samples, "samples", 50, "latency samples, one webhook at a time")
 	hook.Flags().IntVar(&hookAgents, "agents", 10, "agents of the tenant")
-	cmd.AddCommand(prop, get, fan, hook)
+	capCfg := sim.CapacityConfig{}
+	capacity := &cobra.Command{
+		Use:   "capacity",
+		Short: "rotations/s, invalidations/s and agents at 1 and 3 rekeyd replicas on a 3-node NATS cluster",
+		Long: `capacity starts, for each replica count, a NATS cluster (JetStream, streams with
+3 replicas) and that many rekeyd replicas in this process, connects agents
+spread over the nodes, and measures rotations (full sagas on the local backend)
+and invalidations (fanout from completion events) per second.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			rows, err := sim.Capacity(ctx, capCfg, log)
+			if err != nil {
+				return err
+			}
+			sim.PrintCapacity(cmd.OutOrStdout(), capCfg, rows)
+			return nil
+		},
+	}
+	capacity.Flags().IntSliceVar(&capCfg.Replicas, "replicas", []int{1, 3}, "rekeyd replica counts to measure")
+	capacity.Flags().IntVar(&capCfg.Nodes, "nodes", 3, "NATS cluster nodes")
+	capacity.Flags().IntVar(&capCfg.Secrets, "secrets", 100, "secrets per tenant (two tenants)")
+	capacity.Flags().IntVar(&capCfg.Rounds, "rounds", 3, "rotations of every secret")
+	capacity.Flags().IntVar(&capCfg.Invalidations, "invalidations", 2000, "completion events for fanout")
+	capacity.Flags().IntVar(&capCfg.Agents, "agents", 200, "agents, half per tenant, each on its own connection")
+	cmd.AddCommand(prop, get, fan, hook, capacity)
 	return cmd
 }

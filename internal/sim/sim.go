@@ -81,17 +81,7 @@ func StartCluster(ctx context.Context, log *slog.Logger, tweaks ...func(*orchest
 		done: make(chan error, 1), dir: dir, drops: map[string][]Drop{}}
 	c.cond = sync.NewCond(&c.mu)
 	go func() { c.done <- d.Run(runCtx) }()
-	if err := daemon.WaitReady(ctx, 10*time.Second, func(ctx context.Context) error {
-		resp, err := c.client.Get("http://" + d.HTTPAddr() + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz: %s", resp.Status)
-		}
-		return nil
-	}); err != nil {
+	if err := daemon.WaitReady(ctx, 10*time.Second, httpReady(d.HTTPAddr())); err != nil {
 		c.Close()
 		return nil, err
 	}

@@ -53,3 +53,21 @@ func TestWebhookBenchSmall(t *testing.T) {
 	require.Empty(t, res.Other, "every signed webhook is accepted")
 	require.Len(t, res.ToDropped, 2)
 }
+
+// TestCapacitySmall runs `rekeyctl bench capacity` at a tiny size: two
+// replicas on a three-node cluster do every rotation and invalidation.
+func TestCapacitySmall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := sim.CapacityConfig{Replicas: []int{2}, Nodes: 3, Secrets: 3, Rounds: 2, Invalidations: 20, Agents: 4}
+	rows, err := sim.Capacity(ctx, cfg, nil)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Equal(t, 12, rows[0].Rotations.N)
+	require.Equal(t, 20, rows[0].Invalidations.N)
+	require.Equal(t, 5, rows[0].InvalidationsToAgents.N)
+	require.EqualValues(t, 5*2, rows[0].Acks, "each of the 2 agents of a tenant acks its tenant's invalidations")
+	var out bytes.Buffer
+	sim.PrintCapacity(&out, cfg, rows)
+	require.Contains(t, out.String(), "rotations/s")
+}
