@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/fanout"
@@ -298,4 +299,56 @@ func TestClusterStormWithFailures(t *testing.T) {
 		}, 15*time.Second, 50*time.Millisecond, "lease %s held by %q", lease, holder)
 	}
 	t.Logf("total %s", time.Since(began).Round(time.Millisecond))
+}
+
+// TestTenantRequestsApplyInOrder: a replica takes a tenant's revoke and
+// dies without acking it; the restore made after it reaches a live replica
+// first. The restore waits for the revoke's redelivery, so the tenant ends
+// restored, as its operator asked last, not revoked.
+func TestTenantRequestsApplyInOrder(t *testing.T) {
+	srv := testutil.StartNATS(t, -1, "")
+	ctx := context.Background()
+	bus, err := orchestrator.Connect(ctx, srv.ClientURL(), "dead-replica", orchestrator.NATSConfig{}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(bus.Close)
+	require.NoError(t, bus.EnsureStreams(ctx))
+	// The durable the revocation workers share, as they create it.
+	cons, err := bus.Consumer(ctx, schemas.StreamRevoke, jetstream.ConsumerConfig{
+		Durable: orchestrator.ConsumerRevocation, AckPolicy: jetstream.AckExplicitPolicy, AckWait: testWorker.AckWait,
+		MaxAckPending: 1000, MaxDeliver: -1, FilterSubject: schemas.SubjectRevokeAll,
+	})
+	require.NoError(t, err)
+	request := func(action string) string {
+		ev, err := bus.PublishEvent(ctx, schemas.RevokeSubject("globex"), "test", schemas.TypeRevocationRequested, "globex", "globex",
+			schemas.RevocationRequested{Tenant: "globex", Action: action, Reason: "order test", Trigger: schemas.Trigger{Kind: "api"}, RequestedAt: time.Now().UTC()})
+		require.NoError(t, err)
+		return ev.ID
+	}
+	revokeID := request(schemas.ActionRevoke)
+	held, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(t, err)
+	for m := range held.Messages() {
+		require.Equal(t, schemas.RevokeSubject("globex"), m.Subject()) // taken, never acked
+	}
+
+	cfg := testConfig(t, t.TempDir())
+	cfg.NATS.URL = srv.ClientURL()
+	d := start(t, cfg, daemonOpts())
+	restoreID := request(schemas.ActionRestore)
+
+	var order []string
+	require.Eventually(t, func() bool {
+		order = order[:0]
+		for _, r := range auditRecords(t, d, "globex") {
+			if (r.RequestID == revokeID && r.Action == "revocation.complete") || (r.RequestID == restoreID && r.Action == "revocation.restore") {
+				order = append(order, r.Action)
+			}
+		}
+		return len(order) == 2
+	}, 30*time.Second, 50*time.Millisecond, "revoke redelivered and restore applied")
+	require.Equal(t, []string{"revocation.complete", "revocation.restore"}, order, "applied in the order they were made")
+	ts, err := d.State().TenantState(ctx, "globex")
+	require.NoError(t, err)
+	require.False(t, ts.Revoked, "restored, as asked last")
+	require.Equal(t, restoreID, ts.RequestID)
 }
