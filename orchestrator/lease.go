@@ -226,13 +226,19 @@ func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, 
 		sent := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, max(renewed.Add(giveUp).Sub(sent), time.Millisecond))
 		rev, err := l.kv.Update(rctx, h.name, h.value, h.rev)
+		adopted := false
 		if err != nil && IsConflict(err) && ctx.Err() == nil {
 			// Ours after all if the key holds our token: a renewal whose
 			// reply was lost. Anything else: another replica holds it.
+			// (A read may be stale: only a successful Update, tried again
+			// at once with the revision read, counts as a renewal.)
 			rev, err = l.stillOurs(rctx, h)
+			adopted = err == nil
 		}
 		cancel()
 		switch {
+		case adopted:
+			h.rev, wait = rev, retry
 		case err == nil:
 			h.rev, renewed, wait = rev, sent, every
 		case ctx.Err() != nil:
