@@ -48,6 +48,7 @@ type killSwitchEnv struct {
 func startKillSwitch(tb testing.TB, size killSwitchSize) *killSwitchEnv {
 	tb.Helper()
 	ctx := context.Background()
+	setupBegan := time.Now()
 	var servers vaulttest.Servers
 	tb.Cleanup(servers.Stop)
 	v, _ := servers.Database(tb)
@@ -73,6 +74,7 @@ func startKillSwitch(tb testing.TB, size killSwitchSize) *killSwitchEnv {
 		})
 	}
 	require.NoError(tb, g.Wait())
+	tb.Logf("setup: %d leases issued after %s", size.leases, time.Since(setupBegan).Round(time.Millisecond))
 
 	smc := e.sm.Client(tb)
 	cfg := testConfig(tb, tb.TempDir())
@@ -98,6 +100,7 @@ func startKillSwitch(tb testing.TB, size killSwitchSize) *killSwitchEnv {
 	cfg.Tenants["acme"] = acme
 	require.NoError(tb, cfg.Validate())
 	e.d = start(tb, cfg, daemonOpts())
+	tb.Logf("setup: rekeyd ready after %s", time.Since(setupBegan).Round(time.Millisecond))
 
 	for i := range size.agents {
 		newAgentWith(tb, e.d, "acme", fmt.Sprintf("ks-agent-%d", i), nil, func(inv agent.Invalidated) {
@@ -106,6 +109,7 @@ func startKillSwitch(tb testing.TB, size killSwitchSize) *killSwitchEnv {
 			}
 		})
 	}
+	tb.Logf("setup: %d agents started after %s", size.agents, time.Since(setupBegan).Round(time.Millisecond))
 	return e
 }
 
@@ -198,7 +202,7 @@ func TestKillSwitch(t *testing.T) {
 //	go test -run '^$' -bench KillSwitch -benchtime 1x -timeout 20m ./internal/daemon/
 func BenchmarkKillSwitch(b *testing.B) {
 	size := killSwitchSize{leases: 500, kv: 50, aws: 20, agents: 200}
-	for b.Loop() {
+	for range b.N {
 		b.StopTimer()
 		e := startKillSwitch(b, size)
 		b.StartTimer()
@@ -217,6 +221,5 @@ func BenchmarkKillSwitch(b *testing.B) {
 		sort.Strings(names)
 		b.Logf("tenant %+v: parts %v", size, names)
 		b.ReportMetric(0, "ns/op")
-		e.d.stop()
 	}
 }

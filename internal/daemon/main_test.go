@@ -188,6 +188,9 @@ func runCrashChild() int {
 		Config: cfg, Logger: log, AdminToken: testToken, Worker: testWorker,
 		StepHook: func(_ context.Context, step string) error {
 			if step == handlers.StepCreate {
+				// The worker can get here before the HTTP handler that
+				// published the request wrote its 202: let the reply go.
+				time.Sleep(200 * time.Millisecond)
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {}
 			}
