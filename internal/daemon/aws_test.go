@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/fanout/agent/awsfetch"
 	"github.com/rekey-dev/rekey/handlers/awssm/awssmtest"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/awsevents/kumotest"
@@ -36,6 +38,8 @@ type awsEnv struct {
 	sm   *awssmtest.Server
 	smc  *secretsmanager.Client
 	kumo *kumotest.Kumo
+	// smProxy stands between rekeyd and the emulator, to cut it.
+	smProxy *testutil.Proxy
 }
 
 const (
@@ -51,6 +55,7 @@ func startAWS(t testing.TB, pollInterval time.Duration) *awsEnv {
 	t.Setenv("AWS_REGION", "us-east-1")
 	e := &awsEnv{t: t, sm: awssmtest.Start(t)}
 	e.smc = e.sm.Client(t)
+	e.smProxy = testutil.StartProxy(t, strings.TrimPrefix(e.sm.Endpoint(), "http://"))
 	for _, s := range []string{awsStaged, awsDelegated} {
 		_, err := e.smc.CreateSecret(ctx, &secretsmanager.CreateSecretInput{
 			Name: aws.String("/tenants/acme/" + s), SecretString: aws.String("initial-" + s),
@@ -72,7 +77,9 @@ func startAWS(t testing.TB, pollInterval time.Duration) *awsEnv {
 	require.NoError(t, e.kumo.RouteToQueue(ctx, "default", "rekey-secretsmanager", `{"source":["aws.secretsmanager"]}`, q.ARN))
 
 	cfg := testConfig(t, t.TempDir())
-	cfg.Backends.AWSSM = mustYAML(t, map[string]any{"region": "us-east-1", "endpoint": e.sm.Endpoint(), "poll_interval": pollInterval.String()})
+	cfg.Backends.AWSSM = mustYAML(t, map[string]any{
+		"region": "us-east-1", "endpoint": "http://" + e.smProxy.Addr(), "poll_interval": pollInterval.String(), "timeout": "2s",
+	})
 	if cfg.Triggers == nil {
 		cfg.Triggers = map[string]yaml.RawMessage{}
 	}
@@ -262,6 +269,45 @@ func newAgentWith(t testing.TB, d *running, tenant, instance string, f agent.Fet
 	require.NoError(t, a.Start(ctx))
 	t.Cleanup(func() { _ = a.Close() })
 	return a
+}
+
+// TestAWSOutage: Secrets Manager is cut off (a TCP proxy) for 20 s while
+// rotation requests arrive; they are retried with backoff, complete after
+// it is back, and no AWSPENDING is left.
+func TestAWSOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("20 s outage; skipped with -short")
+	}
+	e := startAWS(t, 5*time.Second)
+	name := "/tenants/acme/" + awsStaged
+	first := rotate(t, e.d, "acme", awsStaged)
+	waitHandled(t, e.d, "acme", []string{first}, 20*time.Second)
+
+	e.smProxy.Cut()
+	cutAt := time.Now()
+	var ids []string
+	for range 4 {
+		ids = append(ids, rotate(t, e.d, "acme", awsStaged))
+		time.Sleep(time.Second)
+	}
+	time.Sleep(20*time.Second - time.Since(cutAt))
+	e.smProxy.Restore()
+	waitHandled(t, e.d, "acme", ids, 90*time.Second)
+	t.Logf("Secrets Manager cut for 20 s: %d requests handled %s after it came back", len(ids), time.Since(cutAt.Add(20*time.Second)).Round(time.Millisecond))
+
+	for _, r := range auditRecords(t, e.d, "acme") {
+		if r.Action == "rotation" && r.Outcome == schemas.OutcomeFailed {
+			t.Errorf("a rotation was given up during the outage: %+v", r)
+		}
+	}
+	require.Contains(t, e.d.logs.String(), "will retry", "no rotation saw Secrets Manager unavailable")
+	vid, _ := e.current(name)
+	st, err := e.d.State().SecretStatus(context.Background(), "acme", awsStaged)
+	require.NoError(t, err)
+	require.Equal(t, vid, st.Version)
+	for v, labels := range e.sm.Stages(name) {
+		require.NotContains(t, labels, "AWSPENDING", "AWSPENDING left on %s", v)
+	}
 }
 
 // BenchmarkAWSEventToAgents measures what an AWS-side rotation costs to

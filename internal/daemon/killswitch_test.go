@@ -190,7 +190,7 @@ func TestKillSwitch(t *testing.T) {
 		st, err := e.d.State().SecretStatus(ctx, "acme", fmt.Sprintf("aws-%d", i))
 		require.NoError(t, err)
 		require.EqualValues(t, 1, st.Rotations)
-		require.NotEmpty(t, e.sm.Stages("/tenants/acme/aws-"+fmt.Sprint(i))[st.Version])
+		require.NotEmpty(t, e.sm.Stages("/tenants/acme/aws-" + fmt.Sprint(i))[st.Version])
 	}
 	t.Logf("kill switch: agents closed in %s, report after %s", res.agentsClosed.Round(time.Millisecond), res.total.Round(time.Millisecond))
 }
