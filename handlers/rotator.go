@@ -67,7 +67,7 @@ func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationComplete
 		return schemas.RotationCompleted{}, fmt.Errorf("rotate %s/%s: %w: %w", job.Tenant, job.Secret, err, ErrPermanent)
 	}
 	log := r.d.Log.With("component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID)
-	release, err := r.lock(ctx, ref, log)
+	ctx, release, err := r.lock(ctx, ref, log)
 	if err != nil {
 		return schemas.RotationCompleted{}, err
 	}
@@ -143,35 +143,49 @@ func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationComplete
 }
 
 // lock takes the secret's rotation lock (ErrBusy when another rotation
-// holds it) and keeps it refreshed until release is called.
-func (r *Rotator) lock(ctx context.Context, ref SecretRef, log *slog.Logger) (release func(), err error) {
+// holds it) and keeps it refreshed until release is called. The returned
+// context is cancelled when the lock is lost (its revision changed, or it
+// could not be refreshed for two thirds of its TTL, after which another
+// replica may take it): the rotation must stop before it can promote.
+func (r *Rotator) lock(ctx context.Context, ref SecretRef, log *slog.Logger) (held context.Context, release func(), err error) {
 	lock, err := r.d.State.Lock(ctx, "rotate."+ref.Tenant+"."+ref.Secret, r.d.Owner)
 	if errors.Is(err, orchestrator.ErrLocked) {
-		return nil, fmt.Errorf("rotate %s: %w", ref, ErrBusy)
+		return nil, nil, fmt.Errorf("rotate %s: %w", ref, ErrBusy)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("rotate %s: %w", ref, err)
+		return nil, nil, fmt.Errorf("rotate %s: %w", ref, err)
 	}
+	held, lost := context.WithCancelCause(ctx)
 	lockCtx, stopRefresh := context.WithCancel(context.WithoutCancel(ctx))
 	refreshed := make(chan struct{})
 	go func() {
 		defer close(refreshed)
 		t := time.NewTicker(r.cfg.LockTTL / 3)
 		defer t.Stop()
+		lastOK := time.Now()
 		for {
 			select {
 			case <-lockCtx.Done():
 				return
 			case <-t.C:
-				if err := lock.Refresh(lockCtx); err != nil {
-					log.Warn("rotation lock refresh failed", "err", err)
+				err := lock.Refresh(lockCtx)
+				if err == nil {
+					lastOK = time.Now()
+					continue
 				}
+				if orchestrator.IsConflict(err) || time.Since(lastOK) >= r.cfg.LockTTL*2/3 {
+					log.Error("rotation lock lost; stopping this rotation before it can promote", "err", err)
+					lost(fmt.Errorf("rotation lock of %s lost: %w", ref, err))
+					return
+				}
+				log.Warn("rotation lock refresh failed; retrying", "err", err)
 			}
 		}
 	}()
-	return func() {
+	return held, func() {
 		stopRefresh()
 		<-refreshed
+		lost(nil)
 		relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := lock.Release(relCtx); err != nil {
@@ -193,7 +207,7 @@ func (r *Rotator) Sync(ctx context.Context, job Job) (done schemas.RotationCompl
 		return done, false, fmt.Errorf("sync %s/%s: %w: %w", job.Tenant, job.Secret, err, ErrPermanent)
 	}
 	log := r.d.Log.With("component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID)
-	release, err := r.lock(ctx, ref, log)
+	ctx, release, err := r.lock(ctx, ref, log)
 	if err != nil {
 		return done, false, err
 	}
@@ -414,7 +428,7 @@ func (r *Rotator) Reannounce(ctx context.Context, st orchestrator.SecretStatus) 
 	// Under the secret's lock: while another replica holds it, that
 	// replica has just promoted and is announcing (ErrBusy: look again
 	// soon); once we hold it, the status read again is final.
-	release, err := r.lock(ctx, SecretRef{Tenant: st.Tenant, Secret: st.Secret, Backend: st.Backend}, r.d.Log)
+	_, release, err := r.lock(ctx, SecretRef{Tenant: st.Tenant, Secret: st.Secret, Backend: st.Backend}, r.d.Log)
 	if err != nil {
 		return err
 	}

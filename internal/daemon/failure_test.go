@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -243,4 +244,57 @@ func TestRevocationRetriesFailedParts(t *testing.T) {
 		require.Zero(t, p.Failed, "part %+v", p)
 	}
 	require.GreaterOrEqual(t, retried, 1, "report %+v", rep)
+}
+
+// TestLostLockStopsTheRotation: when a rotation's lock is lost mid-saga
+// (here deleted, as if it had expired and another replica could take it),
+// the rotation stops before it promotes; its request is redelivered and
+// completed once, later, under a new lock.
+func TestLostLockStopsTheRotation(t *testing.T) {
+	var once sync.Once
+	var d *running
+	lostSeen := make(chan struct{})
+	d = start(t, testConfig(t, t.TempDir()), daemon.Options{
+		StepHook: func(ctx context.Context, step string) error {
+			if step != handlers.StepTest {
+				return nil
+			}
+			var err error
+			once.Do(func() {
+				kv, kerr := d.Bus().JS.KeyValue(context.Background(), orchestrator.BucketLocks)
+				if kerr != nil {
+					err = kerr
+					return
+				}
+				if err = kv.Delete(context.Background(), "rotate.acme.billing-db"); err != nil {
+					return
+				}
+				select { // hold the step until the rotator notices
+				case <-ctx.Done():
+					close(lostSeen)
+					err = context.Cause(ctx)
+				case <-time.After(10 * time.Second):
+					err = errors.New("the rotation did not notice it lost its lock")
+				}
+			})
+			return err
+		},
+	})
+	ctx := context.Background()
+	id := rotate(t, d, "acme", "billing-db")
+	select {
+	case <-lostSeen:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the lost lock was not noticed")
+	}
+	waitHandled(t, d, "acme", []string{id}, 30*time.Second)
+	st, err := d.State().SecretStatus(ctx, "acme", "billing-db")
+	require.NoError(t, err)
+	require.Equal(t, "1", st.PreviousVersion, "more than one promotion")
+	require.EqualValues(t, 1, st.Rotations)
+	ref := handlers.SecretRef{Tenant: "acme", Secret: "billing-db", Backend: "local"}
+	staged, err := d.Local().Staged(ctx, ref)
+	require.NoError(t, err)
+	require.Empty(t, staged)
+	require.Contains(t, d.logs.String(), "rotation lock lost")
 }
