@@ -242,7 +242,7 @@ func (f *Fanout) onAck(m *nats.Msg) {
 // on the replica holding the confirm lease; the id is derived from the
 // ack, so an ack written again at a lease handover is still one record.
 func (f *Fanout) auditAcks(ctx context.Context) {
-	write := func(r ackRecord) {
+	record := func(r ackRecord) orchestrator.IdentifiedRecord {
 		a := r.ack
 		detail := map[string]string{"dropped_at": a.DroppedAt.Format(time.RFC3339Nano)}
 		if a.Version != "" {
@@ -254,20 +254,39 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 		if tool := f.acks.Tool(a.Tenant, a.Agent); tool != "" {
 			detail["tool"] = tool
 		}
-		_ = f.audit.RecordWithID(context.WithoutCancel(ctx), "ack-"+a.Tenant+"-"+orTenant(a.Secret)+"-"+a.RequestID+"-"+a.Agent, schemas.AuditRecord{
-			Tenant: a.Tenant, Secret: a.Secret, Actor: "agent:" + a.Agent, Action: "invalidation.ack",
-			Outcome: schemas.OutcomeSucceeded, RequestID: a.RequestID, Component: "fanout", Detail: detail,
-		})
+		return orchestrator.IdentifiedRecord{
+			ID: "ack-" + a.Tenant + "-" + orTenant(a.Secret) + "-" + a.RequestID + "-" + a.Agent,
+			Record: schemas.AuditRecord{
+				Tenant: a.Tenant, Secret: a.Secret, Actor: "agent:" + a.Agent, Action: "invalidation.ack",
+				Outcome: schemas.OutcomeSucceeded, RequestID: a.RequestID, Component: "fanout", Detail: detail,
+			},
+		}
+	}
+	// Acks come in bursts (every agent acks one invalidation within
+	// milliseconds): whatever is queued is written as one batch.
+	batch := make([]orchestrator.IdentifiedRecord, 0, ackAuditBatch)
+	writeQueued := func(first ackRecord) {
+		batch = append(batch[:0], record(first))
+		for len(batch) < ackAuditBatch {
+			select {
+			case r := <-f.ackAudit:
+				batch = append(batch, record(r))
+				continue
+			default:
+			}
+			break
+		}
+		_ = f.audit.RecordBatch(context.WithoutCancel(ctx), batch)
 	}
 	for {
 		select {
 		case r := <-f.ackAudit:
-			write(r)
+			writeQueued(r)
 		case <-ctx.Done():
 			for { // what was heard before the stop is still written
 				select {
 				case r := <-f.ackAudit:
-					write(r)
+					writeQueued(r)
 				default:
 					return
 				}
@@ -275,6 +294,9 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 		}
 	}
 }
+
+// ackAuditBatch bounds one batch of ack audit records.
+const ackAuditBatch = 512
 
 func orTenant(secret string) string {
 	if secret == "" {
