@@ -183,7 +183,7 @@ func TestAWSStagedRotation(t *testing.T) {
 	for v, labels := range stages {
 		require.NotContains(t, labels, "AWSPENDING", "AWSPENDING left on %s", v)
 	}
-	require.NotContains(t, e.d.logs.String(), value)
+	requireNoValueIn(t, e.d, []string{value, "initial-" + awsStaged})
 }
 
 // TestAWSEventInvalidatesAgents: AWS rotates a secret itself; the
@@ -251,6 +251,7 @@ func TestAWSDelegatedRotation(t *testing.T) {
 	got, err := a.Get(ctx, awsDelegated)
 	require.NoError(t, err)
 	require.Equal(t, value, string(got.Value))
+	requireNoValueIn(t, e.d, []string{value, "initial-" + awsDelegated})
 	require.Equal(t, 1, e.sm.Calls("RotateSecret")-1, "one RotateSecret besides the one enabling rotation")
 }
 

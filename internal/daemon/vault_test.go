@@ -62,5 +62,5 @@ func TestVaultBackendEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, inv.Invalidation.Version, sec.Data["rekey_version"])
 	require.Regexp(t, `^sk_live_[A-Za-z0-9]{40}$`, sec.Data["value"])
-	require.NotContains(t, d.logs.String(), sec.Data["value"].(string))
+	requireNoValueIn(t, d, []string{sec.Data["value"].(string)})
 }
