@@ -126,6 +126,9 @@ func (a *API) Routes() []string {
 	return out
 }
 
+// requestTimeout bounds the NATS work of one API request.
+const requestTimeout = 4 * time.Second
+
 // apiError is the JSON body of every error reply.
 type apiError struct {
 	Status int    `json:"-"`
@@ -143,6 +146,12 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, p Principal) (int,
 // its JSON reply. action names the route in audit records of refusals.
 func (a *API) route(name, action string, sc scope, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// NATS calls (tenant state, idempotency, publish) retry through a
+		// reconnect or a failover, but never longer than this: a client
+		// gets its 503 (and retries) instead of hanging.
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		r = r.WithContext(ctx)
 		var code int
 		var body any
 		p, apiErr := a.authenticate(r)
