@@ -6,6 +6,7 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -77,6 +78,7 @@ func (f *Fanout) Run(ctx context.Context) error {
 			schemas.EventsSubject("*", schemas.KindRotationCompleted),
 			schemas.EventsSubject("*", schemas.KindRevocationStarted),
 			schemas.EventsSubject("*", schemas.KindTenantRestored),
+			schemas.EventsSubject("*", schemas.KindExternalChange),
 		},
 		MaxDeliver: -1,
 	})
@@ -132,6 +134,10 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	inv, subject, eventTime, err := toInvalidation(ev)
+	if errors.Is(err, errNoInvalidation) {
+		_ = msg.Ack()
+		return
+	}
 	if err != nil {
 		f.log.Warn("event dropped", "subject", msg.Subject(), "id", ev.ID, "err", err)
 		_ = msg.Term()
@@ -178,10 +184,29 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
+// errNoInvalidation: the event is one fanout reads but that asks for no
+// invalidation (an external change that did not delete the secret: the
+// sync request it came with invalidates, if anything changed).
+var errNoInvalidation = errors.New("no invalidation")
+
 // toInvalidation maps a lifecycle event to the invalidation it causes and
 // the subject it goes to.
 func toInvalidation(ev schemas.Event) (schemas.Invalidation, string, time.Time, error) {
 	switch ev.Type {
+	case schemas.TypeExternalChange:
+		var d schemas.ExternalChange
+		if err := ev.DecodeData(ev.Type, &d); err != nil {
+			return schemas.Invalidation{}, "", time.Time{}, err
+		}
+		if !d.Deleted {
+			return schemas.Invalidation{}, "", time.Time{}, errNoInvalidation
+		}
+		// Deleted outside rekey: every agent drops it and fails on its
+		// next read instead of serving the value until its TTL.
+		return schemas.Invalidation{
+			Tenant: d.Tenant, Secret: d.Secret, Kind: schemas.InvalidationRevoked,
+			Reason: "deleted in the backend (" + d.Source + " " + d.Event + ")", RequestID: ev.ID,
+		}, schemas.InvalidateSubject(d.Tenant, d.Secret), d.ObservedAt, nil
 	case schemas.TypeRotationCompleted:
 		var d schemas.RotationCompleted
 		if err := ev.DecodeData(ev.Type, &d); err != nil {

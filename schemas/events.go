@@ -465,7 +465,11 @@ type ExternalChange struct {
 	// EventID is the provider's event id (EventBridge "id").
 	EventID string `json:"event_id"`
 	// Error is the provider's error message of a failed rotation.
-	Error      string    `json:"error,omitempty"`
+	Error string `json:"error,omitempty"`
+	// Deleted: the secret no longer exists in the backend (or is scheduled
+	// for deletion and can no longer be read). Fanout then invalidates it
+	// at every agent, which fails closed on its next read.
+	Deleted    bool      `json:"deleted,omitempty"`
 	EventTime  time.Time `json:"event_time"`
 	ObservedAt time.Time `json:"observed_at"`
 }

@@ -176,6 +176,11 @@ func examples() []example {
 			Tenant: "acme", RequestID: requestID, Part: "awssm.secrets", Item: "stripe-key", Outcome: schemas.OutcomeRetrying,
 			Attempt: 2, Error: "ThrottlingException", Done: 3, Total: 52, Failed: 0, ElapsedMS: 1200,
 		}},
+		{"external deletion", schemas.TypeExternalChange, schemas.ExternalChange{
+			Tenant: "acme", Secret: "stripe-key", Backend: "awssm", Source: "aws.secretsmanager",
+			Event: "DeleteSecret", Outcome: schemas.ExternalInfo, ResourceID: "/tenants/acme/stripe-key",
+			EventID: "e-3", Deleted: true, EventTime: t0, ObservedAt: t0,
+		}},
 		{"external failure", schemas.TypeExternalChange, schemas.ExternalChange{
 			Tenant: "acme", Secret: "stripe-key", Backend: "awssm", Source: "aws.secretsmanager",
 			Event: "RotationFailed", Outcome: schemas.ExternalFailed, ResourceID: "/tenants/acme/stripe-key",

@@ -272,6 +272,42 @@ func newAgentWith(t testing.TB, d *running, tenant, instance string, f agent.Fet
 	return a
 }
 
+// TestAWSDeletedSecretDroppedByAgents: a secret deleted in Secrets Manager
+// (the CloudTrail DeleteSecret call through EventBridge and SQS) is dropped
+// by every agent at once, which then fails to read it instead of serving
+// the deleted value until its cache TTL.
+func TestAWSDeletedSecretDroppedByAgents(t *testing.T) {
+	e := startAWS(t, 5*time.Second)
+	ctx := context.Background()
+	name := "/tenants/acme/" + awsStaged
+	invs := make(chan agent.Invalidated, 8)
+	a := e.agent("aws-agent-del", func(inv agent.Invalidated) { invs <- inv })
+	_, err := a.Get(ctx, awsStaged)
+	require.NoError(t, err)
+	arn := e.sm.ARN(name)
+	_, err = e.smc.DeleteSecret(ctx, &secretsmanager.DeleteSecretInput{SecretId: aws.String(name), ForceDeleteWithoutRecovery: aws.Bool(true)})
+	require.NoError(t, err)
+
+	detail, err := json.Marshal(map[string]any{
+		"eventVersion": "1.09", "eventSource": "secretsmanager.amazonaws.com", "eventName": "DeleteSecret",
+		"eventTime": time.Now().UTC().Format(time.RFC3339), "awsRegion": "us-east-1", "eventType": "AwsApiCall",
+		"requestParameters": map[string]any{"secretId": name, "forceDeleteWithoutRecovery": true},
+		"responseElements":  map[string]any{"arn": arn, "name": name},
+		"eventID":           "delete-event-1",
+	})
+	require.NoError(t, err)
+	out, err := e.kumo.EventBridge().PutEvents(ctx, &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+		Source: aws.String("aws.secretsmanager"), DetailType: aws.String("AWS API Call via CloudTrail"), Detail: aws.String(string(detail)),
+	}}})
+	require.NoError(t, err)
+	require.Zero(t, out.FailedEntryCount)
+
+	inv := waitInvalidation(t, invs, awsStaged, 20*time.Second)
+	require.Equal(t, schemas.InvalidationRevoked, inv.Invalidation.Kind)
+	_, err = a.Get(ctx, awsStaged)
+	require.ErrorIs(t, err, agent.ErrNotFound, "the agent served a deleted secret")
+}
+
 // TestAWSOutage: Secrets Manager is cut off (a TCP proxy) for 20 s while
 // rotation requests arrive; they are retried with backoff, complete after
 // it is back, and no AWSPENDING is left.

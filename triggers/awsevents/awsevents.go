@@ -452,6 +452,7 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 	if outcome == schemas.ExternalFailed {
 		change.Error = clip(cmp.Or(s.ErrorMessage, s.ErrorCode), 512)
 	}
+	change.Deleted = s.EventName == EventDeleteSecret && s.ErrorCode == ""
 	ref := tenant + "/" + secret
 	changeID := d.id("change")
 	dup, err := t.publish(ctx, d, schemas.EventsSubject(tenant, schemas.KindExternalChange), schemas.TypeExternalChange, tenant, ref, changeID, change)
