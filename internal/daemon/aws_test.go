@@ -111,6 +111,17 @@ func (e *awsEnv) agent(instance string, onInv func(agent.Invalidated)) *agent.Ag
 	return newAgentWith(e.t, e.d, "acme", instance, f, onInv)
 }
 
+// cachedAgent starts an agent that has read secret once (it is cached) and
+// returns it with the invalidations it hears.
+func (e *awsEnv) cachedAgent(instance, secret string) (*agent.Agent, <-chan agent.Invalidated, agent.Secret) {
+	e.t.Helper()
+	invs := make(chan agent.Invalidated, 8)
+	a := e.agent(instance, func(inv agent.Invalidated) { invs <- inv })
+	s, err := a.Get(context.Background(), secret)
+	require.NoError(e.t, err)
+	return a, invs, s
+}
+
 // putRotationEvent puts on the default bus the event Secrets Manager sends
 // when a rotation ends, as CloudTrail shapes it.
 func (e *awsEnv) putRotationEvent(name, event string) {
@@ -160,10 +171,7 @@ func TestAWSStagedRotation(t *testing.T) {
 	e := startAWS(t, 5*time.Second)
 	ctx := context.Background()
 	name := "/tenants/acme/" + awsStaged
-	invs := make(chan agent.Invalidated, 8)
-	a := e.agent("aws-agent-1", func(inv agent.Invalidated) { invs <- inv })
-	before, err := a.Get(ctx, awsStaged)
-	require.NoError(t, err)
+	a, invs, before := e.cachedAgent("aws-agent-1", awsStaged)
 	require.Equal(t, "initial-"+awsStaged, string(before.Value))
 
 	id := rotate(t, e.d, "acme", awsStaged)
@@ -194,13 +202,10 @@ func TestAWSEventInvalidatesAgents(t *testing.T) {
 	e := startAWS(t, 5*time.Second)
 	ctx := context.Background()
 	name := "/tenants/acme/" + awsStaged
-	invs := make(chan agent.Invalidated, 8)
-	a := e.agent("aws-agent-2", func(inv agent.Invalidated) { invs <- inv })
-	before, err := a.Get(ctx, awsStaged)
-	require.NoError(t, err)
+	a, invs, before := e.cachedAgent("aws-agent-2", awsStaged)
 
 	// Outside rekey: a new AWSCURRENT.
-	_, err = e.smc.PutSecretValue(ctx, &secretsmanager.PutSecretValueInput{
+	_, err := e.smc.PutSecretValue(ctx, &secretsmanager.PutSecretValueInput{
 		SecretId: aws.String(name), SecretString: aws.String("rotated-by-aws"), ClientRequestToken: aws.String("aws-side-rotation-0000000000000001"),
 	})
 	require.NoError(t, err)
@@ -236,10 +241,7 @@ func TestAWSDelegatedRotation(t *testing.T) {
 	ctx := context.Background()
 	name := "/tenants/acme/" + awsDelegated
 	e.sm.OnRotation(func(ev awssmtest.RotationEvent) { e.putRotationEvent(ev.Name, ev.Event) })
-	invs := make(chan agent.Invalidated, 8)
-	a := e.agent("aws-agent-3", func(inv agent.Invalidated) { invs <- inv })
-	_, err := a.Get(ctx, awsDelegated)
-	require.NoError(t, err)
+	a, invs, _ := e.cachedAgent("aws-agent-3", awsDelegated)
 
 	began := time.Now()
 	id := rotate(t, e.d, "acme", awsDelegated)
@@ -280,12 +282,9 @@ func TestAWSDeletedSecretDroppedByAgents(t *testing.T) {
 	e := startAWS(t, 5*time.Second)
 	ctx := context.Background()
 	name := "/tenants/acme/" + awsStaged
-	invs := make(chan agent.Invalidated, 8)
-	a := e.agent("aws-agent-del", func(inv agent.Invalidated) { invs <- inv })
-	_, err := a.Get(ctx, awsStaged)
-	require.NoError(t, err)
+	a, invs, _ := e.cachedAgent("aws-agent-del", awsStaged)
 	arn := e.sm.ARN(name)
-	_, err = e.smc.DeleteSecret(ctx, &secretsmanager.DeleteSecretInput{SecretId: aws.String(name), ForceDeleteWithoutRecovery: aws.Bool(true)})
+	_, err := e.smc.DeleteSecret(ctx, &secretsmanager.DeleteSecretInput{SecretId: aws.String(name), ForceDeleteWithoutRecovery: aws.Bool(true)})
 	require.NoError(t, err)
 
 	detail, err := json.Marshal(map[string]any{
