@@ -8,6 +8,7 @@ package orchestrator
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"os"
 	"path/filepath"
@@ -367,6 +368,20 @@ func (c *Config) TenantSecrets(tenant string) []string {
 
 // TenantNames returns every tenant, sorted.
 func (c *Config) TenantNames() []string { return sortedKeys(c.Tenants) }
+
+// SecretsOf returns the secrets whose backend is backend, with their
+// configuration, by tenant then secret name.
+func (c *Config) SecretsOf(backend string) iter.Seq2[schemas.Ref, SecretConfig] {
+	return func(yield func(schemas.Ref, SecretConfig) bool) {
+		for _, t := range c.TenantNames() {
+			for _, s := range c.TenantSecrets(t) {
+				if sc := c.Tenants[t].Secrets[s]; sc.Backend == backend && !yield(schemas.Ref{Tenant: t, Secret: s}, sc) {
+					return
+				}
+			}
+		}
+	}
+}
 
 // StoreDir is where the embedded JetStream keeps its files.
 func (c *Config) StoreDir() string {

@@ -139,14 +139,8 @@ func ParseConfig(raw yaml.RawMessage, rekey *orchestrator.Config) (Config, error
 	}
 	if rekey != nil {
 		cfg.Tenants = rekey.TenantNames()
-		for _, t := range cfg.Tenants {
-			for _, s := range rekey.TenantSecrets(t) {
-				sc, _ := rekey.Secret(t, s)
-				if sc.Backend != Name {
-					continue
-				}
-				cfg.Secrets = append(cfg.Secrets, handlers.SecretRef{Tenant: t, Secret: s, Backend: Name, Options: sc.Options})
-			}
+		for r, sc := range rekey.SecretsOf(Name) {
+			cfg.Secrets = append(cfg.Secrets, handlers.SecretRef{Tenant: r.Tenant, Secret: r.Secret, Backend: Name, Options: sc.Options})
 		}
 	}
 	if err := cfg.validateSecrets(); err != nil {
