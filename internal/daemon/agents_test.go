@@ -15,7 +15,6 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/handlers"
-	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -171,14 +170,7 @@ func TestResyncAfterNATSRestart(t *testing.T) {
 	require.Positive(t, accepted)
 
 	// Every accepted request is handled...
-	require.Eventually(t, func() bool {
-		c, err := d.Bus().JS.Consumer(ctx, schemas.StreamRotate, orchestrator.ConsumerRotation)
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(ctx)
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
-	}, 60*time.Second, 100*time.Millisecond, "rotation requests still pending")
+	waitRotateDrained(t, d, 60*time.Second)
 	close(stop)
 	wg.Wait()
 

@@ -16,7 +16,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	smtypes "github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 	"github.com/goccy/go-yaml"
-	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/fanout/agent"
@@ -255,23 +254,6 @@ func TestAWSDelegatedRotation(t *testing.T) {
 	require.Equal(t, value, string(got.Value))
 	requireNoValueIn(t, e.d, []string{value, "initial-" + awsDelegated})
 	require.Equal(t, 1, e.sm.Calls("RotateSecret")-1, "one RotateSecret besides the one enabling rotation")
-}
-
-// newAgentWith starts an agent of tenant on its own NATS connection that
-// reads values through f.
-func newAgentWith(t testing.TB, d *running, tenant, instance string, f agent.Fetcher, onInv func(agent.Invalidated)) *agent.Agent {
-	t.Helper()
-	opts := append(d.AgentNATSOptions(tenant), nats.Name(instance), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	nc, err := nats.Connect(d.NATSURL(), opts...)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	a, err := agent.New(nc, f, agent.Config{Tenant: tenant, Instance: instance, OnInvalidate: onInv, UsageInterval: 200 * time.Millisecond})
-	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	require.NoError(t, a.Start(ctx))
-	t.Cleanup(func() { _ = a.Close() })
-	return a
 }
 
 // TestAWSDeletedSecretDroppedByAgents: a secret deleted in Secrets Manager

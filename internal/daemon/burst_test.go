@@ -279,7 +279,7 @@ func sendBurst(t *testing.T, addr string, o burstOpts) *burstResult {
 }
 
 // waitRotateDrained waits until the ROTATE consumer has nothing pending.
-func waitRotateDrained(t *testing.T, d rekeyView, timeout time.Duration) {
+func waitRotateDrained(t testing.TB, d rekeyView, timeout time.Duration) {
 	t.Helper()
 	ctx := context.Background()
 	require.Eventually(t, func() bool {

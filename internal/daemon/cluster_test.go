@@ -126,7 +126,7 @@ func clusterAgent(t *testing.T, cl *testutil.NATSCluster, tenant, instance strin
 		nats.CustomInboxPrefix(schemas.AgentInboxPrefix(tenant)), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
-	return startAgent(t, nc, agent.Config{Tenant: tenant, Instance: instance, HeartbeatInterval: time.Second, UsageInterval: time.Second})
+	return startAgent(t, nc, nil, agent.Config{Tenant: tenant, Instance: instance, HeartbeatInterval: time.Second, UsageInterval: time.Second})
 }
 
 type tenantAgent struct {

@@ -260,32 +260,36 @@ func TestCoalescing(t *testing.T) {
 	t.Logf("%d requests published through the HTTP API in %s", n, time.Since(began))
 
 	ctx := context.Background()
-	require.Eventually(t, func() bool {
-		c, err := d.Bus().JS.Consumer(ctx, schemas.StreamRotate, orchestrator.ConsumerRotation)
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(ctx)
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
-	}, 60*time.Second, 50*time.Millisecond)
+	waitRotateDrained(t, d, 60*time.Second)
 	st, err := d.State().SecretStatus(ctx, "acme", "openai-key")
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, st.Rotations, int64(1))
 	require.LessOrEqual(t, st.Rotations, int64(2), "1,000 requests caused %d rotations", st.Rotations)
 
 	// Every request is either the one that rotated or coalesced into one.
-	handled := map[string]string{}
-	for _, r := range auditRecords(t, d, "acme") {
-		switch {
-		case r.Action == "rotation.request" && r.Outcome == schemas.OutcomeCoalesced:
-			handled[r.RequestID] = "coalesced"
-		case r.Action == "rotation.complete":
-			handled[r.RequestID] = "rotated"
-		}
-	}
+	handled := handledRequests(t, d, "acme")
 	for id := range ids {
 		require.Contains(t, handled, id, "request %s neither rotated nor coalesced", id)
 	}
+}
+
+// handledRequests maps each rotation request of the tenants that was
+// rotated (its completion audited) or coalesced to "rotated" or
+// "coalesced", per the audit trail.
+func handledRequests(t testing.TB, d rekeyView, tenants ...string) map[string]string {
+	t.Helper()
+	handled := map[string]string{}
+	for _, tenant := range tenants {
+		for _, r := range auditRecords(t, d, tenant) {
+			switch {
+			case r.Action == "rotation.request" && r.Outcome == schemas.OutcomeCoalesced:
+				handled[r.RequestID] = "coalesced"
+			case r.Action == "rotation.complete":
+				handled[r.RequestID] = "rotated"
+			}
+		}
+	}
+	return handled
 }
 
 // requireNoValueIn scans rekeyd's logs, every stream, the state buckets

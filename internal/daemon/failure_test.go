@@ -87,13 +87,7 @@ func TestPermanentFailure(t *testing.T) {
 	defer unsub()
 	id := rotate(t, d, "acme", "openai-key")
 
-	var ev schemas.RotationFailed
-	select {
-	case e := <-failedEvents:
-		require.NoError(t, e.DecodeData(schemas.TypeRotationFailed, &ev))
-	case <-time.After(15 * time.Second):
-		t.Fatal("no rotation_failed event")
-	}
+	ev := nextEvent[schemas.RotationFailed](t, failedEvents, schemas.TypeRotationFailed, 15*time.Second)
 	require.Equal(t, id, ev.RequestID)
 	require.Equal(t, handlers.StepTest, ev.Step)
 	require.Equal(t, 3, ev.Attempts)
@@ -129,6 +123,20 @@ func subscribeEvents(t testing.TB, d *running, tenant, kind string) (<-chan sche
 	require.NoError(t, err)
 	require.NoError(t, d.Bus().NC.Flush())
 	return ch, func() { _ = sub.Unsubscribe() }
+}
+
+// nextEvent decodes the next event of ch as a typ payload, failing the test
+// after timeout.
+func nextEvent[T any](t testing.TB, ch <-chan schemas.Event, typ string, timeout time.Duration) T {
+	t.Helper()
+	var out T
+	select {
+	case e := <-ch:
+		require.NoError(t, e.DecodeData(typ, &out))
+	case <-time.After(timeout):
+		t.Fatalf("no %s event within %s", typ, timeout)
+	}
+	return out
 }
 
 // TestLostAnnouncementIsRepaired: a promotion recorded in the status whose
@@ -230,13 +238,7 @@ func TestRevocationRetriesFailedParts(t *testing.T) {
 	require.True(t, slices.ContainsFunc(outcomes, func(o string) bool { return strings.HasSuffix(o, ":"+schemas.OutcomeRetrying) }), "outcomes %v", outcomes)
 	require.Equal(t, 0, last.Failed)
 
-	var rep schemas.RevocationCompleted
-	select {
-	case e := <-completed:
-		require.NoError(t, e.DecodeData(schemas.TypeRevocationCompleted, &rep))
-	case <-time.After(10 * time.Second):
-		t.Fatal("no revocation report")
-	}
+	rep := nextEvent[schemas.RevocationCompleted](t, completed, schemas.TypeRevocationCompleted, 10*time.Second)
 	require.False(t, rep.Failed, "report %+v", rep)
 	retried := 0
 	for _, p := range rep.Parts {

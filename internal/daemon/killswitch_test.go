@@ -151,12 +151,7 @@ func (e *killSwitchEnv) revoke(t testing.TB) killSwitchResult {
 		}
 	}
 	res.agentsClosed = last.Sub(begin)
-	select {
-	case ev := <-done:
-		require.NoError(t, ev.DecodeData(schemas.TypeRevocationCompleted, &res.report))
-	case <-time.After(5 * time.Minute):
-		t.Fatal("no revocation report")
-	}
+	res.report = nextEvent[schemas.RevocationCompleted](t, done, schemas.TypeRevocationCompleted, 5*time.Minute)
 	res.total = time.Since(begin)
 	return res
 }

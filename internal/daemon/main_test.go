@@ -145,21 +145,29 @@ func rotate(t *testing.T, d *running, tenant, secret string) string {
 	return body["request_id"].(string)
 }
 
-// newAgent starts an agent of tenant on its own NATS connection.
+// newAgent starts an agent of tenant on its own NATS connection, reading
+// values from rekeyd over NATS.
 func newAgent(t *testing.T, d *running, tenant, instance string, onInv func(agent.Invalidated)) *agent.Agent {
+	t.Helper()
+	return newAgentWith(t, d, tenant, instance, nil, onInv)
+}
+
+// newAgentWith starts an agent of tenant on its own NATS connection that
+// reads values through f (nil: from rekeyd over NATS).
+func newAgentWith(t testing.TB, d *running, tenant, instance string, f agent.Fetcher, onInv func(agent.Invalidated)) *agent.Agent {
 	t.Helper()
 	opts := append(d.AgentNATSOptions(tenant), nats.Name(instance), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	nc, err := nats.Connect(d.NATSURL(), opts...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
-	return startAgent(t, nc, agent.Config{Tenant: tenant, Instance: instance, OnInvalidate: onInv, UsageInterval: 200 * time.Millisecond})
+	return startAgent(t, nc, f, agent.Config{Tenant: tenant, Instance: instance, OnInvalidate: onInv, UsageInterval: 200 * time.Millisecond})
 }
 
-// startAgent starts an agent on nc (fetching through NATS) and closes it
-// when the test ends.
-func startAgent(t *testing.T, nc *nats.Conn, cfg agent.Config) *agent.Agent {
+// startAgent starts an agent on nc reading values through f (nil: from
+// rekeyd over NATS) and closes it when the test ends.
+func startAgent(t testing.TB, nc *nats.Conn, f agent.Fetcher, cfg agent.Config) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(nc, agent.NewNATSFetcher(nc, cfg.Instance), cfg)
+	a, err := agent.New(nc, f, cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

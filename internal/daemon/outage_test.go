@@ -96,15 +96,10 @@ func waitHandled(t *testing.T, d *running, tenant string, ids []string, timeout 
 	t.Helper()
 	var missing []string
 	require.Eventually(t, func() bool {
-		handled := map[string]bool{}
-		for _, r := range auditRecords(t, d, tenant) {
-			if r.Action == "rotation.complete" || (r.Action == "rotation.request" && r.Outcome == schemas.OutcomeCoalesced) {
-				handled[r.RequestID] = true
-			}
-		}
+		handled := handledRequests(t, d, tenant)
 		missing = missing[:0]
 		for _, id := range ids {
-			if !handled[id] {
+			if _, ok := handled[id]; !ok {
 				missing = append(missing, id)
 			}
 		}

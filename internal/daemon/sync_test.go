@@ -34,13 +34,7 @@ func TestSyncRequest(t *testing.T) {
 	require.NoError(t, d.Local().Finish(ctx, ref, v))
 
 	id := publishSync(t, d, "acme", "openai-key", "evt-1")
-	var done schemas.RotationCompleted
-	select {
-	case e := <-completed:
-		require.NoError(t, e.DecodeData(schemas.TypeRotationCompleted, &done))
-	case <-time.After(10 * time.Second):
-		t.Fatal("no rotation_completed event for the sync")
-	}
+	done := nextEvent[schemas.RotationCompleted](t, completed, schemas.TypeRotationCompleted, 10*time.Second)
 	require.Equal(t, id, done.RequestID)
 	require.Equal(t, schemas.RotateModeSync, done.Mode)
 	require.Equal(t, v.ID, done.Version)
