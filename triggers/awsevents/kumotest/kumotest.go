@@ -50,11 +50,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,28 +86,7 @@ const Account = "000000000000"
 // of the repository (the nearest directory above the working directory
 // that has .ci/kumo.sh).
 func FindKumo() (string, error) {
-	if p := os.Getenv(EnvKumoBin); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("kumo binary %s=%s: %w; %s", EnvKumoBin, p, err, HowToGetKumo)
-		}
-		return p, nil
-	}
-	dir, err := os.Getwd()
-	for err == nil {
-		if _, serr := os.Stat(filepath.Join(dir, ".ci", "kumo.sh")); serr == nil {
-			p := filepath.Join(dir, ".cache", "bin", "kumo")
-			if _, serr := os.Stat(p); serr != nil {
-				return "", fmt.Errorf("kumo binary not found at %s: %s", p, HowToGetKumo)
-			}
-			return p, nil
-		}
-		if up := filepath.Dir(dir); up != dir {
-			dir = up
-		} else {
-			err = errors.New("no directory with .ci/kumo.sh above the working directory")
-		}
-	}
-	return "", fmt.Errorf("kumo binary: repository root: %w; %s", err, HowToGetKumo)
+	return testutil.FindBinary("kumo", EnvKumoBin, HowToGetKumo)
 }
 
 // Kumo is a running emulator.
@@ -129,7 +106,7 @@ func Start(ctx context.Context) (*Kumo, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := testutil.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +162,7 @@ func (k *Kumo) Log() string {
 	if k == nil || k.log == nil {
 		return ""
 	}
-	return lastLines(k.log.String(), 40)
+	return testutil.LastLines(k.log.String(), 40)
 }
 
 // Stop kills the emulator and waits for it; safe on nil.
@@ -356,16 +333,6 @@ func (s *Servers) Stop() {
 	s.kumo.Stop()
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	return port, l.Close()
-}
-
 // cleanEnv is the environment without AWS_* and KUMO_* variables, so that
 // the caller's settings do not leak into the emulator.
 func cleanEnv() []string {
@@ -376,10 +343,4 @@ func cleanEnv() []string {
 		}
 	}
 	return out
-}
-
-// lastLines returns the last n lines of s.
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
