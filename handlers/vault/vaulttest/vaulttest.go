@@ -14,7 +14,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -29,6 +28,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
 // EnvVaultBin overrides where the vault binary is looked for.
@@ -43,40 +44,7 @@ const HowToGetPostgres = "install it with `apt-get install -y postgresql` (or `b
 // FindVault returns the vault binary: $REKEY_VAULT_BIN, else
 // <repository>/.cache/bin/vault.
 func FindVault() (string, error) {
-	if p := os.Getenv(EnvVaultBin); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("vault binary %s=%s: %w; %s", EnvVaultBin, p, err, HowToGetVault)
-		}
-		return p, nil
-	}
-	root, err := repoRoot()
-	if err != nil {
-		return "", fmt.Errorf("vault binary: %w; %s", err, HowToGetVault)
-	}
-	p := filepath.Join(root, ".cache", "bin", "vault")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("vault binary not found at %s: %s", p, HowToGetVault)
-	}
-	return p, nil
-}
-
-// repoRoot walks up from the working directory to the directory holding
-// .ci/vault.sh.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, ".ci", "vault.sh")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("repository root (the directory with .ci/vault.sh) not found above the working directory")
-		}
-		dir = parent
-	}
+	return testutil.FindBinary("vault", EnvVaultBin, HowToGetVault)
 }
 
 // Vault is a running dev server.
