@@ -29,16 +29,12 @@ import (
 // real SDK client, then checks that no value it read was logged.
 func TestBackendSuite(t *testing.T) {
 	t.Parallel()
-	logs := &logBuffer{}
-	s, b := start(t, logs.logger(), nil)
-	rec := &recorder{read: b.Read}
-	t.Cleanup(func() {
-		require.NotEmpty(t, rec.values)
-		requireNoValue(t, logs.String(), rec.values...)
-	})
+	logs := &backendtest.LogBuffer{}
+	s, b := start(t, logs.Logger(), nil)
+	read := backendtest.ReadsNotLogged(t, logs, b.Read)
 	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
 		ref, _ := seed(t, s, "acme", uniq("suite"))
-		return backendtest.Fixture{Backend: b, Ref: ref, Read: rec.Read}
+		return backendtest.Fixture{Backend: b, Ref: ref, Read: read}
 	})
 }
 
@@ -101,8 +97,8 @@ func TestStagedLayout(t *testing.T) {
 // the version.
 func TestForeignPendingNotClobbered(t *testing.T) {
 	t.Parallel()
-	logs := &logBuffer{}
-	s, b := start(t, logs.logger(), nil)
+	logs := &backendtest.LogBuffer{}
+	s, b := start(t, logs.Logger(), nil)
 	ctx := t.Context()
 	ref, v1 := seed(t, s, "acme", "foreign")
 	name := "/tenants/acme/foreign"
@@ -429,8 +425,8 @@ func TestHooks(t *testing.T) {
 // and greps the logs and the errors for every value the secret had.
 func TestNoValueInLogsOrErrors(t *testing.T) {
 	t.Parallel()
-	logs := &logBuffer{}
-	s, b := start(t, logs.logger(), func(c *awssm.Config) { c.Timeout = time.Second })
+	logs := &backendtest.LogBuffer{}
+	s, b := start(t, logs.Logger(), func(c *awssm.Config) { c.Timeout = time.Second })
 	ctx := t.Context()
 	ref, _ := seed(t, s, "acme", "leak")
 	var errs []string
@@ -461,7 +457,7 @@ func TestNoValueInLogsOrErrors(t *testing.T) {
 
 	values := allValues(t, s, "/tenants/acme/leak")
 	require.GreaterOrEqual(t, len(values), 4)
-	requireNoValue(t, logs.String()+strings.Join(errs, "\n"), values...)
+	backendtest.RequireNoValue(t, logs.String()+strings.Join(errs, "\n"), values...)
 }
 
 // enableRotation gives the secret a rotation function without rotating.

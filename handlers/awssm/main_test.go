@@ -1,12 +1,9 @@
 package awssm_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,7 +16,6 @@ import (
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/awssm"
 	"github.com/rekey-dev/rekey/handlers/awssm/awssmtest"
-	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -92,40 +88,6 @@ func writeCalls(s *awssmtest.Server) int {
 		n += s.Calls(op)
 	}
 	return n
-}
-
-// logBuffer collects a backend's logs so a test can grep them.
-type logBuffer struct{ testutil.SyncBuffer }
-
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// requireNoValue fails if text holds any of the values, raw or base64.
-func requireNoValue(t *testing.T, text string, values ...[]byte) {
-	t.Helper()
-	for _, v := range values {
-		require.NotEmpty(t, v, "empty value: the check would prove nothing")
-		require.NotContains(t, text, string(v), "a secret value leaked")
-		require.NotContains(t, text, base64.StdEncoding.EncodeToString(v), "a base64 secret value leaked")
-	}
-}
-
-// recorder keeps every value a Read returned.
-type recorder struct {
-	mu     sync.Mutex
-	values [][]byte
-	read   func(ctx context.Context, ref handlers.SecretRef) (string, []byte, error)
-}
-
-func (r *recorder) Read(ctx context.Context, ref handlers.SecretRef) (string, []byte, error) {
-	v, val, err := r.read(ctx, ref)
-	if err == nil {
-		r.mu.Lock()
-		r.values = append(r.values, bytes.Clone(val))
-		r.mu.Unlock()
-	}
-	return v, val, err
 }
 
 // allValues reads every version the emulator holds of the secret.

@@ -39,23 +39,6 @@ func startJS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
 	return nc, js
 }
 
-// logBuffer collects log output so a test can grep it for secret values.
-type logBuffer struct{ testutil.SyncBuffer }
-
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// requireNoValue fails if text holds any of the values, raw or base64.
-func requireNoValue(t *testing.T, text string, values ...[]byte) {
-	t.Helper()
-	for _, v := range values {
-		require.NotEmpty(t, v, "empty value: the check would prove nothing")
-		require.NotContains(t, text, string(v), "a secret value leaked")
-		require.NotContains(t, text, base64.StdEncoding.EncodeToString(v), "a base64 secret value leaked")
-	}
-}
-
 func newKey(t *testing.T) []byte {
 	t.Helper()
 	k := make([]byte, local.KeySize)
@@ -85,36 +68,14 @@ func rawEntry(t *testing.T, js jetstream.JetStream, r handlers.SecretRef) (jetst
 	return kv, e.Value()
 }
 
-// recorder wraps a read function and keeps every value it returned.
-type recorder struct {
-	mu     sync.Mutex
-	values [][]byte
-	read   func(ctx context.Context, ref handlers.SecretRef) (string, []byte, error)
-}
-
-func (r *recorder) Read(ctx context.Context, ref handlers.SecretRef) (string, []byte, error) {
-	v, val, err := r.read(ctx, ref)
-	if err == nil {
-		r.mu.Lock()
-		r.values = append(r.values, bytes.Clone(val))
-		r.mu.Unlock()
-	}
-	return v, val, err
-}
-
 func TestBackendSuite(t *testing.T) {
 	_, js := startJS(t)
-	logs := &logBuffer{}
-	b := newBackend(t, js, newKey(t), logs.logger())
-	rec := &recorder{read: b.Read}
-	t.Cleanup(func() {
-		// Runs after the parallel subtests: no value they saw was logged.
-		require.NotEmpty(t, rec.values)
-		requireNoValue(t, logs.String(), rec.values...)
-	})
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, js, newKey(t), logs.Logger())
+	read := backendtest.ReadsNotLogged(t, logs, b.Read)
 	var n atomic.Int64
 	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
-		return backendtest.Fixture{Backend: b, Ref: ref("acme", fmt.Sprintf("suite-%d", n.Add(1))), Read: rec.Read}
+		return backendtest.Fixture{Backend: b, Ref: ref("acme", fmt.Sprintf("suite-%d", n.Add(1))), Read: read}
 	})
 }
 
@@ -316,13 +277,13 @@ func TestCiphertextHasNoPlaintext(t *testing.T) {
 
 	_, raw := rawEntry(t, js, r)
 	require.Contains(t, string(raw), `"ciphertext"`, "not the record this test means to check")
-	requireNoValue(t, string(raw), v1, v2)
+	backendtest.RequireNoValue(t, string(raw), v1, v2)
 }
 
 func TestCiphertextBoundToSecretAndVersion(t *testing.T) {
 	_, js := startJS(t)
-	logs := &logBuffer{}
-	b := newBackend(t, js, newKey(t), logs.logger())
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, js, newKey(t), logs.Logger())
 	ctx := t.Context()
 	src := ref("acme", "a")
 	_, _, err := b.Ensure(ctx, src)
@@ -344,7 +305,7 @@ func TestCiphertextBoundToSecretAndVersion(t *testing.T) {
 			require.Error(t, err, "a ciphertext of acme/a decrypted as %s", dst)
 			require.NotErrorIs(t, err, handlers.ErrNotFound)
 			require.Nil(t, got)
-			requireNoValue(t, err.Error(), value)
+			backendtest.RequireNoValue(t, err.Error(), value)
 			require.Error(t, b.Test(ctx, dst, handlers.Version{ID: "1"}))
 		})
 	}
@@ -373,12 +334,12 @@ func TestCiphertextBoundToSecretAndVersion(t *testing.T) {
 
 		err = b.Test(ctx, src, v2)
 		require.Error(t, err, "the ciphertext of v1 decrypted as v2")
-		requireNoValue(t, err.Error(), value)
+		backendtest.RequireNoValue(t, err.Error(), value)
 		_, got, err := b.Read(ctx, src)
 		require.NoError(t, err, "v1 itself is untouched")
 		require.Equal(t, value, got)
 	})
-	requireNoValue(t, logs.String(), value)
+	backendtest.RequireNoValue(t, logs.String(), value)
 }
 
 func TestWrongKey(t *testing.T) {
@@ -398,7 +359,7 @@ func TestWrongKey(t *testing.T) {
 	_, value, err := right.Read(ctx, r)
 	require.NoError(t, err)
 	require.NotEmpty(t, value)
-	requireNoValue(t, err2s(wrong.Test(ctx, r, v)), value)
+	backendtest.RequireNoValue(t, err2s(wrong.Test(ctx, r, v)), value)
 }
 
 func err2s(err error) string {
@@ -542,8 +503,8 @@ func TestLoadOrCreateKeyRefuses(t *testing.T) {
 
 func TestFetchServer(t *testing.T) {
 	nc, js := startJS(t)
-	logs := &logBuffer{}
-	b := newBackend(t, js, newKey(t), logs.logger())
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, js, newKey(t), logs.Logger())
 	ctx := t.Context()
 
 	known := map[string]bool{
@@ -568,7 +529,7 @@ func TestFetchServer(t *testing.T) {
 		}
 		return false, nil
 	}
-	srv := local.NewServer(nc, b, resolve, revoked, logs.logger())
+	srv := local.NewServer(nc, b, resolve, revoked, logs.Logger())
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(runCtx) }()
@@ -664,7 +625,7 @@ func TestFetchServer(t *testing.T) {
 
 	logText := logs.String()
 	require.Contains(t, logText, "fetch refused: tenant revoked", "logs were not captured")
-	requireNoValue(t, logText, wantValue, evilValue, brokenValue)
+	backendtest.RequireNoValue(t, logText, wantValue, evilValue, brokenValue)
 }
 
 // TestFetchServerDrain: a request being served when ctx ends is still

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/internal/testutil"
 )
@@ -43,8 +44,8 @@ func TestAuthToken(t *testing.T) {
 	setenv(t, "REKEY_TEST_TOKEN", token)
 	cfg.Auth = vault.AuthConfig{Method: vault.AuthToken, TokenEnv: "REKEY_TEST_TOKEN"}
 
-	logs := &logBuffer{}
-	b := newBackend(t, cfg, logs.logger())
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, cfg, logs.Logger())
 	deadline := time.Now().Add(6 * time.Second) // three TTLs
 	for time.Now().Before(deadline) {
 		rotate(t, t.Context(), b, ref)
@@ -109,8 +110,8 @@ func TestReloginAfterRevokedToken(t *testing.T) {
 	ctx := t.Context()
 	ref := kvRef("acme", uniq("revoked"))
 	cfg, _, role := approle(t, ref, "1h", "2h")
-	logs := &logBuffer{}
-	b := newBackend(t, cfg, logs.logger())
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, cfg, logs.Logger())
 	rotate(t, ctx, b, ref)
 
 	// Revoke the tokens of the role: the one the backend holds.
@@ -142,8 +143,8 @@ func TestAuthAppRole(t *testing.T) {
 	ref := kvRef("acme", uniq("approle"))
 	cfg, secretID, _ := approle(t, ref, "2s", "4s")
 
-	logs := &logBuffer{}
-	b := newBackend(t, cfg, logs.logger())
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, cfg, logs.Logger())
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("backend logs:\n%s", logs.String())
@@ -185,8 +186,8 @@ func TestStartWithoutVault(t *testing.T) {
 	p.Cut()
 	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = 2 * time.Second
-	logs := &logBuffer{}
-	b := newBackend(t, cfg, logs.logger())
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, cfg, logs.Logger())
 	ref := kvRef("acme", uniq("late"))
 	_, err := b.Create(t.Context(), ref, "tok-late")
 	require.Error(t, err)

@@ -24,15 +24,11 @@ import (
 // server's KV v2 mount, then checks that no value it read was logged.
 func TestBackendSuite(t *testing.T) {
 	t.Parallel()
-	logs := &logBuffer{}
-	b := newBackend(t, baseConfig(t, ""), logs.logger())
-	rec := &recorder{read: b.Read}
-	t.Cleanup(func() {
-		require.NotEmpty(t, rec.values)
-		requireNoValue(t, logs.String(), rec.values...)
-	})
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, baseConfig(t, ""), logs.Logger())
+	read := backendtest.ReadsNotLogged(t, logs, b.Read)
 	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
-		return backendtest.Fixture{Backend: b, Ref: kvRef("acme", uniq("suite")), Read: rec.Read}
+		return backendtest.Fixture{Backend: b, Ref: kvRef("acme", uniq("suite")), Read: read}
 	})
 }
 

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -37,8 +38,8 @@ func staticRole(t testing.TB, tenant string) handlers.SecretRef {
 func TestStaticRoleRotation(t *testing.T) {
 	t.Parallel()
 	_, pg := needDatabase(t)
-	logs := &logBuffer{}
-	b := newBackend(t, baseConfig(t, ""), logs.logger())
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	ctx := t.Context()
 	ref := staticRole(t, "acme")
 
@@ -116,7 +117,7 @@ func TestStaticRoleRotation(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, final.Password, unchanged.Password)
 
-	requireNoValue(t, logs.String(), []byte(before.Password), []byte(after.Password), []byte(final.Password))
+	backendtest.RequireNoValue(t, logs.String(), []byte(before.Password), []byte(after.Password), []byte(final.Password))
 }
 
 // TestStaticRoleMissing: a static-role secret whose role does not exist
@@ -196,8 +197,8 @@ func logins(t testing.TB, creds []dbCreds) []error {
 func TestRevokeTenantLeases(t *testing.T) {
 	t.Parallel()
 	_, pg := needDatabase(t)
-	logs := &logBuffer{}
-	b := newBackend(t, baseConfig(t, ""), logs.logger())
+	logs := &backendtest.LogBuffer{}
+	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	ctx := t.Context()
 	// Tenants of their own, so that other tests' roles do not count.
 	victim, bystander := uniq("tv"), uniq("tb")
@@ -239,7 +240,7 @@ func TestRevokeTenantLeases(t *testing.T) {
 	require.Zero(t, n)
 	require.Contains(t, logs.String(), "revoked tenant leases")
 	for _, c := range creds[:10] {
-		requireNoValue(t, logs.String(), []byte(c.password))
+		backendtest.RequireNoValue(t, logs.String(), []byte(c.password))
 	}
 }
 

@@ -1,9 +1,7 @@
 package vault_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"os"
@@ -18,7 +16,6 @@ import (
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
-	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
 // The servers are started by the first test that needs them and stopped
@@ -43,23 +40,6 @@ const dbConnection = vaulttest.DBConnection
 func needDatabase(t testing.TB) (*vaulttest.Vault, *vaulttest.Postgres) {
 	t.Helper()
 	return servers.Database(t)
-}
-
-// logBuffer collects a backend's logs so a test can grep them.
-type logBuffer struct{ testutil.SyncBuffer }
-
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// requireNoValue fails if text holds any of the values, raw or base64.
-func requireNoValue(t *testing.T, text string, values ...[]byte) {
-	t.Helper()
-	for _, v := range values {
-		require.NotEmpty(t, v, "empty value: the check would prove nothing")
-		require.NotContains(t, text, string(v), "a secret value leaked")
-		require.NotContains(t, text, base64.StdEncoding.EncodeToString(v), "a base64 secret value leaked")
-	}
 }
 
 // rootEnv is the environment variable the tests put the root token in.
@@ -170,21 +150,4 @@ func isAuthFailure(err error) bool {
 	}
 	s := err.Error()
 	return strings.Contains(s, "28P01") || strings.Contains(s, "password authentication failed") || strings.Contains(s, "28000")
-}
-
-// recorder keeps every value a Read returned, for the leak check.
-type recorder struct {
-	mu     sync.Mutex
-	values [][]byte
-	read   func(ctx context.Context, ref handlers.SecretRef) (string, []byte, error)
-}
-
-func (r *recorder) Read(ctx context.Context, ref handlers.SecretRef) (string, []byte, error) {
-	v, val, err := r.read(ctx, ref)
-	if err == nil {
-		r.mu.Lock()
-		r.values = append(r.values, bytes.Clone(val))
-		r.mu.Unlock()
-	}
-	return v, val, err
 }
