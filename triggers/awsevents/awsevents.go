@@ -302,21 +302,24 @@ func batch[E any](msgs []sqstypes.Message, entry func(id, receiptHandle *string)
 
 // delivery is one received message and what the audit trail says of it.
 type delivery struct {
-	msg      Message
+	msg Message
+	// eventID is idToken(msg.ID): the EventBridge id as derived ids,
+	// audit records and logs carry it.
+	eventID  string
 	sqsID    string
 	receives string
 	now      time.Time
 }
 
-func (d *delivery) actor() string { return "aws:" + TriggerSource + ":" + idToken(d.msg.ID) }
+func (d *delivery) actor() string { return "aws:" + TriggerSource + ":" + d.eventID }
 
 func (d *delivery) trigger() schemas.Trigger {
-	return schemas.Trigger{Kind: schemas.TriggerAWS, Source: TriggerSource, Actor: idToken(d.msg.ID)}
+	return schemas.Trigger{Kind: schemas.TriggerAWS, Source: TriggerSource, Actor: d.eventID}
 }
 
 // id derives a CloudEvents id (and Nats-Msg-Id) from the EventBridge id.
 func (d *delivery) id(parts ...string) string {
-	id := "aws-" + idToken(d.msg.ID)
+	id := "aws-" + d.eventID
 	for _, p := range parts {
 		if p != "" {
 			id += "-" + p
@@ -328,7 +331,7 @@ func (d *delivery) id(parts ...string) string {
 // detail is the audit detail every record about the delivery carries.
 func (d *delivery) detail(extra map[string]string) map[string]string {
 	out := map[string]string{
-		"trigger": schemas.TriggerAWS, "source": TriggerSource, "event_id": idToken(d.msg.ID),
+		"trigger": schemas.TriggerAWS, "source": TriggerSource, "event_id": d.eventID,
 		"detail_type": clip(d.msg.DetailType, 128), "event_source": clip(d.msg.Source, 128),
 		"message_id": d.sqsID, "receive_count": d.receives,
 	}
@@ -350,7 +353,7 @@ func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
 		t.malformed(ctx, sqsID, receives, err)
 		return OutcomeMalformed
 	}
-	d := &delivery{msg: msg, sqsID: sqsID, receives: receives, now: time.Now().UTC()}
+	d := &delivery{msg: msg, eventID: idToken(msg.ID), sqsID: sqsID, receives: receives, now: time.Now().UTC()}
 	if len(t.accounts) > 0 && !t.accounts[msg.Account] {
 		return t.refuse(ctx, d, OutcomeRefused, "", "", "account is not in "+Section+".accounts")
 	}
@@ -373,8 +376,9 @@ func (t *Trigger) malformed(ctx context.Context, sqsID, receives string, err err
 	if t.cfg.AuditTenant == "" {
 		return
 	}
-	_ = t.audit.RecordWithID(ctx, "aws-msg-"+idToken(sqsID)+"-"+idToken(receives)+"-malformed", schemas.AuditRecord{
-		Tenant: t.cfg.AuditTenant, Actor: "aws:" + TriggerSource + ":message/" + idToken(sqsID), Action: "aws.event",
+	msgID := idToken(sqsID)
+	_ = t.audit.RecordWithID(ctx, "aws-msg-"+msgID+"-"+idToken(receives)+"-malformed", schemas.AuditRecord{
+		Tenant: t.cfg.AuditTenant, Actor: "aws:" + TriggerSource + ":message/" + msgID, Action: "aws.event",
 		Outcome: schemas.OutcomeRefused, Component: Component,
 		Detail: map[string]string{
 			"trigger": schemas.TriggerAWS, "source": TriggerSource, "message_id": sqsID, "receive_count": receives,
@@ -387,7 +391,7 @@ func (t *Trigger) malformed(ctx context.Context, sqsID, receives string, err err
 // tenant when empty), and returns outcome; the message is then deleted.
 // It returns OutcomeUnavailable when the record could not be written.
 func (t *Trigger) refuse(ctx context.Context, d *delivery, outcome, tenant, secret, reason string) string {
-	t.log.Info("AWS event not acted on", "event_id", idToken(d.msg.ID), "detail_type", clip(d.msg.DetailType, 128),
+	t.log.Info("AWS event not acted on", "event_id", d.eventID, "detail_type", clip(d.msg.DetailType, 128),
 		"tenant", tenant, "secret", secret, "reason", reason)
 	rec := schemas.AuditRecord{Tenant: tenant, Secret: secret, Action: "aws.event", Outcome: schemas.OutcomeRefused,
 		Detail: map[string]string{"reason": reason}}
@@ -420,7 +424,7 @@ func (t *Trigger) publish(ctx context.Context, d *delivery, subject, typ, tenant
 	ack, err := t.bus.Publish(ctx, subject, ev.WithID(id))
 	if err != nil {
 		t.log.Warn("not published; the message stays on the queue", "subject", subject, "id", id,
-			"event_id", idToken(d.msg.ID), "err", err)
+			"event_id", d.eventID, "err", err)
 		return false, err
 	}
 	return ack.Duplicate, nil
@@ -432,9 +436,7 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 	tenant, secret, known := t.lookup(s)
 	switch {
 	case !s.Understood():
-		if !known {
-			tenant, secret = "", ""
-		}
+		// Audited to the secret's tenant when known (lookup gives "" when not).
 		return t.refuse(ctx, d, OutcomeIgnored, tenant, secret, "Secrets Manager event "+clip(s.EventName, 64)+" is not one rekey acts on")
 	case !known:
 		return t.refuse(ctx, d, OutcomeRefused, "", "", fmt.Sprintf("secret %q is not a secret rekey manages", clip(s.SecretID, 256)))
@@ -495,7 +497,7 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 		}
 	}
 	t.log.Info("external change", "tenant", tenant, "secret", secret, "event_name", s.EventName, "outcome", outcome,
-		"sync", live, "request_id", syncID, "event_id", idToken(d.msg.ID), "duplicate", dup)
+		"sync", live, "request_id", syncID, "event_id", d.eventID, "duplicate", dup)
 	if dup {
 		return OutcomeDuplicate
 	}

@@ -110,7 +110,7 @@ func (t *Trigger) handleFinding(ctx context.Context, d *delivery) string {
 	}
 	for _, tg := range below {
 		reason := fmt.Sprintf("severity %s is below min_severity %g of rule %s", sev, tg.minSeverity, tg.rule)
-		t.log.Info("GuardDuty finding below severity", "tenant", tg.tenant, "rule", tg.rule, "severity", sev, "event_id", idToken(d.msg.ID))
+		t.log.Info("GuardDuty finding below severity", "tenant", tg.tenant, "rule", tg.rule, "severity", sev, "event_id", d.eventID)
 		if err := t.record(ctx, d, d.id("below", tg.tenant), schemas.AuditRecord{
 			Tenant: tg.tenant, Action: "revocation.revoke.request", Outcome: schemas.OutcomeRefused,
 			Detail: findingDetail(tg, map[string]string{"reason": reason}),
@@ -126,7 +126,7 @@ func (t *Trigger) handleFinding(ctx context.Context, d *delivery) string {
 		if badTags > 0 {
 			reason += fmt.Sprintf(" (%d tag values are not tenants of their rules)", badTags)
 		}
-		t.log.Info("GuardDuty finding maps to no tenant", "event_id", idToken(d.msg.ID), "finding_type", clip(f.Type, 128), "reason", reason)
+		t.log.Info("GuardDuty finding maps to no tenant", "event_id", d.eventID, "finding_type", clip(f.Type, 128), "reason", reason)
 		if err := t.record(ctx, d, d.id("unmapped"), schemas.AuditRecord{
 			Action: "aws.event", Outcome: schemas.OutcomeRefused, Detail: findingDetail(target{}, map[string]string{"reason": reason}),
 		}); err != nil {
