@@ -160,12 +160,9 @@ func (p *Publisher) handle(ctx context.Context, msg jetstream.Msg) {
 		code, reason = apiErr.ErrorCode(), apiErr.ErrorMessage()
 	case err != nil:
 		code, reason = "request", err.Error()
-	case out.FailedEntryCount > 0 || len(out.Entries) != 1:
+	case len(out.Entries) != 1:
 		code, reason = "entry", fmt.Sprintf("%d failed entries", out.FailedEntryCount)
-		if len(out.Entries) == 1 {
-			code, reason = aws.ToString(out.Entries[0].ErrorCode), aws.ToString(out.Entries[0].ErrorMessage)
-		}
-	case aws.ToString(out.Entries[0].ErrorCode) != "":
+	default: // the one entry's error, if any
 		code, reason = aws.ToString(out.Entries[0].ErrorCode), aws.ToString(out.Entries[0].ErrorMessage)
 	}
 	if code == "" {
