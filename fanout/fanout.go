@@ -292,14 +292,14 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 	batch := make([]orchestrator.IdentifiedRecord, 0, ackAuditBatch)
 	writeQueued := func(first ackRecord) {
 		batch = append(batch[:0], record(first))
+	queued:
 		for len(batch) < ackAuditBatch {
 			select {
 			case r := <-f.ackAudit:
 				batch = append(batch, record(r))
-				continue
 			default:
+				break queued
 			}
-			break
 		}
 		_ = f.audit.RecordBatch(context.WithoutCancel(ctx), batch)
 	}

@@ -232,55 +232,35 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 		w.requeue(pending)
 		return
 	}
-	primary := pending[0]
-	job := Job{
-		Tenant: t, Secret: s, RequestID: primary.id, Reason: primary.data.Reason,
-		Trigger: primary.data.Trigger, Delivery: primary.delivery,
-	}
-	for _, r := range pending[1:] {
-		job.Coalesced = append(job.Coalesced, r.id)
-	}
-
-	select {
-	case w.sem <- struct{}{}:
-	case <-ctx.Done():
-		return // held; naked by Run
-	}
-	_, err = w.rotator.Rotate(ctx, job)
-	<-w.sem
-
-	switch {
-	case err == nil:
-		for _, r := range pending[1:] {
-			w.coalesced(ctx, r, primary.id)
-		}
-		w.d.Metrics.RequestsTotal.WithLabelValues("rotate", "rotated").Add(1)
-		w.finish(pending, func(m jetstream.Msg) error { return m.Ack() })
-	case errors.Is(err, ErrBusy):
-		// Another replica rotates this secret; look again shortly.
-		w.finish(pending, func(m jetstream.Msg) error { return m.NakWithDelay(500 * time.Millisecond) })
-	case errors.Is(err, ErrPermanent):
-		w.d.Metrics.RequestsTotal.WithLabelValues("rotate", "failed").Add(float64(len(pending)))
-		w.finish(pending, func(m jetstream.Msg) error { return m.TermWithReason("rotation failed") })
-	default:
-		// Interrupted or a transient failure outside the saga.
-		if primary.delivery >= uint64(w.cfg.MaxDeliver) {
-			w.rotator.failed(ctx, job, "", "deliver", err, int(primary.delivery))
-			w.finish(pending, func(m jetstream.Msg) error { return m.TermWithReason("too many deliveries") })
-			return
-		}
-		if ctx.Err() == nil {
-			w.d.Log.Warn("rotation interrupted; will retry", "component", "rotation-worker", "tenant", t, "secret", s, "request_id", job.RequestID, "err", err)
-		}
-		w.finish(pending, func(m jetstream.Msg) error {
-			return m.NakWithDelay(backoff(time.Second, 30*time.Second, int(primary.delivery)))
-		})
-	}
+	w.runBatch(ctx, "rotate", pending, func(ctx context.Context, job Job) (string, error) {
+		_, err := w.rotator.Rotate(ctx, job)
+		return "rotated", err
+	}, func(ctx context.Context, job Job, err error, delivery uint64) {
+		w.rotator.failed(ctx, job, "", "deliver", err, int(delivery))
+	})
 }
 
 // sync records the backend's live version for a batch of sync requests of
 // one secret (see Rotator.Sync).
 func (w *RotationWorker) sync(ctx context.Context, reqs []request) {
+	w.runBatch(ctx, "sync", reqs, func(ctx context.Context, job Job) (string, error) {
+		_, changed, err := w.rotator.Sync(ctx, job)
+		if !changed {
+			return "unchanged", err
+		}
+		return "synced", err
+	}, func(_ context.Context, job Job, err error, _ uint64) {
+		w.d.Log.Warn("sync request failed", "component", "rotation-worker", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+	})
+}
+
+// runBatch runs fn once for a batch of one secret's requests: the first is
+// the primary, the others are coalesced into it. It acks them when fn
+// succeeds, looks again shortly when another replica holds the secret,
+// terminates them on a permanent failure or after MaxDeliver deliveries
+// (giveUp records that), and otherwise returns them with backoff.
+func (w *RotationWorker) runBatch(ctx context.Context, kind string, reqs []request,
+	fn func(context.Context, Job) (outcome string, err error), giveUp func(context.Context, Job, error, uint64)) {
 	primary := reqs[0]
 	job := Job{
 		Tenant: primary.data.Tenant, Secret: primary.data.Secret, RequestID: primary.id,
@@ -294,28 +274,30 @@ func (w *RotationWorker) sync(ctx context.Context, reqs []request) {
 	case <-ctx.Done():
 		return // held; naked by Run
 	}
-	_, changed, err := w.rotator.Sync(ctx, job)
+	outcome, err := fn(ctx, job)
 	<-w.sem
+
 	switch {
 	case err == nil:
 		for _, r := range reqs[1:] {
 			w.coalesced(ctx, r, primary.id)
 		}
-		outcome := "synced"
-		if !changed {
-			outcome = "unchanged"
-		}
-		w.d.Metrics.RequestsTotal.WithLabelValues("sync", outcome).Add(float64(len(reqs)))
+		w.d.Metrics.RequestsTotal.WithLabelValues(kind, outcome).Inc()
 		w.finish(reqs, func(m jetstream.Msg) error { return m.Ack() })
 	case errors.Is(err, ErrBusy):
+		// Another replica works on this secret; look again shortly.
 		w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(500 * time.Millisecond) })
-	case errors.Is(err, ErrPermanent) || primary.delivery >= uint64(w.cfg.MaxDeliver):
-		w.d.Log.Warn("sync request failed", "component", "rotation-worker", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
-		w.d.Metrics.RequestsTotal.WithLabelValues("sync", "failed").Add(float64(len(reqs)))
+	case errors.Is(err, ErrPermanent):
+		w.d.Metrics.RequestsTotal.WithLabelValues(kind, "failed").Add(float64(len(reqs)))
 		w.finish(reqs, func(m jetstream.Msg) error { return m.TermWithReason(truncateReason(err.Error())) })
+	case primary.delivery >= uint64(w.cfg.MaxDeliver):
+		giveUp(ctx, job, err, primary.delivery)
+		w.d.Metrics.RequestsTotal.WithLabelValues(kind, "failed").Add(float64(len(reqs)))
+		w.finish(reqs, func(m jetstream.Msg) error { return m.TermWithReason("too many deliveries") })
 	default:
+		// Interrupted, or a transient failure (the backend unreachable).
 		if ctx.Err() == nil {
-			w.d.Log.Warn("sync failed; will retry", "component", "rotation-worker", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+			w.d.Log.Warn("rotation request interrupted; will retry", "component", "rotation-worker", "kind", kind, "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
 		}
 		w.finish(reqs, func(m jetstream.Msg) error {
 			return m.NakWithDelay(backoff(time.Second, 30*time.Second, int(primary.delivery)))

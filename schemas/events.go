@@ -2,6 +2,7 @@ package schemas
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -64,10 +65,10 @@ func (r RotationRequested) Validate() error {
 	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
 		return err
 	}
-	switch r.Mode {
-	case "", RotateModeRotate, RotateModeSync:
-	default:
-		return fmt.Errorf("mode %q is not %q or %q: %w", r.Mode, RotateModeRotate, RotateModeSync, ErrMalformed)
+	if r.Mode != "" {
+		if err := oneOf("mode", r.Mode, RotateModeRotate, RotateModeSync); err != nil {
+			return err
+		}
 	}
 	return r.Trigger.Validate()
 }
@@ -141,8 +142,8 @@ func (r RevocationRequested) Validate() error {
 	if err := ValidateID("tenant", r.Tenant); err != nil {
 		return err
 	}
-	if r.Action != ActionRevoke && r.Action != ActionRestore {
-		return fmt.Errorf("action %q must be %q or %q: %w", r.Action, ActionRevoke, ActionRestore, ErrMalformed)
+	if err := oneOf("action", r.Action, ActionRevoke, ActionRestore); err != nil {
+		return err
 	}
 	return r.Trigger.Validate()
 }
@@ -200,10 +201,8 @@ func (r RevocationProgress) Validate() error {
 	if err := ValidateID("tenant", r.Tenant); err != nil {
 		return err
 	}
-	switch r.Outcome {
-	case OutcomeSucceeded, OutcomeFailed, OutcomeRetrying:
-	default:
-		return fmt.Errorf("outcome %q is not %q, %q or %q: %w", r.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeRetrying, ErrMalformed)
+	if err := oneOf("outcome", r.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeRetrying); err != nil {
+		return err
 	}
 	if r.Done < 0 || r.Total < 0 || r.Failed < 0 || r.Done > r.Total {
 		return fmt.Errorf("counts out of range: %w", ErrMalformed)
@@ -486,11 +485,16 @@ func (r ExternalChange) Validate() error {
 	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
 		return err
 	}
-	switch {
-	case r.Backend == "" || r.Source == "" || r.Event == "" || r.ResourceID == "" || r.EventID == "":
+	if r.Backend == "" || r.Source == "" || r.Event == "" || r.ResourceID == "" || r.EventID == "" {
 		return fmt.Errorf("backend, source, event, resource_id and event_id are required: %w", ErrMalformed)
-	case r.Outcome != ExternalSucceeded && r.Outcome != ExternalFailed && r.Outcome != ExternalInfo:
-		return fmt.Errorf("outcome %q is not %q, %q or %q: %w", r.Outcome, ExternalSucceeded, ExternalFailed, ExternalInfo, ErrMalformed)
 	}
-	return nil
+	return oneOf("outcome", r.Outcome, ExternalSucceeded, ExternalFailed, ExternalInfo)
+}
+
+// oneOf checks that the field's value is one of allowed.
+func oneOf(field, value string, allowed ...string) error {
+	if slices.Contains(allowed, value) {
+		return nil
+	}
+	return fmt.Errorf("%s %q is not one of %q: %w", field, value, allowed, ErrMalformed)
 }
