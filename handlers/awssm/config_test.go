@@ -2,7 +2,6 @@ package awssm_test
 
 import (
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -10,30 +9,15 @@ import (
 
 	"github.com/rekey-dev/rekey/handlers/awssm"
 	"github.com/rekey-dev/rekey/handlers/awssm/awssmtest"
+	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/orchestrator"
 )
 
 // parse parses a rekey.yaml made of the awssm section and tenants.
 func parse(t *testing.T, section, tenants string) (awssm.Config, error) {
 	t.Helper()
-	src := "tenants:\n" + indent(tenants, "  ")
-	if section != "" {
-		src = "backends:\n  awssm:\n" + indent(section, "    ") + src
-	}
-	rekey, err := orchestrator.Parse([]byte(src))
-	require.NoError(t, err, "rekey config")
-	return awssm.ParseConfig(rekey.Backends.AWSSM, &rekey)
-}
-
-func indent(s, by string) string {
-	var b strings.Builder
-	for line := range strings.Lines(s) {
-		if strings.TrimSpace(line) != "" {
-			b.WriteString(by)
-		}
-		b.WriteString(line)
-	}
-	return b.String()
+	rekey := backendtest.ParseRekey(t, awssm.Name, section, tenants)
+	return awssm.ParseConfig(rekey.Backends.AWSSM, rekey)
 }
 
 const twoTenants = `

@@ -9,27 +9,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/orchestrator"
 )
 
 // parse parses a rekey.yaml made of the vault section and tenants.
-func parse(t *testing.T, vaultSection, tenants string) (vault.Config, error) {
+func parse(t *testing.T, section, tenants string) (vault.Config, error) {
 	t.Helper()
-	rekey, err := orchestrator.Parse([]byte("backends:\n  vault:\n" + indent(vaultSection, "    ") + "tenants:\n" + indent(tenants, "  ")))
-	require.NoError(t, err, "rekey config")
-	return vault.ParseConfig(rekey.Backends.Vault, &rekey)
-}
-
-func indent(s, by string) string {
-	var b strings.Builder
-	for line := range strings.Lines(s) {
-		if strings.TrimSpace(line) != "" {
-			b.WriteString(by)
-		}
-		b.WriteString(line)
-	}
-	return b.String()
+	rekey := backendtest.ParseRekey(t, vault.Name, section, tenants)
+	return vault.ParseConfig(rekey.Backends.Vault, rekey)
 }
 
 const twoTenants = `
@@ -67,9 +56,7 @@ revoke_timeout: 2m
 }
 
 func TestParseConfigDefaults(t *testing.T) {
-	rekey, err := orchestrator.Parse([]byte("tenants:\n" + indent(twoTenants, "  ")))
-	require.NoError(t, err)
-	cfg, err := vault.ParseConfig(rekey.Backends.Vault, &rekey)
+	cfg, err := parse(t, "", twoTenants) // no backends.vault section
 	require.NoError(t, err)
 	require.Equal(t, vault.Config{
 		Address: "http://127.0.0.1:8200",
