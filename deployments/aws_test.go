@@ -1117,12 +1117,8 @@ var awsChecks = []struct {
 	{"outputs", checkOutputs},
 }
 
-// awsProblems loads the template with params and runs every check.
-func awsProblems(src []byte, params map[string]string) error {
-	s, err := loadStack(src, params)
-	if err != nil {
-		return err
-	}
+// checkAll runs every check on s.
+func checkAll(s *stack) error {
 	var errs []error
 	for _, c := range awsChecks {
 		if err := c.check(s); err != nil {
@@ -1130,6 +1126,15 @@ func awsProblems(src []byte, params map[string]string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// awsProblems loads the template with params and runs every check.
+func awsProblems(src []byte, params map[string]string) error {
+	s, err := loadStack(src, params)
+	if err != nil {
+		return err
+	}
+	return checkAll(s)
 }
 
 func readTemplate(t *testing.T) []byte {
@@ -1149,10 +1154,8 @@ func TestAWSTemplate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, c := range awsChecks {
-				if err := c.check(s); err != nil {
-					t.Errorf("%s: %v", c.name, err)
-				}
+			if err := checkAll(s); err != nil {
+				t.Error(err)
 			}
 			t.Logf("%d resources created, outputs %v", len(s.props), slices.Sorted(maps.Keys(s.outputs)))
 		})
