@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -171,20 +172,12 @@ func newEnv(t *testing.T) *env {
 
 	e.natsDir = t.TempDir()
 	e.nats = testutil.StartNATS(t, -1, e.natsDir)
-	e.natsPort = portOf(t, e.nats.ClientURL())
+	e.natsPort = e.nats.Addr().(*net.TCPAddr).Port
 	e.bus, err = orchestrator.Connect(ctx, e.nats.ClientURL(), "awsevents-test", orchestrator.NATSConfig{}, e.log)
 	require.NoError(t, err)
 	t.Cleanup(e.bus.Close)
 	require.NoError(t, e.bus.EnsureStreams(ctx))
 	return e
-}
-
-func portOf(t *testing.T, url string) int {
-	t.Helper()
-	var port int
-	_, err := fmt.Sscanf(url[strings.LastIndexByte(url, ':')+1:], "%d", &port)
-	require.NoError(t, err)
-	return port
 }
 
 // start runs the trigger until the test ends.
