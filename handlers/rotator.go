@@ -248,7 +248,7 @@ func (r *Rotator) Sync(ctx context.Context, job Job) (done schemas.RotationCompl
 // before finish. It returns the step that failed.
 func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token string, job Job, log *slog.Logger) (Version, string, error) {
 	var v Version
-	err := r.step(ctx, job, StepCreate, "", func(ctx context.Context) error {
+	err := r.step(ctx, job, b, ref, StepCreate, "", func(ctx context.Context) error {
 		var err error
 		v, err = b.Create(ctx, ref, token)
 		return err
@@ -260,12 +260,12 @@ func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token stri
 		name string
 		fn   func(context.Context, SecretRef, Version) error
 	}{{StepSet, b.Set}, {StepTest, b.Test}} {
-		if err := r.step(ctx, job, s.name, v.ID, func(ctx context.Context) error { return s.fn(ctx, ref, v) }); err != nil {
+		if err := r.step(ctx, job, b, ref, s.name, v.ID, func(ctx context.Context) error { return s.fn(ctx, ref, v) }); err != nil {
 			r.rollback(ctx, ref, b, v, job, log)
 			return Version{}, s.name, err
 		}
 	}
-	err = r.step(ctx, job, StepFinish, v.ID, func(ctx context.Context) error { return b.Finish(ctx, ref, v) })
+	err = r.step(ctx, job, b, ref, StepFinish, v.ID, func(ctx context.Context) error { return b.Finish(ctx, ref, v) })
 	if err != nil {
 		// Finish may have promoted before failing (a lost reply): ask.
 		cur, cerr := b.Current(context.WithoutCancel(ctx), ref)
@@ -279,13 +279,11 @@ func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token stri
 }
 
 // step runs one saga step with the step timeout and audits its outcome.
-func (r *Rotator) step(ctx context.Context, job Job, name, version string, fn func(context.Context) error) error {
+func (r *Rotator) step(ctx context.Context, job Job, b Backend, ref SecretRef, name, version string, fn func(context.Context) error) error {
 	timeout := r.cfg.StepTimeout
-	if ref, b, err := r.d.Catalog.Lookup(job.Tenant, job.Secret); err == nil {
-		if st, ok := b.(StepTimeouts); ok {
-			if d, ok := st.StepTimeout(ref, name); ok {
-				timeout = max(timeout, d)
-			}
+	if st, ok := b.(StepTimeouts); ok {
+		if d, ok := st.StepTimeout(ref, name); ok {
+			timeout = max(timeout, d)
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, timeout)
