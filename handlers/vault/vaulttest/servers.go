@@ -19,44 +19,45 @@ const DBConnection = "pg"
 // A test that needs one that cannot be found fails with how to get it,
 // never skips.
 type Servers struct {
-	vaultOnce sync.Once
-	vault     *Vault
-	vaultErr  error
-
-	pgOnce sync.Once
-	pg     *Postgres
-	pgErr  error
+	vault lazy[*Vault]
+	pg    lazy[*Postgres]
 
 	dbOnce sync.Once
 	dbErr  error
 }
 
+// lazy is a server started on first use.
+type lazy[T any] struct {
+	once sync.Once
+	v    T
+	err  error
+}
+
+// get starts the server with start, given timeout, on first use, and
+// fails t, saying what it needs, when the server could not be started.
+func (l *lazy[T]) get(t testing.TB, need string, timeout time.Duration, start func(context.Context) (T, error)) T {
+	t.Helper()
+	l.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		l.v, l.err = start(ctx)
+	})
+	if l.err != nil {
+		t.Fatalf("this test needs %s: %v", need, l.err)
+	}
+	return l.v
+}
+
 // Vault returns the dev server, starting it on first use.
 func (s *Servers) Vault(t testing.TB) *Vault {
 	t.Helper()
-	s.vaultOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		defer cancel()
-		s.vault, s.vaultErr = StartVault(ctx)
-	})
-	if s.vaultErr != nil {
-		t.Fatalf("this test needs a Vault dev server: %v", s.vaultErr)
-	}
-	return s.vault
+	return s.vault.get(t, "a Vault dev server", 90*time.Second, StartVault)
 }
 
 // Postgres returns the PostgreSQL cluster, starting it on first use.
 func (s *Servers) Postgres(t testing.TB) *Postgres {
 	t.Helper()
-	s.pgOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-		defer cancel()
-		s.pg, s.pgErr = StartPostgres(ctx)
-	})
-	if s.pgErr != nil {
-		t.Fatalf("this test needs PostgreSQL: %v", s.pgErr)
-	}
-	return s.pg
+	return s.pg.get(t, "PostgreSQL", 120*time.Second, StartPostgres)
 }
 
 // Database mounts the database secrets engine at "database" on the dev
@@ -87,6 +88,6 @@ func (s *Servers) Database(t testing.TB) (*Vault, *Postgres) {
 
 // Stop stops whatever was started (safe when nothing was).
 func (s *Servers) Stop() {
-	s.pg.Stop()
-	s.vault.Stop()
+	s.pg.v.Stop()
+	s.vault.v.Stop()
 }
