@@ -350,12 +350,9 @@ func (b *Backend) Create(ctx context.Context, ref handlers.SecretRef, token stri
 		return handlers.Version{}, fmt.Errorf("%s: %w: %w", op, err, handlers.ErrPermanent)
 	}
 	defer clear(value)
-	err = b.write(ctx, b.writeLimit, func(ctx context.Context) error {
-		_, err := b.api.PutSecretValue(ctx, &secretsmanager.PutSecretValueInput{
-			SecretId: &loc.name, ClientRequestToken: &id, SecretString: aws.String(string(value)),
-			VersionStages: []string{StagePending, stagedLabel(id)},
-		})
-		return err
+	_, err = write(ctx, b, b.writeLimit, b.api.PutSecretValue, &secretsmanager.PutSecretValueInput{
+		SecretId: &loc.name, ClientRequestToken: &id, SecretString: aws.String(string(value)),
+		VersionStages: []string{StagePending, stagedLabel(id)},
 	})
 	var exists *types.ResourceExistsException
 	if errors.As(err, &exists) {
@@ -389,13 +386,8 @@ func (b *Backend) restage(ctx context.Context, loc location, ref handlers.Secret
 
 // startRotation starts a delegated rotation whose new version is v.
 func (b *Backend) startRotation(ctx context.Context, loc location, ref handlers.SecretRef, v handlers.Version, op string) (handlers.Version, error) {
-	var out *secretsmanager.RotateSecretOutput
-	err := b.write(ctx, b.rotateLimit, func(ctx context.Context) error {
-		var err error
-		out, err = b.api.RotateSecret(ctx, &secretsmanager.RotateSecretInput{
-			SecretId: &loc.name, ClientRequestToken: &v.ID, RotateImmediately: aws.Bool(true),
-		})
-		return err
+	out, err := write(ctx, b, b.rotateLimit, b.api.RotateSecret, &secretsmanager.RotateSecretInput{
+		SecretId: &loc.name, ClientRequestToken: &v.ID, RotateImmediately: aws.Bool(true),
 	})
 	if err != nil {
 		return handlers.Version{}, fmt.Errorf("%s: %w", op, classify("rotate secret", err))
@@ -455,12 +447,7 @@ func (b *Backend) Test(ctx context.Context, ref handlers.SecretRef, v handlers.V
 		}
 		return nil
 	}
-	var out *secretsmanager.GetSecretValueOutput
-	err = b.read(ctx, func(ctx context.Context) error {
-		var err error
-		out, err = b.api.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: &loc.name, VersionId: &v.ID})
-		return err
-	})
+	out, err := read(ctx, b, b.api.GetSecretValue, &secretsmanager.GetSecretValueInput{SecretId: &loc.name, VersionId: &v.ID})
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, classify("get secret value", err))
 	}
@@ -501,11 +488,12 @@ func (b *Backend) Finish(ctx context.Context, ref handlers.SecretRef, v handlers
 	if !slices.Contains(labels, StagePending) && !slices.Contains(labels, stagedLabel(v.ID)) {
 		return fmt.Errorf("%s: the version is not staged: %w", op, handlers.ErrNotFound)
 	}
-	if err := b.moveLabel(ctx, loc, StageCurrent, v.ID, snap.holder(StageCurrent)); err != nil {
+	previous := snap.holder(StageCurrent)
+	if err := b.moveLabel(ctx, loc, StageCurrent, v.ID, previous); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	b.log.InfoContext(ctx, "promoted version", "tenant", ref.Tenant, "secret", ref.Secret, "secret_id", loc.name,
-		"version", v.ID, "previous_version", snap.holder(StageCurrent), "request_id", v.Token)
+		"version", v.ID, "previous_version", previous, "request_id", v.Token)
 	b.unstageLogged(ctx, loc, ref, v.ID, labels)
 	return nil
 }
@@ -571,12 +559,7 @@ func (b *Backend) Read(ctx context.Context, ref handlers.SecretRef) (string, []b
 	if err != nil {
 		return "", nil, err
 	}
-	var out *secretsmanager.GetSecretValueOutput
-	err = b.read(ctx, func(ctx context.Context) error {
-		var err error
-		out, err = b.api.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: &loc.name, VersionStage: aws.String(StageCurrent)})
-		return err
-	})
+	out, err := read(ctx, b, b.api.GetSecretValue, &secretsmanager.GetSecretValueInput{SecretId: &loc.name, VersionStage: aws.String(StageCurrent)})
 	if err != nil {
 		return "", nil, fmt.Errorf("%s: %w", op, classify("get secret value", err))
 	}
@@ -615,12 +598,7 @@ func (s snapshot) foreignPending() string {
 }
 
 func (b *Backend) describe(ctx context.Context, loc location) (snapshot, error) {
-	var out *secretsmanager.DescribeSecretOutput
-	err := b.read(ctx, func(ctx context.Context) error {
-		var err error
-		out, err = b.api.DescribeSecret(ctx, &secretsmanager.DescribeSecretInput{SecretId: &loc.name})
-		return err
-	})
+	out, err := read(ctx, b, b.api.DescribeSecret, &secretsmanager.DescribeSecretInput{SecretId: &loc.name})
 	if err != nil {
 		return snapshot{}, classify("describe secret", err)
 	}
@@ -668,12 +646,7 @@ func (b *Backend) listVersions(ctx context.Context, loc location) ([]types.Secre
 	var all []types.SecretVersionsListEntry
 	in := &secretsmanager.ListSecretVersionIdsInput{SecretId: &loc.name, MaxResults: aws.Int32(100)}
 	for {
-		var out *secretsmanager.ListSecretVersionIdsOutput
-		err := b.read(ctx, func(ctx context.Context) error {
-			var err error
-			out, err = b.api.ListSecretVersionIds(ctx, in)
-			return err
-		})
+		out, err := read(ctx, b, b.api.ListSecretVersionIds, in)
 		if err != nil {
 			return nil, classify("list secret versions of "+loc.name, err)
 		}
@@ -720,28 +693,30 @@ func (b *Backend) updateStage(ctx context.Context, loc location, label, to, from
 	if from != "" {
 		in.RemoveFromVersionId = &from
 	}
-	return b.write(ctx, b.writeLimit, func(ctx context.Context) error {
-		_, err := b.api.UpdateSecretVersionStage(ctx, in)
-		return err
-	})
+	_, err := write(ctx, b, b.writeLimit, b.api.UpdateSecretVersionStage, in)
+	return err
 }
 
-// read runs one read call with the call timeout.
-func (b *Backend) read(ctx context.Context, fn func(context.Context) error) error {
+// apiCall is a method of secretsManagerAPI.
+type apiCall[In, Out any] func(context.Context, In, ...func(*secretsmanager.Options)) (Out, error)
+
+// read makes one read call with b's call timeout.
+func read[In, Out any](ctx context.Context, b *Backend, call apiCall[In, Out], in In) (Out, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
-	return fn(ctx)
+	return call(ctx, in)
 }
 
-// write waits for lim, then runs one write call; the call timeout covers
+// write waits for lim, then makes one write call; b's call timeout covers
 // the wait.
-func (b *Backend) write(ctx context.Context, lim limiter, fn func(context.Context) error) error {
+func write[In, Out any](ctx context.Context, b *Backend, lim limiter, call apiCall[In, Out], in In) (Out, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
 	if err := lim.Wait(ctx); err != nil {
-		return fmt.Errorf("client-side rate limit: %w", err)
+		var zero Out
+		return zero, fmt.Errorf("client-side rate limit: %w", err)
 	}
-	return fn(ctx)
+	return call(ctx, in)
 }
 
 // classify wraps a Secrets Manager error for the workers:
