@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -58,6 +59,19 @@ func FreePort() (int, error) {
 		return 0, err
 	}
 	return ports[0], nil
+}
+
+// EnvWithout is the environment without the variables whose names start
+// with one of prefixes, for a child that must not see the caller's
+// settings of what it serves (AWS_, VAULT_ ...).
+func EnvWithout(prefixes ...string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(kv, p) }) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // LastLines returns the last n lines of s, e.g. of a child's output for a

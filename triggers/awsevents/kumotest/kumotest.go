@@ -51,10 +51,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -112,7 +110,8 @@ func Start(ctx context.Context) (*Kumo, error) {
 	}
 	k := &Kumo{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), log: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	k.cmd = exec.Command(bin)
-	k.cmd.Env = append(cleanEnv(), "KUMO_HOST=127.0.0.1", "KUMO_PORT="+strconv.Itoa(port), "KUMO_LOG_LEVEL=warn",
+	// None of the caller's AWS_* and KUMO_* settings reach the emulator.
+	k.cmd.Env = append(testutil.EnvWithout("AWS_", "KUMO_"), "KUMO_HOST=127.0.0.1", "KUMO_PORT="+strconv.Itoa(port), "KUMO_LOG_LEVEL=warn",
 		"AWS_DEFAULT_REGION="+Region)
 	k.cmd.Stdout, k.cmd.Stderr = k.log, k.log
 	k.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -331,16 +330,4 @@ func (s *Servers) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.kumo.Stop()
-}
-
-// cleanEnv is the environment without AWS_* and KUMO_* variables, so that
-// the caller's settings do not leak into the emulator.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "KUMO_") {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
