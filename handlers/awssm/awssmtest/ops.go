@@ -22,7 +22,6 @@ type secret struct {
 	changed         time.Time
 	rotated         time.Time
 	deleted         time.Time // when DeleteSecret scheduled the deletion; zero if not
-	deletion        time.Time // when the secret will be deleted
 	rotationLambda  string
 	rotationEnabled bool
 	rotationDays    *int64
@@ -768,26 +767,27 @@ func opDeleteSecret(s *Server, body []byte) (any, *apiError) {
 	}
 	return onSecret(s, body, in, true, check, func(sec *secret) (any, *apiError) {
 		now := time.Now()
+		var deletion time.Time // when the secret is (or was) deleted
 		switch {
 		case in.ForceDeleteWithoutRecovery != nil && *in.ForceDeleteWithoutRecovery:
 			delete(s.secrets, sec.name)
-			sec.deletion = now
+			deletion = now
 		case !sec.deleted.IsZero():
 			return nil, errorf(CodeInvalidRequest, "You can't perform this operation on the secret because it was already scheduled for deletion.")
 		default:
 			sec.deleted = now
-			sec.deletion = now.Add(time.Duration(days) * 24 * time.Hour)
+			deletion = now.Add(time.Duration(days) * 24 * time.Hour)
 		}
 		return struct {
 			secretRef
 			DeletionDate *epoch
-		}{sec.ref(), ts(sec.deletion)}, nil
+		}{sec.ref(), ts(deletion)}, nil
 	})
 }
 
 func opRestoreSecret(s *Server, body []byte) (any, *apiError) {
 	return onSecret(s, body, &struct{ secretID }{}, true, nil, func(sec *secret) (any, *apiError) {
-		sec.deleted, sec.deletion = time.Time{}, time.Time{}
+		sec.deleted = time.Time{}
 		return sec.ref(), nil
 	})
 }

@@ -95,7 +95,6 @@ type Server struct {
 	// srvMu guards the listener; mu guards everything else.
 	srvMu sync.Mutex
 	addr  string
-	ln    net.Listener
 	srv   *http.Server
 
 	mu       sync.Mutex
@@ -138,7 +137,7 @@ func Start(t testing.TB) *Server {
 
 func (s *Server) serve(ln net.Listener) {
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
-	s.ln, s.srv = ln, srv
+	s.srv = srv
 	go func() { _ = srv.Serve(ln) }()
 }
 
@@ -174,7 +173,7 @@ func (s *Server) Stop() {
 	defer s.srvMu.Unlock()
 	if s.srv != nil {
 		_ = s.srv.Close()
-		s.srv, s.ln = nil, nil
+		s.srv = nil
 	}
 }
 
