@@ -100,10 +100,19 @@ func (c *conformance) create(t *testing.T, ctx context.Context, check string, ta
 	t.Helper()
 	name = c.prefix + check + "-" + rand.Text()[:10]
 	first = token()
-	out, err := c.client.CreateSecret(ctx, &secretsmanager.CreateSecretInput{
+	out := c.createSecret(t, ctx, &secretsmanager.CreateSecretInput{
 		Name: &name, ClientRequestToken: &first, SecretString: value(), Tags: tags,
 		Description: aws.String("rekey conformance check " + check),
 	})
+	return name, aws.ToString(out.ARN), first
+}
+
+// createSecret makes the secret that in describes, and force-deletes it
+// when the test ends (a failure other than ResourceNotFound is reported).
+func (c *conformance) createSecret(t *testing.T, ctx context.Context, in *secretsmanager.CreateSecretInput) *secretsmanager.CreateSecretOutput {
+	t.Helper()
+	name := aws.ToString(in.Name)
+	out, err := c.client.CreateSecret(ctx, in)
 	require.NoError(t, err, "CreateSecret %s", name)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -113,7 +122,7 @@ func (c *conformance) create(t *testing.T, ctx context.Context, check string, ta
 			t.Errorf("delete %s: %v", name, err)
 		}
 	})
-	return name, aws.ToString(out.ARN), first
+	return out
 }
 
 // put adds a version with the token tok and the labels stages (nil: the
@@ -350,7 +359,9 @@ func (c *conformance) listFilters(t *testing.T, ctx context.Context) {
 	made := map[string]string{} // name -> tenant
 	for _, tenant := range []string{"acme", "acme-eu", "globex"} {
 		name := base + tenant + "/key"
-		c.createNamed(t, ctx, name, types.Tag{Key: &tenantKey, Value: aws.String(tenant)})
+		c.createSecret(t, ctx, &secretsmanager.CreateSecretInput{
+			Name: &name, SecretString: value(), Tags: []types.Tag{{Key: &tenantKey, Value: aws.String(tenant)}},
+		})
 		made[name] = tenant
 	}
 	list := func(filters ...types.Filter) ([]string, error) {
@@ -402,18 +413,6 @@ func (c *conformance) listFilters(t *testing.T, ctx context.Context) {
 	}
 	_, err := list(types.Filter{Key: "no-such-key", Values: []string{"x"}})
 	require.Error(t, err, "an unknown filter key")
-}
-
-// createNamed makes a secret with a given name (force-deleted at the end).
-func (c *conformance) createNamed(t *testing.T, ctx context.Context, name string, tags ...types.Tag) {
-	t.Helper()
-	_, err := c.client.CreateSecret(ctx, &secretsmanager.CreateSecretInput{Name: &name, SecretString: value(), Tags: tags})
-	require.NoError(t, err, "CreateSecret %s", name)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, _ = c.client.DeleteSecret(ctx, &secretsmanager.DeleteSecretInput{SecretId: &name, ForceDeleteWithoutRecovery: aws.Bool(true)})
-	})
 }
 
 func (c *conformance) forceDelete(t *testing.T, ctx context.Context) {
