@@ -1,11 +1,15 @@
 package testutil
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"testing"
+	"time"
 )
 
 // FindBinary returns a program that tests run as a child process (an
@@ -79,4 +83,39 @@ func EnvWithout(prefixes ...string) []string {
 func LastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// Lazy is a server that the tests of a binary start on first use, once,
+// and TestMain stops: the tests that do not need it run without it.
+type Lazy[T any] struct {
+	mu    sync.Mutex
+	tried bool
+	v     T
+	err   error
+}
+
+// Get starts the server with start, given timeout, on first use, and
+// fails t, saying what it needs, when the server could not be started.
+func (l *Lazy[T]) Get(t testing.TB, need string, timeout time.Duration, start func(context.Context) (T, error)) T {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.tried {
+		l.tried = true
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		l.v, l.err = start(ctx)
+		cancel()
+	}
+	if l.err != nil {
+		t.Fatalf("this test needs %s: %v", need, l.err)
+	}
+	return l.v
+}
+
+// Value returns the server, the zero T when it was not started; it waits
+// for a start under way.
+func (l *Lazy[T]) Value() T {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.v
 }

@@ -53,7 +53,6 @@ import (
 	"net/http"
 	"os/exec"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -302,32 +301,14 @@ func (k *Kumo) RouteToQueue(ctx context.Context, bus, rule, pattern, queueARN st
 // need it; Stop it in TestMain. A test that needs it when it cannot be
 // found fails with how to get it, never skips.
 type Servers struct {
-	mu       sync.Mutex
-	tried    bool
-	kumo     *Kumo
-	startErr error
+	kumo testutil.Lazy[*Kumo]
 }
 
 // Kumo returns the emulator, starting it on first use.
 func (s *Servers) Kumo(t testing.TB) *Kumo {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.tried {
-		s.tried = true
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		s.kumo, s.startErr = Start(ctx)
-		cancel()
-	}
-	if s.startErr != nil {
-		t.Fatalf("this test needs the kumo AWS emulator: %v", s.startErr)
-	}
-	return s.kumo
+	return s.kumo.Get(t, "the kumo AWS emulator", time.Minute, Start)
 }
 
 // Stop stops the emulator if it was started.
-func (s *Servers) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.kumo.Stop()
-}
+func (s *Servers) Stop() { s.kumo.Value().Stop() }
