@@ -175,7 +175,6 @@ func TestTenantCheck(t *testing.T) {
 				awssm.WrapAPI(b, func(api awssm.API) awssm.API { return rewriteName{API: api, name: tc.rename} })
 			}
 			name := "/tenants/acme/" + ref.Secret
-			before := s.Stages(name)
 			writes := writeCalls(s)
 
 			_, err := b.Create(ctx, ref, schemas.NewULID())
@@ -194,7 +193,7 @@ func TestTenantCheck(t *testing.T) {
 			})
 			require.NoError(t, err)
 			writes++
-			before = s.Stages(name)
+			before := s.Stages(name)
 			require.ErrorIs(t, b.Rollback(ctx, ref, handlers.Version{ID: staged}), handlers.ErrPermanent)
 			require.Equal(t, writes, writeCalls(s), "no write call was made")
 			require.Equal(t, before, s.Stages(name))
@@ -278,9 +277,7 @@ func TestRateLimiter(t *testing.T) {
 	require.ErrorContains(t, err, "limiter refused")
 	require.Zero(t, s.Calls("PutSecretValue"), "no call without the limiter's go")
 
-	dref, _ := seed(t, s, "acme", "paced-delegated")
-	dref.Options = map[string]string{awssm.OptMode: awssm.ModeDelegated}
-	enableRotation(t, s, "/tenants/acme/paced-delegated")
+	dref, _, _ := delegatedSecret(t, s, "paced-delegated")
 	s.ResetCalls()
 	rot.refuse = true
 	_, err = b.Create(ctx, dref, schemas.NewULID())
