@@ -31,8 +31,6 @@ func TestMain(m *testing.M) {
 
 func needVault(t testing.TB) *vaulttest.Vault { t.Helper(); return servers.Vault(t) }
 
-func needPostgres(t testing.TB) *vaulttest.Postgres { t.Helper(); return servers.Postgres(t) }
-
 const dbConnection = vaulttest.DBConnection
 
 // needDatabase mounts the database secrets engine at "database" with a
