@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
 // DBConnection is the name of the database connection Servers.Database
@@ -19,45 +21,23 @@ const DBConnection = "pg"
 // A test that needs one that cannot be found fails with how to get it,
 // never skips.
 type Servers struct {
-	vault lazy[*Vault]
-	pg    lazy[*Postgres]
+	vault testutil.Lazy[*Vault]
+	pg    testutil.Lazy[*Postgres]
 
 	dbOnce sync.Once
 	dbErr  error
 }
 
-// lazy is a server started on first use.
-type lazy[T any] struct {
-	once sync.Once
-	v    T
-	err  error
-}
-
-// get starts the server with start, given timeout, on first use, and
-// fails t, saying what it needs, when the server could not be started.
-func (l *lazy[T]) get(t testing.TB, need string, timeout time.Duration, start func(context.Context) (T, error)) T {
-	t.Helper()
-	l.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		l.v, l.err = start(ctx)
-	})
-	if l.err != nil {
-		t.Fatalf("this test needs %s: %v", need, l.err)
-	}
-	return l.v
-}
-
 // Vault returns the dev server, starting it on first use.
 func (s *Servers) Vault(t testing.TB) *Vault {
 	t.Helper()
-	return s.vault.get(t, "a Vault dev server", 90*time.Second, StartVault)
+	return s.vault.Get(t, "a Vault dev server", 90*time.Second, StartVault)
 }
 
 // Postgres returns the PostgreSQL cluster, starting it on first use.
 func (s *Servers) Postgres(t testing.TB) *Postgres {
 	t.Helper()
-	return s.pg.get(t, "PostgreSQL", 120*time.Second, StartPostgres)
+	return s.pg.Get(t, "PostgreSQL", 120*time.Second, StartPostgres)
 }
 
 // Database mounts the database secrets engine at "database" on the dev
@@ -88,6 +68,6 @@ func (s *Servers) Database(t testing.TB) (*Vault, *Postgres) {
 
 // Stop stops whatever was started (safe when nothing was).
 func (s *Servers) Stop() {
-	s.pg.v.Stop()
-	s.vault.v.Stop()
+	s.pg.Value().Stop()
+	s.vault.Value().Stop()
 }
