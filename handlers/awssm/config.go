@@ -248,7 +248,7 @@ func (c Config) validateSecrets() error {
 			if errors.As(err, &fe) {
 				errs = append(errs, orchestrator.FieldErrorf(field+"."+fe.Field, "%s", fe.Reason))
 			} else {
-				errs = append(errs, orchestrator.FieldErrorf(field, "%v", errors.Unwrap(err)))
+				errs = append(errs, orchestrator.FieldErrorf(field, "%v", err))
 			}
 			continue
 		}

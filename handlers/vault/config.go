@@ -306,7 +306,7 @@ func (c Config) validateTenants() error {
 			var fe *orchestrator.FieldError
 			switch {
 			case !errors.As(err, &fe):
-				errs = append(errs, orchestrator.FieldErrorf(field, "%v", errors.Unwrap(err)))
+				errs = append(errs, orchestrator.FieldErrorf(field, "%v", err))
 			case strings.HasPrefix(fe.Field, "options."):
 				errs = append(errs, orchestrator.FieldErrorf(field+"."+fe.Field, "%s", fe.Reason))
 			case strings.HasPrefix(fe.Field, Section+"."):
