@@ -9,21 +9,16 @@
 package vaulttest
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -56,7 +51,7 @@ type Vault struct {
 	// Client is a client with the root token.
 	Client *api.Client
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *testutil.SyncBuffer
 	done   chan struct{}
 }
 
@@ -67,18 +62,18 @@ func StartVault(ctx context.Context) (*Vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := FreePort()
+	port, err := testutil.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	token := "root-" + randomHex(12)
-	v := &Vault{Addr: fmt.Sprintf("http://127.0.0.1:%d", port), RootToken: token, log: &syncBuffer{}, done: make(chan struct{})}
+	v := &Vault{Addr: fmt.Sprintf("http://127.0.0.1:%d", port), RootToken: token, log: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	v.cmd = exec.Command(bin, "server", "-dev",
 		"-dev-listen-address="+fmt.Sprintf("127.0.0.1:%d", port),
 		"-dev-root-token-id="+token,
 		"-dev-no-store-token", // leave ~/.vault-token alone
 		"-log-level=warn")
-	v.cmd.Env = append(cleanEnv(), "HOME="+os.TempDir(), "VAULT_DISABLE_MLOCK=true")
+	v.cmd.Env = append(testutil.EnvWithout("VAULT_", "PG"), "HOME="+os.TempDir(), "VAULT_DISABLE_MLOCK=true")
 	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
 	v.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := v.cmd.Start(); err != nil {
@@ -119,7 +114,7 @@ func (v *Vault) Log() string {
 	if v == nil || v.log == nil {
 		return ""
 	}
-	return LastLines(v.log.String(), 40)
+	return testutil.LastLines(v.log.String(), 40)
 }
 
 // Stop stops the server (SIGINT, then SIGKILL after 10s) and waits for it.
@@ -213,7 +208,7 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 	}
 	_ = os.Remove(pwfile)
 	for attempt := 0; ; attempt++ {
-		p.Port, err = FreePort()
+		p.Port, err = testutil.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -236,7 +231,7 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 // Pdeathsig is not set: pg_ctl daemonises the server, and Stop stops it.
 func (p *Postgres) run(ctx context.Context, prog string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(p.bin, prog), args...)
-	cmd.Env = append(cleanEnv(), "LC_ALL=C.UTF-8", "LANG=C.UTF-8")
+	cmd.Env = append(testutil.EnvWithout("VAULT_", "PG"), "LC_ALL=C.UTF-8", "LANG=C.UTF-8")
 	cmd.Dir = p.Dir
 	if p.runAs != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.runAs}
@@ -258,61 +253,8 @@ func (p *Postgres) Stop() {
 	_ = os.RemoveAll(p.Dir)
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// cleanEnv is the environment without VAULT_* variables, so that the
-// caller's Vault settings do not leak into a test server.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "VAULT_") && !strings.HasPrefix(kv, "PG") {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// syncBuffer is a bytes.Buffer safe for the child's two output streams.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// LastLines returns the last n lines of s.
-func LastLines(s string, n int) string {
-	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
