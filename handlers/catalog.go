@@ -37,9 +37,24 @@ func (c *Catalog) Lookup(tenant, secret string) (SecretRef, Backend, error) {
 	if !ok {
 		return SecretRef{}, nil, fmt.Errorf("secret %s/%s is not configured: %w", tenant, secret, ErrNotFound)
 	}
+	return RefOf(tenant, secret, sc), c.backends[sc.Backend], nil
+}
+
+// RefOf is the ref of a configured secret: its IDs, backend, generator
+// (with defaults) and options.
+func RefOf(tenant, secret string, sc orchestrator.SecretConfig) SecretRef {
 	g := Generator{Style: sc.Generator.Style, Length: sc.Generator.Length, Alphabet: sc.Generator.Alphabet, Prefix: sc.Generator.Prefix}
-	ref := SecretRef{Tenant: tenant, Secret: secret, Backend: sc.Backend, Generator: g.Defaults(), Options: sc.Options}
-	return ref, c.backends[sc.Backend], nil
+	return SecretRef{Tenant: tenant, Secret: secret, Backend: sc.Backend, Generator: g.Defaults(), Options: sc.Options}
+}
+
+// BackendRefs lists the refs of cfg's secrets kept in backend, by tenant
+// then secret: what a backend's ParseConfig validates.
+func BackendRefs(cfg *orchestrator.Config, backend string) []SecretRef {
+	var out []SecretRef
+	for r, sc := range cfg.SecretsOf(backend) {
+		out = append(out, RefOf(r.Tenant, r.Secret, sc))
+	}
+	return out
 }
 
 // Ref is Lookup without the backend, for callers that only need the ref.

@@ -138,10 +138,7 @@ func ParseConfig(raw yaml.RawMessage, rekey *orchestrator.Config) (Config, error
 		return Config{}, err
 	}
 	if rekey != nil {
-		cfg.Tenants = rekey.TenantNames()
-		for r, sc := range rekey.SecretsOf(Name) {
-			cfg.Secrets = append(cfg.Secrets, handlers.SecretRef{Tenant: r.Tenant, Secret: r.Secret, Backend: Name, Options: sc.Options})
-		}
+		cfg.Tenants, cfg.Secrets = rekey.TenantNames(), handlers.BackendRefs(rekey, Name)
 	}
 	if err := cfg.validateSecrets(); err != nil {
 		return Config{}, err

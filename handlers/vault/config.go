@@ -153,10 +153,7 @@ func ParseConfig(raw []byte, rekey *orchestrator.Config) (Config, error) {
 		return Config{}, err
 	}
 	if rekey != nil {
-		cfg.Tenants = rekey.TenantNames()
-		for r, sc := range rekey.SecretsOf(Name) {
-			cfg.Secrets = append(cfg.Secrets, handlers.SecretRef{Tenant: r.Tenant, Secret: r.Secret, Backend: Name, Options: sc.Options})
-		}
+		cfg.Tenants, cfg.Secrets = rekey.TenantNames(), handlers.BackendRefs(rekey, Name)
 	}
 	if err := cfg.validateTenants(); err != nil {
 		return Config{}, err
