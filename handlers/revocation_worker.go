@@ -312,11 +312,13 @@ func (w *RevocationWorker) runItems(ctx context.Context, requestID, tenant strin
 		}
 		ev.Done, ev.Failed = done, failed
 		ev.ElapsedMS = float64(time.Since(started).Microseconds()) / 1000
-		mu.Unlock()
+		// Published under the lock so that the stream holds progress in
+		// the order of Done: readers may print it as it arrives.
 		if _, perr := w.d.Bus.PublishEvent(context.WithoutCancel(ctx), schemas.EventsSubject(tenant, schemas.KindRevocationProgress), w.d.Source,
 			schemas.TypeRevocationProgress, tenant, tenant, ev); perr != nil {
 			w.d.Log.Warn("revocation progress not published", "component", "revocation-worker", "tenant", tenant, "err", perr)
 		}
+		mu.Unlock()
 		if err != nil {
 			_ = w.d.Audit.Record(ctx, schemas.AuditRecord{
 				Tenant: tenant, Actor: "revocation:" + requestID, Action: "revocation." + it.part, Outcome: ev.Outcome,
