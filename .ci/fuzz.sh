@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 fuzztime="${1:-8s}"
 targets=(
   "FuzzDecode ./schemas"
+  "FuzzDecodeAsMatchesDecode ./schemas"
   "FuzzParseRef ./schemas"
   "FuzzValidateIDMatchesPattern ./schemas"
   "FuzzGeneratorValidate ./handlers"

@@ -31,6 +31,9 @@ type Fanout struct {
 	// ConfirmTimeout is how long fanout waits for every live agent's ack
 	// before it publishes an incomplete invalidation_confirmed event.
 	ConfirmTimeout time.Duration
+	// AckAuditWindow is how long acks are gathered into one audit record
+	// (DefaultAckAuditWindow when zero).
+	AckAuditWindow time.Duration
 	// Leases, when set, runs the confirmations on one replica at a time
 	// (see replicas.go); nil: this one decides them.
 	Leases Exclusive
@@ -42,8 +45,8 @@ type Fanout struct {
 	// invalidations and eventsEpoch order invalidations (replicas.go).
 	invalidations jetstream.Stream
 	eventsEpoch   int64
-	// ackAudit queues one audit record per agent ack, written off the ack
-	// path by auditAcks.
+	// ackAudit queues agent acks for their audit records, written off the
+	// ack path by auditAcks.
 	ackAudit chan ackRecord
 }
 
@@ -262,57 +265,85 @@ func (f *Fanout) onAck(m *nats.Msg) {
 	}
 }
 
-// auditAcks writes one audit record per agent ack: the agent instance as
-// actor, its tool when it reported one, the version it dropped. It runs
-// on the replica holding the confirm lease; the id is derived from the
-// ack, so an ack written again at a lease handover is still one record.
+// auditAcks writes the agents' acks to the audit trail. Every agent acks
+// an invalidation within milliseconds of the others, so acks are gathered
+// for AckAuditWindow (or up to ackAuditMax of them) and written as one
+// "invalidation.acks" record per tenant, secret, request and version,
+// listing each agent instance with its tool, its drop time and the delay
+// fanout measured. One record per burst instead of one per agent keeps the
+// AUDIT stream's writes (thousands per rotation otherwise) off the path of
+// the next invalidation. It runs on the replica holding the confirm
+// lease; a record's id is derived from its first ack, so a burst written
+// again at a lease handover is stored once.
 func (f *Fanout) auditAcks(ctx context.Context) {
-	record := func(r ackRecord) orchestrator.IdentifiedRecord {
+	var (
+		groups  = map[ackGroup]*schemas.AuditRecord{}
+		order   []ackGroup
+		pending int
+		timer   = time.NewTimer(time.Hour)
+	)
+	timer.Stop()
+	add := func(r ackRecord) {
 		a := r.ack
-		detail := map[string]string{"dropped_at": a.DroppedAt.Format(time.RFC3339Nano)}
-		if a.Version != "" {
-			detail["version"] = a.Version
-		}
-		if r.delay > 0 {
-			detail["ack_ms"] = fmt.Sprintf("%.3f", float64(r.delay.Microseconds())/1000)
-		}
-		if tool := f.acks.Tool(a.Tenant, a.Agent); tool != "" {
-			detail["tool"] = tool
-		}
-		return orchestrator.IdentifiedRecord{
-			ID: "ack-" + a.Tenant + "-" + orTenant(a.Secret) + "-" + a.RequestID + "-" + a.Agent,
-			Record: schemas.AuditRecord{
-				Tenant: a.Tenant, Secret: a.Secret, Actor: "agent:" + a.Agent, Action: "invalidation.ack",
-				Outcome: schemas.OutcomeSucceeded, RequestID: a.RequestID, Component: "fanout", Detail: detail,
-			},
-		}
-	}
-	// Acks come in bursts (every agent acks one invalidation within
-	// milliseconds): whatever is queued is written as one batch.
-	batch := make([]orchestrator.IdentifiedRecord, 0, ackAuditBatch)
-	writeQueued := func(first ackRecord) {
-		batch = append(batch[:0], record(first))
-	queued:
-		for len(batch) < ackAuditBatch {
-			select {
-			case r := <-f.ackAudit:
-				batch = append(batch, record(r))
-			default:
-				break queued
+		g := ackGroup{tenant: a.Tenant, secret: a.Secret, request: a.RequestID, version: a.Version}
+		rec := groups[g]
+		if rec == nil {
+			rec = &schemas.AuditRecord{
+				Tenant: a.Tenant, Secret: a.Secret, Actor: "fanout", Action: "invalidation.acks",
+				Outcome: schemas.OutcomeSucceeded, RequestID: a.RequestID, Component: "fanout",
 			}
+			if a.Version != "" {
+				rec.Detail = map[string]string{"version": a.Version}
+			}
+			groups[g] = rec
+			order = append(order, g)
 		}
+		entry := schemas.AuditAck{Agent: a.Agent, Tool: f.acks.Tool(a.Tenant, a.Agent), DroppedAt: a.DroppedAt}
+		if r.delay > 0 {
+			entry.AckMS = float64(r.delay.Microseconds()) / 1000
+		}
+		rec.Acks = append(rec.Acks, entry)
+		if pending == 0 {
+			timer.Reset(f.ackAuditWindow())
+		}
+		pending++
+	}
+	write := func() {
+		timer.Stop()
+		if pending == 0 {
+			return
+		}
+		batch := make([]orchestrator.IdentifiedRecord, 0, len(order))
+		for _, g := range order {
+			rec := groups[g]
+			batch = append(batch, orchestrator.IdentifiedRecord{
+				ID:     "acks-" + g.tenant + "-" + orTenant(g.secret) + "-" + g.request + "-" + rec.Acks[0].Agent,
+				Record: *rec,
+			})
+		}
+		clear(groups)
+		order, pending = order[:0], 0
 		_ = f.audit.RecordBatch(context.WithoutCancel(ctx), batch)
 	}
 	for {
 		select {
 		case r := <-f.ackAudit:
-			writeQueued(r)
+			add(r)
+			if pending >= ackAuditMax {
+				write()
+			}
+		case <-timer.C:
+			write()
 		case <-ctx.Done():
 			for { // what was heard before the stop is still written
 				select {
 				case r := <-f.ackAudit:
-					writeQueued(r)
+					add(r)
+					if pending >= ackAuditMax {
+						write()
+					}
 				default:
+					write()
 					return
 				}
 			}
@@ -320,8 +351,23 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 	}
 }
 
-// ackAuditBatch bounds one batch of ack audit records.
-const ackAuditBatch = 512
+// ackGroup is what the acks of one audit record share.
+type ackGroup struct{ tenant, secret, request, version string }
+
+// ackAuditMax bounds the acks in one written batch, and so the size of a
+// record (about 100 bytes per ack, far under NATS's 1 MiB payload limit).
+const ackAuditMax = 2000
+
+// DefaultAckAuditWindow is how long acks are gathered before they are
+// written to the audit trail.
+const DefaultAckAuditWindow = 250 * time.Millisecond
+
+func (f *Fanout) ackAuditWindow() time.Duration {
+	if f.AckAuditWindow > 0 {
+		return f.AckAuditWindow
+	}
+	return DefaultAckAuditWindow
+}
 
 func orTenant(secret string) string {
 	if secret == "" {

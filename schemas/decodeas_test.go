@@ -64,3 +64,47 @@ func TestEncodeNewDecodes(t *testing.T) {
 	require.Equal(t, ack.RequestID, got.RequestID)
 	require.True(t, ack.DroppedAt.Equal(got.DroppedAt))
 }
+
+// FuzzDecodeAsMatchesDecode holds DecodeAs (goccy/go-json) to Decode and
+// DecodeData (encoding/json) on the two hot-path types: the same input is
+// accepted by both or refused by both, with ErrMalformed, and decodes to
+// the same values.
+func FuzzDecodeAsMatchesDecode(f *testing.F) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	inv, _ := schemas.NewEvent("src", schemas.TypeInvalidation, "acme", "acme/openai-key", schemas.Invalidation{
+		Tenant: "acme", Secret: "openai-key", Kind: schemas.InvalidationRotated, Version: "4", RequestID: "r1", PublishedAt: t0})
+	ack, _ := schemas.NewEvent("src", schemas.TypeInvalidationAck, "acme", "acme/openai-key", schemas.InvalidationAck{
+		Tenant: "acme", Secret: "openai-key", Agent: "a-1", Version: "4", RequestID: "r1", ReceivedAt: t0, DroppedAt: t0})
+	for _, ev := range []schemas.Event{inv, ack} {
+		b, _ := ev.Encode()
+		f.Add(b)
+	}
+	f.Add([]byte(`{"SPECVERSION":"1.0","id":"x","source":"s","type":"rekey.invalidation.v1","time":"2026-01-01T00:00:00Z","tenant":"acme","data":{"tenant":"acme","kind":"revoked","request_id":"r","published_at":"2026-01-01T00:00:00Z","tenant":"acme"}}`))
+	f.Add([]byte(`{"specversion":"1.0","id":"x","source":"s","type":"rekey.invalidation.ack.v1","time":"2026-01-01T00:00:00+05:30","tenant":"acme","data":{"tenant":"acme","agent":"a\u00e9","request_id":"r","received_at":"2026-01-01T00:00:00Z","dropped_at":"2026-01-01T00:00:00Z","extra":[1,{"a":null}]}}`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		checkDecodeAs[schemas.Invalidation](t, in, schemas.TypeInvalidation)
+		checkDecodeAs[schemas.InvalidationAck](t, in, schemas.TypeInvalidationAck)
+	})
+}
+
+func checkDecodeAs[T any](t *testing.T, in []byte, typ string) {
+	t.Helper()
+	var viaAs T
+	evAs, errAs := schemas.DecodeAs(in, typ, &viaAs)
+	var viaTwo T
+	ev, errTwo := schemas.Decode(in)
+	if errTwo == nil {
+		errTwo = ev.DecodeData(typ, &viaTwo)
+	}
+	require.Equal(t, errTwo == nil, errAs == nil, "Decode: %v, DecodeAs: %v, input %q", errTwo, errAs, in)
+	if errAs != nil {
+		require.ErrorIs(t, errAs, schemas.ErrMalformed)
+		return
+	}
+	require.Equal(t, viaTwo, viaAs)
+	require.Equal(t, ev.ID, evAs.ID)
+	require.Equal(t, ev.Tenant, evAs.Tenant)
+	require.Equal(t, ev.Source, evAs.Source)
+	require.Equal(t, ev.Subject, evAs.Subject)
+	require.True(t, ev.Time.Equal(evAs.Time))
+}

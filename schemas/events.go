@@ -344,7 +344,24 @@ type AuditRecord struct {
 	RequestID string            `json:"request_id,omitempty"`
 	Component string            `json:"component"`
 	Detail    map[string]string `json:"detail,omitempty"`
-	Time      time.Time         `json:"time"`
+	// Acks lists the agents' acks an "invalidation.acks" record stands
+	// for: fanout writes one record per burst of acks of one invalidation,
+	// not one per agent.
+	Acks []AuditAck `json:"acks,omitempty"`
+	Time time.Time  `json:"time"`
+}
+
+// AuditAck is one agent's ack of an invalidation, inside an audit record.
+type AuditAck struct {
+	// Agent is the agent's instance id.
+	Agent string `json:"agent"`
+	// Tool is the tool name the agent reported, if any.
+	Tool string `json:"tool,omitempty"`
+	// DroppedAt is when the agent dropped the old value (its clock).
+	DroppedAt time.Time `json:"dropped_at"`
+	// AckMS is the time from the invalidation's publication to the
+	// ack's arrival, as fanout measured it; 0 when unknown.
+	AckMS float64 `json:"ack_ms,omitempty"`
 }
 
 // Validate checks the tenant and the required fields.

@@ -140,6 +140,12 @@ func examples() []example {
 			Outcome: schemas.OutcomeCoalesced, RequestID: requestID, Component: "rotation-worker",
 			Detail: map[string]string{"into": "01JWQ3K60000000000000000AB", "version": "7"}, Time: t0,
 		}},
+		{"audit record of acks", schemas.TypeAuditRecord, schemas.AuditRecord{
+			Tenant: "acme", Secret: "openai-key", Actor: "fanout", Action: "invalidation.acks",
+			Outcome: schemas.OutcomeSucceeded, RequestID: requestID, Component: "fanout",
+			Detail: map[string]string{"version": "7", "count": "2"}, Time: t0,
+			Acks: []schemas.AuditAck{{Agent: "planner-7f9c", Tool: "planner", DroppedAt: t0, AckMS: 3.2}, {Agent: "retriever-2", DroppedAt: t0}},
+		}},
 		{"audit record, tenant-wide", schemas.TypeAuditRecord, schemas.AuditRecord{
 			Tenant: "acme", Actor: "admin-token:oncall", Action: "revoke", Outcome: schemas.OutcomeAccepted,
 			Component: "api", Time: t0,

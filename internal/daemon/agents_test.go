@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/fanout/agent"
@@ -25,10 +26,14 @@ func TestConfirmedInvalidation(t *testing.T) {
 	cfg.Fanout.ConfirmTimeout = time.Second
 	d := start(t, cfg, daemonOpts())
 	ctx := context.Background()
-	for i := 0; i < 3; i++ {
+	for i := 1; i < 3; i++ {
 		newAgent(t, d, "acme", fmt.Sprintf("acme-%d", i), nil)
 	}
-	newAgent(t, d, "globex", "globex-0", nil) // another tenant: not counted
+	nc, err := nats.Connect(d.NATSURL(), append(d.AgentNATSOptions("acme"), nats.Name("acme-0"))...)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	startAgent(t, nc, nil, agent.Config{Tenant: "acme", Instance: "acme-0", Tool: "planner"}) // reports its tool
+	newAgent(t, d, "globex", "globex-0", nil)                                                 // another tenant: not counted
 	// A live agent that never acks (it heartbeats, but is stuck).
 	ghost := func(leaving bool) {
 		ev, err := schemas.NewEvent("test", schemas.TypeAgentPresence, "acme", "acme", schemas.AgentPresence{
@@ -92,16 +97,19 @@ func TestConfirmedInvalidation(t *testing.T) {
 	require.Regexp(t, `rekey_invalidation_latency_seconds_count [1-9]`, string(m))
 	_ = ctx
 
-	// Each agent's ack has its own audit record, with the agent as actor
-	// and the version it dropped.
+	// Every agent's ack is in the audit trail, named by its instance, in
+	// a record of the invalidation's version.
 	require.Eventually(t, func() bool {
 		acked := map[string]bool{}
 		for _, r := range auditRecords(t, d, "acme") {
-			if r.Action == "invalidation.ack" && r.RequestID == id && r.Secret == "billing-db" && r.Detail["version"] != "" {
-				acked[r.Actor] = true
+			if r.Action == "invalidation.acks" && r.RequestID == id && r.Secret == "billing-db" && r.Detail["version"] != "" {
+				for _, a := range r.Acks {
+					require.False(t, a.DroppedAt.IsZero())
+					acked[a.Agent] = a.Tool == map[string]string{"acme-0": "planner"}[a.Agent]
+				}
 			}
 		}
-		return len(acked) == 3 && acked["agent:acme-0"] && acked["agent:acme-1"] && acked["agent:acme-2"]
+		return len(acked) == 3 && acked["acme-0"] && acked["acme-1"] && acked["acme-2"]
 	}, 5*time.Second, 20*time.Millisecond)
 }
 
