@@ -54,7 +54,10 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 		},
 	}
 	var sizes []int
-	var fanRotations int
+	var (
+		fanRotations int
+		fanGC        bool
+	)
 	fan := &cobra.Command{
 		Use:   "fanout",
 		Short: "rotation finish -> last of N agents dropped, next to a raw NATS baseline, and memory per agent",
@@ -65,7 +68,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
 			var results []sim.FanoutResult
 			for _, n := range sizes {
-				res, err := sim.Fanout(ctx, n, fanRotations, log)
+				res, err := sim.Fanout(ctx, sim.FanoutOptions{Agents: n, Rotations: fanRotations, CollectBetween: fanGC}, log)
 				if err != nil {
 					return fmt.Errorf("%d agents: %w", n, err)
 				}
@@ -76,7 +79,8 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 		},
 	}
 	fan.Flags().IntSliceVar(&sizes, "agents", []int{1000, 5000}, "agent counts to measure")
-	fan.Flags().IntVar(&fanRotations, "rotations", 50, "rotations per agent count")
+	fan.Flags().IntVar(&fanRotations, "rotations", 200, "rotations per agent count (p99 of 200 samples leaves out the 2 slowest)")
+	fan.Flags().BoolVar(&fanGC, "gc-between-samples", true, "run a garbage collection between samples (raw rounds and rotations alike), as go test -bench does before each benchmark")
 	var clients, samples, hookAgents int
 	var dur time.Duration
 	hook := &cobra.Command{

@@ -61,6 +61,8 @@ const (
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultFetchTimeout      = 5 * time.Second
 	DefaultUsageInterval     = 5 * time.Second
+	// DefaultAckDelay is how long an ack waits before it is sent.
+	DefaultAckDelay = 100 * time.Millisecond
 )
 
 // maxFetchAttempts bounds the fetches one Get makes when invalidations keep
@@ -119,13 +121,22 @@ type Config struct {
 	// FetchTimeout bounds a fetch (and a resync) when the caller's context
 	// has no deadline. Default 5s.
 	FetchTimeout time.Duration
-	// UsageInterval is how often batched use reports are published.
+	// UsageInterval is how often batched use reports are published,
+	// give or take 10% so that agents started together drift apart.
 	// Default 5s.
 	UsageInterval time.Duration
 	// HeartbeatInterval is how often the agent announces itself on
-	// rekey.presence.<tenant>; rekey waits for acks only from agents it
-	// heard from within three intervals. Default 5s.
+	// rekey.presence.<tenant> (give or take 10%); rekey waits for acks
+	// only from agents it heard from within three intervals. Default 5s.
 	HeartbeatInterval time.Duration
+	// AckDelay is how long an ack waits before it is sent. The old value
+	// is dropped at once; only the confirmation waits, so that in the
+	// first milliseconds after an invalidation the NATS server delivers
+	// it to every agent instead of reading the acks of the first ones.
+	// Acks that wait together leave in one write. Default 100ms, longer
+	// than a fanout to thousands of agents takes; negative sends each
+	// ack at once.
+	AckDelay time.Duration
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 	// OnInvalidate, if set, is called after an invalidation was applied
@@ -161,6 +172,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.AckDelay == 0 {
+		c.AckDelay = DefaultAckDelay
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -255,6 +269,10 @@ type Agent struct {
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	kick    chan struct{} // asks the resync loop for a resync
+
+	ackMu    sync.Mutex
+	acks     []schemas.InvalidationAck // waiting for ackTimer
+	ackTimer *time.Timer
 }
 
 // New returns an Agent for cfg.Tenant on nc. A nil f reads secrets with
@@ -378,6 +396,12 @@ func (a *Agent) Close() error {
 	}
 	a.stop()
 	a.wg.Wait()
+	a.ackMu.Lock()
+	if a.ackTimer != nil {
+		a.ackTimer.Stop()
+	}
+	a.ackMu.Unlock()
+	a.sendAcks() // the acks still waiting go out now
 	if err := a.flushUsage(); err != nil {
 		errs = append(errs, err)
 	}

@@ -147,6 +147,46 @@ func TestInvalidationRefetchesAndAcks(t *testing.T) {
 	require.False(t, ack.DroppedAt.IsZero())
 }
 
+// TestAckWaitsForAckDelay: the old value is dropped at once, the ack
+// waits for AckDelay (here longer than the test) and acks that waited
+// together are sent in order; Close sends the acks still waiting.
+func TestAckWaitsForAckDelay(t *testing.T) {
+	s := startServer(t)
+	nc := connect(t, s)
+	js := createStream(t, nc)
+	acks := collect(t, nc, "rekey.ack."+tenant+".>")
+	f := newFakeFetcher()
+	f.set("openai-key", 1)
+	f.set("other", 1)
+	h := newHook()
+	a := startAgent(t, nc, f, agent.Config{Instance: "planner-1", OnInvalidate: h.fn, AckDelay: time.Hour})
+	get(t, a, "openai-key")
+	get(t, a, "other")
+
+	publishRotated(t, js, tenant, "openai-key", 2)
+	publishRotated(t, js, tenant, "other", 2)
+	require.Equal(t, "openai-key", h.wait(t).Invalidation.Secret)
+	require.Equal(t, "other", h.wait(t).Invalidation.Secret)
+	f.set("openai-key", 2)
+	require.Equal(t, "v2", get(t, a, "openai-key").Version, "dropped at once")
+	require.NoError(t, nc.Flush())
+	select {
+	case m := <-acks:
+		t.Fatalf("ack %s sent before AckDelay", m.Subject)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	require.NoError(t, a.Close())
+	for _, secret := range []string{"openai-key", "other"} {
+		m := next(t, acks, 5*time.Second)
+		require.Equal(t, schemas.AckSubject(tenant, secret), m.Subject)
+		var ack schemas.InvalidationAck
+		_, err := schemas.DecodeAs(m.Data, schemas.TypeInvalidationAck, &ack)
+		require.NoError(t, err)
+		require.Equal(t, "v2", ack.Version)
+	}
+}
+
 // A fetch that started before an invalidation returns the old version; it
 // must not be cached, nor handed to a Get that started after the
 // invalidation was applied.

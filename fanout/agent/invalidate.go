@@ -155,7 +155,8 @@ func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
 	}
 }
 
-// publishAck confirms on AckSubject that the invalidation was applied.
+// publishAck confirms on AckSubject that the invalidation was applied,
+// after Config.AckDelay (at once if it is negative).
 func (a *Agent) publishAck(p invalidation, received, dropped time.Time) {
 	ack := schemas.InvalidationAck{
 		Tenant:     a.cfg.Tenant,
@@ -165,17 +166,49 @@ func (a *Agent) publishAck(p invalidation, received, dropped time.Time) {
 		ReceivedAt: received.UTC(),
 		DroppedAt:  dropped.UTC(),
 	}
-	subject, evSubject := schemas.AckSubject(a.cfg.Tenant, p.token), a.cfg.Tenant
 	if p.token != schemas.TenantToken {
 		ack.Secret = p.token
-		evSubject = a.cfg.Tenant + "/" + p.token
+	}
+	if a.cfg.AckDelay < 0 {
+		a.sendAck(ack)
+		return
+	}
+	a.ackMu.Lock()
+	a.acks = append(a.acks, ack)
+	if len(a.acks) == 1 {
+		if a.ackTimer == nil {
+			a.ackTimer = time.AfterFunc(a.cfg.AckDelay, a.sendAcks)
+		} else {
+			a.ackTimer.Reset(a.cfg.AckDelay)
+		}
+	}
+	a.ackMu.Unlock()
+}
+
+// sendAcks publishes the acks waiting, in the order they were made.
+func (a *Agent) sendAcks() {
+	a.ackMu.Lock()
+	acks := a.acks
+	a.acks = nil
+	a.ackMu.Unlock()
+	for _, ack := range acks {
+		a.sendAck(ack)
+	}
+}
+
+// sendAck encodes and publishes one ack. Encoding waits with the ack, so
+// that it too stays out of the first milliseconds after an invalidation.
+func (a *Agent) sendAck(ack schemas.InvalidationAck) {
+	subject, evSubject := schemas.AckSubject(a.cfg.Tenant, schemas.TenantToken), a.cfg.Tenant
+	if ack.Secret != "" {
+		subject, evSubject = schemas.AckSubject(a.cfg.Tenant, ack.Secret), a.cfg.Tenant+"/"+ack.Secret
 	}
 	_, b, err := schemas.EncodeNew(a.source, schemas.TypeInvalidationAck, a.cfg.Tenant, evSubject, ack)
 	if err == nil {
 		err = a.nc.Publish(subject, b)
 	}
 	if err != nil {
-		a.log.Warn("ack invalidation", "secret", p.token, "request_id", p.inv.RequestID, "subject", subject, "error", err)
+		a.log.Warn("ack invalidation", "secret", ack.Secret, "request_id", ack.RequestID, "subject", subject, "error", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"math/rand/v2"
 	"time"
 
 	"github.com/rekey-dev/rekey/schemas"
@@ -12,7 +13,7 @@ import (
 // waiting once it is gone. It announces leaving when ctx ends.
 func (a *Agent) presenceLoop(ctx context.Context) {
 	a.publishPresence(false)
-	t := time.NewTicker(a.cfg.HeartbeatInterval)
+	t := time.NewTimer(jitter(a.cfg.HeartbeatInterval))
 	defer t.Stop()
 	for {
 		select {
@@ -21,8 +22,16 @@ func (a *Agent) presenceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			a.publishPresence(false)
+			t.Reset(jitter(a.cfg.HeartbeatInterval))
 		}
 	}
+}
+
+// jitter returns d give or take 10%, at random. Agents started together
+// (a deployment's rollout) would otherwise heartbeat and report uses in
+// step, every interval a burst of one message per agent.
+func jitter(d time.Duration) time.Duration {
+	return d - d/10 + rand.N(d/5+1)
 }
 
 func (a *Agent) publishPresence(leaving bool) {

@@ -119,7 +119,7 @@ func (t *usageTable) take() (counts []useCount, start, end time.Time) {
 }
 
 func (a *Agent) usageLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.UsageInterval)
+	t := time.NewTimer(jitter(a.cfg.UsageInterval))
 	defer t.Stop()
 	for {
 		select {
@@ -129,6 +129,7 @@ func (a *Agent) usageLoop(ctx context.Context) {
 			if err := a.flushUsage(); err != nil {
 				a.log.Warn("publish use reports", "error", err)
 			}
+			t.Reset(jitter(a.cfg.UsageInterval))
 		}
 	}
 }

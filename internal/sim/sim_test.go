@@ -3,6 +3,7 @@ package sim_test
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,27 @@ func TestPropagationSmall(t *testing.T) {
 	var out bytes.Buffer
 	res.Print(&out)
 	require.Contains(t, out.String(), "request -> all 5 agents dropped")
+}
+
+// TestFanoutBenchSmall runs `rekeyctl bench fanout` at a tiny size: every
+// rotation is dropped and acked by every agent, and the table names both.
+func TestFanoutBenchSmall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := sim.Fanout(ctx, sim.FanoutOptions{Agents: 20, Rotations: 4, CollectBetween: true}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	require.Len(t, res.RawBaseline, 4)
+	require.Len(t, res.PublishToLastDrop, 4)
+	require.Len(t, res.FinishToLastDrop, 4)
+	require.Len(t, res.PublishToLastAck, 4)
+	for i, d := range res.PublishToLastAck {
+		require.GreaterOrEqual(t, d, res.PublishToLastDrop[i]-time.Millisecond, "an agent acks after it dropped")
+	}
+	require.Positive(t, res.HeapPerAgent)
+	var out bytes.Buffer
+	sim.PrintFanout(&out, []sim.FanoutResult{res})
+	require.Contains(t, out.String(), "invalidation published -> last agent dropped")
+	require.Contains(t, out.String(), "garbage collected between samples")
 }
 
 func TestWebhookBenchSmall(t *testing.T) {
