@@ -1,13 +1,14 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"runtime"
+	"runtime/metrics"
 	"sync"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -35,26 +36,30 @@ type FanoutResult struct {
 	// PublishToLastAck: invalidation published -> the last live agent's
 	// ack reached fanout (InvalidationConfirmed.LastAckMS).
 	PublishToLastAck []time.Duration
+	// MessageBytes is the size of an invalidation (data and headers), and
+	// of each raw baseline message.
+	MessageBytes int
 	// ConnectTime is how long connecting and starting all agents took.
 	ConnectTime time.Duration
 	// CollectBetween is FanoutOptions.CollectBetween.
 	CollectBetween bool
-	// GCs is how many garbage collections ran during the rotations (not
-	// counting those run between samples), and
+	// GCs is how many garbage collections ran during the rotations, not
+	// counting the GCsBetween run between samples;
 	// AllocPerAgentRotation the bytes the process allocated per agent
 	// per rotation (rekeyd, the NATS server and the agents together).
-	GCs                   int
+	GCs, GCsBetween       int
 	AllocPerAgentRotation float64
 }
 
 // FanoutOptions configures one Fanout measurement.
 type FanoutOptions struct {
 	Agents, Rotations int
-	// CollectBetween runs a garbage collection between samples, raw rounds
-	// and rotations alike, as go test -bench does before each benchmark:
-	// then no collection of the one heap that holds every agent's
-	// connection (in production, one heap per agent process) lands inside
-	// a sample.
+	// CollectBetween runs a garbage collection between two samples, raw
+	// rounds and rotations alike, when the next sample would otherwise
+	// start one (go test -bench similarly collects before each
+	// benchmark): then no collection of the one heap that holds every
+	// agent's connection (in production, one heap per agent process)
+	// lands inside a sample.
 	CollectBetween bool
 }
 
@@ -73,12 +78,18 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 	}
 	defer c.Close()
 
-	// Raw baseline first, on the same server: n plain subscribers.
-	raw, err := rawBaseline(ctx, c, n, rotations, opts.CollectBetween)
+	// The raw baseline first, on the same server: n plain subscribers,
+	// sent messages as large as an invalidation, so that the two differ
+	// only by what rekey does. Its connections are closed before the
+	// agents connect, so it has the server and the heap to itself.
+	size, err := invalidationSize(ctx, c, "acme", "openai-key")
 	if err != nil {
 		return res, err
 	}
-	res.RawBaseline = raw
+	res.MessageBytes = size
+	if res.RawBaseline, err = rawBaseline(ctx, c, n, rotations, size, opts.CollectBetween); err != nil {
+		return res, err
+	}
 
 	runtime.GC()
 	var before runtime.MemStats
@@ -117,6 +128,7 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 	defer unsubConfirmed()
 	var mem0, mem1 runtime.MemStats
 	runtime.ReadMemStats(&mem0)
+	gap := newSampleGap(opts.CollectBetween)
 	for i := 0; i < rotations; i++ {
 		id, err := c.PublishRotate(ctx, "acme", "openai-key")
 		if err != nil {
@@ -153,10 +165,11 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		// once every agent's ack of this one was counted, so that a
 		// sample is one rotation's latency, not two overlapping (bench
 		// capacity measures throughput).
-		betweenSamples(opts.CollectBetween)
+		gap.pause()
 	}
 	runtime.ReadMemStats(&mem1)
-	res.GCs = int(mem1.NumGC-mem0.NumGC) - int(mem1.NumForcedGC-mem0.NumForcedGC)
+	res.GCs = int(mem1.NumGC-mem0.NumGC) - gap.forced
+	res.GCsBetween = gap.forced
 	res.AllocPerAgentRotation = float64(mem1.TotalAlloc-mem0.TotalAlloc) / float64(rotations) / float64(n)
 	return res, nil
 }
@@ -180,24 +193,52 @@ func waitEvent[T any](ctx context.Context, events <-chan schemas.Event, typ, id 
 	}
 }
 
-// rawBaseline publishes rounds messages to n plain subscribers, each on its
-// own connection, and returns per round the time until the last received.
-func rawBaseline(ctx context.Context, c *Cluster, n, rounds int, collect bool) ([]time.Duration, error) {
-	url := c.Daemon.NATSURL()
-	opts := c.Daemon.AdminNATSOptions()
-	var (
-		mu    sync.Mutex
-		got   = map[int]int{}
-		last  = map[int]time.Time{}
-		cond  = sync.NewCond(&mu)
-		conns []*nats.Conn
-	)
+// rawBaseline publishes rounds messages of size bytes to n plain
+// subscribers, each on its own connection, and returns per round the time
+// until the last received it.
+func rawBaseline(ctx context.Context, c *Cluster, n, rounds, size int, collect bool) ([]time.Duration, error) {
+	goroutines := runtime.NumGoroutine()
+	raw, err := newRawSubscribers(ctx, c, n, size)
+	if err != nil {
+		return nil, err
+	}
 	defer func() {
-		for _, nc := range conns {
-			nc.Close()
+		raw.close()
+		// The server lets go of closed connections in the background:
+		// wait for it, so that the heap measured next holds none of them.
+		for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > goroutines+16 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
 		}
 	}()
-	var made atomic.Int64
+	out := make([]time.Duration, 0, rounds)
+	gap := newSampleGap(collect)
+	for i := range rounds {
+		d, err := raw.round(i)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+		gap.pause()
+	}
+	return out, nil
+}
+
+// rawSubscribers are n plain subscribers of bench.raw, each on its own
+// connection, and a publisher.
+type rawSubscribers struct {
+	n, size int
+	conns   []*nats.Conn
+	pub     *nats.Conn
+	mu      sync.Mutex
+	cond    *sync.Cond
+	got     map[int]int       // by round: how many received
+	last    map[int]time.Time // by round: the last receipt
+}
+
+func newRawSubscribers(ctx context.Context, c *Cluster, n, size int) (*rawSubscribers, error) {
+	r := &rawSubscribers{n: n, size: size, got: map[int]int{}, last: map[int]time.Time{}}
+	r.cond = sync.NewCond(&r.mu)
+	url, opts := c.Daemon.NATSURL(), c.Daemon.AdminNATSOptions()
 	g, _ := errgroup.WithContext(ctx)
 	g.SetLimit(16)
 	var cmu sync.Mutex
@@ -208,64 +249,136 @@ func rawBaseline(ctx context.Context, c *Cluster, n, rounds int, collect bool) (
 				return err
 			}
 			cmu.Lock()
-			conns = append(conns, nc)
+			r.conns = append(r.conns, nc)
 			cmu.Unlock()
-			if _, err := nc.Subscribe("bench.raw", func(m *nats.Msg) {
-				now := time.Now()
-				var round int
-				_, _ = fmt.Sscanf(string(m.Data), "%d", &round)
-				mu.Lock()
-				got[round]++
-				if now.After(last[round]) {
-					last[round] = now
-				}
-				cond.Broadcast()
-				mu.Unlock()
-			}); err != nil {
+			if _, err := nc.Subscribe("bench.raw", r.receive); err != nil {
 				return err
 			}
-			made.Add(1)
 			return nc.Flush()
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err := g.Wait()
+	if err == nil {
+		r.pub, err = nats.Connect(url, opts...)
+	}
+	if err != nil {
+		r.close()
 		return nil, fmt.Errorf("raw subscribers: %w", err)
 	}
-	pub, err := nats.Connect(url, opts...)
-	if err != nil {
-		return nil, err
-	}
-	defer pub.Close()
-	var out []time.Duration
-	for r := 0; r < rounds; r++ {
-		sent := time.Now()
-		if err := pub.Publish("bench.raw", []byte(fmt.Sprint(r))); err != nil {
-			return nil, err
-		}
-		if err := pub.Flush(); err != nil {
-			return nil, err
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		mu.Lock()
-		for got[r] < n {
-			if time.Now().After(deadline) {
-				mu.Unlock()
-				return nil, fmt.Errorf("raw round %d: %d of %d received", r, got[r], n)
-			}
-			waitCond(cond, 100*time.Millisecond)
-		}
-		out = append(out, last[r].Sub(sent))
-		mu.Unlock()
-		betweenSamples(collect)
-	}
-	return out, nil
+	return r, nil
 }
 
-// betweenSamples pauses between two samples, running a garbage
-// collection first when collect is set.
-func betweenSamples(collect bool) {
-	if collect {
-		runtime.GC()
+func (r *rawSubscribers) receive(m *nats.Msg) {
+	now := time.Now()
+	var round int
+	_, _ = fmt.Sscanf(string(m.Data), "%d", &round)
+	r.mu.Lock()
+	r.got[round]++
+	if now.After(r.last[round]) {
+		r.last[round] = now
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+// round publishes one message and returns the time until the last
+// subscriber received it.
+func (r *rawSubscribers) round(i int) (time.Duration, error) {
+	msg := fmt.Appendf(nil, "%d ", i)
+	msg = append(msg, bytes.Repeat([]byte("x"), max(r.size-len(msg), 0))...)
+	sent := time.Now()
+	if err := r.pub.Publish("bench.raw", msg); err != nil {
+		return 0, err
+	}
+	if err := r.pub.Flush(); err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.got[i] < r.n {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("raw round %d: %d of %d received", i, r.got[i], r.n)
+		}
+		waitCond(r.cond, 100*time.Millisecond)
+	}
+	return r.last[i].Sub(sent), nil
+}
+
+func (r *rawSubscribers) close() {
+	for _, nc := range append(r.conns, r.pub) {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+}
+
+// invalidationSize rotates secret once and returns the size of the
+// invalidation an agent received for it: data and headers.
+func invalidationSize(ctx context.Context, c *Cluster, tenant, secret string) (int, error) {
+	got := make(chan *nats.Msg, 16)
+	sub, err := c.Daemon.Bus().NC.ChanSubscribe(schemas.InvalidateSubject(tenant, secret), got)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	id, err := c.PublishRotate(ctx, tenant, secret)
+	if err != nil {
+		return 0, err
+	}
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case m := <-got:
+			var inv schemas.Invalidation
+			if _, err := schemas.DecodeAs(m.Data, schemas.TypeInvalidation, &inv); err != nil || inv.RequestID != id {
+				continue
+			}
+			size := len(m.Data)
+			if len(m.Header) > 0 {
+				size += len("NATS/1.0\r\n\r\n")
+				for k, vs := range m.Header {
+					for _, v := range vs {
+						size += len(k) + len(": \r\n") + len(v)
+					}
+				}
+			}
+			return size, nil
+		case <-timeout:
+			return 0, fmt.Errorf("no invalidation for %s/%s rotated by %s", tenant, secret, id)
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// sampleGap pauses between two samples. When collect is set it also runs
+// a garbage collection there once the heap has grown half way from the
+// live heap of the last collection to the goal of the next: the runtime
+// starts its own collection before the goal, inside a sample. Collecting
+// only then, and not after every sample, leaves the goroutines' stacks
+// alone: each collection shrinks them, and they grow again in the next
+// sample.
+type sampleGap struct {
+	collect bool
+	m       []metrics.Sample // heap objects, live heap, heap goal
+	forced  int
+}
+
+func newSampleGap(collect bool) *sampleGap {
+	return &sampleGap{collect: collect, m: []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/goal:bytes"},
+	}}
+}
+
+func (g *sampleGap) pause() {
+	if g.collect {
+		metrics.Read(g.m)
+		heap, live, goal := g.m[0].Value.Uint64(), g.m[1].Value.Uint64(), g.m[2].Value.Uint64()
+		if heap >= live+(goal-min(live, goal))/2 {
+			runtime.GC()
+			g.forced++
+		}
 	}
 	time.Sleep(5 * time.Millisecond)
 }
@@ -286,7 +399,7 @@ func PrintFanout(w io.Writer, results []FanoutResult) {
 	fmt.Fprintln(w, "invalidation fanout: every agent on its own NATS connection, rekeyd + agents + embedded NATS in one process")
 	if len(results) > 0 {
 		if results[0].CollectBetween {
-			fmt.Fprintln(w, "garbage collected between samples (--gc-between-samples=false to leave the collector alone)")
+			fmt.Fprintln(w, "garbage collected between samples once the heap is half way to the next collection (--gc-between-samples=false to leave the collector alone)")
 		} else {
 			fmt.Fprintln(w, "the collector left alone: a collection of the shared heap may land inside a sample")
 		}
@@ -298,7 +411,7 @@ func PrintFanout(w io.Writer, results []FanoutResult) {
 			name string
 			d    []time.Duration
 		}{
-			{"raw NATS publish -> last subscriber", r.RawBaseline},
+			{fmt.Sprintf("raw NATS publish (%d B) -> last subscriber", r.MessageBytes), r.RawBaseline},
 			{"invalidation published -> last agent dropped", r.PublishToLastDrop},
 			{"rotation finished -> last agent dropped", r.FinishToLastDrop},
 			{"invalidation published -> last ack at rekeyd", r.PublishToLastAck},
@@ -309,13 +422,13 @@ func PrintFanout(w io.Writer, results []FanoutResult) {
 	}
 	tw.Flush()
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents\tp99 fanout / p99 raw\theap per agent connection\tconnect+start all agents\tallocated per agent per rotation\tGCs during rotations\t")
+	fmt.Fprintln(tw, "agents\tp99 fanout / p99 raw\theap per agent connection\tconnect+start all agents\tallocated per agent per rotation\tGCs during / between rotations\t")
 	for _, r := range results {
 		raw := SortDurations(append([]time.Duration(nil), r.RawBaseline...))
 		fin := SortDurations(append([]time.Duration(nil), r.PublishToLastDrop...))
 		ratio := float64(Percentile(fin, 99)) / float64(max(Percentile(raw, 99), 1))
-		fmt.Fprintf(tw, "%d\t%.2fx\t%.1f KiB\t%s\t%.1f KiB\t%d\t\n", r.Agents, ratio, r.HeapPerAgent/1024, r.ConnectTime.Round(time.Millisecond),
-			r.AllocPerAgentRotation/1024, r.GCs)
+		fmt.Fprintf(tw, "%d\t%.2fx\t%.1f KiB\t%s\t%.1f KiB\t%d / %d\t\n", r.Agents, ratio, r.HeapPerAgent/1024, r.ConnectTime.Round(time.Millisecond),
+			r.AllocPerAgentRotation/1024, r.GCs, r.GCsBetween)
 	}
 	tw.Flush()
 }
