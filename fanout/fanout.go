@@ -146,15 +146,6 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	inv.PublishedAt = time.Now().UTC()
-	out, err := schemas.NewEvent(f.source, schemas.TypeInvalidation, inv.Tenant, ev.Subject, inv)
-	if err != nil {
-		_ = msg.Term()
-		return
-	}
-	// Derived id: a redelivered event yields the same invalidation, which
-	// JetStream drops as a duplicate.
-	out = out.WithID("inv-" + ev.ID)
 	pos := f.eventPosition(msg)
 	last, stale, err := f.ordered(ctx, subject, pos)
 	if err == nil && stale {
@@ -163,6 +154,15 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
+	inv.PublishedAt = time.Now().UTC() // after the lookup above: the publication itself
+	out, nerr := schemas.NewEvent(f.source, schemas.TypeInvalidation, inv.Tenant, ev.Subject, inv)
+	if nerr != nil {
+		_ = msg.Term()
+		return
+	}
+	// Derived id: a redelivered event yields the same invalidation, which
+	// JetStream drops as a duplicate.
+	out = out.WithID("inv-" + ev.ID)
 	if inv.Kind != schemas.InvalidationRestored { // agents ack drops, not restores
 		f.acks.Published(inv)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,11 +49,31 @@ type Exclusive interface {
 // LeaseConfirm names the lease under which confirmations are decided.
 const LeaseConfirm = "fanout-confirm"
 
-// Headers of an invalidation naming the lifecycle event it comes from.
-const (
-	HeaderEventSeq   = "Rekey-Event-Seq"
-	HeaderEventEpoch = "Rekey-Event-Epoch"
-)
+// HeaderEvent names, on an invalidation, the lifecycle event it comes
+// from: "<epoch>/<seq>", the EVENTS stream's creation time (ns) and the
+// event's sequence in it. One header, since every agent parses it.
+const HeaderEvent = "Rekey-Event"
+
+func (p eventPos) header() string {
+	return strconv.FormatInt(p.epoch, 10) + "/" + strconv.FormatUint(p.seq, 10)
+}
+
+// parseEventPos reads a HeaderEvent value; anything else is the zero
+// position (unknown), which orders before every event.
+func parseEventPos(v string) eventPos {
+	epoch, seq, ok := strings.Cut(v, "/")
+	if !ok {
+		return eventPos{}
+	}
+	var p eventPos
+	var err1, err2 error
+	p.epoch, err1 = strconv.ParseInt(epoch, 10, 64)
+	p.seq, err2 = strconv.ParseUint(seq, 10, 64)
+	if err1 != nil || err2 != nil {
+		return eventPos{}
+	}
+	return p
+}
 
 // runConfirm decides confirmations and audits acks, under the lease when
 // Leases is set.
@@ -137,8 +158,7 @@ func (f *Fanout) ordered(ctx context.Context, subject string, pos eventPos) (las
 		return lastOnSubject{}, false, fmt.Errorf("last invalidation on %s: %w", subject, err)
 	}
 	last := lastOnSubject{seq: m.Sequence}
-	last.pos.epoch, _ = strconv.ParseInt(m.Header.Get(HeaderEventEpoch), 10, 64)
-	last.pos.seq, _ = strconv.ParseUint(m.Header.Get(HeaderEventSeq), 10, 64)
+	last.pos = parseEventPos(m.Header.Get(HeaderEvent))
 	stale := last.pos.epoch == pos.epoch && last.pos.seq >= pos.seq
 	return last, stale, nil
 }
@@ -157,11 +177,13 @@ func (f *Fanout) publishAfter(ctx context.Context, subject string, out schemas.E
 	}
 	msg := nats.NewMsg(subject)
 	msg.Data = data
-	msg.Header.Set(HeaderEventEpoch, strconv.FormatInt(pos.epoch, 10))
-	msg.Header.Set(HeaderEventSeq, strconv.FormatUint(pos.seq, 10))
+	msg.Header.Set(HeaderEvent, pos.header())
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := f.bus.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(out.ID), jetstream.WithExpectLastSequencePerSubject(last.seq)); err != nil {
+	// No Nats-Msg-Id (one header less for every agent to parse): the
+	// expected last sequence already refuses a second publication, and
+	// the redelivered event then finds itself out by ordered.
+	if _, err := f.bus.JS.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(last.seq)); err != nil {
 		return fmt.Errorf("publish %s to %s: %w", out.Type, subject, err)
 	}
 	return nil

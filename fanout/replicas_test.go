@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,8 +129,7 @@ func TestStaleEventNotPublished(t *testing.T) {
 	subject := schemas.InvalidateSubject("acme", schemas.TenantToken)
 	newer := nats.NewMsg(subject)
 	newer.Data = []byte(`{}`)
-	newer.Header.Set(fanout.HeaderEventEpoch, epoch)
-	newer.Header.Set(fanout.HeaderEventSeq, "1000")
+	newer.Header.Set(fanout.HeaderEvent, epoch+"/1000")
 	_, err = bus.JS.PublishMsg(ctx, newer)
 	require.NoError(t, err)
 
@@ -149,6 +149,9 @@ func TestStaleEventNotPublished(t *testing.T) {
 	})
 	m, inv := next(t, sub)
 	require.Equal(t, "req-1", inv.RequestID)
-	require.Equal(t, epoch, m.Header.Get(fanout.HeaderEventEpoch))
-	require.NotEmpty(t, m.Header.Get(fanout.HeaderEventSeq))
+	gotEpoch, seq, ok := strings.Cut(m.Header.Get(fanout.HeaderEvent), "/")
+	require.True(t, ok, "header %s: %q", fanout.HeaderEvent, m.Header.Get(fanout.HeaderEvent))
+	require.Equal(t, epoch, gotEpoch)
+	require.NotEmpty(t, seq)
+	require.Empty(t, m.Header.Get(nats.MsgIdHdr), "agents parse no Nats-Msg-Id")
 }

@@ -272,7 +272,7 @@ type Agent struct {
 
 	ackMu    sync.Mutex
 	acks     []schemas.InvalidationAck // waiting for ackTimer
-	ackTimer *time.Timer
+	ackTimer *time.Timer               // armed by the first ack waiting
 }
 
 // New returns an Agent for cfg.Tenant on nc. A nil f reads secrets with
@@ -290,15 +290,17 @@ func New(nc *nats.Conn, f Fetcher, cfg Config) (*Agent, error) {
 		f = NewNATSFetcher(nc, cfg.Instance)
 	}
 	a := &Agent{
-		nc:      nc,
-		fetcher: f,
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "fanout/agent", "tenant", cfg.Tenant, "agent", cfg.Instance),
-		source:  "rekey-agent/" + cfg.Instance,
-		states:  make(map[string]*secretState),
-		marks:   make(map[string]mark),
-		kick:    make(chan struct{}, 1),
+		nc:       nc,
+		fetcher:  f,
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "fanout/agent", "tenant", cfg.Tenant, "agent", cfg.Instance),
+		source:   "rekey-agent/" + cfg.Instance,
+		states:   make(map[string]*secretState),
+		marks:    make(map[string]mark),
+		kick:     make(chan struct{}, 1),
+		ackTimer: time.NewTimer(time.Hour),
 	}
+	a.ackTimer.Stop()
 	a.usage.init()
 	empty := make(map[string]*entry)
 	a.cache.Store(&empty)
@@ -312,9 +314,9 @@ func (a *Agent) Instance() string { return a.cfg.Instance }
 // Start subscribes to the tenant's invalidations, replays the last
 // invalidation of each of the tenant's subjects from the INVALIDATE stream
 // (a missing stream is not an error: rekeyd is not there yet), and starts
-// the use reporter and the reconnect resync. When it returns nil,
-// invalidations are being received and Get serves. Calling it again is a
-// no-op. If the replay fails, Start undoes the subscription and returns the
+// the ack sender, the use reporter, the heartbeat and the reconnect
+// resync. When it returns nil, invalidations are being received and Get
+// serves. Calling it again is a no-op. If the replay fails, Start undoes the subscription and returns the
 // error: without it the Agent cannot know whether the tenant is revoked.
 func (a *Agent) Start(ctx context.Context) error {
 	a.life.Lock()
@@ -346,7 +348,8 @@ func (a *Agent) Start(ctx context.Context) error {
 	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = stop
 	a.startedAt = time.Now().UTC()
-	a.wg.Add(3)
+	a.wg.Add(4)
+	go func() { defer a.wg.Done(); a.ackLoop(loopCtx) }()
 	go func() { defer a.wg.Done(); a.usageLoop(loopCtx) }()
 	go func() { defer a.wg.Done(); a.resyncLoop(loopCtx) }()
 	go func() { defer a.wg.Done(); a.presenceLoop(loopCtx) }()
@@ -396,11 +399,6 @@ func (a *Agent) Close() error {
 	}
 	a.stop()
 	a.wg.Wait()
-	a.ackMu.Lock()
-	if a.ackTimer != nil {
-		a.ackTimer.Stop()
-	}
-	a.ackMu.Unlock()
 	a.sendAcks() // the acks still waiting go out now
 	if err := a.flushUsage(); err != nil {
 		errs = append(errs, err)

@@ -175,14 +175,25 @@ func (a *Agent) publishAck(p invalidation, received, dropped time.Time) {
 	}
 	a.ackMu.Lock()
 	a.acks = append(a.acks, ack)
-	if len(a.acks) == 1 {
-		if a.ackTimer == nil {
-			a.ackTimer = time.AfterFunc(a.cfg.AckDelay, a.sendAcks)
-		} else {
-			a.ackTimer.Reset(a.cfg.AckDelay)
-		}
+	if len(a.acks) == 1 { // the last batch is gone: time the next
+		a.ackTimer.Reset(a.cfg.AckDelay)
 	}
 	a.ackMu.Unlock()
+}
+
+// ackLoop sends the acks waiting when ackTimer fires, AckDelay after the
+// first of them. It is one long-lived goroutine, not a timer's goroutine
+// per batch (the encoder needs a deep stack, which a fresh goroutine
+// would grow each time), and it wakes only when the timer fires.
+func (a *Agent) ackLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return // Close sends what is still waiting
+		case <-a.ackTimer.C:
+			a.sendAcks()
+		}
+	}
 }
 
 // sendAcks publishes the acks waiting, in the order they were made.
