@@ -129,7 +129,7 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 	var mem0, mem1 runtime.MemStats
 	runtime.ReadMemStats(&mem0)
 	gap := newSampleGap(opts.CollectBetween)
-	for i := 0; i < rotations; i++ {
+	for i := -1; i < rotations; i++ { // -1: a warm-up rotation, not counted
 		id, err := c.PublishRotate(ctx, "acme", "openai-key")
 		if err != nil {
 			return res, err
@@ -157,6 +157,12 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 				last = d.Dropped
 			}
 			pub = d.Published
+		}
+		if i < 0 {
+			gap.pause()
+			runtime.ReadMemStats(&mem0)
+			gap.forced = 0
+			continue
 		}
 		res.FinishToLastDrop = append(res.FinishToLastDrop, last.Sub(done.CompletedAt))
 		res.PublishToLastDrop = append(res.PublishToLastDrop, last.Sub(pub))
@@ -212,12 +218,14 @@ func rawBaseline(ctx context.Context, c *Cluster, n, rounds, size int, collect b
 	}()
 	out := make([]time.Duration, 0, rounds)
 	gap := newSampleGap(collect)
-	for i := range rounds {
+	for i := -1; i < rounds; i++ { // -1: a warm-up round, not counted
 		d, err := raw.round(i)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, d)
+		if i >= 0 {
+			out = append(out, d)
+		}
 		gap.pause()
 	}
 	return out, nil
