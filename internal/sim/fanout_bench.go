@@ -285,7 +285,9 @@ func (r *rawSubscribers) receive(m *nats.Msg) {
 	if now.After(r.last[round]) {
 		r.last[round] = now
 	}
-	r.cond.Broadcast()
+	if r.got[round] == r.n { // only the last wakes the round's waiter
+		r.cond.Broadcast()
+	}
 	r.mu.Unlock()
 }
 

@@ -36,9 +36,11 @@ type Cluster struct {
 	dir    string
 	conns  []*nats.Conn
 
-	mu    sync.Mutex
-	drops map[string][]Drop // request id -> drops
-	cond  *sync.Cond
+	mu     sync.Mutex
+	drops  map[string][]Drop // request id -> drops
+	want   map[string]int    // request id -> drops WaitDrops waits for
+	agents int               // started by NewAgent
+	cond   *sync.Cond        // signalled when a wanted count is reached
 }
 
 // Drop is one agent dropping a value after an invalidation.
@@ -78,7 +80,7 @@ func StartCluster(ctx context.Context, log *slog.Logger, tweaks ...func(*orchest
 	}
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	c := &Cluster{Daemon: d, Config: cfg, client: &http.Client{Timeout: 10 * time.Second}, stop: stop,
-		done: make(chan error, 1), dir: dir, drops: map[string][]Drop{}}
+		done: make(chan error, 1), dir: dir, drops: map[string][]Drop{}, want: map[string]int{}}
 	c.cond = sync.NewCond(&c.mu)
 	go func() { c.done <- d.Run(runCtx) }()
 	if err := daemon.WaitReady(ctx, 10*time.Second, httpReady(d.HTTPAddr())); err != nil {
@@ -108,16 +110,27 @@ func (c *Cluster) NewAgent(ctx context.Context, tenant, instance string) (*agent
 	}
 	c.mu.Lock()
 	c.conns = append(c.conns, nc)
+	c.agents++
 	c.mu.Unlock()
 	a, err := agent.New(nc, agent.NewNATSFetcher(nc, instance), agent.Config{
 		Tenant: tenant, Instance: instance, UsageInterval: time.Second,
 		OnInvalidate: func(ev agent.Invalidated) {
+			id := ev.Invalidation.RequestID
 			c.mu.Lock()
-			c.drops[ev.Invalidation.RequestID] = append(c.drops[ev.Invalidation.RequestID], Drop{
+			drops := c.drops[id]
+			if drops == nil {
+				drops = make([]Drop, 0, c.agents)
+			}
+			drops = append(drops, Drop{
 				Agent: instance, Secret: ev.Invalidation.Secret, Kind: ev.Invalidation.Kind, Version: ev.Invalidation.Version,
 				Published: ev.EventTime, Dropped: ev.DroppedAt,
 			})
-			c.cond.Broadcast()
+			c.drops[id] = drops
+			// Only the drop that completes a wanted count wakes the waiter:
+			// thousands of agents must not contend for it.
+			if w, ok := c.want[id]; ok && len(drops) == w {
+				c.cond.Broadcast()
+			}
 			c.mu.Unlock()
 		},
 	})
@@ -190,6 +203,8 @@ func (c *Cluster) WaitDrops(ctx context.Context, requestID string, n int) ([]Dro
 	defer stop()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.want[requestID] = n
+	defer delete(c.want, requestID)
 	for len(c.drops[requestID]) < n {
 		if ctx.Err() != nil {
 			got := len(c.drops[requestID])
