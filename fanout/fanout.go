@@ -31,9 +31,6 @@ type Fanout struct {
 	// ConfirmTimeout is how long fanout waits for every live agent's ack
 	// before it publishes an incomplete invalidation_confirmed event.
 	ConfirmTimeout time.Duration
-	// AckAuditWindow is how long acks are gathered into one audit record
-	// (DefaultAckAuditWindow when zero).
-	AckAuditWindow time.Duration
 	// Leases, when set, runs the confirmations on one replica at a time
 	// (see replicas.go); nil: this one decides them.
 	Leases Exclusive
@@ -267,7 +264,7 @@ func (f *Fanout) onAck(m *nats.Msg) {
 
 // auditAcks writes the agents' acks to the audit trail. Every agent acks
 // an invalidation within milliseconds of the others, so acks are gathered
-// for AckAuditWindow (or up to ackAuditMax of them) and written as one
+// for ackAuditWindow (or up to ackAuditMax of them) and written as one
 // "invalidation.acks" record per tenant, secret, request and version,
 // listing each agent instance with its tool, its drop time and the delay
 // fanout measured. One record per burst instead of one per agent keeps the
@@ -277,61 +274,60 @@ func (f *Fanout) onAck(m *nats.Msg) {
 // again at a lease handover is stored once.
 func (f *Fanout) auditAcks(ctx context.Context) {
 	var (
-		groups  = map[ackGroup]*schemas.AuditRecord{}
-		order   []ackGroup
-		pending int
-		timer   = time.NewTimer(time.Hour)
+		recs    []schemas.AuditRecord // in the order their first ack came
+		index   = map[ackGroup]int{}  // into recs
+		pending int                   // acks in recs
+		timer   = time.NewTimer(ackAuditWindow)
 	)
 	timer.Stop()
+	write := func() {
+		timer.Stop()
+		if pending == 0 {
+			return
+		}
+		batch := make([]orchestrator.IdentifiedRecord, len(recs))
+		for i, rec := range recs {
+			batch[i] = orchestrator.IdentifiedRecord{
+				ID:     "acks-" + rec.Tenant + "-" + orTenant(rec.Secret) + "-" + rec.RequestID + "-" + rec.Acks[0].Agent,
+				Record: rec,
+			}
+		}
+		recs, pending = nil, 0
+		clear(index)
+		_ = f.audit.RecordBatch(context.WithoutCancel(ctx), batch)
+	}
 	add := func(r ackRecord) {
 		a := r.ack
 		g := ackGroup{tenant: a.Tenant, secret: a.Secret, request: a.RequestID, version: a.Version}
-		rec := groups[g]
-		if rec == nil {
-			rec = &schemas.AuditRecord{
+		i, ok := index[g]
+		if !ok {
+			rec := schemas.AuditRecord{
 				Tenant: a.Tenant, Secret: a.Secret, Actor: "fanout", Action: "invalidation.acks",
 				Outcome: schemas.OutcomeSucceeded, RequestID: a.RequestID, Component: "fanout",
 			}
 			if a.Version != "" {
 				rec.Detail = map[string]string{"version": a.Version}
 			}
-			groups[g] = rec
-			order = append(order, g)
+			i = len(recs)
+			index[g] = i
+			recs = append(recs, rec)
 		}
 		entry := schemas.AuditAck{Agent: a.Agent, Tool: f.acks.Tool(a.Tenant, a.Agent), DroppedAt: a.DroppedAt}
 		if r.delay > 0 {
 			entry.AckMS = float64(r.delay.Microseconds()) / 1000
 		}
-		rec.Acks = append(rec.Acks, entry)
+		recs[i].Acks = append(recs[i].Acks, entry)
 		if pending == 0 {
-			timer.Reset(f.ackAuditWindow())
+			timer.Reset(ackAuditWindow)
 		}
-		pending++
-	}
-	write := func() {
-		timer.Stop()
-		if pending == 0 {
-			return
+		if pending++; pending >= ackAuditMax {
+			write()
 		}
-		batch := make([]orchestrator.IdentifiedRecord, 0, len(order))
-		for _, g := range order {
-			rec := groups[g]
-			batch = append(batch, orchestrator.IdentifiedRecord{
-				ID:     "acks-" + g.tenant + "-" + orTenant(g.secret) + "-" + g.request + "-" + rec.Acks[0].Agent,
-				Record: *rec,
-			})
-		}
-		clear(groups)
-		order, pending = order[:0], 0
-		_ = f.audit.RecordBatch(context.WithoutCancel(ctx), batch)
 	}
 	for {
 		select {
 		case r := <-f.ackAudit:
 			add(r)
-			if pending >= ackAuditMax {
-				write()
-			}
 		case <-timer.C:
 			write()
 		case <-ctx.Done():
@@ -339,9 +335,6 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 				select {
 				case r := <-f.ackAudit:
 					add(r)
-					if pending >= ackAuditMax {
-						write()
-					}
 				default:
 					write()
 					return
@@ -358,16 +351,9 @@ type ackGroup struct{ tenant, secret, request, version string }
 // record (about 100 bytes per ack, far under NATS's 1 MiB payload limit).
 const ackAuditMax = 2000
 
-// DefaultAckAuditWindow is how long acks are gathered before they are
-// written to the audit trail.
-const DefaultAckAuditWindow = 250 * time.Millisecond
-
-func (f *Fanout) ackAuditWindow() time.Duration {
-	if f.AckAuditWindow > 0 {
-		return f.AckAuditWindow
-	}
-	return DefaultAckAuditWindow
-}
+// ackAuditWindow is how long acks are gathered before they are written
+// to the audit trail.
+const ackAuditWindow = 250 * time.Millisecond
 
 func orTenant(secret string) string {
 	if secret == "" {

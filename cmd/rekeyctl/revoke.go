@@ -44,7 +44,7 @@ func waitRevocation(ctx context.Context, out io.Writer, requestID string, events
 						progressbar.OptionSetDescription("revoking "+p.Tenant), progressbar.OptionShowCount(),
 						progressbar.OptionSetPredictTime(false), progressbar.OptionClearOnFinish())
 				}
-				if p.Outcome != schemas.OutcomeRetrying && p.Done > int(bar.State().CurrentNum) {
+				if p.Outcome != schemas.OutcomeRetrying {
 					_ = bar.Set(p.Done)
 				}
 				if p.Failed > 0 {

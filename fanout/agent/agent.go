@@ -316,8 +316,9 @@ func (a *Agent) Instance() string { return a.cfg.Instance }
 // (a missing stream is not an error: rekeyd is not there yet), and starts
 // the ack sender, the use reporter, the heartbeat and the reconnect
 // resync. When it returns nil, invalidations are being received and Get
-// serves. Calling it again is a no-op. If the replay fails, Start undoes the subscription and returns the
-// error: without it the Agent cannot know whether the tenant is revoked.
+// serves. Calling it again is a no-op. If the replay fails, Start undoes
+// the subscription and returns the error: without it the Agent cannot know
+// whether the tenant is revoked.
 func (a *Agent) Start(ctx context.Context) error {
 	a.life.Lock()
 	defer a.life.Unlock()

@@ -13,16 +13,22 @@ import (
 // waiting once it is gone. It announces leaving when ctx ends.
 func (a *Agent) presenceLoop(ctx context.Context) {
 	a.publishPresence(false)
-	t := time.NewTimer(jitter(a.cfg.HeartbeatInterval))
+	every(ctx, a.cfg.HeartbeatInterval, func() { a.publishPresence(false) })
+	a.publishPresence(true)
+}
+
+// every calls fn every interval, give or take 10% (jitter), until ctx
+// ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTimer(jitter(interval))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			a.publishPresence(true)
 			return
 		case <-t.C:
-			a.publishPresence(false)
-			t.Reset(jitter(a.cfg.HeartbeatInterval))
+			fn()
+			t.Reset(jitter(interval))
 		}
 	}
 }

@@ -119,19 +119,11 @@ func (t *usageTable) take() (counts []useCount, start, end time.Time) {
 }
 
 func (a *Agent) usageLoop(ctx context.Context) {
-	t := time.NewTimer(jitter(a.cfg.UsageInterval))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := a.flushUsage(); err != nil {
-				a.log.Warn("publish use reports", "error", err)
-			}
-			t.Reset(jitter(a.cfg.UsageInterval))
+	every(ctx, a.cfg.UsageInterval, func() {
+		if err := a.flushUsage(); err != nil {
+			a.log.Warn("publish use reports", "error", err)
 		}
-	}
+	})
 }
 
 // flushUsage publishes one UsageReport per (secret, version) used since the

@@ -126,8 +126,7 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		return res, err
 	}
 	defer unsubConfirmed()
-	var mem0, mem1 runtime.MemStats
-	runtime.ReadMemStats(&mem0)
+	var mem0, mem1 runtime.MemStats // after the warm-up, at the end
 	gap := newSampleGap(opts.CollectBetween)
 	for i := -1; i < rotations; i++ { // -1: a warm-up rotation, not counted
 		id, err := c.PublishRotate(ctx, "acme", "openai-key")
@@ -161,7 +160,6 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		if i < 0 {
 			gap.pause()
 			runtime.ReadMemStats(&mem0)
-			gap.forced = 0
 			continue
 		}
 		res.FinishToLastDrop = append(res.FinishToLastDrop, last.Sub(done.CompletedAt))
@@ -174,8 +172,8 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		gap.pause()
 	}
 	runtime.ReadMemStats(&mem1)
-	res.GCs = int(mem1.NumGC-mem0.NumGC) - gap.forced
-	res.GCsBetween = gap.forced
+	res.GCsBetween = int(mem1.NumForcedGC - mem0.NumForcedGC)
+	res.GCs = int(mem1.NumGC-mem0.NumGC) - res.GCsBetween
 	res.AllocPerAgentRotation = float64(mem1.TotalAlloc-mem0.TotalAlloc) / float64(rotations) / float64(n)
 	return res, nil
 }
@@ -372,7 +370,6 @@ func invalidationSize(ctx context.Context, c *Cluster, tenant, secret string) (i
 type sampleGap struct {
 	collect bool
 	m       []metrics.Sample // heap objects, live heap, heap goal
-	forced  int
 }
 
 func newSampleGap(collect bool) *sampleGap {
@@ -387,7 +384,6 @@ func (g *sampleGap) pause() {
 		heap, live, goal := g.m[0].Value.Uint64(), g.m[1].Value.Uint64(), g.m[2].Value.Uint64()
 		if heap >= live+(goal-min(live, goal))/2 {
 			runtime.GC()
-			g.forced++
 		}
 	}
 	time.Sleep(5 * time.Millisecond)
