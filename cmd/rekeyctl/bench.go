@@ -57,6 +57,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 	var (
 		fanRotations int
 		fanGC        bool
+		fanProfile   string
 	)
 	fan := &cobra.Command{
 		Use:   "fanout",
@@ -68,7 +69,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
 			var results []sim.FanoutResult
 			for _, n := range sizes {
-				res, err := sim.Fanout(ctx, sim.FanoutOptions{Agents: n, Rotations: fanRotations, CollectBetween: fanGC}, log)
+				res, err := sim.Fanout(ctx, sim.FanoutOptions{Agents: n, Rotations: fanRotations, CollectBetween: fanGC, CPUProfile: fanProfile}, log)
 				if err != nil {
 					return fmt.Errorf("%d agents: %w", n, err)
 				}
@@ -80,6 +81,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 	}
 	fan.Flags().IntSliceVar(&sizes, "agents", []int{1000, 5000}, "agent counts to measure")
 	fan.Flags().IntVar(&fanRotations, "rotations", 200, "rotations per agent count (p99 of 200 samples leaves out the 2 slowest)")
+	fan.Flags().StringVar(&fanProfile, "cpuprofile", "", "write CPU profiles of the raw rounds and of the rotations to <prefix>-<agents>-{raw,fanout}.pprof")
 	fan.Flags().BoolVar(&fanGC, "gc-between-samples", true, "run a garbage collection between samples (raw rounds and rotations alike), as go test -bench does before each benchmark")
 	var clients, samples, hookAgents int
 	var dur time.Duration

@@ -130,18 +130,23 @@ type Config struct {
 	// only from agents it heard from within three intervals. Default 5s.
 	HeartbeatInterval time.Duration
 	// AckDelay is how long an ack waits before it is sent. The old value
-	// is dropped at once; only the confirmation waits, so that in the
-	// first milliseconds after an invalidation the NATS server delivers
-	// it to every agent instead of reading the acks of the first ones.
-	// Acks that wait together leave in one write. Default 100ms, longer
-	// than a fanout to thousands of agents takes; negative sends each
-	// ack at once.
+	// is dropped the moment an invalidation of a secret arrives, before
+	// it is decoded; decoding it, checking it, OnInvalidate and the ack
+	// wait AckDelay, so that in the first milliseconds after an
+	// invalidation the NATS server delivers it to every agent, and every
+	// agent drops, instead of the first ones spending the CPU and the
+	// server reading their acks. Acks that wait together leave in one
+	// write. Default 100ms, longer than a fanout to thousands of agents
+	// takes; negative sends each ack at once and decodes before dropping.
 	AckDelay time.Duration
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 	// OnInvalidate, if set, is called after an invalidation was applied
-	// (the cache entry dropped, the revocation state changed). It runs on
-	// the subscription's goroutine and must return quickly.
+	// and checked (the cache entry dropped, the revocation state
+	// changed): for a live invalidation of one secret, AckDelay after the
+	// drop (see AckDelay), on the ack goroutine; for a tenant-wide one at
+	// once, on the subscription's goroutine. DroppedAt is always when the
+	// value was dropped. It must return quickly.
 	OnInvalidate func(ev Invalidated)
 }
 
@@ -272,7 +277,8 @@ type Agent struct {
 
 	ackMu    sync.Mutex
 	acks     []schemas.InvalidationAck // waiting for ackTimer
-	ackTimer *time.Timer               // armed by the first ack waiting
+	live     []liveDrop                // dropped on arrival, to decode when ackTimer fires
+	ackTimer *time.Timer               // armed by the first ack or drop waiting
 }
 
 // New returns an Agent for cfg.Tenant on nc. A nil f reads secrets with

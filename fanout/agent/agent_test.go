@@ -163,20 +163,29 @@ func TestAckWaitsForAckDelay(t *testing.T) {
 	get(t, a, "openai-key")
 	get(t, a, "other")
 
+	f.set("openai-key", 2)
+	f.set("other", 2)
+	published := time.Now()
 	publishRotated(t, js, tenant, "openai-key", 2)
 	publishRotated(t, js, tenant, "other", 2)
-	require.Equal(t, "openai-key", h.wait(t).Invalidation.Secret)
-	require.Equal(t, "other", h.wait(t).Invalidation.Secret)
-	f.set("openai-key", 2)
-	require.Equal(t, "v2", get(t, a, "openai-key").Version, "dropped at once")
+	for _, secret := range []string{"openai-key", "other"} {
+		require.Eventually(t, func() bool { return get(t, a, secret).Version == "v2" }, 5*time.Second, time.Millisecond, "%s dropped at once", secret)
+	}
 	require.NoError(t, nc.Flush())
 	select {
 	case m := <-acks:
 		t.Fatalf("ack %s sent before AckDelay", m.Subject)
 	case <-time.After(200 * time.Millisecond):
 	}
+	require.Zero(t, len(h.ch), "OnInvalidate runs with the ack, after AckDelay")
 
 	require.NoError(t, a.Close())
+	for _, secret := range []string{"openai-key", "other"} {
+		ev := h.wait(t)
+		require.Equal(t, secret, ev.Invalidation.Secret)
+		require.Equal(t, "v2", ev.Invalidation.Version)
+		require.True(t, ev.DroppedAt.After(published) && ev.DroppedAt.Before(published.Add(200*time.Millisecond)), "DroppedAt is the drop on arrival, not the decoding at Close")
+	}
 	for _, secret := range []string{"openai-key", "other"} {
 		m := next(t, acks, 5*time.Second)
 		require.Equal(t, schemas.AckSubject(tenant, secret), m.Subject)
@@ -411,6 +420,10 @@ func TestIgnoresOtherTenantsAndMalformed(t *testing.T) {
 	// Another tenant, same secret name: not even received.
 	publishRotated(t, js, "globex", "k", 2)
 	publishTenant(t, js, "globex", schemas.InvalidationRevoked)
+	require.NoError(t, nc.Flush())
+	h.none(t, 200*time.Millisecond)
+	require.Equal(t, "v1", get(t, a, "k").Version)
+	require.Equal(t, 1, f.callsFor("k"), "another tenant's invalidation dropped nothing")
 
 	subject := schemas.InvalidateSubject(tenant, "k")
 	tenantSubject := schemas.InvalidateSubject(tenant, schemas.TenantToken)
@@ -442,7 +455,10 @@ func TestIgnoresOtherTenantsAndMalformed(t *testing.T) {
 	h.none(t, 200*time.Millisecond)
 	require.False(t, a.Revoked())
 	require.Equal(t, "v1", get(t, a, "k").Version)
-	require.Equal(t, 1, f.callsFor("k"))
+	// On the tenant's subject of a secret the value is dropped on arrival,
+	// before decoding (only rekeyd may publish there): the malformed
+	// messages cost one fetch, and are not applied, acked or reported.
+	require.Equal(t, 2, f.callsFor("k"))
 	require.Contains(t, logs.String(), "ignoring invalidation message")
 
 	// Still alive: a valid one is applied.

@@ -32,10 +32,9 @@ func (p invalidation) olderThan(m mark) bool {
 // tenant the agent serves. Anything that is not a well-formed invalidation
 // of this tenant, consistent with its subject, is an error.
 func parseInvalidation(tenant, subject string, data []byte) (invalidation, error) {
-	prefix := "rekey.invalidate." + tenant + "."
-	token, ok := strings.CutPrefix(subject, prefix)
-	if !ok || token == "" || strings.Contains(token, ".") {
-		return invalidation{}, fmt.Errorf("subject %q is not %s<secret>: %w", truncate(subject, 200), prefix, schemas.ErrMalformed)
+	token, err := subjectToken(tenant, subject)
+	if err != nil {
+		return invalidation{}, err
 	}
 	var inv schemas.Invalidation
 	ev, err := schemas.DecodeAs(data, schemas.TypeInvalidation, &inv) // one pass: this runs in every agent
@@ -62,6 +61,17 @@ func parseInvalidation(tenant, subject string, data []byte) (invalidation, error
 	return invalidation{id: ev.ID, token: token, at: at, inv: inv}, nil
 }
 
+// subjectToken returns the last token of an invalidation subject of
+// tenant: a secret or schemas.TenantToken.
+func subjectToken(tenant, subject string) (string, error) {
+	prefix := "rekey.invalidate." + tenant + "."
+	token, ok := strings.CutPrefix(subject, prefix)
+	if !ok || token == "" || strings.Contains(token, ".") {
+		return "", fmt.Errorf("subject %q is not %s<secret>: %w", truncate(subject, 200), prefix, schemas.ErrMalformed)
+	}
+	return token, nil
+}
+
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -70,21 +80,64 @@ func truncate(s string, n int) string {
 }
 
 // handleMsg is the callback of the live subscription.
+//
+// On a secret's subject the cached value is dropped the moment the message
+// arrives, before it is decoded: only rekeyd may publish there, and a drop
+// is always safe (the next Get fetches). Decoding, the checks, the ordering
+// mark, the ack and OnInvalidate follow AckDelay later, on the ack loop,
+// so that when one host runs thousands of agents every one of them has
+// dropped the value before any spends its CPU on the rest. A tenant-wide
+// invalidation (revoked or restored) is decoded at once: what it does
+// depends on its kind.
 func (a *Agent) handleMsg(m *nats.Msg) {
 	received := time.Now()
-	p, err := parseInvalidation(a.cfg.Tenant, m.Subject, m.Data)
+	token, err := subjectToken(a.cfg.Tenant, m.Subject)
 	if err != nil {
 		a.log.Debug("ignoring invalidation message", "subject", m.Subject, "error", err)
 		return
 	}
-	a.apply(p, received, false)
+	if token != schemas.TenantToken && a.cfg.AckDelay >= 0 {
+		a.mu.Lock()
+		a.dropLocked(token)
+		dropped := time.Now()
+		a.mu.Unlock()
+		a.ackMu.Lock()
+		a.live = append(a.live, liveDrop{subject: m.Subject, data: m.Data, received: received, dropped: dropped})
+		a.armAckTimerLocked()
+		a.ackMu.Unlock()
+		return
+	}
+	if ack, ok := a.settle(m.Subject, m.Data, received, time.Time{}); ok {
+		a.queueAck(ack)
+	}
 }
 
-// apply applies one invalidation, live or replayed. A live one always drops
-// and acks. A replayed one (resync) changes only what it finds out of date,
-// is acked only then, and is skipped when it, or an invalidation published
-// later on the same subject, was already applied.
-func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
+// liveDrop is a live invalidation of one secret whose value was dropped on
+// arrival and which the ack loop has yet to decode.
+type liveDrop struct {
+	subject           string
+	data              []byte
+	received, dropped time.Time
+}
+
+// settle decodes and applies a live invalidation (dropped, when not zero,
+// is when its secret's value was already dropped) and returns its ack.
+func (a *Agent) settle(subject string, data []byte, received, dropped time.Time) (schemas.InvalidationAck, bool) {
+	p, err := parseInvalidation(a.cfg.Tenant, subject, data)
+	if err != nil {
+		a.log.Debug("ignoring invalidation message", "subject", subject, "error", err)
+		return schemas.InvalidationAck{}, false
+	}
+	return a.apply(p, received, dropped, false)
+}
+
+// apply applies one invalidation, live or replayed, and returns its ack
+// when it is to be acked. A live one always drops and acks; predropped, if
+// not zero, is when handleMsg already dropped its secret's value. A
+// replayed one (resync) changes only what it finds out of date, is acked
+// only then, and is skipped when it, or an invalidation published later
+// on the same subject, was already applied.
+func (a *Agent) apply(p invalidation, received, predropped time.Time, replayed bool) (schemas.InvalidationAck, bool) {
 	// The logger with attributes is built only when something is logged:
 	// apply runs for every agent on every invalidation.
 	log := func() *slog.Logger {
@@ -105,7 +158,7 @@ func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
 		if debug {
 			log().Debug("invalidation already applied or outdated", "event", p.id, "replayed", replayed)
 		}
-		return
+		return schemas.InvalidationAck{}, false
 	}
 	if !older {
 		a.marks[p.token] = mark{at: p.at, id: p.id}
@@ -133,12 +186,17 @@ func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
 			st.epoch++
 		}
 		ack = changed
+	case !predropped.IsZero(): // live, dropped on arrival by handleMsg
+		changed, ack = true, true
 	default: // live rotated (or revoked) secret
 		a.dropLocked(p.token)
 		changed, ack = true, true
 	}
 	dropped := time.Now()
 	a.mu.Unlock()
+	if !predropped.IsZero() {
+		dropped = predropped
+	}
 
 	if p.inv.Kind == schemas.InvalidationRestored && changed {
 		log().Info("tenant restored")
@@ -147,20 +205,20 @@ func (a *Agent) apply(p invalidation, received time.Time, replayed bool) {
 	} else if debug {
 		log().Debug("invalidation applied", "replayed", replayed, "changed", changed)
 	}
-	if ack {
-		a.publishAck(p, received, dropped)
-	}
 	if a.cfg.OnInvalidate != nil && (changed || !replayed) {
 		a.cfg.OnInvalidate(Invalidated{Invalidation: p.inv, EventTime: p.at, ReceivedAt: received, DroppedAt: dropped})
 	}
+	if !ack {
+		return schemas.InvalidationAck{}, false
+	}
+	return newAck(a.cfg, p, received, dropped), true
 }
 
-// publishAck confirms on AckSubject that the invalidation was applied,
-// after Config.AckDelay (at once if it is negative).
-func (a *Agent) publishAck(p invalidation, received, dropped time.Time) {
+// newAck is the confirmation that p was applied.
+func newAck(cfg Config, p invalidation, received, dropped time.Time) schemas.InvalidationAck {
 	ack := schemas.InvalidationAck{
-		Tenant:     a.cfg.Tenant,
-		Agent:      a.cfg.Instance,
+		Tenant:     cfg.Tenant,
+		Agent:      cfg.Instance,
 		Version:    p.inv.Version,
 		RequestID:  p.inv.RequestID,
 		ReceivedAt: received.UTC(),
@@ -169,20 +227,32 @@ func (a *Agent) publishAck(p invalidation, received, dropped time.Time) {
 	if p.token != schemas.TenantToken {
 		ack.Secret = p.token
 	}
+	return ack
+}
+
+// queueAck sends ack on AckSubject after Config.AckDelay (at once if it
+// is negative).
+func (a *Agent) queueAck(ack schemas.InvalidationAck) {
 	if a.cfg.AckDelay < 0 {
 		a.sendAck(ack)
 		return
 	}
 	a.ackMu.Lock()
 	a.acks = append(a.acks, ack)
-	if len(a.acks) == 1 { // the last batch is gone: time the next
-		a.ackTimer.Reset(a.cfg.AckDelay)
-	}
+	a.armAckTimerLocked()
 	a.ackMu.Unlock()
 }
 
-// ackLoop sends the acks waiting when ackTimer fires, AckDelay after the
-// first of them. It is one long-lived goroutine, not a timer's goroutine
+// armAckTimerLocked starts AckDelay when the first ack or live drop
+// starts waiting. The caller holds a.ackMu and has just added one.
+func (a *Agent) armAckTimerLocked() {
+	if len(a.acks)+len(a.live) == 1 { // the last batch is gone: time the next
+		a.ackTimer.Reset(a.cfg.AckDelay)
+	}
+}
+
+// ackLoop settles the live drops and sends the acks waiting when ackTimer
+// fires, AckDelay after the first of them. It is one long-lived goroutine, not a timer's goroutine
 // per batch (the encoder needs a deep stack, which a fresh goroutine
 // would grow each time), and it wakes only when the timer fires.
 func (a *Agent) ackLoop(ctx context.Context) {
@@ -196,12 +266,18 @@ func (a *Agent) ackLoop(ctx context.Context) {
 	}
 }
 
-// sendAcks publishes the acks waiting, in the order they were made.
+// sendAcks settles the live drops waiting, then publishes the acks
+// waiting, in the order they were made.
 func (a *Agent) sendAcks() {
 	a.ackMu.Lock()
-	acks := a.acks
-	a.acks = nil
+	acks, live := a.acks, a.live
+	a.acks, a.live = nil, nil
 	a.ackMu.Unlock()
+	for _, d := range live {
+		if ack, ok := a.settle(d.subject, d.data, d.received, d.dropped); ok {
+			acks = append(acks, ack)
+		}
+	}
 	for _, ack := range acks {
 		a.sendAck(ack)
 	}
@@ -276,7 +352,9 @@ func (a *Agent) Resync(ctx context.Context) error {
 			a.log.Debug("resync: ignoring invalidation message", "subject", from, "error", err)
 			continue
 		}
-		a.apply(p, received, true)
+		if ack, ok := a.apply(p, received, time.Time{}, true); ok {
+			a.queueAck(ack)
+		}
 		applied++
 	}
 	a.log.Debug("resynced", "replayed", applied, "revoked", a.Revoked())

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -61,6 +63,10 @@ type FanoutOptions struct {
 	// agent's connection (in production, one heap per agent process)
 	// lands inside a sample.
 	CollectBetween bool
+	// CPUProfile, if set, is the path prefix of two CPU profiles: of the
+	// raw rounds (<prefix>-<agents>-raw.pprof) and of the rotations
+	// (<prefix>-<agents>-fanout.pprof), warm-ups included.
+	CPUProfile string
 }
 
 // Fanout measures invalidation fanout to opts.Agents agents, each on its
@@ -87,7 +93,12 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		return res, err
 	}
 	res.MessageBytes = size
-	if res.RawBaseline, err = rawBaseline(ctx, c, n, rotations, size, opts.CollectBetween); err != nil {
+	stopProfile, err := startProfile(opts.CPUProfile, n, "raw")
+	if err != nil {
+		return res, err
+	}
+	res.RawBaseline, err = rawBaseline(ctx, c, n, rotations, size, opts.CollectBetween, stopProfile)
+	if err != nil {
 		return res, err
 	}
 
@@ -128,6 +139,11 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 	defer unsubConfirmed()
 	var mem0, mem1 runtime.MemStats // after the warm-up, at the end
 	gap := newSampleGap(opts.CollectBetween)
+	stopProfile, err = startProfile(opts.CPUProfile, n, "fanout")
+	if err != nil {
+		return res, err
+	}
+	defer stopProfile()
 	for i := -1; i < rotations; i++ { // -1: a warm-up rotation, not counted
 		id, err := c.PublishRotate(ctx, "acme", "openai-key")
 		if err != nil {
@@ -171,11 +187,35 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		// capacity measures throughput).
 		gap.pause()
 	}
+	stopProfile()
 	runtime.ReadMemStats(&mem1)
 	res.GCsBetween = int(mem1.NumForcedGC - mem0.NumForcedGC)
 	res.GCs = int(mem1.NumGC-mem0.NumGC) - res.GCsBetween
 	res.AllocPerAgentRotation = float64(mem1.TotalAlloc-mem0.TotalAlloc) / float64(rotations) / float64(n)
 	return res, nil
+}
+
+// startProfile starts a CPU profile into <prefix>-<agents>-<phase>.pprof
+// when prefix is set. The returned stop may be called more than once.
+func startProfile(prefix string, agents int, phase string) (stop func(), err error) {
+	if prefix == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(fmt.Sprintf("%s-%d-%s.pprof", prefix, agents, phase))
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	}, nil
 }
 
 // waitEvent reads events until one of type typ whose data names request id
@@ -200,7 +240,9 @@ func waitEvent[T any](ctx context.Context, events <-chan schemas.Event, typ, id 
 // rawBaseline publishes rounds messages of size bytes to n plain
 // subscribers, each on its own connection, and returns per round the time
 // until the last received it.
-func rawBaseline(ctx context.Context, c *Cluster, n, rounds, size int, collect bool) ([]time.Duration, error) {
+// stopProfile is called after the last round, before the subscribers
+// are closed.
+func rawBaseline(ctx context.Context, c *Cluster, n, rounds, size int, collect bool, stopProfile func()) ([]time.Duration, error) {
 	goroutines := runtime.NumGoroutine()
 	raw, err := newRawSubscribers(ctx, c, n, size)
 	if err != nil {
@@ -226,6 +268,7 @@ func rawBaseline(ctx context.Context, c *Cluster, n, rounds, size int, collect b
 		}
 		gap.pause()
 	}
+	stopProfile()
 	return out, nil
 }
 
