@@ -47,10 +47,13 @@ type Fanout struct {
 	ackAudit chan ackRecord
 }
 
-// ackRecord is an agent ack and the delay fanout measured for it.
+// ackRecord is an agent ack and the delay fanout measured for it, or,
+// when written is set, a request to write the acks gathered so far and
+// close written.
 type ackRecord struct {
-	ack   schemas.InvalidationAck
-	delay time.Duration
+	ack     schemas.InvalidationAck
+	delay   time.Duration
+	written chan struct{}
 }
 
 // ackAuditQueue bounds the acks waiting for their audit record.
@@ -264,7 +267,8 @@ func (f *Fanout) onAck(m *nats.Msg) {
 
 // auditAcks writes the agents' acks to the audit trail. Every agent acks
 // an invalidation within milliseconds of the others, so acks are gathered
-// for ackAuditWindow (or up to ackAuditMax of them) and written as one
+// until the invalidation is confirmed (flushAckAudit), for at most
+// ackAuditWindow, or up to ackAuditMax of them, and written as one
 // "invalidation.acks" record per tenant, secret, request and version,
 // listing each agent instance with its tool, its drop time and the delay
 // fanout measured. One record per burst instead of one per agent keeps the
@@ -327,6 +331,11 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 	for {
 		select {
 		case r := <-f.ackAudit:
+			if r.written != nil {
+				write()
+				close(r.written)
+				continue
+			}
 			add(r)
 		case <-timer.C:
 			write()
@@ -334,6 +343,10 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 			for { // what was heard before the stop is still written
 				select {
 				case r := <-f.ackAudit:
+					if r.written != nil {
+						close(r.written) // written below
+						continue
+					}
 					add(r)
 				default:
 					write()
@@ -344,6 +357,33 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 	}
 }
 
+// flushAckAudit has the acks gathered so far written to the audit trail,
+// and waits until they are (for at most ackAuditFlushWait): an
+// invalidation's acks are in the audit trail before its confirmation is
+// published, and their write is over before the next invalidation, not
+// ackAuditWindow later in the middle of it.
+func (f *Fanout) flushAckAudit(ctx context.Context) {
+	written := make(chan struct{})
+	wait := time.NewTimer(ackAuditFlushWait)
+	defer wait.Stop()
+	select {
+	case f.ackAudit <- ackRecord{written: written}:
+	case <-wait.C:
+		return
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-written:
+	case <-wait.C:
+	case <-ctx.Done():
+	}
+}
+
+// ackAuditFlushWait bounds how long a confirmation waits for its acks'
+// audit record.
+const ackAuditFlushWait = 2 * time.Second
+
 // ackGroup is what the acks of one audit record share.
 type ackGroup struct{ tenant, secret, request, version string }
 
@@ -352,7 +392,7 @@ type ackGroup struct{ tenant, secret, request, version string }
 const ackAuditMax = 2000
 
 // ackAuditWindow is how long acks are gathered before they are written
-// to the audit trail.
+// to the audit trail, when their invalidation is not confirmed sooner.
 const ackAuditWindow = 250 * time.Millisecond
 
 func orTenant(secret string) string {
@@ -379,7 +419,8 @@ func (f *Fanout) onPresence(m *nats.Msg) {
 
 // confirmLoop publishes an invalidation_confirmed event for each
 // invalidation once every live agent acked it, or when ConfirmTimeout
-// passed, naming the live agents that did not ack.
+// passed, naming the live agents that did not ack; the acks heard until
+// then are written to the audit trail first.
 func (f *Fanout) confirmLoop(ctx context.Context) {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
@@ -388,7 +429,11 @@ func (f *Fanout) confirmLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			for _, c := range f.acks.due(now, f.ConfirmTimeout) {
+			due := f.acks.due(now, f.ConfirmTimeout)
+			if len(due) > 0 {
+				f.flushAckAudit(ctx)
+			}
+			for _, c := range due {
 				f.confirm(context.WithoutCancel(ctx), c)
 			}
 		}

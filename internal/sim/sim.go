@@ -101,6 +101,9 @@ func (c *Cluster) Close() error {
 	return err
 }
 
+// agentUsageInterval is the UsageInterval of the agents NewAgent starts.
+const agentUsageInterval = time.Second
+
 // NewAgent connects a new agent of tenant, on its own NATS connection, and
 // records its drops.
 func (c *Cluster) NewAgent(ctx context.Context, tenant, instance string) (*agent.Agent, error) {
@@ -113,7 +116,7 @@ func (c *Cluster) NewAgent(ctx context.Context, tenant, instance string) (*agent
 	c.agents++
 	c.mu.Unlock()
 	a, err := agent.New(nc, agent.NewNATSFetcher(nc, instance), agent.Config{
-		Tenant: tenant, Instance: instance, UsageInterval: time.Second,
+		Tenant: tenant, Instance: instance, UsageInterval: agentUsageInterval,
 		OnInvalidate: func(ev agent.Invalidated) {
 			id := ev.Invalidation.RequestID
 			c.mu.Lock()
