@@ -80,7 +80,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 		},
 	}
 	fan.Flags().IntSliceVar(&sizes, "agents", []int{1000, 5000}, "agent counts to measure")
-	fan.Flags().IntVar(&fanRotations, "rotations", 200, "rotations per agent count (p99 of 200 samples leaves out the 2 slowest)")
+	fan.Flags().IntVar(&fanRotations, "rotations", 400, "rotations (and raw rounds) per agent count: the p99 of 400 samples is the 5th slowest")
 	fan.Flags().StringVar(&fanProfile, "cpuprofile", "", "write CPU profiles of the raw rounds and of the rotations to <prefix>-<agents>-{raw,fanout}.pprof")
 	fan.Flags().BoolVar(&fanGC, "gc-between-samples", true, "run a garbage collection between samples (raw rounds and rotations alike), as go test -bench does before each benchmark")
 	var clients, samples, hookAgents int

@@ -253,6 +253,9 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	source  string // CloudEvents source of acks and reports
+	// invPrefix is invalidatePrefix(cfg.Tenant), built once: every
+	// invalidation is checked against it.
+	invPrefix string
 
 	startedAt time.Time
 
@@ -296,15 +299,16 @@ func New(nc *nats.Conn, f Fetcher, cfg Config) (*Agent, error) {
 		f = NewNATSFetcher(nc, cfg.Instance)
 	}
 	a := &Agent{
-		nc:       nc,
-		fetcher:  f,
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "fanout/agent", "tenant", cfg.Tenant, "agent", cfg.Instance),
-		source:   "rekey-agent/" + cfg.Instance,
-		states:   make(map[string]*secretState),
-		marks:    make(map[string]mark),
-		kick:     make(chan struct{}, 1),
-		ackTimer: time.NewTimer(time.Hour),
+		nc:        nc,
+		fetcher:   f,
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "fanout/agent", "tenant", cfg.Tenant, "agent", cfg.Instance),
+		source:    "rekey-agent/" + cfg.Instance,
+		invPrefix: invalidatePrefix(cfg.Tenant),
+		states:    make(map[string]*secretState),
+		marks:     make(map[string]mark),
+		kick:      make(chan struct{}, 1),
+		ackTimer:  time.NewTimer(time.Hour),
 	}
 	a.ackTimer.Stop()
 	a.usage.init()

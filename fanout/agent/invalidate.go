@@ -32,7 +32,7 @@ func (p invalidation) olderThan(m mark) bool {
 // tenant the agent serves. Anything that is not a well-formed invalidation
 // of this tenant, consistent with its subject, is an error.
 func parseInvalidation(tenant, subject string, data []byte) (invalidation, error) {
-	token, err := subjectToken(tenant, subject)
+	token, err := subjectToken(invalidatePrefix(tenant), subject)
 	if err != nil {
 		return invalidation{}, err
 	}
@@ -61,10 +61,12 @@ func parseInvalidation(tenant, subject string, data []byte) (invalidation, error
 	return invalidation{id: ev.ID, token: token, at: at, inv: inv}, nil
 }
 
-// subjectToken returns the last token of an invalidation subject of
-// tenant: a secret or schemas.TenantToken.
-func subjectToken(tenant, subject string) (string, error) {
-	prefix := "rekey.invalidate." + tenant + "."
+// invalidatePrefix is what the invalidation subjects of tenant start with.
+func invalidatePrefix(tenant string) string { return "rekey.invalidate." + tenant + "." }
+
+// subjectToken returns the last token of an invalidation subject that
+// starts with prefix (invalidatePrefix): a secret or schemas.TenantToken.
+func subjectToken(prefix, subject string) (string, error) {
 	token, ok := strings.CutPrefix(subject, prefix)
 	if !ok || token == "" || strings.Contains(token, ".") {
 		return "", fmt.Errorf("subject %q is not %s<secret>: %w", truncate(subject, 200), prefix, schemas.ErrMalformed)
@@ -91,7 +93,7 @@ func truncate(s string, n int) string {
 // depends on its kind.
 func (a *Agent) handleMsg(m *nats.Msg) {
 	received := time.Now()
-	token, err := subjectToken(a.cfg.Tenant, m.Subject)
+	token, err := subjectToken(a.invPrefix, m.Subject)
 	if err != nil {
 		a.log.Debug("ignoring invalidation message", "subject", m.Subject, "error", err)
 		return
