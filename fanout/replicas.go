@@ -253,7 +253,9 @@ func (t *AckTracker) takeEarlyLocked(k string) {
 func (t *AckTracker) markConfirmed(tenant, secret, requestID string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if d, ok := t.byReq[ackKey(tenant, secret, requestID)]; ok {
+	k := ackKey(tenant, secret, requestID)
+	if d, ok := t.byReq[k]; ok {
 		d.Confirmed = true
+		t.compactLocked(k)
 	}
 }

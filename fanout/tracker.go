@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -43,6 +44,8 @@ type Delivery struct {
 	// Live are the agents of the tenant alive at publication.
 	Live []string
 	// Acks maps an agent to its publish-to-ack delay (any agent, live or not).
+	// Live and Acks are nil once the delivery is confirmed and a later
+	// invalidation of its secret was published.
 	Acks map[string]time.Duration
 	// Confirmed is set once the confirmation event was decided.
 	Confirmed bool
@@ -126,7 +129,11 @@ func (t *AckTracker) Published(inv schemas.Invalidation) {
 	}
 	t.byReq[k] = &Delivery{Invalidation: inv, Live: t.liveLocked(inv.Tenant, inv.PublishedAt), Acks: map[string]time.Duration{}}
 	t.takeEarlyLocked(k)
+	prev, hadPrev := t.latest[inv.Tenant+"/"+inv.Secret]
 	t.latest[inv.Tenant+"/"+inv.Secret] = k
+	if hadPrev {
+		t.compactLocked(prev)
+	}
 	t.order = append(t.order, k)
 	if len(t.order) > t.limit {
 		old := t.order[0]
@@ -148,10 +155,24 @@ func (t *AckTracker) Acked(ack schemas.InvalidationAck, at time.Time) (time.Dura
 		return 0, false
 	}
 	delay := at.Sub(d.Invalidation.PublishedAt)
-	if _, dup := d.Acks[ack.Agent]; !dup {
+	if _, dup := d.Acks[ack.Agent]; !dup && d.Acks != nil { // nil: compacted
 		d.Acks[ack.Agent] = delay
 	}
 	return delay, true
+}
+
+// compactLocked drops the per-agent lists of delivery k once it is
+// confirmed and a later invalidation of its secret was published: only
+// the latest one per secret is shown (Latest), and every agent's ack of
+// the last limit invalidations would otherwise be kept (with 5,000 agents,
+// about 250 KiB per invalidation, gigabytes at the default limit). Acks
+// that still arrive for it only count in the metrics.
+func (t *AckTracker) compactLocked(k string) {
+	d := t.byReq[k]
+	if d == nil || !d.Confirmed || t.latest[d.Invalidation.Tenant+"/"+d.Invalidation.Secret] == k {
+		return
+	}
+	d.Live, d.Acks = nil, nil
 }
 
 // Get returns a copy of what is known about one invalidation.
@@ -179,10 +200,7 @@ func (t *AckTracker) Latest(tenant, secret string) (Delivery, error) {
 func (d *Delivery) copy() Delivery {
 	cp := *d
 	cp.Live = slices.Clone(d.Live)
-	cp.Acks = make(map[string]time.Duration, len(d.Acks))
-	for k, v := range d.Acks {
-		cp.Acks[k] = v
-	}
+	cp.Acks = maps.Clone(d.Acks)
 	return cp
 }
 
@@ -218,6 +236,7 @@ func (t *AckTracker) due(now time.Time, timeout time.Duration) []schemas.Invalid
 			PublishedAt: inv.PublishedAt, LiveAgents: len(d.Live), Acked: acked, Missing: missing,
 			Complete: len(missing) == 0, LastAckMS: float64(last.Microseconds()) / 1000,
 		})
+		t.compactLocked(k)
 	}
 	return out
 }

@@ -1,0 +1,60 @@
+package fanout
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/rekey-dev/rekey/schemas"
+)
+
+// A confirmed invalidation superseded by a later one of its secret keeps
+// no per-agent lists; the latest one, and one not confirmed yet, keep
+// them.
+func TestAckTrackerCompactsSuperseded(t *testing.T) {
+	tr := NewAckTracker(100)
+	now := time.Now()
+	tr.Seen(schemas.AgentPresence{Tenant: "acme", Agent: "a1", Interval: time.Minute}, now)
+	tr.Seen(schemas.AgentPresence{Tenant: "acme", Agent: "a2", Interval: time.Minute}, now)
+	inv := func(id string) schemas.Invalidation {
+		return schemas.Invalidation{Tenant: "acme", Secret: "k", RequestID: id, PublishedAt: now}
+	}
+	ack := func(id, agent string) {
+		_, ok := tr.Acked(schemas.InvalidationAck{Tenant: "acme", Secret: "k", RequestID: id, Agent: agent}, now.Add(time.Millisecond))
+		require.True(t, ok)
+	}
+
+	tr.Published(inv("r1"))
+	ack("r1", "a1")
+	tr.Published(inv("r2")) // r1 superseded, not confirmed yet: kept
+	d, err := tr.Get("acme", "k", "r1")
+	require.NoError(t, err)
+	require.Len(t, d.Live, 2)
+	ack("r1", "a2")
+	ack("r2", "a1")
+	ack("r2", "a2")
+
+	confirmed := tr.due(now.Add(time.Second), time.Minute)
+	require.Len(t, confirmed, 2)
+	require.Equal(t, 2, confirmed[0].Acked, "the confirmation is decided before the lists go")
+	d, err = tr.Get("acme", "k", "r1")
+	require.NoError(t, err)
+	require.Nil(t, d.Live)
+	require.Nil(t, d.Acks)
+	ack("r1", "a1") // a late ack of a compacted delivery still counts in metrics
+	latest, err := tr.Latest("acme", "k")
+	require.NoError(t, err)
+	require.Equal(t, "r2", latest.Invalidation.RequestID)
+	require.Len(t, latest.Acks, 2, "the latest one keeps its acks after confirmation")
+
+	tr.Published(inv("r3")) // r2 confirmed and now superseded
+	d, err = tr.Get("acme", "k", "r2")
+	require.NoError(t, err)
+	require.Nil(t, d.Acks)
+
+	tr.markConfirmed("acme", "k", "r3") // another replica confirmed it; still the latest
+	latest, err = tr.Latest("acme", "k")
+	require.NoError(t, err)
+	require.NotNil(t, latest.Acks)
+}
