@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/deployments/examples"
+	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/internal/daemon"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
@@ -123,9 +124,36 @@ func TestRekeyctl(t *testing.T) {
 	require.Equal(t, "agent-acme", creds.User)
 	nc, err := nats.Connect(d.NATSURL(), nats.UserInfo(creds.User, creds.Password), nats.CustomInboxPrefix(creds.InboxPrefix))
 	require.NoError(t, err)
-	nc.Close()
+	defer nc.Close()
 	_, err = nats.Connect(d.NATSURL(), nats.UserInfo("agent-globex", creds.Password))
 	require.Error(t, err, "acme's password must not open globex's user")
+
+	// status shows which live agents confirmed the last invalidation: an
+	// agent on those credentials reads the secret, a rotation follows.
+	a, err := agent.New(nc, nil, agent.Config{Tenant: "acme", Instance: "cli-agent"})
+	require.NoError(t, err)
+	require.NoError(t, a.Start(context.Background()))
+	defer a.Close()
+	_, err = a.Get(context.Background(), "openai-key")
+	require.NoError(t, err)
+	_, _, err = rekeyctl(t, append(g, "rotate", "acme/openai-key", "--wait")...)
+	require.NoError(t, err)
+	var st struct {
+		Invalidation struct {
+			LiveAgents int      `json:"live_agents"`
+			Acked      []string `json:"acked"`
+			Missing    []string `json:"missing"`
+		} `json:"invalidation"`
+	}
+	require.Eventually(t, func() bool {
+		out, _, err := rekeyctl(t, append(g, "status", "acme/openai-key")...)
+		require.NoError(t, err)
+		require.NoError(t, json.Unmarshal([]byte(out), &st), "%s", out)
+		return len(st.Invalidation.Acked) == 1
+	}, 5*time.Second, 50*time.Millisecond)
+	require.Equal(t, []string{"cli-agent"}, st.Invalidation.Acked)
+	require.Equal(t, 1, st.Invalidation.LiveAgents)
+	require.Empty(t, st.Invalidation.Missing)
 
 	out, _, err = rekeyctl(t, "nats-config")
 	require.NoError(t, err)
