@@ -328,26 +328,25 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 			write()
 		}
 	}
+	take := func(r ackRecord) {
+		if r.written == nil {
+			add(r)
+			return
+		}
+		write()
+		close(r.written)
+	}
 	for {
 		select {
 		case r := <-f.ackAudit:
-			if r.written != nil {
-				write()
-				close(r.written)
-				continue
-			}
-			add(r)
+			take(r)
 		case <-timer.C:
 			write()
 		case <-ctx.Done():
 			for { // what was heard before the stop is still written
 				select {
 				case r := <-f.ackAudit:
-					if r.written != nil {
-						close(r.written) // written below
-						continue
-					}
-					add(r)
+					take(r)
 				default:
 					write()
 					return

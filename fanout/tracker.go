@@ -129,11 +129,9 @@ func (t *AckTracker) Published(inv schemas.Invalidation) {
 	}
 	t.byReq[k] = &Delivery{Invalidation: inv, Live: t.liveLocked(inv.Tenant, inv.PublishedAt), Acks: map[string]time.Duration{}}
 	t.takeEarlyLocked(k)
-	prev, hadPrev := t.latest[inv.Tenant+"/"+inv.Secret]
+	prev := t.latest[inv.Tenant+"/"+inv.Secret]
 	t.latest[inv.Tenant+"/"+inv.Secret] = k
-	if hadPrev {
-		t.compactLocked(prev)
-	}
+	t.compactLocked(prev) // none: a no-op
 	t.order = append(t.order, k)
 	if len(t.order) > t.limit {
 		old := t.order[0]

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/fanout/agent"
@@ -105,16 +106,31 @@ func TestConcurrentMissesFetchOnce(t *testing.T) {
 	require.Equal(t, 1, f.callsFor("db-password"))
 }
 
+// ackFixture is an agent "planner-1" on its own server, whose fetcher
+// holds openai-key and other at version 1, with its acks collected and its
+// OnInvalidate calls hooked.
+type ackFixture struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	acks chan *nats.Msg
+	f    *fakeFetcher
+	h    *hook
+	a    *agent.Agent
+}
+
+func newAckFixture(t *testing.T, ackDelay time.Duration) ackFixture {
+	t.Helper()
+	nc := connect(t, startServer(t))
+	x := ackFixture{nc: nc, js: createStream(t, nc), acks: collect(t, nc, "rekey.ack."+tenant+".>"), f: newFakeFetcher(), h: newHook()}
+	x.f.set("openai-key", 1)
+	x.f.set("other", 1)
+	x.a = startAgent(t, nc, x.f, agent.Config{Instance: "planner-1", OnInvalidate: x.h.fn, AckDelay: ackDelay})
+	return x
+}
+
 func TestInvalidationRefetchesAndAcks(t *testing.T) {
-	s := startServer(t)
-	nc := connect(t, s)
-	js := createStream(t, nc)
-	acks := collect(t, nc, "rekey.ack."+tenant+".>")
-	f := newFakeFetcher()
-	f.set("openai-key", 1)
-	f.set("other", 1)
-	h := newHook()
-	a := startAgent(t, nc, f, agent.Config{Instance: "planner-1", OnInvalidate: h.fn})
+	x := newAckFixture(t, 0)
+	js, acks, f, h, a := x.js, x.acks, x.f, x.h, x.a
 
 	require.Equal(t, "v1", get(t, a, "openai-key").Version)
 	require.Equal(t, "v1", get(t, a, "other").Version)
@@ -151,15 +167,8 @@ func TestInvalidationRefetchesAndAcks(t *testing.T) {
 // waits for AckDelay (here longer than the test) and acks that waited
 // together are sent in order; Close sends the acks still waiting.
 func TestAckWaitsForAckDelay(t *testing.T) {
-	s := startServer(t)
-	nc := connect(t, s)
-	js := createStream(t, nc)
-	acks := collect(t, nc, "rekey.ack."+tenant+".>")
-	f := newFakeFetcher()
-	f.set("openai-key", 1)
-	f.set("other", 1)
-	h := newHook()
-	a := startAgent(t, nc, f, agent.Config{Instance: "planner-1", OnInvalidate: h.fn, AckDelay: time.Hour})
+	x := newAckFixture(t, time.Hour)
+	js, acks, f, h, a := x.js, x.acks, x.f, x.h, x.a
 	get(t, a, "openai-key")
 	get(t, a, "other")
 
@@ -171,7 +180,7 @@ func TestAckWaitsForAckDelay(t *testing.T) {
 	for _, secret := range []string{"openai-key", "other"} {
 		require.Eventually(t, func() bool { return get(t, a, secret).Version == "v2" }, 5*time.Second, time.Millisecond, "%s dropped at once", secret)
 	}
-	require.NoError(t, nc.Flush())
+	require.NoError(t, x.nc.Flush())
 	select {
 	case m := <-acks:
 		t.Fatalf("ack %s sent before AckDelay", m.Subject)

@@ -62,7 +62,7 @@ func parseInvalidation(tenant, subject string, data []byte) (invalidation, error
 }
 
 // invalidatePrefix is what the invalidation subjects of tenant start with.
-func invalidatePrefix(tenant string) string { return "rekey.invalidate." + tenant + "." }
+func invalidatePrefix(tenant string) string { return schemas.InvalidateSubject(tenant, "") }
 
 // subjectToken returns the last token of an invalidation subject that
 // starts with prefix (invalidatePrefix): a secret or schemas.TenantToken.
@@ -188,17 +188,17 @@ func (a *Agent) apply(p invalidation, received, predropped time.Time, replayed b
 			st.epoch++
 		}
 		ack = changed
-	case !predropped.IsZero(): // live, dropped on arrival by handleMsg
-		changed, ack = true, true
-	default: // live rotated (or revoked) secret
-		a.dropLocked(p.token)
+	default: // live rotated (or revoked) secret, unless handleMsg dropped it on arrival
+		if predropped.IsZero() {
+			a.dropLocked(p.token)
+		}
 		changed, ack = true, true
 	}
-	dropped := time.Now()
+	dropped := predropped
+	if dropped.IsZero() {
+		dropped = time.Now()
+	}
 	a.mu.Unlock()
-	if !predropped.IsZero() {
-		dropped = predropped
-	}
 
 	if p.inv.Kind == schemas.InvalidationRestored && changed {
 		log().Info("tenant restored")

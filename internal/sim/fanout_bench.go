@@ -177,19 +177,19 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 			}
 			pub = d.Published
 		}
-		if i < 0 {
-			gap.pause()
-			runtime.ReadMemStats(&mem0)
-			continue
+		if i >= 0 {
+			res.FinishToLastDrop = append(res.FinishToLastDrop, last.Sub(done.CompletedAt))
+			res.PublishToLastDrop = append(res.PublishToLastDrop, last.Sub(pub))
+			res.PublishToLastAck = append(res.PublishToLastAck, time.Duration(conf.LastAckMS*float64(time.Millisecond)))
 		}
-		res.FinishToLastDrop = append(res.FinishToLastDrop, last.Sub(done.CompletedAt))
-		res.PublishToLastDrop = append(res.PublishToLastDrop, last.Sub(pub))
-		res.PublishToLastAck = append(res.PublishToLastAck, time.Duration(conf.LastAckMS*float64(time.Millisecond)))
 		// One rotation at a time, as the raw rounds are: the next starts
 		// once every agent's ack of this one was counted, so that a
 		// sample is one rotation's latency, not two overlapping (bench
 		// capacity measures throughput).
 		gap.pause()
+		if i < 0 {
+			runtime.ReadMemStats(&mem0) // allocations and GCs count from here
+		}
 	}
 	stopProfile()
 	runtime.ReadMemStats(&mem1)
@@ -209,23 +209,15 @@ func settleUsage(ctx context.Context, c *Cluster, interval time.Duration) error 
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.StreamUsage, usage.Durable)
-	if err != nil {
-		return fmt.Errorf("usage consumer: %w", err)
-	}
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return fmt.Errorf("usage consumer: %w", err)
-		}
-		if info.NumPending == 0 && info.NumAckPending == 0 {
-			return nil
+	for deadline := time.Now().Add(60 * time.Second); !c.consumerDrained(ctx, schemas.StreamUsage, usage.Durable); time.Sleep(50 * time.Millisecond) {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("usage consumer: %d reports pending, %d unacked after 60s", info.NumPending, info.NumAckPending)
+			return fmt.Errorf("use reports still pending or unacked after 60s")
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	return nil
 }
 
 // startProfile starts a CPU profile into <prefix>-<agents>-<phase>.pprof

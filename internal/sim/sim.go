@@ -260,17 +260,26 @@ func (c *Cluster) Events(tenant, kind string) (<-chan schemas.Event, func(), err
 func (c *Cluster) WaitIdle(ctx context.Context, tenant, secret string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.StreamRotate, orchestrator.ConsumerRotation)
-		if err == nil {
-			info, err := cons.Info(ctx)
-			st, serr := c.Daemon.State().SecretStatus(ctx, tenant, secret)
-			if err == nil && serr == nil && info.NumPending == 0 && info.NumAckPending == 0 && st.State != orchestrator.SecretRotating {
+		if c.consumerDrained(ctx, schemas.StreamRotate, orchestrator.ConsumerRotation) {
+			st, err := c.Daemon.State().SecretStatus(ctx, tenant, secret)
+			if err == nil && st.State != orchestrator.SecretRotating {
 				return nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("rotations still pending after %s", timeout)
+}
+
+// consumerDrained reports whether a durable consumer has no message left to
+// deliver and none delivered but unacked.
+func (c *Cluster) consumerDrained(ctx context.Context, stream, durable string) bool {
+	cons, err := c.Daemon.Bus().JS.Consumer(ctx, stream, durable)
+	if err != nil {
+		return false
+	}
+	info, err := cons.Info(ctx)
+	return err == nil && info.NumPending == 0 && info.NumAckPending == 0
 }
 
 // WaitVersionDropped waits until n agents dropped secret's version old
