@@ -58,3 +58,26 @@ func TestAckTrackerCompactsSuperseded(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, latest.Acks)
 }
+
+// An agent that stopped heartbeating (without saying it leaves) is not
+// waited for once three intervals passed: it is no longer live, and an
+// invalidation it did not ack is confirmed complete without it.
+func TestAckTrackerSilentAgentNotWaitedFor(t *testing.T) {
+	tr := NewAckTracker(100)
+	now := time.Now()
+	tr.Seen(schemas.AgentPresence{Tenant: "acme", Agent: "a1", Interval: time.Second}, now)
+	tr.Seen(schemas.AgentPresence{Tenant: "acme", Agent: "silent", Interval: time.Second}, now)
+	tr.Published(schemas.Invalidation{Tenant: "acme", Secret: "k", RequestID: "r1", PublishedAt: now})
+	_, ok := tr.Acked(schemas.InvalidationAck{Tenant: "acme", Secret: "k", RequestID: "r1", Agent: "a1"}, now.Add(time.Millisecond))
+	require.True(t, ok)
+
+	require.Empty(t, tr.due(now.Add(2*time.Second), time.Minute), "silent for 2 intervals: still waited for")
+	later := now.Add(presenceTTL*time.Second + time.Millisecond)
+	tr.Seen(schemas.AgentPresence{Tenant: "acme", Agent: "a1", Interval: time.Second}, later) // a1 still heartbeats
+	confirmed := tr.due(later, time.Minute)
+	require.Len(t, confirmed, 1)
+	require.True(t, confirmed[0].Complete)
+	require.Empty(t, confirmed[0].Missing)
+	require.Equal(t, 2, confirmed[0].LiveAgents, "it was live when the invalidation was published")
+	require.Equal(t, []string{"a1"}, tr.Live("acme", later))
+}
