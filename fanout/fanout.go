@@ -245,8 +245,9 @@ func (f *Fanout) onAck(m *nats.Msg) {
 	if err != nil {
 		return
 	}
-	// The subject names the tenant; an agent cannot ack for another.
-	if ack.Tenant != ev.Tenant || m.Subject != schemas.AckSubject(ack.Tenant, orTenant(ack.Secret)) {
+	// The subject names the tenant and the instance, and NATS lets an
+	// agent publish under its own only: an agent cannot ack for another.
+	if ack.Tenant != ev.Tenant || m.Subject != schemas.AckSubject(ack.Tenant, orTenant(ack.Secret), ack.Agent) {
 		return
 	}
 	f.metrics.AgentAcksTotal.Inc()
@@ -410,7 +411,7 @@ func (f *Fanout) onPresence(m *nats.Msg) {
 	if err := ev.DecodeData(schemas.TypeAgentPresence, &p); err != nil {
 		return
 	}
-	if p.Tenant != ev.Tenant || m.Subject != schemas.PresenceSubject(p.Tenant) {
+	if p.Tenant != ev.Tenant || m.Subject != schemas.PresenceSubject(p.Tenant, p.Agent) {
 		return
 	}
 	f.acks.Seen(p, time.Now())

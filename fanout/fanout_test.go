@@ -113,8 +113,9 @@ func TestFanoutPublishesInvalidations(t *testing.T) {
 		b, _ := ev.Encode()
 		require.NoError(t, bus.NC.Publish(subject, b))
 	}
-	ack("rekey.ack.globex.openai-key", "acme", "intruder") // subject and payload disagree: ignored
-	ack("rekey.ack.acme.openai-key", "acme", "agent-1")
+	ack("rekey.ack.globex.openai-key.intruder", "acme", "intruder") // subject and payload disagree: ignored
+	ack("rekey.ack.acme.openai-key.agent-2", "acme", "intruder")    // another instance's subject: ignored
+	ack("rekey.ack.acme.openai-key.agent-1", "acme", "agent-1")
 	require.Eventually(t, func() bool {
 		d, err := f.Acks().Get("acme", "openai-key", "req-1")
 		return err == nil && len(d.Acks) > 0

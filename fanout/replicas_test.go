@@ -45,7 +45,7 @@ func heartbeat(t *testing.T, bus *orchestrator.Bus, tenant, agent string) {
 	require.NoError(t, err)
 	b, err := ev.Encode()
 	require.NoError(t, err)
-	require.NoError(t, bus.NC.Publish(schemas.PresenceSubject(tenant), b))
+	require.NoError(t, bus.NC.Publish(schemas.PresenceSubject(tenant, agent), b))
 }
 
 // TestReplicasShareOneView: two fanout replicas; whichever publishes an
@@ -89,7 +89,7 @@ func TestReplicasShareOneView(t *testing.T) {
 			require.NoError(t, err)
 			data, err := ev.Encode()
 			require.NoError(t, err)
-			require.NoError(t, bus.NC.Publish(schemas.AckSubject("acme", secret), data))
+			require.NoError(t, bus.NC.Publish(schemas.AckSubject("acme", secret, agent), data))
 		}
 	}
 	seen := map[string]bool{}

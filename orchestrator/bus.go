@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,7 +36,15 @@ type Bus struct {
 	JS  jetstream.JetStream
 	cfg NATSConfig
 	log *slog.Logger
+	// violations counts the server's permission violations on this
+	// connection: with a role's least-privilege user, one means a
+	// component tried what its role may not (tests require none).
+	violations *atomic.Int64
 }
+
+// PermissionViolations is how many operations the server refused this
+// connection for lack of permission.
+func (b *Bus) PermissionViolations() int64 { return b.violations.Load() }
 
 // Connect dials NATS and returns a Bus. name identifies the connection in
 // the server's monitoring.
@@ -43,8 +52,19 @@ func Connect(ctx context.Context, natsURL, name string, cfg NATSConfig, log *slo
 	if log == nil {
 		log = slog.Default()
 	}
+	violations := new(atomic.Int64)
 	base := []nats.Option{
 		nats.Name(name),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				violations.Add(1)
+			}
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Error("nats error", "component", "bus", "connection", name, "subscription", subject, "err", err)
+		}),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
@@ -72,7 +92,7 @@ func Connect(ctx context.Context, natsURL, name string, cfg NATSConfig, log *slo
 	if cfg.DuplicateWindow == 0 {
 		cfg.DuplicateWindow = 2 * time.Minute
 	}
-	return &Bus{NC: nc, JS: js, cfg: cfg, log: log}, nil
+	return &Bus{NC: nc, JS: js, cfg: cfg, log: log, violations: violations}, nil
 }
 
 // Close drains the connection: pending publishes are flushed and

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -14,6 +15,7 @@ import (
 // EmbeddedServer is a nats-server running inside this process with
 // JetStream storing on disk.
 type EmbeddedServer struct {
+	mu   sync.Mutex // SetUsers
 	srv  *server.Server
 	opts *server.Options
 }
@@ -70,9 +72,11 @@ func (e *EmbeddedServer) Restart(down time.Duration) error {
 	addr := e.srv.Addr().(*net.TCPAddr)
 	e.Shutdown()
 	time.Sleep(down)
-	opts := *e.opts
+	e.mu.Lock()
+	opts := e.opts.Clone()
+	e.mu.Unlock()
 	opts.Port = addr.Port
-	srv, err := server.NewServer(&opts)
+	srv, err := server.NewServer(opts)
 	if err != nil {
 		return fmt.Errorf("embedded nats restart: %w", err)
 	}
@@ -82,6 +86,24 @@ func (e *EmbeddedServer) Restart(down time.Duration) error {
 		return fmt.Errorf("embedded nats restart on port %d: not ready after 15s", addr.Port)
 	}
 	e.srv = srv
+	return nil
+}
+
+// SetUsers replaces the users that may log in, without a restart: a user
+// no longer listed cannot log in, and its live connections are closed by
+// the server at once (nats-server re-checks every client on a reload).
+func (e *EmbeddedServer) SetUsers(users []*server.User) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	opts := e.opts.Clone()
+	opts.Users = users
+	if addr, ok := e.srv.Addr().(*net.TCPAddr); ok {
+		opts.Port = addr.Port
+	}
+	if err := e.srv.ReloadOptions(opts); err != nil {
+		return fmt.Errorf("embedded nats: reload users: %w", err)
+	}
+	e.opts = opts
 	return nil
 }
 

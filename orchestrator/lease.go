@@ -90,7 +90,7 @@ func (l *Leases) Holder(ctx context.Context, name string) (string, error) {
 		return "", fmt.Errorf("lease %s: %w", name, err)
 	}
 	var rec leaseRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+	if err := decodeStrict(e.Value(), &rec, "owner", "token"); err != nil {
 		return "", fmt.Errorf("lease %s: decode: %w", name, err)
 	}
 	return rec.Owner, nil
@@ -265,7 +265,7 @@ func (l *Leases) stillOurs(ctx context.Context, h *holding) (uint64, error) {
 		return 0, err
 	}
 	var rec leaseRecord
-	if json.Unmarshal(e.Value(), &rec) != nil || rec.Token != h.token {
+	if decodeStrict(e.Value(), &rec, "owner", "token") != nil || rec.Token != h.token {
 		return 0, errLeaseTaken
 	}
 	return e.Revision(), nil

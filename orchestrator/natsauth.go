@@ -12,11 +12,14 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/rekey-dev/rekey/schemas"
 )
 
-// RekeydUser is the NATS user of rekeyd and rekeyctl: every subject.
+// RekeydUser is the NATS admin user: every subject. rekeyd uses it only
+// to create streams and buckets at start (and tests and rekeyctl to look
+// at everything); its components run on the users of their Role.
 const RekeydUser = "rekeyd"
 
 // NATSSecretFile holds, under the data dir, the key from which the
@@ -28,18 +31,22 @@ func AgentUser(tenant string) string { return "agent-" + tenant }
 
 // AgentPermissions are what a tenant's agents may do on NATS, and nothing
 // more: receive the tenant's invalidations (live, and from the INVALIDATE
-// stream), publish
-// acks, use reports and presence for the tenant, read the last
-// invalidation of the tenant's subjects from the INVALIDATE stream (direct
-// get), and fetch the tenant's values from the local backend. Replies come to the tenant's own inbox
-// prefix (schemas.AgentInboxPrefix), which agents must use.
+// stream), publish acks, use reports and presence for the tenant, read the
+// last invalidation of the tenant's subjects from the INVALIDATE stream
+// (direct get), and fetch the tenant's values from the local backend.
+// Replies come to the tenant's own inbox prefix
+// (schemas.AgentInboxPrefix), which agents must use.
+//
+// This is the tenant-wide login (one derived password per tenant): its
+// agents may publish under any instance name of the tenant. A per-agent
+// identity (auth callout) gets InstancePermissions instead.
 func AgentPermissions(tenant string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
-			"rekey.used." + tenant + ".>",
-			"rekey.ack." + tenant + ".>",
-			schemas.PresenceSubject(tenant),
-			"rekey.fetch." + tenant + ".>",
+			schemas.UsedSubject(tenant, "*", "*"),
+			schemas.AckSubject(tenant, "*", "*"),
+			schemas.PresenceSubject(tenant, "*"),
+			schemas.FetchSubject(tenant, "*"),
 			// Resync: direct get of the last message of one of the
 			// tenant's invalidation subjects (the subject is part of the
 			// API subject, so no other tenant's can be asked for).
@@ -120,11 +127,28 @@ func (a *NATSAuth) Password(user string) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-// Users returns rekeyd's user (every subject) and one user per tenant
-// with AgentPermissions.
-func (a *NATSAuth) Users(tenants []string) []*server.User {
+// RoleOptions are the connection options of a role on the embedded
+// server: its user and its inbox prefix.
+func (a *NATSAuth) RoleOptions(r Role) []nats.Option {
+	return []nats.Option{nats.UserInfo(RoleUser(r), a.Password(RoleUser(r))), nats.CustomInboxPrefix(RoleInboxPrefix(r))}
+}
+
+// ServiceUsers returns rekeyd's own users: the admin (every subject) and
+// one user per Role with RolePermissions.
+func (a *NATSAuth) ServiceUsers(tenants []string) []*server.User {
 	users := []*server.User{{Username: RekeydUser, Password: a.Password(RekeydUser)}}
-	for _, t := range tenants {
+	for _, r := range Roles {
+		users = append(users, &server.User{Username: RoleUser(r), Password: a.Password(RoleUser(r)), Permissions: RolePermissions(r, tenants)})
+	}
+	return users
+}
+
+// Users returns ServiceUsers(all) and one user per tenant of agents with
+// AgentPermissions: the tenants whose agents may log in (a revoked
+// tenant's may not).
+func (a *NATSAuth) Users(all, agents []string) []*server.User {
+	users := a.ServiceUsers(all)
+	for _, t := range agents {
 		users = append(users, &server.User{Username: AgentUser(t), Password: a.Password(AgentUser(t)), Permissions: AgentPermissions(t)})
 	}
 	return users
@@ -138,13 +162,17 @@ func NATSConfigBlock(tenants []string) string {
 	var b strings.Builder
 	b.WriteString("# rekey users for nats-server.conf; set the environment variables before starting nats-server.\n")
 	b.WriteString("# JetStream must be enabled for this account.\n")
+	b.WriteString("# rekeyd connects once per role, each user with only what the role needs;\n")
+	b.WriteString("# the admin user creates streams and buckets at start (and serves rekeyctl).\n")
 	b.WriteString("authorization {\n  users = [\n")
 	fmt.Fprintf(&b, "    { user: %q, password: $REKEYD_NATS_PASSWORD }\n", RekeydUser)
+	for _, r := range Roles {
+		fmt.Fprintf(&b, "    { user: %q, password: $%s,\n", RoleUser(r), roleEnv(r))
+		permissionBlock(&b, RolePermissions(r, tenants))
+	}
 	for _, t := range tenants {
-		p := AgentPermissions(t)
-		fmt.Fprintf(&b, "    { user: %q, password: $%s,\n      permissions: {\n", AgentUser(t), envName(t))
-		fmt.Fprintf(&b, "        publish: { allow: %s }\n", quoteList(p.Publish.Allow))
-		fmt.Fprintf(&b, "        subscribe: { allow: %s }\n      } }\n", quoteList(p.Subscribe.Allow))
+		fmt.Fprintf(&b, "    { user: %q, password: $%s,\n", AgentUser(t), envName(t))
+		permissionBlock(&b, AgentPermissions(t))
 	}
 	b.WriteString("  ]\n}\n")
 	return b.String()

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -64,12 +66,18 @@ type TenantState struct {
 	Since     time.Time `json:"since,omitzero"`
 }
 
+// ErrCorruptState is returned (wrapped) for a stored state entry that does
+// not decode strictly: unknown or missing fields, wrong types, trailing
+// data, or a key that does not match its content. Readers fail closed on
+// it: a tenant whose state cannot be read is treated as revoked.
+var ErrCorruptState = errors.New("stored state unreadable")
+
 // State is rekey's shared state in JetStream KV: secret status, tenant
 // revocation and rotation locks.
 type State struct {
-	status  jetstream.KeyValue
-	tenants jetstream.KeyValue
-	locks   jetstream.KeyValue
+	*Tenants
+	status jetstream.KeyValue
+	locks  jetstream.KeyValue
 }
 
 // NewState opens (creating if needed) the state buckets. Locks expire after
@@ -87,7 +95,62 @@ func NewState(ctx context.Context, bus *Bus, lockTTL time.Duration) (*State, err
 	if err != nil {
 		return nil, err
 	}
-	return &State{status: status, tenants: tenants, locks: locks}, nil
+	return &State{Tenants: newTenants(tenants, bus), status: status, locks: locks}, nil
+}
+
+// OpenState opens the state buckets, which must exist, without creating or
+// changing them: for roles that may read them but not own them.
+func OpenState(ctx context.Context, bus *Bus) (*State, error) {
+	var kvs [3]jetstream.KeyValue
+	for i, b := range []string{BucketStatus, BucketTenants, BucketLocks} {
+		kv, err := openKV(ctx, bus, b)
+		if err != nil {
+			return nil, err
+		}
+		kvs[i] = kv
+	}
+	return &State{Tenants: newTenants(kvs[1], bus), status: kvs[0], locks: kvs[2]}, nil
+}
+
+// Tenants reads (and, for its owner, writes) the tenants' revocation
+// state.
+type Tenants struct {
+	kv    jetstream.KeyValue
+	log   *slog.Logger
+	audit *Auditor // nil: log only
+}
+
+// OpenTenants opens the tenants bucket, which must exist, read-only: the
+// fetch server's view of which tenants are revoked.
+func OpenTenants(ctx context.Context, bus *Bus) (*Tenants, error) {
+	kv, err := openKV(ctx, bus, BucketTenants)
+	if err != nil {
+		return nil, err
+	}
+	return &Tenants{kv: kv, log: bus.log}, nil
+}
+
+func newTenants(kv jetstream.KeyValue, bus *Bus) *Tenants {
+	return &Tenants{kv: kv, log: bus.log, audit: NewAuditor(bus, "rekeyd/state", bus.log)}
+}
+
+func openKV(ctx context.Context, bus *Bus, bucket string) (jetstream.KeyValue, error) {
+	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	defer cancel()
+	kv, err := bus.JS.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("open kv %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+// decodeStrict is schemas.DecodeStrict with its error wrapping
+// ErrCorruptState.
+func decodeStrict(data []byte, v any, required ...string) error {
+	if err := schemas.DecodeStrict(data, v, required...); err != nil {
+		return fmt.Errorf("%w: %w", ErrCorruptState, err)
+	}
+	return nil
 }
 
 func refKey(tenant, secret string) string { return tenant + "." + secret }
@@ -108,7 +171,14 @@ func (s *State) getStatus(ctx context.Context, tenant, secret string) (SecretSta
 		return SecretStatus{}, 0, fmt.Errorf("read status %s/%s: %w", tenant, secret, err)
 	}
 	var st SecretStatus
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
+	err = decodeStrict(e.Value(), &st, "tenant", "secret", "state")
+	if err == nil && (st.Tenant != tenant || st.Secret != secret) {
+		err = fmt.Errorf("%w: entry names %s/%s", ErrCorruptState, st.Tenant, st.Secret)
+	}
+	if err == nil && st.State != SecretIdle && st.State != SecretRotating && st.State != SecretFailed {
+		err = fmt.Errorf("%w: state %q", ErrCorruptState, st.State)
+	}
+	if err != nil {
 		return SecretStatus{}, 0, fmt.Errorf("decode status %s/%s: %w", tenant, secret, err)
 	}
 	return st, e.Revision(), nil
@@ -144,9 +214,12 @@ func (s *State) UpdateSecretStatus(ctx context.Context, tenant, secret string, f
 	return SecretStatus{}, fmt.Errorf("write status %s/%s: too many concurrent updates", tenant, secret)
 }
 
-// TenantState returns whether a tenant is revoked.
-func (s *State) TenantState(ctx context.Context, tenant string) (TenantState, error) {
-	e, err := s.tenants.Get(ctx, tenant)
+// TenantState returns whether a tenant is revoked. A tenant never revoked
+// has no entry. An entry that does not decode strictly (see DecodeStrict),
+// or names another tenant, is an error wrapping ErrCorruptState, audited
+// when this role may write audit records.
+func (s *Tenants) TenantState(ctx context.Context, tenant string) (TenantState, error) {
+	e, err := s.kv.Get(ctx, tenant)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return TenantState{Tenant: tenant}, nil
 	}
@@ -154,14 +227,33 @@ func (s *State) TenantState(ctx context.Context, tenant string) (TenantState, er
 		return TenantState{}, fmt.Errorf("read tenant %s: %w", tenant, err)
 	}
 	var ts TenantState
-	if err := json.Unmarshal(e.Value(), &ts); err != nil {
+	err = decodeStrict(e.Value(), &ts, "tenant", "revoked")
+	if err == nil && ts.Tenant != tenant {
+		err = fmt.Errorf("%w: entry names tenant %q", ErrCorruptState, ts.Tenant)
+	}
+	if err != nil {
+		s.auditCorrupt(ctx, tenant, e.Revision(), err)
 		return TenantState{}, fmt.Errorf("decode tenant %s: %w", tenant, err)
 	}
 	return ts, nil
 }
 
-// IsRevoked is TenantState reduced to a bool, for fail-closed checks.
-func (s *State) IsRevoked(ctx context.Context, tenant string) (bool, error) {
+// auditCorrupt records an unreadable tenant entry. It is best effort: the
+// reader fails closed whether or not the record is written (the fetch
+// server's role may not write audit records; it logs).
+func (s *Tenants) auditCorrupt(ctx context.Context, tenant string, rev uint64, err error) {
+	s.log.Error("tenant state unreadable: treated as revoked", "component", "state", "tenant", tenant, "revision", rev, "err", err)
+	if s.audit != nil {
+		rec := schemas.AuditRecord{Tenant: tenant, Actor: "rekeyd", Action: "tenant.state_unreadable",
+			Outcome: schemas.OutcomeRefused, Component: "state",
+			Detail: map[string]string{"revision": strconv.FormatUint(rev, 10), "error": err.Error()}}
+		_ = s.audit.RecordWithID(ctx, fmt.Sprintf("state-unreadable-%s-%d", tenant, rev), rec)
+	}
+}
+
+// IsRevoked is TenantState reduced to a bool, for fail-closed checks: an
+// unreadable state is revoked (and the error is returned).
+func (s *Tenants) IsRevoked(ctx context.Context, tenant string) (bool, error) {
 	ts, err := s.TenantState(ctx, tenant)
 	if err != nil {
 		return true, err // fail closed
@@ -170,12 +262,12 @@ func (s *State) IsRevoked(ctx context.Context, tenant string) (bool, error) {
 }
 
 // SetTenantState stores a tenant's revocation state.
-func (s *State) SetTenantState(ctx context.Context, ts TenantState) error {
+func (s *Tenants) SetTenantState(ctx context.Context, ts TenantState) error {
 	b, err := json.Marshal(ts)
 	if err != nil {
 		return fmt.Errorf("encode tenant state: %w", err)
 	}
-	if _, err := s.tenants.Put(ctx, ts.Tenant, b); err != nil {
+	if _, err := s.kv.Put(ctx, ts.Tenant, b); err != nil {
 		return fmt.Errorf("write tenant %s: %w", ts.Tenant, err)
 	}
 	return nil

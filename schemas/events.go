@@ -293,8 +293,8 @@ func (r InvalidationAck) Validate() error {
 			return err
 		}
 	}
-	if r.Agent == "" {
-		return fmt.Errorf("agent is empty: %w", ErrMalformed)
+	if err := ValidateInstance(r.Agent); err != nil {
+		return fmt.Errorf("agent: %w: %w", err, ErrMalformed)
 	}
 	return nil
 }
@@ -315,6 +315,9 @@ type UsageReport struct {
 func (r UsageReport) Validate() error {
 	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
 		return err
+	}
+	if err := ValidateInstance(r.Agent); err != nil {
+		return fmt.Errorf("agent: %w: %w", err, ErrMalformed)
 	}
 	if r.Count < 1 {
 		return fmt.Errorf("count %d must be positive: %w", r.Count, ErrMalformed)
@@ -393,7 +396,12 @@ const (
 // FetchResponse is the reply to a FetchRequest: a version and its value, or
 // an error code. It is the one message that carries a value; it is never an
 // event, never stored in a stream and never logged.
+//
+// A reply names the tenant and secret it answers, so that an agent can
+// check that a reply that reached its inbox is the one it asked for.
 type FetchResponse struct {
+	Tenant  string `json:"tenant,omitempty"`
+	Secret  string `json:"secret,omitempty"`
 	Version string `json:"version,omitempty"`
 	Value   []byte `json:"value,omitempty"`
 	Code    string `json:"code,omitempty"`
@@ -417,8 +425,8 @@ func (r AgentPresence) Validate() error {
 	if err := ValidateID("tenant", r.Tenant); err != nil {
 		return err
 	}
-	if r.Agent == "" || len(r.Agent) > 256 {
-		return fmt.Errorf("agent must be 1 to 256 characters: %w", ErrMalformed)
+	if err := ValidateInstance(r.Agent); err != nil {
+		return fmt.Errorf("agent: %w: %w", err, ErrMalformed)
 	}
 	if r.Interval <= 0 {
 		return fmt.Errorf("interval_ns %d must be positive: %w", r.Interval, ErrMalformed)

@@ -30,6 +30,41 @@ func ValidateID(kind, id string) error {
 	return nil
 }
 
+// InstancePattern is the grammar of agent instance IDs: a NATS subject
+// token (no '.', '*', '>' or whitespace) of at most 128 characters.
+// Kubernetes pod names with dots are mapped to it by replacing them.
+const InstancePattern = `^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`
+
+// MaxInstanceLen is the longest instance ID.
+const MaxInstanceLen = 128
+
+// ValidateInstance checks an agent instance ID.
+func ValidateInstance(id string) error {
+	if id == "" {
+		return fmt.Errorf("instance id is empty: %w", ErrInvalidID)
+	}
+	if !validInstance(id) {
+		return fmt.Errorf("instance id %q must match %s: %w", truncate(id, 80), InstancePattern, ErrInvalidID)
+	}
+	return nil
+}
+
+func validInstance(id string) bool {
+	if len(id) == 0 || len(id) > MaxInstanceLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case (c == '_' || c == '-') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // ValidateRef checks a tenant and a secret ID together.
 func ValidateRef(tenant, secret string) error {
 	if err := ValidateID("tenant", tenant); err != nil {

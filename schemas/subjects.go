@@ -15,13 +15,13 @@ const (
 const (
 	SubjectRotateAll     = "rekey.rotate.*.*"
 	SubjectRevokeAll     = "rekey.revoke.*"
-	SubjectUsedAll       = "rekey.used.*.*"
+	SubjectUsedAll       = "rekey.used.*.*.*"
 	SubjectInvalidateAll = "rekey.invalidate.*.*"
-	SubjectAckAll        = "rekey.ack.*.*"
+	SubjectAckAll        = "rekey.ack.*.*.*"
 	SubjectEventsAll     = "rekey.events.*.*"
 	SubjectAuditAll      = "rekey.audit.*"
 	SubjectFetchAll      = "rekey.fetch.*.*"
-	SubjectPresenceAll   = "rekey.presence.*"
+	SubjectPresenceAll   = "rekey.presence.*.*"
 )
 
 // TenantToken is the secret token used on invalidation subjects for news
@@ -47,8 +47,13 @@ func RotateSubject(tenant, secret string) string { return "rekey.rotate." + tena
 // RevokeSubject is where revocation (and restore) requests for a tenant go.
 func RevokeSubject(tenant string) string { return "rekey.revoke." + tenant }
 
-// UsedSubject carries an agent's batched use reports for one secret.
-func UsedSubject(tenant, secret string) string { return "rekey.used." + tenant + "." + secret }
+// UsedSubject carries one agent instance's batched use reports for one
+// secret. The instance is a subject token so that NATS permissions can let
+// an agent publish under its own name only; rekey reads the instance from
+// the subject, never from the body.
+func UsedSubject(tenant, secret, instance string) string {
+	return "rekey.used." + tenant + "." + secret + "." + instance
+}
 
 // InvalidateSubject carries invalidations for one secret. Use TenantToken as
 // the secret for tenant-wide news.
@@ -59,8 +64,11 @@ func InvalidateSubject(tenant, secret string) string {
 // InvalidateTenantSubject matches every invalidation of one tenant.
 func InvalidateTenantSubject(tenant string) string { return "rekey.invalidate." + tenant + ".>" }
 
-// AckSubject is where agents confirm they dropped a secret's old value.
-func AckSubject(tenant, secret string) string { return "rekey.ack." + tenant + "." + secret }
+// AckSubject is where an agent instance confirms it dropped a secret's old
+// value (TenantToken as the secret for tenant-wide news).
+func AckSubject(tenant, secret, instance string) string {
+	return "rekey.ack." + tenant + "." + secret + "." + instance
+}
 
 // EventsSubject carries lifecycle events of one kind for a tenant.
 func EventsSubject(tenant, kind string) string { return "rekey.events." + tenant + "." + kind }
@@ -72,10 +80,41 @@ func AuditSubject(tenant string) string { return "rekey.audit." + tenant }
 // values inside rekey (the local backend) serves them to the tenant's agents.
 func FetchSubject(tenant, secret string) string { return "rekey.fetch." + tenant + "." + secret }
 
-// PresenceSubject carries the heartbeats of a tenant's agents.
-func PresenceSubject(tenant string) string { return "rekey.presence." + tenant }
+// PresenceSubject carries the heartbeats of one agent instance.
+func PresenceSubject(tenant, instance string) string {
+	return "rekey.presence." + tenant + "." + instance
+}
 
 // AgentInboxPrefix is the reply-subject prefix of a tenant's agents. Agents
 // connect with it (nats.CustomInboxPrefix) so that the per-tenant NATS
 // permissions can let them subscribe to their own replies only.
 func AgentInboxPrefix(tenant string) string { return "_INBOX_" + tenant }
+
+// InstanceInboxPrefix is the reply-subject prefix of one agent instance:
+// with a per-instance identity an agent may subscribe to its own replies
+// only. It lies under AgentInboxPrefix, so responders that check the
+// tenant's prefix accept it.
+func InstanceInboxPrefix(tenant, instance string) string {
+	return AgentInboxPrefix(tenant) + "." + instance
+}
+
+// ReplyAllowed reports whether reply is an inbox of tenant's agents: the
+// only subjects a responder serving tenant's agents may publish to. NATS
+// does not check a requester's reply subject against its permissions, so a
+// responder that replied anywhere would publish, with its own rights, on a
+// subject its caller chose.
+func ReplyAllowed(tenant, reply string) bool {
+	prefix := AgentInboxPrefix(tenant) + "."
+	if len(reply) <= len(prefix) || reply[:len(prefix)] != prefix {
+		return false
+	}
+	for i := len(prefix); i < len(reply); i++ {
+		switch c := reply[i]; {
+		case c == '*' || c == '>' || c <= ' ' || c == 0x7f:
+			return false
+		case c == '.' && (i == len(prefix) || reply[i-1] == '.' || i == len(reply)-1):
+			return false // empty token
+		}
+	}
+	return true
+}

@@ -16,10 +16,12 @@ func TestSubjects(t *testing.T) {
 	}{
 		{schemas.RotateSubject("acme", "openai-key"), "rekey.rotate.acme.openai-key", schemas.SubjectRotateAll},
 		{schemas.RevokeSubject("acme"), "rekey.revoke.acme", schemas.SubjectRevokeAll},
-		{schemas.UsedSubject("acme", "openai-key"), "rekey.used.acme.openai-key", schemas.SubjectUsedAll},
+		{schemas.UsedSubject("acme", "openai-key", "planner-1"), "rekey.used.acme.openai-key.planner-1", schemas.SubjectUsedAll},
 		{schemas.InvalidateSubject("acme", "openai-key"), "rekey.invalidate.acme.openai-key", schemas.SubjectInvalidateAll},
 		{schemas.InvalidateSubject("acme", schemas.TenantToken), "rekey.invalidate.acme._tenant", schemas.SubjectInvalidateAll},
-		{schemas.AckSubject("acme", "openai-key"), "rekey.ack.acme.openai-key", schemas.SubjectAckAll},
+		{schemas.AckSubject("acme", "openai-key", "planner-1"), "rekey.ack.acme.openai-key.planner-1", schemas.SubjectAckAll},
+		{schemas.AckSubject("acme", schemas.TenantToken, "planner-1"), "rekey.ack.acme._tenant.planner-1", schemas.SubjectAckAll},
+		{schemas.PresenceSubject("acme", "planner-1"), "rekey.presence.acme.planner-1", schemas.SubjectPresenceAll},
 		{schemas.EventsSubject("acme", schemas.KindRotationCompleted), "rekey.events.acme.rotation_completed", schemas.SubjectEventsAll},
 		{schemas.EventsSubject("acme", schemas.KindRotationFailed), "rekey.events.acme.rotation_failed", schemas.SubjectEventsAll},
 		{schemas.EventsSubject("acme", schemas.KindRevocationStarted), "rekey.events.acme.revocation_started", schemas.SubjectEventsAll},
@@ -45,6 +47,41 @@ func TestSubjects(t *testing.T) {
 	require.True(t, subjectMatches(own, schemas.InvalidateSubject("acme", schemas.TenantToken)))
 	require.False(t, subjectMatches(own, schemas.InvalidateSubject("acme2", "openai-key")))
 	require.False(t, subjectMatches(own, schemas.InvalidateSubject("globex", "openai-key")))
+}
+
+func TestReplyAllowed(t *testing.T) {
+	tests := []struct {
+		reply string
+		ok    bool
+	}{
+		{"_INBOX_acme.abc.1", true},
+		{schemas.InstanceInboxPrefix("acme", "planner-1") + ".x.y", true},
+		{"_INBOX_acme.", false},
+		{"_INBOX_acme", false},
+		{"_INBOX_acme2.abc", false},
+		{"_INBOX_globex.abc", false},
+		{"_INBOX.abc", false},
+		{"$KV.rekey_tenants.acme", false},
+		{"rekey.invalidate.globex.openai-key", false},
+		{"_INBOX_acme.a..b", false},
+		{"_INBOX_acme.a.*", false},
+		{"_INBOX_acme.>", false},
+		{"_INBOX_acme.a b", false},
+		{"_INBOX_acme.a.", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.ok, schemas.ReplyAllowed("acme", tt.reply), "%q", tt.reply)
+	}
+}
+
+func TestValidateInstance(t *testing.T) {
+	for _, ok := range []string{"a", "planner-1", "Pod_7", strings.Repeat("x", 128)} {
+		require.NoError(t, schemas.ValidateInstance(ok), ok)
+	}
+	for _, bad := range []string{"", "-a", "a.b", "a*", "a>", "a b", strings.Repeat("x", 129), "é"} {
+		require.ErrorIs(t, schemas.ValidateInstance(bad), schemas.ErrInvalidID, bad)
+	}
 }
 
 func TestSubjectTokens(t *testing.T) {

@@ -156,6 +156,11 @@ func (c Config) Validate() error {
 	if err := schemas.ValidateID("tenant", c.Tenant); err != nil {
 		return fmt.Errorf("agent config: %w", err)
 	}
+	if c.Instance != "" {
+		if err := schemas.ValidateInstance(c.Instance); err != nil {
+			return fmt.Errorf("agent config: Instance: %w", err)
+		}
+	}
 	if c.TTL < 0 || c.FetchTimeout < 0 || c.UsageInterval < 0 || c.HeartbeatInterval < 0 {
 		return fmt.Errorf("agent config: TTL, FetchTimeout, UsageInterval and HeartbeatInterval must not be negative")
 	}
@@ -193,7 +198,41 @@ func defaultInstance() string {
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	suffix := fmt.Sprintf("-%d-%s", os.Getpid(), hex.EncodeToString(b[:]))
+	return instanceToken(host, schemas.MaxInstanceLen-len(suffix)) + suffix
+}
+
+// instanceToken maps a host or pod name to the instance grammar
+// (schemas.InstancePattern): dots and other characters become '-', and it
+// is cut to max bytes.
+func instanceToken(name string, limit int) string {
+	b := []byte(name)
+	for i, c := range b {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || (c == '_' || c == '-') && i > 0
+		if !ok {
+			b[i] = '-'
+		}
+	}
+	if len(b) > limit {
+		b = b[:limit]
+	}
+	if len(b) == 0 || b[0] == '-' {
+		return "agent"
+	}
+	return string(b)
+}
+
+// NATSOptions are the connection options an agent's NATS connection needs:
+// its replies come to its own inbox (schemas.InstanceInboxPrefix), the only
+// one its NATS user may read; and it keeps reconnecting while its logins
+// are refused, as they are while its tenant is revoked (the kill switch
+// closes a revoked tenant's connections), so that it resyncs at once when
+// the tenant is restored. Add the credentials of the agent's identity.
+func NATSOptions(tenant, instance string) []nats.Option {
+	return []nats.Option{
+		nats.CustomInboxPrefix(schemas.InstanceInboxPrefix(tenant, instance)),
+		nats.IgnoreAuthErrorAbort(), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+	}
 }
 
 // Invalidated describes an applied invalidation, for Config.OnInvalidate.

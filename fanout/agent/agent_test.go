@@ -148,7 +148,7 @@ func TestInvalidationRefetchesAndAcks(t *testing.T) {
 	require.Equal(t, 1, f.callsFor("other"))
 
 	m := next(t, acks, 5*time.Second)
-	require.Equal(t, schemas.AckSubject(tenant, "openai-key"), m.Subject)
+	require.Equal(t, schemas.AckSubject(tenant, "openai-key", "planner-1"), m.Subject)
 	e, err := schemas.Decode(m.Data)
 	require.NoError(t, err)
 	require.Equal(t, schemas.TypeInvalidationAck, e.Type)
@@ -198,7 +198,7 @@ func TestAckWaitsForAckDelay(t *testing.T) {
 	}
 	for _, secret := range []string{"openai-key", "other"} {
 		m := next(t, acks, 5*time.Second)
-		require.Equal(t, schemas.AckSubject(tenant, secret), m.Subject)
+		require.Equal(t, schemas.AckSubject(tenant, secret, "planner-1"), m.Subject)
 		var ack schemas.InvalidationAck
 		_, err := schemas.DecodeAs(m.Data, schemas.TypeInvalidationAck, &ack)
 		require.NoError(t, err)
@@ -307,7 +307,7 @@ func TestRevokeAndRestore(t *testing.T) {
 	s := startServer(t)
 	nc := connect(t, s)
 	js := createStream(t, nc)
-	acks := collect(t, nc, schemas.AckSubject(tenant, schemas.TenantToken))
+	acks := collect(t, nc, schemas.AckSubject(tenant, schemas.TenantToken, "agent-1"))
 	f := newFakeFetcher()
 	f.set("a", 1)
 	f.set("b", 1)
@@ -359,7 +359,7 @@ func TestStartsRevokedFromStream(t *testing.T) {
 	_, err := a.Get(context.Background(), "k")
 	require.ErrorIs(t, err, agent.ErrRevoked)
 	m := next(t, acks, 5*time.Second)
-	require.Equal(t, schemas.AckSubject(tenant, schemas.TenantToken), m.Subject, "the replayed revocation is confirmed")
+	require.Equal(t, schemas.AckSubject(tenant, schemas.TenantToken, "agent-1"), m.Subject, "the replayed revocation is confirmed")
 
 	// Restored since: a new agent starts serving.
 	publishTenant(t, js, tenant, schemas.InvalidationRestored)
@@ -510,7 +510,7 @@ func TestUsageReportsAreBatched(t *testing.T) {
 		get(t, a, "k")
 	}
 	m := next(t, used, 3*interval)
-	require.Equal(t, schemas.UsedSubject(tenant, "k"), m.Subject)
+	require.Equal(t, schemas.UsedSubject(tenant, "k", "billing-1"), m.Subject)
 	e, err := schemas.Decode(m.Data)
 	require.NoError(t, err)
 	require.Equal(t, schemas.TypeUsageReport, e.Type)

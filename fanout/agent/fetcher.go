@@ -67,5 +67,12 @@ func (f *natsFetcher) Fetch(ctx context.Context, tenant, secret string) (Secret,
 	default:
 		return Secret{}, fmt.Errorf("fetch %s: %s: %s", subject, resp.Code, truncate(resp.Error, 500))
 	}
+	// A reply must say what it answers: one that reached this inbox by
+	// another path (another request's, a peer's) is not this secret.
+	if resp.Tenant != tenant || resp.Secret != secret || resp.Version == "" {
+		clear(resp.Value)
+		return Secret{}, fmt.Errorf("fetch %s: reply names %q/%q version %q, not the secret asked for: %w",
+			subject, truncate(resp.Tenant, 80), truncate(resp.Secret, 80), truncate(resp.Version, 80), schemas.ErrMalformed)
+	}
 	return Secret{Name: secret, Version: resp.Version, Value: resp.Value, FetchedAt: time.Now()}, nil
 }

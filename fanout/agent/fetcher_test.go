@@ -29,6 +29,12 @@ func respond(t *testing.T, nc *nats.Conn) chan schemas.FetchRequest {
 		var resp schemas.FetchResponse
 		switch tokens[3] {
 		case "ok":
+			resp = schemas.FetchResponse{Tenant: tokens[2], Secret: "ok", Version: "v9", Value: []byte("s3cr3t-" + tokens[2])}
+		case "other":
+			// A reply naming another secret (as one that reached this
+			// inbox by another path would): not taken for this one.
+			resp = schemas.FetchResponse{Tenant: tokens[2], Secret: "ok", Version: "v9", Value: []byte("s3cr3t-" + tokens[2])}
+		case "unnamed":
 			resp = schemas.FetchResponse{Version: "v9", Value: []byte("s3cr3t-" + tokens[2])}
 		case "missing":
 			resp = schemas.FetchResponse{Code: schemas.FetchNotFound, Error: "no such secret"}
@@ -74,6 +80,8 @@ func TestNATSFetcher(t *testing.T) {
 		{"gone", agent.ErrRevoked, "tenant revoked"},
 		{"broken", nil, "internal: revocation state unavailable"},
 		{"garbage", schemas.ErrMalformed, "not a JSON FetchResponse"},
+		{"other", schemas.ErrMalformed, "not the secret asked for"},
+		{"unnamed", schemas.ErrMalformed, "not the secret asked for"},
 	} {
 		t.Run(tc.secret, func(t *testing.T) {
 			_, err := f.Fetch(ctx, "acme", tc.secret)

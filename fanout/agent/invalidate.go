@@ -288,9 +288,9 @@ func (a *Agent) sendAcks() {
 // sendAck encodes and publishes one ack. Encoding waits with the ack, so
 // that it too stays out of the first milliseconds after an invalidation.
 func (a *Agent) sendAck(ack schemas.InvalidationAck) {
-	subject, evSubject := schemas.AckSubject(a.cfg.Tenant, schemas.TenantToken), a.cfg.Tenant
+	subject, evSubject := schemas.AckSubject(a.cfg.Tenant, schemas.TenantToken, a.cfg.Instance), a.cfg.Tenant
 	if ack.Secret != "" {
-		subject, evSubject = schemas.AckSubject(a.cfg.Tenant, ack.Secret), a.cfg.Tenant+"/"+ack.Secret
+		subject, evSubject = schemas.AckSubject(a.cfg.Tenant, ack.Secret, a.cfg.Instance), a.cfg.Tenant+"/"+ack.Secret
 	}
 	_, b, err := schemas.EncodeNew(a.source, schemas.TypeInvalidationAck, a.cfg.Tenant, evSubject, ack)
 	if err == nil {

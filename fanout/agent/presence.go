@@ -55,7 +55,7 @@ func (a *Agent) publishPresence(leaving bool) {
 	if err != nil {
 		return
 	}
-	if err := a.nc.Publish(schemas.PresenceSubject(a.cfg.Tenant), b); err != nil {
+	if err := a.nc.Publish(schemas.PresenceSubject(a.cfg.Tenant, a.cfg.Instance), b); err != nil {
 		a.log.Debug("presence not published", "error", err)
 	}
 }

@@ -161,7 +161,7 @@ func (a *Agent) publishUsage(uc useCount, start, end time.Time) error {
 	if err != nil {
 		return fmt.Errorf("use report %s/%s: %w", a.cfg.Tenant, uc.c.secret, err)
 	}
-	msg := &nats.Msg{Subject: schemas.UsedSubject(a.cfg.Tenant, uc.c.secret), Header: nats.Header{}, Data: b}
+	msg := &nats.Msg{Subject: schemas.UsedSubject(a.cfg.Tenant, uc.c.secret, a.cfg.Instance), Header: nats.Header{}, Data: b}
 	msg.Header.Set(nats.MsgIdHdr, ev.ID) // JetStream drops duplicates
 	if err := a.nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("use report %s/%s: publish: %w", a.cfg.Tenant, uc.c.secret, err)

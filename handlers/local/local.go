@@ -134,6 +134,19 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logg
 	return &Backend{kv: kv, aead: aead, log: log.With("component", "backend.local")}, nil
 }
 
+// Reader returns a view of b that reads through js, another connection's
+// JetStream, and can only read: the fetch server's, whose NATS user may
+// read the bucket but not write it. The bucket must exist.
+func (b *Backend) Reader(ctx context.Context, js jetstream.JetStream) (*Backend, error) {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, b.kv.Bucket())
+	if err != nil {
+		return nil, fmt.Errorf("local: open bucket %s to read: %w", b.kv.Bucket(), err)
+	}
+	return &Backend{kv: kv, aead: b.aead, log: b.log}, nil
+}
+
 // Name returns "local".
 func (b *Backend) Name() string { return Name }
 
@@ -483,7 +496,7 @@ func (b *Backend) load(ctx context.Context, ref handlers.SecretRef) (record, uin
 		return record{}, 0, fmt.Errorf("get %s: %w", key(ref), err)
 	}
 	var r record
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
+	if err := schemas.DecodeStrict(e.Value(), &r, "last_id"); err != nil {
 		return record{}, 0, fmt.Errorf("decode record %s at revision %d: %w", key(ref), e.Revision(), err)
 	}
 	return r, e.Revision(), nil

@@ -542,7 +542,7 @@ func TestFetchServer(t *testing.T) {
 		// Run subscribes in its goroutine: wait for it to answer.
 		var msg *nats.Msg
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			msg, err = nc.Request(subject, body, 2*time.Second)
+			msg, err = tenantRequest(nc, subject, body, 2*time.Second)
 			if err == nil || time.Now().After(deadline) {
 				break
 			}
@@ -577,7 +577,6 @@ func TestFetchServer(t *testing.T) {
 		{"no version", schemas.FetchSubject("acme", "empty"), schemas.FetchNotFound},
 		{"revoked", schemas.FetchSubject("evil", "openai-key"), schemas.FetchRevoked},
 		{"revocation state unknown", schemas.FetchSubject("broken", "openai-key"), schemas.FetchInternal},
-		{"invalid tenant", "rekey.fetch.ACME.openai-key", schemas.FetchInvalid},
 		{"invalid secret", "rekey.fetch.acme._tenant", schemas.FetchInvalid},
 	}
 	for _, tc := range tests {
@@ -590,12 +589,34 @@ func TestFetchServer(t *testing.T) {
 		})
 	}
 
+	// A reply subject that is not an inbox of the tenant named in the
+	// request subject gets nothing: NATS does not check it against the
+	// requester's permissions, so the server must (the bus back door).
+	t.Run("reply subject outside the tenant's inboxes", func(t *testing.T) {
+		before := srv.Refused()
+		for _, tc := range []struct{ subject, reply string }{
+			{schemas.FetchSubject("acme", "openai-key"), "$KV.rekey_tenants.acme"},
+			{schemas.FetchSubject("acme", "openai-key"), "rekey.invalidate.globex.openai-key"},
+			{schemas.FetchSubject("acme", "openai-key"), "_INBOX_globex.x"},
+			{schemas.FetchSubject("acme", "openai-key"), "_INBOX.x"},
+			{"rekey.fetch.ACME.openai-key", "_INBOX_ACME.x"},
+		} {
+			sub, err := nc.SubscribeSync(tc.reply)
+			require.NoError(t, err)
+			require.NoError(t, nc.PublishRequest(tc.subject, tc.reply, nil))
+			_, err = sub.NextMsg(300 * time.Millisecond)
+			require.ErrorIs(t, err, nats.ErrTimeout, "a reply was published on %s", tc.reply)
+			require.NoError(t, sub.Unsubscribe())
+		}
+		require.Equal(t, before+5, srv.Refused())
+	})
+
 	t.Run("concurrent", func(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 50)
 		for range 50 {
 			wg.Go(func() {
-				msg, err := nc.Request(schemas.FetchSubject("acme", "openai-key"), nil, 5*time.Second)
+				msg, err := tenantRequest(nc, schemas.FetchSubject("acme", "openai-key"), nil, 5*time.Second)
 				if err != nil {
 					errs <- err
 					return
@@ -654,7 +675,7 @@ func TestFetchServerDrain(t *testing.T) {
 	replies := make(chan *nats.Msg, 1)
 	go func() {
 		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			msg, err := nc.Request(schemas.FetchSubject("acme", "openai-key"), nil, 10*time.Second)
+			msg, err := tenantRequest(nc, schemas.FetchSubject("acme", "openai-key"), nil, 10*time.Second)
 			if err == nil {
 				replies <- msg
 				return
@@ -687,4 +708,20 @@ func TestFetchServerDrain(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run did not return after the in-flight request was done")
 	}
+}
+
+// tenantRequest sends a fetch request as an agent of the subject's tenant
+// does: with a reply subject under the tenant's inbox prefix.
+func tenantRequest(nc *nats.Conn, subject string, data []byte, timeout time.Duration) (*nats.Msg, error) {
+	tenant := strings.Split(subject, ".")[2]
+	inbox := schemas.AgentInboxPrefix(tenant) + "." + strings.TrimPrefix(nats.NewInbox(), "_INBOX.")
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(subject, inbox, data); err != nil {
+		return nil, err
+	}
+	return sub.NextMsg(timeout)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,7 +38,13 @@ type Server struct {
 	resolve func(tenant, secret string) (handlers.SecretRef, bool)
 	revoked func(ctx context.Context, tenant string) (bool, error)
 	log     *slog.Logger
+	// refused counts requests dropped for their reply subject.
+	refused atomic.Int64
 }
+
+// Refused is how many requests were dropped because their reply subject
+// was not an inbox of the tenant they asked about.
+func (s *Server) Refused() int64 { return s.refused.Load() }
 
 // NewServer returns a fetch server for b. resolve maps the IDs in a request
 // subject to a configured secret (false: no such secret); revoked tells
@@ -107,6 +114,17 @@ func (s *Server) handle(ctx context.Context, m *nats.Msg) {
 	if m.Reply == "" {
 		return
 	}
+	// Reply only to an inbox of the tenant named in the subject: NATS does
+	// not check the reply subject against the requester's permissions, so
+	// anything else would publish the tenant's value, with this
+	// connection's rights, wherever the requester chose.
+	tenant, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, "rekey.fetch."), ".")
+	if schemas.ValidateID("tenant", tenant) != nil || !schemas.ReplyAllowed(tenant, m.Reply) {
+		s.log.WarnContext(ctx, "fetch refused: reply subject is not an inbox of the tenant's agents",
+			"subject", m.Subject, "reply", m.Reply[:min(len(m.Reply), 200)])
+		s.refused.Add(1)
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
 
@@ -163,5 +181,5 @@ func (s *Server) answer(ctx context.Context, subject, agent string) schemas.Fetc
 		return schemas.FetchResponse{Code: schemas.FetchInternal, Error: "cannot read secret"}
 	}
 	log.DebugContext(ctx, "fetch served", "version", version)
-	return schemas.FetchResponse{Version: version, Value: value}
+	return schemas.FetchResponse{Tenant: tenant, Secret: secret, Version: version, Value: value}
 }

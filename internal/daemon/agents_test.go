@@ -41,7 +41,7 @@ func TestConfirmedInvalidation(t *testing.T) {
 		})
 		require.NoError(t, err)
 		b, _ := ev.Encode()
-		require.NoError(t, d.Bus().NC.Publish(schemas.PresenceSubject("acme"), b))
+		require.NoError(t, d.Bus().NC.Publish(schemas.PresenceSubject("acme", "ghost"), b))
 		require.NoError(t, d.Bus().NC.Flush())
 	}
 	ghost(false)

@@ -26,7 +26,7 @@ func (d *Daemon) buildAWSSM(ctx context.Context, log *slog.Logger) (*awssm.Backe
 	if err != nil {
 		return nil, orchestrator.Named{}, fmt.Errorf("%s: %w", awssm.Section, err)
 	}
-	return b, orchestrator.Named{Name: "awssm-external-changes", Component: &externalChanges{nc: d.bus.NC, notify: b.Notify, log: log}}, nil
+	return b, orchestrator.Named{Name: "awssm-external-changes", Component: &externalChanges{nc: d.roles[orchestrator.RoleWorkers].NC, notify: b.Notify, log: log}}, nil
 }
 
 // externalChanges subscribes to every tenant's external_change events and
@@ -68,14 +68,14 @@ func (d *Daemon) buildAWSEvents(raw []byte, audit *orchestrator.Auditor, log *sl
 		if d.awssm == nil {
 			return nil, orchestrator.FieldErrorf(awsevents.Section, "needs backends.awssm: its secrets are how AWS events map to tenants")
 		}
-		t, err := awsevents.New(cfg, d.awssm.Config(), d.bus, audit, d.metrics, log)
+		t, err := awsevents.New(cfg, d.awssm.Config(), d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
 		if err != nil {
 			return nil, err
 		}
 		comps = append(comps, orchestrator.Named{Name: "awsevents", Component: t})
 	}
 	if cfg.EventBridge.Enabled {
-		p, err := awsevents.NewPublisher(cfg, d.bus, d.metrics, log)
+		p, err := awsevents.NewPublisher(cfg, d.roles[orchestrator.RoleAPI], d.metrics, log)
 		if err != nil {
 			return nil, err
 		}

@@ -44,11 +44,13 @@ type Daemon struct {
 	log        *slog.Logger
 	embedded   *orchestrator.EmbeddedServer
 	natsAuth   *orchestrator.NATSAuth
-	bus        *orchestrator.Bus
+	bus        *orchestrator.Bus // admin: streams and buckets at start, Ready
+	roles      map[orchestrator.Role]*orchestrator.Bus
 	state      *orchestrator.State
 	metrics    *orchestrator.Metrics
 	http       *orchestrator.HTTPServer
 	fanout     *fanout.Fanout
+	fetch      *local.Server
 	leases     *orchestrator.Leases // what runs on one replica at a time
 	local      *local.Backend
 	catalog    *handlers.Catalog
@@ -90,7 +92,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		if err != nil {
 			return nil, err
 		}
-		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.natsAuth.Users(cfg.TenantNames()), log)
+		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.natsAuth.Users(cfg.TenantNames(), nil), log)
 		if err != nil {
 			return nil, err
 		}
@@ -104,12 +106,35 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := d.bus.EnsureStreams(ctx); err != nil {
 		return nil, err
 	}
-	d.state, err = orchestrator.NewState(ctx, d.bus, cfg.Rotation.LockTTL)
+	// Every component runs on the connection of its role, whose user may
+	// touch only what that role needs (orchestrator.RolePermissions).
+	if err := d.connectRoles(ctx, url, log); err != nil {
+		return nil, err
+	}
+	workers, fanoutBus, fetchBus, apiBus := d.roles[orchestrator.RoleWorkers], d.roles[orchestrator.RoleFanout],
+		d.roles[orchestrator.RoleFetch], d.roles[orchestrator.RoleAPI]
+	d.state, err = orchestrator.NewState(ctx, workers, cfg.Rotation.LockTTL)
 	if err != nil {
 		return nil, err
 	}
+	apiState, err := orchestrator.OpenState(ctx, apiBus)
+	if err != nil {
+		return nil, err
+	}
+	var access *busAccess
+	if d.embedded != nil {
+		tenants, err := orchestrator.OpenTenants(ctx, fanoutBus)
+		if err != nil {
+			return nil, err
+		}
+		access = newBusAccess(d.embedded, d.natsAuth, fanoutBus, tenants, cfg.TenantNames(), log)
+		if err := access.Start(ctx); err != nil {
+			return nil, err
+		}
+	}
 	d.metrics = orchestrator.NewMetrics()
-	audit := orchestrator.NewAuditor(d.bus, "rekeyd", log)
+	audit := orchestrator.NewAuditor(workers, "rekeyd", log)
+	apiAudit := orchestrator.NewAuditor(apiBus, "rekeyd", log)
 
 	d.adminToken, err = orchestrator.AdminToken(opts.AdminToken, cfg.DataDir)
 	if err != nil {
@@ -121,7 +146,15 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d.local, err = local.New(ctx, d.bus.JS, local.Config{Key: key, Replicas: cfg.NATS.Replicas}, log)
+	d.local, err = local.New(ctx, workers.JS, local.Config{Key: key, Replicas: cfg.NATS.Replicas}, log)
+	if err != nil {
+		return nil, err
+	}
+	localReader, err := d.local.Reader(ctx, fetchBus.JS)
+	if err != nil {
+		return nil, err
+	}
+	fetchTenants, err := orchestrator.OpenTenants(ctx, fetchBus)
 	if err != nil {
 		return nil, err
 	}
@@ -156,10 +189,10 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 
 	owner := fmt.Sprintf("%s-%d-%s", hostname(), os.Getpid(), schemas.NewULID()[20:])
 	deps := handlers.Deps{
-		Bus: d.bus, State: d.state, Audit: audit, Metrics: d.metrics, Catalog: catalog,
+		Bus: workers, State: d.state, Audit: audit, Metrics: d.metrics, Catalog: catalog,
 		Log: log, Owner: owner, Source: "rekeyd/" + owner,
 	}
-	d.leases, err = orchestrator.NewLeases(ctx, d.bus, owner, cfg.NATS.LeaseTTL, d.metrics, log)
+	d.leases, err = orchestrator.NewLeases(ctx, fanoutBus, owner, cfg.NATS.LeaseTTL, d.metrics, log)
 	if err != nil {
 		return nil, err
 	}
@@ -167,10 +200,10 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if opts.StepHook != nil {
 		rotator.SetStepHook(opts.StepHook)
 	}
-	d.fanout = fanout.New(d.bus, audit, d.metrics, "rekeyd/fanout", log)
+	d.fanout = fanout.New(fanoutBus, orchestrator.NewAuditor(fanoutBus, "rekeyd", log), d.metrics, "rekeyd/fanout", log)
 	d.fanout.ConfirmTimeout = cfg.Fanout.ConfirmTimeout
 	d.fanout.Leases = d.leases
-	fetch := local.NewServer(d.bus.NC, d.local, catalog.Ref, d.state.IsRevoked, log)
+	d.fetch = local.NewServer(fetchBus.NC, localReader, catalog.Ref, fetchTenants.IsRevoked, log)
 
 	// Ready once NATS answers and the consuming components are running.
 	var revocations *handlers.RevocationWorker
@@ -198,13 +231,13 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		return nil, err
 	}
 	api, err := httpapi.New(httpapi.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
-		IdempotencyTTL: selfCfg.IdempotencyTTL}, &d.cfg, d.bus, d.state, audit, d.metrics, log)
+		IdempotencyTTL: selfCfg.IdempotencyTTL}, &d.cfg, apiBus, apiState, apiAudit, d.metrics, log)
 	if err != nil {
 		return nil, err
 	}
 	api.SetDeliveries(deliveries{d.fanout.Acks()})
 	if selfCfg.Enabled() {
-		self, err := selfservice.New(ctx, selfCfg, &d.cfg, d.bus, d.metrics, log)
+		self, err := selfservice.New(ctx, selfCfg, &d.cfg, apiBus, d.metrics, log)
 		if err != nil {
 			return nil, err
 		}
@@ -216,7 +249,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := rotations.Provision(ctx); err != nil {
 		return nil, err
 	}
-	triggers, err := d.buildTriggers(audit, log)
+	triggers, err := d.buildTriggers(apiAudit, log)
 	if err != nil {
 		return nil, err
 	}
@@ -225,8 +258,11 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		{Name: "rotation-worker", Component: rotations},
 		{Name: "revocation-worker", Component: revocations},
 		{Name: "fanout", Component: d.fanout},
-		{Name: "local-fetch", Component: fetch},
+		{Name: "local-fetch", Component: d.fetch},
 		{Name: "http", Component: d.http},
+	}
+	if access != nil {
+		d.comps = append(d.comps, orchestrator.Named{Name: "bus-access", Component: access})
 	}
 	d.comps = append(d.comps, triggers...)
 	d.comps = append(d.comps, backendComps...)
@@ -246,6 +282,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 func (d *Daemon) close() {
+	for r, b := range d.roles {
+		b.Close()
+		delete(d.roles, r)
+	}
 	if d.bus != nil {
 		d.bus.Close()
 		d.bus = nil
@@ -274,7 +314,9 @@ func (d *Daemon) NATSURL() string {
 // the embedded server: the tenant's agent user and its inbox prefix. With
 // an external NATS, only the inbox prefix (credentials are the operator's).
 func (d *Daemon) AgentNATSOptions(tenant string) []nats.Option {
-	opts := []nats.Option{nats.CustomInboxPrefix(schemas.AgentInboxPrefix(tenant))}
+	opts := []nats.Option{nats.CustomInboxPrefix(schemas.AgentInboxPrefix(tenant)),
+		// Refused while the tenant is revoked: keep trying until restored.
+		nats.IgnoreAuthErrorAbort(), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}
 	if d.natsAuth != nil {
 		user := orchestrator.AgentUser(tenant)
 		opts = append(opts, nats.UserInfo(user, d.natsAuth.Password(user)))
@@ -294,8 +336,49 @@ func (d *Daemon) AdminNATSOptions() []nats.Option {
 // AdminToken is the token the HTTP API requires.
 func (d *Daemon) AdminToken() string { return d.adminToken }
 
-// Bus is the daemon's NATS connection.
+// Bus is the daemon's admin NATS connection, which only creates streams
+// and buckets at start and answers Ready; no component uses it. Tests and
+// tools look at everything through it.
 func (d *Daemon) Bus() *orchestrator.Bus { return d.bus }
+
+// RoleBus is the connection of one role (tests check that none was refused
+// anything: PermissionViolations).
+func (d *Daemon) RoleBus(r orchestrator.Role) *orchestrator.Bus { return d.roles[r] }
+
+// FetchServer is the local backend's fetch server.
+func (d *Daemon) FetchServer() *local.Server { return d.fetch }
+
+// connectRoles opens one connection per orchestrator.Role. On the embedded
+// server each connects as its role's user; on an external NATS as that
+// user when its password is in the environment
+// (orchestrator.RolePasswordEnv), else with the URL's credentials, which
+// then must hold every role's permissions (logged once).
+func (d *Daemon) connectRoles(ctx context.Context, url string, log *slog.Logger) error {
+	d.roles = make(map[orchestrator.Role]*orchestrator.Bus, len(orchestrator.Roles))
+	var shared []orchestrator.Role
+	for _, r := range orchestrator.Roles {
+		var opts []nats.Option
+		switch {
+		case d.natsAuth != nil:
+			opts = d.natsAuth.RoleOptions(r)
+		case os.Getenv(orchestrator.RolePasswordEnv(r)) != "":
+			opts = []nats.Option{nats.UserInfo(orchestrator.RoleUser(r), os.Getenv(orchestrator.RolePasswordEnv(r))),
+				nats.CustomInboxPrefix(orchestrator.RoleInboxPrefix(r))}
+		default:
+			shared = append(shared, r)
+		}
+		b, err := orchestrator.Connect(ctx, url, "rekeyd-"+string(r), d.cfg.NATS, log, opts...)
+		if err != nil {
+			return fmt.Errorf("nats role %s: %w", r, err)
+		}
+		d.roles[r] = b
+	}
+	if len(shared) > 0 {
+		log.Warn("external NATS: these roles connect with the URL's credentials, not their own least-privilege users; see `rekeyctl nats-config`",
+			"component", "bus", "roles", fmt.Sprint(shared))
+	}
+	return nil
+}
 
 // State is the daemon's shared state.
 func (d *Daemon) State() *orchestrator.State { return d.state }

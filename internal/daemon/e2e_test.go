@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -157,17 +158,42 @@ func TestRevocationFailsClosedOnlyTheTenant(t *testing.T) {
 		}
 		return true
 	}, 10*time.Second, 20*time.Millisecond)
-	late := newAgent(t, d, "globex", "globex-late", nil)
-	_, err := late.Get(ctx, "openai-key")
+	// The kill switch cut globex's agents off the bus: a new one cannot
+	// log in at all, and the running ones were disconnected.
+	require.Eventually(t, func() bool {
+		nc, err := nats.Connect(d.NATSURL(), d.AgentNATSOptions("globex")...)
+		if err == nil {
+			nc.Close()
+			return false
+		}
+		return strings.Contains(err.Error(), "Authorization Violation")
+	}, 10*time.Second, 20*time.Millisecond, "a revoked tenant's agent can still log in")
+	nc, err := nats.Connect(d.NATSURL(), d.AgentNATSOptions("acme")...)
+	require.NoError(t, err, "another tenant's agents still log in")
+	nc.Close()
+
+	// Fetching through rekey fails closed too, whatever the caller does
+	// (here with rekeyd's admin credentials and globex's inbox).
+	rogue, err := nats.Connect(d.NATSURL(), append(d.AdminNATSOptions(), nats.CustomInboxPrefix(schemas.AgentInboxPrefix("globex")))...)
+	require.NoError(t, err)
+	defer rogue.Close()
+	_, err = agent.NewNATSFetcher(rogue, "rogue").Fetch(ctx, "globex", "openai-key")
 	require.ErrorIs(t, err, agent.ErrRevoked)
 
-	// Fetching through rekey fails closed too, whatever the agent does.
-	_, err = agent.NewNATSFetcher(d.Bus().NC, "rogue").Fetch(ctx, "globex", "openai-key")
-	require.ErrorIs(t, err, agent.ErrRevoked)
-
-	// Restore lifts it.
+	// Restore lifts it: the cut-off agents reconnect and resync, and a new
+	// one logs in.
 	code, _ = api(t, d.HTTPAddr(), http.MethodPost, "/v1/tenants/globex/restore", testToken, "")
 	require.Equal(t, http.StatusAccepted, code)
+	var late *agent.Agent
+	require.Eventually(t, func() bool {
+		nc, err := nats.Connect(d.NATSURL(), d.AgentNATSOptions("globex")...)
+		if err != nil {
+			return false
+		}
+		nc.Close()
+		return true
+	}, 10*time.Second, 20*time.Millisecond, "a restored tenant's agents cannot log in")
+	late = newAgent(t, d, "globex", "globex-late", nil)
 	for _, a := range append(globex, late) {
 		require.Eventually(t, func() bool {
 			s, err := a.Get(ctx, "openai-key")

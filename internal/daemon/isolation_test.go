@@ -81,7 +81,7 @@ func TestAgentCredentialsAreTenantScoped(t *testing.T) {
 	// Publishing outside the tenant's own subjects is refused too.
 	for _, subject := range []string{
 		schemas.RotateSubject("acme", "openai-key"), schemas.RevokeSubject("globex"),
-		schemas.AckSubject("globex", "openai-key"), schemas.UsedSubject("globex", "openai-key"),
+		schemas.AckSubject("globex", "openai-key", "a"), schemas.UsedSubject("globex", "openai-key", "a"),
 		schemas.InvalidateSubject("acme", "openai-key"), schemas.AuditSubject("acme"),
 		"$JS.API.STREAM.MSG.GET." + schemas.StreamInvalidate, "$JS.API.STREAM.INFO." + schemas.StreamInvalidate,
 		"$JS.API.CONSUMER.DELETE." + schemas.StreamInvalidate + ".x",

@@ -83,6 +83,17 @@ func start(t testing.TB, cfg orchestrator.Config, opts daemon.Options) *running 
 	r := &running{Daemon: d, logs: logs, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- d.Run(ctx) }()
 	t.Cleanup(r.stop)
+	// Each role's least-privilege user must have been enough for all its
+	// components did (registered after stop, so it runs before it).
+	t.Cleanup(func() {
+		for _, role := range orchestrator.Roles {
+			if b := d.RoleBus(role); b != nil {
+				if n := b.PermissionViolations(); n > 0 {
+					t.Errorf("role %s was refused %d operations by its NATS permissions; logs:\n%s", role, n, testutil.LastLines(logs.String(), 20))
+				}
+			}
+		}
+	})
 	waitHTTP(t, "http://"+d.HTTPAddr()+"/readyz")
 	return r
 }

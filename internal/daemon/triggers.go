@@ -37,7 +37,7 @@ func (d *Daemon) buildTriggers(audit *orchestrator.Auditor, log *slog.Logger) ([
 		return nil, err
 	}
 	if cronCfg.Enabled {
-		t, err := cron.New(cronCfg, cfg, d.bus, audit, d.metrics, log)
+		t, err := cron.New(cronCfg, cfg, d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
 		if err != nil {
 			return nil, err
 		}
@@ -50,7 +50,7 @@ func (d *Daemon) buildTriggers(audit *orchestrator.Auditor, log *slog.Logger) ([
 		return nil, err
 	}
 	if usageCfg.Enabled {
-		t, err := usage.New(usageCfg, cfg, d.bus, audit, d.metrics, log)
+		t, err := usage.New(usageCfg, cfg, d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
 		if err != nil {
 			return nil, err
 		}
@@ -62,7 +62,7 @@ func (d *Daemon) buildTriggers(audit *orchestrator.Auditor, log *slog.Logger) ([
 		if err != nil {
 			return nil, err
 		}
-		h, err := siem.New(siemCfg, cfg, d.bus, audit, d.metrics, log)
+		h, err := siem.New(siemCfg, cfg, d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
 		if err != nil {
 			return nil, fmt.Errorf("triggers.siem: %w", err)
 		}

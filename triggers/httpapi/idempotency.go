@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/schemas"
+
 	"github.com/rekey-dev/rekey/orchestrator"
 )
 
@@ -102,7 +104,7 @@ func (s *idempotency) claim(ctx context.Context, key, fingerprint string, now ti
 			return 0, nil, fmt.Errorf("read idempotency key: %w", err)
 		}
 		var old idemRecord
-		if err := json.Unmarshal(e.Value(), &old); err != nil {
+		if err := schemas.DecodeStrict(e.Value(), &old); err != nil {
 			return 0, nil, fmt.Errorf("decode idempotency record: %w", err)
 		}
 		if old.Pending && now.Sub(old.Started) > idemPendingTimeout {

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/httpapi"
 )
 
@@ -38,7 +39,7 @@ func (s *Service) Reserve(ctx context.Context, tenant, secret string) (func(cont
 			return nil, fmt.Errorf("read last self-service rotation of %s/%s: %w", tenant, secret, err)
 		default:
 			var last lastRotation
-			if err := json.Unmarshal(e.Value(), &last); err != nil {
+			if err := schemas.DecodeStrict(e.Value(), &last); err != nil {
 				return nil, fmt.Errorf("decode last self-service rotation of %s/%s: %w", tenant, secret, err)
 			}
 			if wait := last.At.Add(s.cfg.MinInterval).Sub(now); wait > 0 {

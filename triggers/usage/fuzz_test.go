@@ -30,12 +30,12 @@ func FuzzParseReport(f *testing.F) {
 		require.NoError(f, err)
 		b, err := ev.Encode()
 		require.NoError(f, err)
-		f.Add("rekey.used.acme.openai-key", b)
+		f.Add("rekey.used.acme.openai-key.a", b)
+		f.Add("rekey.used.acme.db.a", b)
 		f.Add("rekey.used.acme.db", b)
-		f.Add("rekey.used.acme", b)
 	}
-	f.Add("rekey.used.acme.openai-key", []byte(`{"specversion":"1.0","id":"x","source":"s","type":"rekey.usage.report.v1","tenant":"acme","data":{"tenant":"acme","secret":"openai-key","version":"1","agent":"a","count":9223372036854775807}}`))
-	f.Add("rekey.used.acme.openai-key", []byte(`{"specversion":"1.0","id":"x","source":"s","type":"rekey.usage.report.v1","tenant":"acme","data":{"tenant":"acme","secret":"openai-key","version":"\u0000","count":1}}`))
+	f.Add("rekey.used.acme.openai-key.a", []byte(`{"specversion":"1.0","id":"x","source":"s","type":"rekey.usage.report.v1","tenant":"acme","data":{"tenant":"acme","secret":"openai-key","version":"1","agent":"a","count":9223372036854775807}}`))
+	f.Add("rekey.used.acme.openai-key.a", []byte(`{"specversion":"1.0","id":"x","source":"s","type":"rekey.usage.report.v1","tenant":"acme","data":{"tenant":"acme","secret":"openai-key","version":"\u0000","count":1}}`))
 	f.Add("rekey.used.*.>", []byte(`{}`))
 
 	f.Fuzz(func(t *testing.T, subject string, data []byte) {
@@ -44,7 +44,7 @@ func FuzzParseReport(f *testing.F) {
 			require.True(t, errors.Is(err, schemas.ErrMalformed) || errors.Is(err, usage.ErrRefused), "%v", err)
 			return
 		}
-		require.Equal(t, schemas.UsedSubject(r.Tenant, r.Secret), subject)
+		require.Equal(t, schemas.UsedSubject(r.Tenant, r.Secret, r.Agent), subject)
 		require.NoError(t, r.Validate())
 		require.Positive(t, r.Count)
 		require.NotEmpty(t, r.Version)
@@ -71,21 +71,23 @@ func TestParseReport(t *testing.T) {
 		data          []byte
 		want          error // nil: accepted
 	}{
-		{"valid", "rekey.used.acme.db", report(same), nil},
-		{"payload names another tenant", "rekey.used.acme.db", report(func(r *schemas.UsageReport, e *schemas.Event) { r.Tenant, e.Tenant = "globex", "globex" }), usage.ErrRefused},
-		{"payload names another secret", "rekey.used.acme.db", report(func(r *schemas.UsageReport, _ *schemas.Event) { r.Secret = "openai-key" }), usage.ErrRefused},
-		{"envelope names another tenant", "rekey.used.acme.db", report(func(_ *schemas.UsageReport, e *schemas.Event) { e.Tenant = "globex" }), usage.ErrRefused},
-		{"envelope subject disagrees", "rekey.used.acme.db", report(func(_ *schemas.UsageReport, e *schemas.Event) { e.Subject = "acme/other" }), usage.ErrRefused},
-		{"no envelope subject", "rekey.used.acme.db", report(func(_ *schemas.UsageReport, e *schemas.Event) { e.Subject = "" }), nil},
-		{"zero count", "rekey.used.acme.db", report(func(r *schemas.UsageReport, _ *schemas.Event) { r.Count = 0 }), schemas.ErrMalformed},
-		{"no version", "rekey.used.acme.db", report(func(r *schemas.UsageReport, _ *schemas.Event) { r.Version = "" }), schemas.ErrMalformed},
-		{"control character in version", "rekey.used.acme.db", report(func(r *schemas.UsageReport, _ *schemas.Event) { r.Version = "7\n" }), schemas.ErrMalformed},
-		{"wrong type", "rekey.used.acme.db", report(func(_ *schemas.UsageReport, e *schemas.Event) { e.Type = schemas.TypeRotationRequested }), schemas.ErrMalformed},
-		{"short subject", "rekey.used.acme", report(same), schemas.ErrMalformed},
-		{"long subject", "rekey.used.acme.db.x", report(same), schemas.ErrMalformed},
+		{"valid", "rekey.used.acme.db.a", report(same), nil},
+		{"payload names another tenant", "rekey.used.acme.db.a", report(func(r *schemas.UsageReport, e *schemas.Event) { r.Tenant, e.Tenant = "globex", "globex" }), usage.ErrRefused},
+		{"payload names another instance than the subject", "rekey.used.acme.db.b", report(same), usage.ErrRefused},
+		{"instance token not an instance id", "rekey.used.acme.db.-a", report(same), schemas.ErrMalformed},
+		{"payload names another secret", "rekey.used.acme.db.a", report(func(r *schemas.UsageReport, _ *schemas.Event) { r.Secret = "openai-key" }), usage.ErrRefused},
+		{"envelope names another tenant", "rekey.used.acme.db.a", report(func(_ *schemas.UsageReport, e *schemas.Event) { e.Tenant = "globex" }), usage.ErrRefused},
+		{"envelope subject disagrees", "rekey.used.acme.db.a", report(func(_ *schemas.UsageReport, e *schemas.Event) { e.Subject = "acme/other" }), usage.ErrRefused},
+		{"no envelope subject", "rekey.used.acme.db.a", report(func(_ *schemas.UsageReport, e *schemas.Event) { e.Subject = "" }), nil},
+		{"zero count", "rekey.used.acme.db.a", report(func(r *schemas.UsageReport, _ *schemas.Event) { r.Count = 0 }), schemas.ErrMalformed},
+		{"no version", "rekey.used.acme.db.a", report(func(r *schemas.UsageReport, _ *schemas.Event) { r.Version = "" }), schemas.ErrMalformed},
+		{"control character in version", "rekey.used.acme.db.a", report(func(r *schemas.UsageReport, _ *schemas.Event) { r.Version = "7\n" }), schemas.ErrMalformed},
+		{"wrong type", "rekey.used.acme.db.a", report(func(_ *schemas.UsageReport, e *schemas.Event) { e.Type = schemas.TypeRotationRequested }), schemas.ErrMalformed},
+		{"short subject", "rekey.used.acme.db", report(same), schemas.ErrMalformed},
+		{"long subject", "rekey.used.acme.db.a.x", report(same), schemas.ErrMalformed},
 		{"other subject", "rekey.rotate.acme.db", report(same), schemas.ErrMalformed},
-		{"not json", "rekey.used.acme.db", []byte("uses: 3"), schemas.ErrMalformed},
-		{"too big", "rekey.used.acme.db", make([]byte, usage.MaxReportBytes+1), schemas.ErrMalformed},
+		{"not json", "rekey.used.acme.db.a", []byte("uses: 3"), schemas.ErrMalformed},
+		{"too big", "rekey.used.acme.db.a", make([]byte, usage.MaxReportBytes+1), schemas.ErrMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := usage.ParseReport(tc.subject, tc.data)

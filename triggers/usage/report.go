@@ -32,7 +32,7 @@ func ParseReport(subject string, data []byte) (schemas.UsageReport, error) {
 	if len(data) > MaxReportBytes {
 		return schemas.UsageReport{}, fmt.Errorf("use report of %d bytes is over %d: %w", len(data), MaxReportBytes, schemas.ErrMalformed)
 	}
-	tenant, secret, err := parseSubject(subject)
+	tenant, secret, instance, err := parseSubject(subject)
 	if err != nil {
 		return schemas.UsageReport{}, err
 	}
@@ -44,7 +44,9 @@ func ParseReport(subject string, data []byte) (schemas.UsageReport, error) {
 	if err := ev.DecodeData(schemas.TypeUsageReport, &r); err != nil {
 		return schemas.UsageReport{}, err
 	}
-	if r.Tenant != tenant || r.Secret != secret || ev.Tenant != tenant ||
+	// The instance comes from the subject, which NATS lets an agent
+	// publish on under its own name only.
+	if r.Tenant != tenant || r.Secret != secret || r.Agent != instance || ev.Tenant != tenant ||
 		(ev.Subject != "" && ev.Subject != tenant+"/"+secret) {
 		return schemas.UsageReport{}, fmt.Errorf("report for %s/%s (event tenant %q) on subject %s: %w",
 			r.Tenant, r.Secret, ev.Tenant, subject, ErrRefused)
@@ -55,19 +57,20 @@ func ParseReport(subject string, data []byte) (schemas.UsageReport, error) {
 	return r, nil
 }
 
-func parseSubject(subject string) (tenant, secret string, err error) {
+func parseSubject(subject string) (tenant, secret, instance string, err error) {
 	rest, ok := strings.CutPrefix(subject, "rekey.used.")
-	if !ok {
-		return "", "", fmt.Errorf("subject %q is not rekey.used.<tenant>.<secret>: %w", truncate(subject), schemas.ErrMalformed)
+	tokens := strings.Split(rest, ".")
+	if !ok || len(tokens) != 3 {
+		return "", "", "", fmt.Errorf("subject %q is not rekey.used.<tenant>.<secret>.<instance>: %w", truncate(subject), schemas.ErrMalformed)
 	}
-	tenant, secret, ok = strings.Cut(rest, ".")
-	if !ok {
-		return "", "", fmt.Errorf("subject %q is not rekey.used.<tenant>.<secret>: %w", truncate(subject), schemas.ErrMalformed)
-	}
+	tenant, secret, instance = tokens[0], tokens[1], tokens[2]
 	if err := schemas.ValidateRef(tenant, secret); err != nil {
-		return "", "", fmt.Errorf("subject %q: %w: %w", truncate(subject), err, schemas.ErrMalformed)
+		return "", "", "", fmt.Errorf("subject %q: %w: %w", truncate(subject), err, schemas.ErrMalformed)
 	}
-	return tenant, secret, nil
+	if err := schemas.ValidateInstance(instance); err != nil {
+		return "", "", "", fmt.Errorf("subject %q: %w: %w", truncate(subject), err, schemas.ErrMalformed)
+	}
+	return tenant, secret, instance, nil
 }
 
 // validateVersion accepts any printable version string of a sane length:

@@ -202,7 +202,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 	if err != nil {
 		return t.setupFailed(ctx, err)
 	}
-	state, err := orchestrator.NewState(ctx, t.bus, t.rekey.Rotation.LockTTL)
+	state, err := orchestrator.OpenState(ctx, t.bus)
 	if err != nil {
 		return t.setupFailed(ctx, err)
 	}
@@ -536,7 +536,7 @@ func get(ctx context.Context, kv jetstream.KeyValue, tenant, secret, version str
 		return Count{}, 0, fmt.Errorf("read count %s: %w", k, err)
 	}
 	var cnt Count
-	if err := json.Unmarshal(e.Value(), &cnt); err != nil {
+	if err := schemas.DecodeStrict(e.Value(), &cnt, "tenant", "secret", "version"); err != nil {
 		return Count{}, 0, fmt.Errorf("decode count %s: %w", k, err)
 	}
 	if cnt.Tenant != tenant || cnt.Secret != secret || cnt.Version != version {

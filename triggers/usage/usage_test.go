@@ -72,9 +72,9 @@ func TestOneRotationPerVersionOverLimit(t *testing.T) {
 		{Tenant: "nope", Secret: "openai-key", Version: "1", Agent: "a", Count: 50000}, // unknown tenant
 		{Tenant: "acme", Secret: "gone", Version: "1", Agent: "a", Count: 50000},       // unknown secret
 	})
-	env.publishRaw(t, "rekey.used.acme.openai-key", []byte(`{"specversion":"1.0","id":"x"`))
-	env.publishRaw(t, "rekey.used.acme.openai-key", event(t, schemas.UsageReport{Tenant: "acme", Secret: "openai-key", Version: "", Agent: "a", Count: 5000}))
-	env.publishRaw(t, "rekey.used.acme.db", event(t, schemas.UsageReport{Tenant: "acme", Secret: "openai-key", Version: "3", Agent: "a", Count: 5000})) // refused
+	env.publishRaw(t, "rekey.used.acme.openai-key.a", []byte(`{"specversion":"1.0","id":"x"`))
+	env.publishRaw(t, "rekey.used.acme.openai-key.a", event(t, schemas.UsageReport{Tenant: "acme", Secret: "openai-key", Version: "", Agent: "a", Count: 5000}))
+	env.publishRaw(t, "rekey.used.acme.db.a", event(t, schemas.UsageReport{Tenant: "acme", Secret: "openai-key", Version: "3", Agent: "a", Count: 5000})) // refused
 
 	env.waitCounted(t, uses)
 	stop()
@@ -422,7 +422,7 @@ func (e *env) send(reports []schemas.UsageReport) error {
 		if err != nil {
 			return err
 		}
-		if _, err := e.bus.Publish(context.Background(), schemas.UsedSubject(r.Tenant, r.Secret), ev); err != nil {
+		if _, err := e.bus.Publish(context.Background(), schemas.UsedSubject(r.Tenant, r.Secret, r.Agent), ev); err != nil {
 			return err
 		}
 	}
