@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -15,7 +14,6 @@ import (
 // EmbeddedServer is a nats-server running inside this process with
 // JetStream storing on disk.
 type EmbeddedServer struct {
-	mu   sync.Mutex // SetUsers
 	srv  *server.Server
 	opts *server.Options
 }
@@ -23,9 +21,9 @@ type EmbeddedServer struct {
 // StartEmbedded starts nats-server on addr (host:port; port 0 picks one)
 // with JetStream files under storeDir, and waits until it takes clients.
 //
-// With users, every client must authenticate as one of them (rekeyd's own
-// user and the per-tenant agent users of NATSAuth.Users).
-func StartEmbedded(addr, storeDir string, users []*server.User, log *slog.Logger) (*EmbeddedServer, error) {
+// With auth (a LoginGate), every client must pass it; who may log in
+// changes without a reload of the server.
+func StartEmbedded(addr, storeDir string, auth server.Authentication, log *slog.Logger) (*EmbeddedServer, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: address %q: %w", addr, err)
@@ -49,7 +47,9 @@ func StartEmbedded(addr, storeDir string, users []*server.User, log *slog.Logger
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: 1 << 20,
-		Users:      users,
+	}
+	if auth != nil {
+		opts.CustomClientAuthentication = auth
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -72,9 +72,8 @@ func (e *EmbeddedServer) Restart(down time.Duration) error {
 	addr := e.srv.Addr().(*net.TCPAddr)
 	e.Shutdown()
 	time.Sleep(down)
-	e.mu.Lock()
 	opts := e.opts.Clone()
-	e.mu.Unlock()
+	opts.CustomClientAuthentication = e.opts.CustomClientAuthentication
 	opts.Port = addr.Port
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -89,22 +88,23 @@ func (e *EmbeddedServer) Restart(down time.Duration) error {
 	return nil
 }
 
-// SetUsers replaces the users that may log in, without a restart: a user
-// no longer listed cannot log in, and its live connections are closed by
-// the server at once (nats-server re-checks every client on a reload).
-func (e *EmbeddedServer) SetUsers(users []*server.User) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	opts := e.opts.Clone()
-	opts.Users = users
-	if addr, ok := e.srv.Addr().(*net.TCPAddr); ok {
-		opts.Port = addr.Port
+// DisconnectUsers closes every client connection whose user matches, and
+// returns how many it closed.
+func (e *EmbeddedServer) DisconnectUsers(match func(user string) bool) (int, error) {
+	cz, err := e.srv.Connz(&server.ConnzOptions{Username: true, Limit: 1 << 20})
+	if err != nil {
+		return 0, fmt.Errorf("embedded nats: list connections: %w", err)
 	}
-	if err := e.srv.ReloadOptions(opts); err != nil {
-		return fmt.Errorf("embedded nats: reload users: %w", err)
+	n := 0
+	for _, c := range cz.Conns {
+		if !match(c.AuthorizedUser) {
+			continue
+		}
+		if err := e.srv.DisconnectClientByID(c.Cid); err == nil {
+			n++
+		}
 	}
-	e.opts = opts
-	return nil
+	return n, nil
 }
 
 // ClientURL is the nats:// URL clients connect to.

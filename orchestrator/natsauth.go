@@ -143,17 +143,6 @@ func (a *NATSAuth) ServiceUsers(tenants []string) []*server.User {
 	return users
 }
 
-// Users returns ServiceUsers(all) and one user per tenant of agents with
-// AgentPermissions: the tenants whose agents may log in (a revoked
-// tenant's may not).
-func (a *NATSAuth) Users(all, agents []string) []*server.User {
-	users := a.ServiceUsers(all)
-	for _, t := range agents {
-		users = append(users, &server.User{Username: AgentUser(t), Password: a.Password(AgentUser(t)), Permissions: AgentPermissions(t)})
-	}
-	return users
-}
-
 // NATSConfigBlock prints, in nats-server configuration syntax, the users
 // and permissions rekey needs on an external NATS: rekeyd's user and one
 // user per tenant for its agents. Passwords are read from environment

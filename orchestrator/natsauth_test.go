@@ -20,13 +20,24 @@ func TestNATSConfigBlockLoads(t *testing.T) {
 	t.Setenv("REKEYD_NATS_PASSWORD", "p-rekeyd")
 	t.Setenv("REKEY_AGENT_ACME_NATS_PASSWORD", "p-acme")
 	t.Setenv("REKEY_AGENT_GLOBEX_EU_NATS_PASSWORD", "p-globex")
+	for _, r := range orchestrator.Roles {
+		t.Setenv(orchestrator.RolePasswordEnv(r), "p-"+string(r))
+	}
 	opts, err := server.ProcessConfigFile(path)
 	require.NoError(t, err)
 	users := map[string]*server.User{}
 	for _, u := range opts.Users {
 		users[u.Username] = u
 	}
-	require.Len(t, users, 3)
+	require.Len(t, users, 3+len(orchestrator.Roles))
+	for _, r := range orchestrator.Roles {
+		u := users[orchestrator.RoleUser(r)]
+		require.NotNil(t, u, r)
+		require.Equal(t, "p-"+string(r), u.Password)
+		want := orchestrator.RolePermissions(r, []string{"acme", "globex-eu"})
+		require.Equal(t, want.Publish.Allow, u.Permissions.Publish.Allow, r)
+		require.Equal(t, want.Subscribe.Allow, u.Permissions.Subscribe.Allow, r)
+	}
 	require.Equal(t, "p-acme", users["agent-acme"].Password)
 	require.Equal(t, "p-globex", users["agent-globex-eu"].Password)
 	require.Nil(t, users["rekeyd"].Permissions)

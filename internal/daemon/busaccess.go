@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -20,9 +19,8 @@ import (
 // busAccess makes the kill switch cut a revoked tenant's agents off the
 // embedded NATS server: once the tenant's revocation invalidation is
 // published (so that every connected agent has dropped its cache and
-// failed closed), the tenant's agent user is taken out of the server's
-// users, which closes its live connections and refuses new logins, until
-// the tenant is restored.
+// failed closed), the login gate refuses the tenant's agents and their
+// live connections are closed, until the tenant is restored.
 //
 // A tenant is cut off while the last tenant-wide invalidation on
 // rekey.invalidate.<t>._tenant says "revoked", or while its state cannot
@@ -31,7 +29,7 @@ import (
 // made by another replica).
 type busAccess struct {
 	emb     *orchestrator.EmbeddedServer
-	auth    *orchestrator.NATSAuth
+	gate    *orchestrator.LoginGate
 	bus     *orchestrator.Bus // the fanout role's: reads INVALIDATE and tenant state
 	tenants *orchestrator.Tenants
 	all     []string
@@ -41,8 +39,7 @@ type busAccess struct {
 	cutDelay time.Duration
 	log      *slog.Logger
 
-	mu  sync.Mutex
-	cut map[string]bool // tenants whose agents may not log in
+	mu sync.Mutex // one apply at a time
 }
 
 const (
@@ -50,44 +47,41 @@ const (
 	busAccessCutDelay = 250 * time.Millisecond
 )
 
-func newBusAccess(emb *orchestrator.EmbeddedServer, auth *orchestrator.NATSAuth, bus *orchestrator.Bus,
+func newBusAccess(emb *orchestrator.EmbeddedServer, gate *orchestrator.LoginGate, bus *orchestrator.Bus,
 	tenants *orchestrator.Tenants, all []string, log *slog.Logger) *busAccess {
-	return &busAccess{emb: emb, auth: auth, bus: bus, tenants: tenants, all: all, cutDelay: busAccessCutDelay,
-		log: log.With("component", "bus-access"), cut: map[string]bool{}}
+	return &busAccess{emb: emb, gate: gate, bus: bus, tenants: tenants, all: all, cutDelay: busAccessCutDelay,
+		log: log.With("component", "bus-access")}
 }
 
-// apply computes, for every tenant, whether its agents may log in, and
-// reloads the server's users when that changed. The first call always
-// reloads: the server starts with no agent users at all.
-func (b *busAccess) apply(ctx context.Context, first bool) error {
-	cut := make(map[string]bool, len(b.all))
+// apply decides, for every tenant, whether its agents may log in, tells
+// the gate, and closes the live connections of every tenant cut off (also
+// those that logged in just before the cut).
+func (b *busAccess) apply(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
 	for _, t := range b.all {
 		off, err := b.cutOff(ctx, t)
 		if err != nil {
 			b.log.Error("tenant's access undecidable: its agents stay off the bus", "tenant", t, "err", err)
 			off = true
 		}
-		cut[t] = off
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !first && maps.Equal(cut, b.cut) {
-		return nil
-	}
-	var allowed []string
-	for _, t := range b.all {
-		if !cut[t] {
-			allowed = append(allowed, t)
+		if off != b.gate.Cut(t) {
+			b.log.Info("tenant's agents' bus access changed", "tenant", t, "cut_off", off)
 		}
-		if cut[t] != b.cut[t] {
-			b.log.Info("tenant's agents' bus access changed", "tenant", t, "cut_off", cut[t])
+		b.gate.SetCut(t, off)
+		if !off {
+			continue
+		}
+		n, err := b.emb.DisconnectUsers(func(user string) bool { return orchestrator.IsAgentOf(user, t) })
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if n > 0 {
+			b.log.Info("revoked tenant's agent connections closed", "tenant", t, "connections", n)
 		}
 	}
-	if err := b.emb.SetUsers(b.auth.Users(b.all, allowed)); err != nil {
-		return err
-	}
-	b.cut = cut
-	return nil
+	return errors.Join(errs...)
 }
 
 // cutOff reports whether tenant's agents must stay off the bus.
@@ -119,7 +113,7 @@ func (b *busAccess) cutOff(ctx context.Context, tenant string) (bool, error) {
 // starts with no agent users. New calls it, so that agents can connect as
 // soon as New returns.
 func (b *busAccess) Start(ctx context.Context) error {
-	if err := b.apply(ctx, true); err != nil {
+	if err := b.apply(ctx); err != nil {
 		return fmt.Errorf("bus access: %w", err)
 	}
 	return nil
@@ -153,7 +147,7 @@ func (b *busAccess) Run(ctx context.Context) error {
 		case <-kick:
 		case <-t.C:
 		}
-		if err := b.apply(ctx, false); err != nil && ctx.Err() == nil {
+		if err := b.apply(ctx); err != nil && ctx.Err() == nil {
 			b.log.Error("bus access not applied", "err", err)
 		}
 	}

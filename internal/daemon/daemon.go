@@ -44,7 +44,8 @@ type Daemon struct {
 	log        *slog.Logger
 	embedded   *orchestrator.EmbeddedServer
 	natsAuth   *orchestrator.NATSAuth
-	bus        *orchestrator.Bus // admin: streams and buckets at start, Ready
+	gate       *orchestrator.LoginGate // who may log in to the embedded server
+	bus        *orchestrator.Bus       // admin: streams and buckets at start, Ready
 	roles      map[orchestrator.Role]*orchestrator.Bus
 	state      *orchestrator.State
 	metrics    *orchestrator.Metrics
@@ -92,7 +93,8 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		if err != nil {
 			return nil, err
 		}
-		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.natsAuth.Users(cfg.TenantNames(), nil), log)
+		d.gate = orchestrator.NewLoginGate(d.natsAuth, cfg.TenantNames(), nil)
+		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.gate, log)
 		if err != nil {
 			return nil, err
 		}
@@ -127,7 +129,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		if err != nil {
 			return nil, err
 		}
-		access = newBusAccess(d.embedded, d.natsAuth, fanoutBus, tenants, cfg.TenantNames(), log)
+		access = newBusAccess(d.embedded, d.gate, fanoutBus, tenants, cfg.TenantNames(), log)
 		if err := access.Start(ctx); err != nil {
 			return nil, err
 		}

@@ -333,6 +333,9 @@ tenants:
 	e := &env{url: srv.ClientURL(), rekey: &rekey, nats: nc}
 	e.bus = e.connect(t)
 	require.NoError(t, e.bus.EnsureStreams(context.Background()))
+	// The state buckets are the workers'; the counter only opens them.
+	_, err = orchestrator.NewState(context.Background(), e.bus, time.Minute)
+	require.NoError(t, err)
 	return e
 }
 
