@@ -127,13 +127,17 @@ func (b *Bus) StreamConfigs() []jetstream.StreamConfig {
 			Name: schemas.StreamUsage, Subjects: []string{schemas.SubjectUsedAll},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
 			Replicas: r, Duplicates: dup, MaxAge: 24 * time.Hour,
+			// Agents publish here, naming any reply subject they like:
+			// a publish acknowledgement would be written there by the
+			// server, as the stream (into another bucket, for instance).
+			NoAck:       true,
 			Description: "batched use reports from agents",
 		},
 		{
 			Name: schemas.StreamInvalidate, Subjects: []string{schemas.SubjectInvalidateAll},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
 			Replicas: r, Duplicates: dup, MaxMsgsPerSubject: 1,
-			AllowDirect: true, // agents resync with direct gets, no consumers
+			AllowDirect: true, // the resync server reads with direct gets, no consumers
 			Description: "last invalidation per tenant/secret, for agent resync",
 		},
 		{

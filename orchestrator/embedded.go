@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -14,8 +15,15 @@ import (
 // EmbeddedServer is a nats-server running inside this process with
 // JetStream storing on disk.
 type EmbeddedServer struct {
-	srv  *server.Server
 	opts *server.Options
+	mu   sync.RWMutex // srv changes on Restart
+	srv  *server.Server
+}
+
+func (e *EmbeddedServer) server() *server.Server {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.srv
 }
 
 // StartEmbedded starts nats-server on addr (host:port; port 0 picks one)
@@ -69,7 +77,7 @@ func StartEmbedded(addr, storeDir string, auth server.Authentication, log *slog.
 // Restart stops the server and starts it again on the same port and store
 // (tests use it to show that nothing is lost when NATS restarts).
 func (e *EmbeddedServer) Restart(down time.Duration) error {
-	addr := e.srv.Addr().(*net.TCPAddr)
+	addr := e.server().Addr().(*net.TCPAddr)
 	e.Shutdown()
 	time.Sleep(down)
 	opts := e.opts.Clone()
@@ -84,14 +92,17 @@ func (e *EmbeddedServer) Restart(down time.Duration) error {
 		srv.Shutdown()
 		return fmt.Errorf("embedded nats restart on port %d: not ready after 15s", addr.Port)
 	}
+	e.mu.Lock()
 	e.srv = srv
+	e.mu.Unlock()
 	return nil
 }
 
 // DisconnectUsers closes every client connection whose user matches, and
 // returns how many it closed.
 func (e *EmbeddedServer) DisconnectUsers(match func(user string) bool) (int, error) {
-	cz, err := e.srv.Connz(&server.ConnzOptions{Username: true, Limit: 1 << 20})
+	srv := e.server()
+	cz, err := srv.Connz(&server.ConnzOptions{Username: true, Limit: 1 << 20})
 	if err != nil {
 		return 0, fmt.Errorf("embedded nats: list connections: %w", err)
 	}
@@ -100,7 +111,7 @@ func (e *EmbeddedServer) DisconnectUsers(match func(user string) bool) (int, err
 		if !match(c.AuthorizedUser) {
 			continue
 		}
-		if err := e.srv.DisconnectClientByID(c.Cid); err == nil {
+		if err := srv.DisconnectClientByID(c.Cid); err == nil {
 			n++
 		}
 	}
@@ -108,13 +119,14 @@ func (e *EmbeddedServer) DisconnectUsers(match func(user string) bool) (int, err
 }
 
 // ClientURL is the nats:// URL clients connect to.
-func (e *EmbeddedServer) ClientURL() string { return e.srv.ClientURL() }
+func (e *EmbeddedServer) ClientURL() string { return e.server().ClientURL() }
 
 // Server exposes the underlying server (tests restart it, for instance).
-func (e *EmbeddedServer) Server() *server.Server { return e.srv }
+func (e *EmbeddedServer) Server() *server.Server { return e.server() }
 
 // Shutdown stops the server and waits for it to finish.
 func (e *EmbeddedServer) Shutdown() {
-	e.srv.Shutdown()
-	e.srv.WaitForShutdown()
+	srv := e.server()
+	srv.Shutdown()
+	srv.WaitForShutdown()
 }

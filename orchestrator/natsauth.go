@@ -31,9 +31,12 @@ func AgentUser(tenant string) string { return "agent-" + tenant }
 
 // AgentPermissions are what a tenant's agents may do on NATS, and nothing
 // more: receive the tenant's invalidations (live, and from the INVALIDATE
-// stream), publish acks, use reports and presence for the tenant, read the
-// last invalidation of the tenant's subjects from the INVALIDATE stream
-// (direct get), and fetch the tenant's values from the local backend.
+// stream), publish acks, use reports and presence for the tenant, ask
+// rekeyd for the last invalidation of the tenant's subjects (resync), and
+// fetch the tenant's values from the local backend. Agents get no
+// JetStream API subject at all: JetStream replies to whatever reply
+// subject a request names, with the server's rights, so a direct get (or
+// a publish acknowledgement) could be aimed at any stream or bucket.
 // Replies come to the tenant's own inbox prefix
 // (schemas.AgentInboxPrefix), which agents must use.
 //
@@ -47,10 +50,7 @@ func AgentPermissions(tenant string) *server.Permissions {
 			schemas.AckSubject(tenant, "*", "*"),
 			schemas.PresenceSubject(tenant, "*"),
 			schemas.FetchSubject(tenant, "*"),
-			// Resync: direct get of the last message of one of the
-			// tenant's invalidation subjects (the subject is part of the
-			// API subject, so no other tenant's can be asked for).
-			"$JS.API.DIRECT.GET." + schemas.StreamInvalidate + "." + schemas.InvalidateTenantSubject(tenant),
+			schemas.ResyncSubject(tenant, "*"),
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			schemas.InvalidateTenantSubject(tenant),

@@ -24,7 +24,8 @@ const (
 	RoleWorkers Role = "workers"
 	// RoleFanout: invalidations, agents' acks and presence, confirmations.
 	RoleFanout Role = "fanout"
-	// RoleFetch: the local backend's fetch server, which answers agents.
+	// RoleFetch: the servers that answer agents' requests: the local
+	// backend's fetch server and the resync server.
 	RoleFetch Role = "fetch"
 	// RoleAPI: the HTTP API and the triggers (cron, usage, siem, awsevents).
 	RoleAPI Role = "api"
@@ -121,7 +122,9 @@ func roleGrants(r Role, tenants []string) grants {
 		}
 	case RoleFetch:
 		g := grants{
-			subscribe: []string{schemas.SubjectFetchAll},
+			// Fetches and resyncs (the last invalidation of a subject).
+			subscribe: []string{schemas.SubjectFetchAll, schemas.SubjectResyncAll},
+			read:      []string{schemas.StreamInvalidate},
 			buckets:   map[string]bucketAccess{bucketLocal: bucketRead, BucketTenants: bucketRead},
 		}
 		for _, t := range tenants {

@@ -22,6 +22,7 @@ const (
 	SubjectAuditAll      = "rekey.audit.*"
 	SubjectFetchAll      = "rekey.fetch.*.*"
 	SubjectPresenceAll   = "rekey.presence.*.*"
+	SubjectResyncAll     = "rekey.resync.*.*"
 )
 
 // TenantToken is the secret token used on invalidation subjects for news
@@ -79,6 +80,13 @@ func AuditSubject(tenant string) string { return "rekey.audit." + tenant }
 // FetchSubject is the request/reply subject on which a backend that keeps
 // values inside rekey (the local backend) serves them to the tenant's agents.
 func FetchSubject(tenant, secret string) string { return "rekey.fetch." + tenant + "." + secret }
+
+// ResyncSubject is the request/reply subject on which a tenant's agents ask
+// rekeyd for the last invalidation of one of the tenant's invalidation
+// subjects (token: a secret ID or TenantToken). Agents never use the
+// JetStream API themselves: JetStream answers any reply subject a caller
+// names, with the server's own rights.
+func ResyncSubject(tenant, token string) string { return "rekey.resync." + tenant + "." + token }
 
 // PresenceSubject carries the heartbeats of one agent instance.
 func PresenceSubject(tenant, instance string) string {

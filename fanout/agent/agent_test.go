@@ -368,7 +368,8 @@ func TestStartsRevokedFromStream(t *testing.T) {
 	require.Equal(t, "v3", get(t, b, "k").Version)
 
 	// Another tenant's revocation does not concern this one.
-	c := startAgent(t, nc, f, agent.Config{Tenant: "third", Instance: "agent-3"})
+	third := connect(t, s, nats.CustomInboxPrefix(schemas.AgentInboxPrefix("third")))
+	c := startAgent(t, third, f, agent.Config{Tenant: "third", Instance: "agent-3"})
 	require.False(t, c.Revoked())
 }
 
@@ -376,7 +377,8 @@ func TestStartsRevokedFromStream(t *testing.T) {
 func TestResyncAfterReconnect(t *testing.T) {
 	s := startServer(t)
 	px := newProxy(t, s.Addr().String())
-	nc, err := nats.Connect("nats://"+px.addr(), nats.ReconnectWait(20*time.Millisecond), nats.MaxReconnects(-1))
+	nc, err := nats.Connect("nats://"+px.addr(), nats.ReconnectWait(20*time.Millisecond), nats.MaxReconnects(-1),
+		nats.CustomInboxPrefix(schemas.AgentInboxPrefix(tenant)))
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	direct := connect(t, s)
@@ -644,7 +646,7 @@ func TestValuesNeverLeak(t *testing.T) {
 			require.NotContains(t, string(m.Data), val, m.Subject)
 			require.NotContains(t, string(m.Data), base64.StdEncoding.EncodeToString([]byte(val)), m.Subject)
 		}
-		require.True(t, json.Valid(m.Data), m.Subject)
+		require.True(t, len(m.Data) == 0 || json.Valid(m.Data), m.Subject)
 	}
 	require.Greater(t, n, 4)
 	require.NotContains(t, logs.String(), "s3cr3t")

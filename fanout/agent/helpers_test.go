@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/rekey-dev/rekey/fanout"
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
@@ -32,9 +33,25 @@ func startServer(tb testing.TB) *server.Server {
 	return startServerAt(tb, -1, tb.TempDir())
 }
 
+// startServerAt runs the server with rekeyd's resync server attached (what
+// agents resync from), which follows the server through restarts.
 func startServerAt(tb testing.TB, port int, dir string) *server.Server {
 	tb.Helper()
-	return testutil.StartNATS(tb, port, dir)
+	srv := testutil.StartNATS(tb, port, dir)
+	nc, err := nats.Connect(srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	require.NoError(tb, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = fanout.NewResyncServer(nc, nil, nil).Run(ctx)
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+		nc.Close()
+	})
+	return srv
 }
 
 // proxy is a TCP proxy that the test can cut, to make a client miss
@@ -101,8 +118,11 @@ func (p *proxy) restore() {
 	p.mu.Unlock()
 }
 
+// connect opens a connection with the tenant's agent inbox prefix (the
+// resync server answers no other reply subject); opts may override it.
 func connect(tb testing.TB, s *server.Server, opts ...nats.Option) *nats.Conn {
 	tb.Helper()
+	opts = append([]nats.Option{nats.CustomInboxPrefix(schemas.AgentInboxPrefix(tenant))}, opts...)
 	nc, err := nats.Connect(s.ClientURL(), opts...)
 	require.NoError(tb, err)
 	tb.Cleanup(nc.Close)

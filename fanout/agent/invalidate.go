@@ -307,11 +307,11 @@ func (a *Agent) sendAck(ack schemas.InvalidationAck) {
 // from the last one announced. Start runs it, and so does every reconnect;
 // call it when some other reason to think invalidations were missed arises.
 //
-// It uses JetStream direct gets of the last message per subject
-// ($JS.API.DIRECT.GET.<stream>.<subject>): no consumer is created, so
-// thousands of agents reconnecting at once cost the server no state, and
-// the per-tenant NATS permissions can name the subjects the tenant may read.
-// A missing stream (rekeyd is not running yet) is not an error.
+// It asks rekeyd's resync server (schemas.ResyncSubject), which reads the
+// last message per subject with a JetStream direct get: no consumer is
+// created, so thousands of agents reconnecting at once cost the server no
+// state. Agents never call the JetStream API themselves. No resync server
+// (rekeyd is not running yet) is not an error.
 func (a *Agent) Resync(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -329,9 +329,9 @@ func (a *Agent) Resync(ctx context.Context) error {
 	applied := 0
 	for _, token := range tokens {
 		subject := schemas.InvalidateSubject(a.cfg.Tenant, token)
-		msg, err := a.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+schemas.StreamInvalidate+"."+subject, nil)
+		msg, err := a.nc.RequestWithContext(ctx, schemas.ResyncSubject(a.cfg.Tenant, token), nil)
 		if errors.Is(err, nats.ErrNoResponders) {
-			a.log.Debug("no invalidation stream to resync from", "stream", schemas.StreamInvalidate)
+			a.log.Debug("no resync server to resync from", "subject", schemas.ResyncSubject(a.cfg.Tenant, token))
 			return nil
 		}
 		if err != nil {

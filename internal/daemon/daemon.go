@@ -52,6 +52,7 @@ type Daemon struct {
 	http       *orchestrator.HTTPServer
 	fanout     *fanout.Fanout
 	fetch      *local.Server
+	resync     *fanout.ResyncServer
 	leases     *orchestrator.Leases // what runs on one replica at a time
 	local      *local.Backend
 	catalog    *handlers.Catalog
@@ -206,6 +207,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	d.fanout.ConfirmTimeout = cfg.Fanout.ConfirmTimeout
 	d.fanout.Leases = d.leases
 	d.fetch = local.NewServer(fetchBus.NC, localReader, catalog.Ref, fetchTenants.IsRevoked, log)
+	d.resync = fanout.NewResyncServer(fetchBus.NC, cfg.TenantNames(), log)
 
 	// Ready once NATS answers and the consuming components are running.
 	var revocations *handlers.RevocationWorker
@@ -261,6 +263,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		{Name: "revocation-worker", Component: revocations},
 		{Name: "fanout", Component: d.fanout},
 		{Name: "local-fetch", Component: d.fetch},
+		{Name: "resync", Component: d.resync},
 		{Name: "http", Component: d.http},
 	}
 	if access != nil {
@@ -349,6 +352,9 @@ func (d *Daemon) RoleBus(r orchestrator.Role) *orchestrator.Bus { return d.roles
 
 // FetchServer is the local backend's fetch server.
 func (d *Daemon) FetchServer() *local.Server { return d.fetch }
+
+// ResyncServer answers agents' resync requests.
+func (d *Daemon) ResyncServer() *fanout.ResyncServer { return d.resync }
 
 // connectRoles opens one connection per orchestrator.Role. On the embedded
 // server each connects as its role's user; on an external NATS as that

@@ -92,10 +92,12 @@ func TestAgentCredentialsAreTenantScoped(t *testing.T) {
 			"publish to %s was not refused", subject)
 	}
 
-	// Reading globex's stream entries through JetStream fails: no direct
-	// get of its subjects, no batch get, no consumer of any filter.
+	// Agents have no JetStream API at all (JetStream would answer any
+	// reply subject they name): no direct get, not even of their own
+	// tenant's subjects, no batch get, no consumer of any filter.
 	for _, subject := range []string{
 		"$JS.API.DIRECT.GET." + schemas.StreamInvalidate + "." + schemas.InvalidateSubject("globex", "openai-key"),
+		"$JS.API.DIRECT.GET." + schemas.StreamInvalidate + "." + schemas.InvalidateSubject("acme", schemas.TenantToken),
 		"$JS.API.DIRECT.GET." + schemas.StreamInvalidate,
 		"$JS.API.DIRECT.GET." + schemas.StreamInvalidate + ".rekey.invalidate.*.openai-key",
 	} {
@@ -113,10 +115,14 @@ func TestAgentCredentialsAreTenantScoped(t *testing.T) {
 		})
 		require.Error(t, err, "consumer on %s was allowed", filter)
 	}
-	// A direct get of its own tenant's subject works (what the agent's resync does).
-	own, err := nc.Request("$JS.API.DIRECT.GET."+schemas.StreamInvalidate+"."+schemas.InvalidateSubject("acme", schemas.TenantToken), nil, 5*time.Second)
+	// The resync server answers for its own tenant only (what the agent's
+	// resync does); another tenant's subject is refused by the server.
+	own, err := nc.Request(schemas.ResyncSubject("acme", schemas.TenantToken), nil, 5*time.Second)
 	require.NoError(t, err)
 	require.Equal(t, "404", own.Header.Get("Status"), "nothing announced for acme yet")
+	require.NoError(t, nc.Publish(schemas.ResyncSubject("globex", schemas.TenantToken), nil))
+	require.NoError(t, nc.Flush())
+	require.Eventually(t, func() bool { return v.has(`Publish to "` + schemas.ResyncSubject("globex", schemas.TenantToken) + `"`) }, 5*time.Second, 10*time.Millisecond)
 
 	// Fetching globex's value is refused; acme's is served.
 	_, err = nc.Request(schemas.FetchSubject("globex", "openai-key"), []byte("{}"), 500*time.Millisecond)
