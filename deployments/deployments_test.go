@@ -18,6 +18,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -517,7 +518,7 @@ func TestNATSValues(t *testing.T) {
 	for _, m := range regexp.MustCompile(`user: "([^"]+)", password: \$([A-Z0-9_]+)`).FindAllStringSubmatch(orchestrator.NATSConfigBlock(cfg.TenantNames()), -1) {
 		wantVars[m[1]] = m[2]
 	}
-	if len(wantVars) != 1+len(cfg.TenantNames()) {
+	if len(wantVars) != 1+len(orchestrator.Roles)+len(cfg.TenantNames()) {
 		t.Fatalf("parsed %d users from NATSConfigBlock: %v", len(wantVars), wantVars)
 	}
 
@@ -545,8 +546,15 @@ func TestNATSValues(t *testing.T) {
 			}
 			continue
 		}
-		tenant := strings.TrimPrefix(u.User, "agent-")
-		want := orchestrator.AgentPermissions(tenant)
+		var want *server.Permissions
+		for _, r := range orchestrator.Roles {
+			if u.User == orchestrator.RoleUser(r) {
+				want = orchestrator.RolePermissions(r, cfg.TenantNames())
+			}
+		}
+		if want == nil {
+			want = orchestrator.AgentPermissions(strings.TrimPrefix(u.User, "agent-"))
+		}
 		if u.Permissions == nil ||
 			!reflect.DeepEqual(u.Permissions.Publish.Allow, want.Publish.Allow) ||
 			!reflect.DeepEqual(u.Permissions.Subscribe.Allow, want.Subscribe.Allow) {
