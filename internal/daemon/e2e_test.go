@@ -83,11 +83,23 @@ func TestEndToEndRotation(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "2", after.Version)
 	require.NotEqual(t, before.Value, after.Value)
-	time.Sleep(20 * time.Millisecond)
+	// Let the Get loops run past the drop (on a loaded machine they may
+	// not have been scheduled since).
+	droppedAt := time.Unix(0, dropped.Load())
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, g := range gets {
+			if g.started.After(droppedAt) {
+				n++
+			}
+		}
+		return n >= 4
+	}, 10*time.Second, time.Millisecond)
 	close(stop)
 	wg.Wait()
 
-	droppedAt := time.Unix(0, dropped.Load())
 	var afterDrop int
 	for _, g := range gets {
 		require.NoError(t, g.err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -425,17 +426,25 @@ func (e *env) send(reports []schemas.UsageReport) error {
 		if err != nil {
 			return err
 		}
-		if _, err := e.bus.Publish(context.Background(), schemas.UsedSubject(r.Tenant, r.Secret, r.Agent), ev); err != nil {
+		b, err := ev.Encode()
+		if err != nil {
+			return err
+		}
+		// REKEY_USAGE sends no publish acks (agents name reply subjects):
+		// a core publish, as agents do.
+		m := &nats.Msg{Subject: schemas.UsedSubject(r.Tenant, r.Secret, r.Agent), Header: nats.Header{}, Data: b}
+		m.Header.Set(nats.MsgIdHdr, ev.ID)
+		if err := e.bus.NC.PublishMsg(m); err != nil {
 			return err
 		}
 	}
-	return nil
+	return e.bus.NC.Flush()
 }
 
 func (e *env) publishRaw(t *testing.T, subject string, data []byte) {
 	t.Helper()
-	_, err := e.bus.JS.Publish(context.Background(), subject, data)
-	require.NoError(t, err)
+	require.NoError(t, e.bus.NC.Publish(subject, data))
+	require.NoError(t, e.bus.NC.Flush())
 }
 
 // waitCounted waits until acme/openai-key's counts are want and the
