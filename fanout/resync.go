@@ -20,7 +20,10 @@ import (
 const ResyncQueue = "rekey-resync"
 
 const (
-	resyncSubscriptions = 4 // concurrency of one ResyncServer
+	// Per tenant: each subscription has its own goroutine and pending
+	// buffer, so one tenant's flood overflows its own buffer only.
+	resyncSubscriptions = 2
+	resyncPending       = 512
 	resyncTimeout       = 5 * time.Second
 )
 
@@ -60,15 +63,29 @@ func (s *ResyncServer) Refused() int64 { return s.refused.Load() }
 func (s *ResyncServer) Run(ctx context.Context) error {
 	reqCtx := context.WithoutCancel(ctx)
 	var subs []*nats.Subscription
-	for range resyncSubscriptions {
-		sub, err := s.nc.QueueSubscribe(schemas.SubjectResyncAll, ResyncQueue, func(m *nats.Msg) { s.handle(reqCtx, m) })
-		if err != nil {
-			for _, sub := range subs {
-				_ = sub.Unsubscribe()
-			}
-			return fmt.Errorf("fanout: resync server: subscribe %s: %w", schemas.SubjectResyncAll, err)
+	defer func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe() // no-op once drained
 		}
-		subs = append(subs, sub)
+	}()
+	subjects := []string{schemas.SubjectResyncAll}
+	if s.tenants != nil {
+		subjects = subjects[:0]
+		for _, t := range s.tenants {
+			subjects = append(subjects, schemas.ResyncSubject(t, "*"))
+		}
+	}
+	for _, subject := range subjects {
+		for range resyncSubscriptions {
+			sub, err := s.nc.QueueSubscribe(subject, ResyncQueue, func(m *nats.Msg) { s.handle(reqCtx, m) })
+			if err != nil {
+				return fmt.Errorf("fanout: resync server: subscribe %s: %w", subject, err)
+			}
+			if err := sub.SetPendingLimits(resyncPending, resyncPending*1024); err != nil {
+				return fmt.Errorf("fanout: resync server: pending limits: %w", err)
+			}
+			subs = append(subs, sub)
+		}
 	}
 	if err := s.nc.FlushTimeout(resyncTimeout); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("fanout: resync server: flush subscriptions: %w", err)

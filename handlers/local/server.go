@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -21,9 +22,13 @@ import (
 const FetchQueue = "rekey-local-fetch"
 
 const (
-	// fetchSubscriptions is how many queue subscriptions one Server holds;
-	// each has its own callback goroutine, so that is its concurrency.
-	fetchSubscriptions = 4
+	// fetchSubscriptions is how many queue subscriptions one Server holds
+	// per tenant; each has its own callback goroutine and pending buffer,
+	// so one tenant's flood fills and overflows its own buffers only.
+	fetchSubscriptions = 2
+	// fetchPending bounds the requests one subscription holds; beyond, the
+	// client library drops them (the requester times out and retries).
+	fetchPending = 512
 	// fetchTimeout bounds the work for one request.
 	fetchTimeout = 5 * time.Second
 	// drainTimeout bounds the wait for in-flight requests at shutdown.
@@ -34,6 +39,7 @@ const (
 // current value of a local secret.
 type Server struct {
 	nc      *nats.Conn
+	tenants []string // nil: one set of subscriptions for all (tests)
 	b       *Backend
 	resolve func(tenant, secret string) (handlers.SecretRef, bool)
 	revoked func(ctx context.Context, tenant string) (bool, error)
@@ -46,11 +52,12 @@ type Server struct {
 // was not an inbox of the tenant they asked about.
 func (s *Server) Refused() int64 { return s.refused.Load() }
 
-// NewServer returns a fetch server for b. resolve maps the IDs in a request
+// NewServer returns a fetch server for b. Each of tenants gets its own
+// subscriptions (nil tenants: shared ones, for tests). resolve maps the IDs in a request
 // subject to a configured secret (false: no such secret); revoked tells
 // whether a tenant is revoked, and an error there fails closed. A nil
 // resolve knows no secret; a nil revoked means no tenant is ever revoked.
-func NewServer(nc *nats.Conn, b *Backend, resolve func(tenant, secret string) (handlers.SecretRef, bool), revoked func(ctx context.Context, tenant string) (bool, error), log *slog.Logger) *Server {
+func NewServer(nc *nats.Conn, tenants []string, b *Backend, resolve func(tenant, secret string) (handlers.SecretRef, bool), revoked func(ctx context.Context, tenant string) (bool, error), log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -60,7 +67,7 @@ func NewServer(nc *nats.Conn, b *Backend, resolve func(tenant, secret string) (h
 	if revoked == nil {
 		revoked = func(context.Context, string) (bool, error) { return false, nil }
 	}
-	return &Server{nc: nc, b: b, resolve: resolve, revoked: revoked, log: log.With("component", "backend.local.fetch")}
+	return &Server{nc: nc, tenants: slices.Clone(tenants), b: b, resolve: resolve, revoked: revoked, log: log.With("component", "backend.local.fetch")}
 }
 
 // Run serves until ctx ends, then drains its subscriptions (requests already
@@ -75,13 +82,25 @@ func (s *Server) Run(ctx context.Context) error {
 			_ = sub.Unsubscribe() // no-op once drained
 		}
 	}()
-	for range fetchSubscriptions {
-		sub, err := s.nc.QueueSubscribe(schemas.SubjectFetchAll, FetchQueue, func(m *nats.Msg) { s.handle(reqCtx, m) })
-		if err != nil {
-			return fmt.Errorf("local: fetch server: subscribe %s: %w", schemas.SubjectFetchAll, err)
+	subjects := []string{schemas.SubjectFetchAll}
+	if s.tenants != nil {
+		subjects = subjects[:0]
+		for _, t := range s.tenants {
+			subjects = append(subjects, schemas.FetchSubject(t, "*"))
 		}
-		subs = append(subs, sub)
-		closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
+	}
+	for _, subject := range subjects {
+		for range fetchSubscriptions {
+			sub, err := s.nc.QueueSubscribe(subject, FetchQueue, func(m *nats.Msg) { s.handle(reqCtx, m) })
+			if err != nil {
+				return fmt.Errorf("local: fetch server: subscribe %s: %w", subject, err)
+			}
+			if err := sub.SetPendingLimits(fetchPending, fetchPending*4096); err != nil {
+				return fmt.Errorf("local: fetch server: pending limits: %w", err)
+			}
+			subs = append(subs, sub)
+			closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
+		}
 	}
 	if err := s.nc.FlushTimeout(fetchTimeout); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("local: fetch server: flush subscriptions: %w", err)

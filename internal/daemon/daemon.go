@@ -206,7 +206,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	d.fanout = fanout.New(fanoutBus, orchestrator.NewAuditor(fanoutBus, "rekeyd", log), d.metrics, "rekeyd/fanout", log)
 	d.fanout.ConfirmTimeout = cfg.Fanout.ConfirmTimeout
 	d.fanout.Leases = d.leases
-	d.fetch = local.NewServer(fetchBus.NC, localReader, catalog.Ref, fetchTenants.IsRevoked, log)
+	d.fetch = local.NewServer(fetchBus.NC, cfg.TenantNames(), localReader, catalog.Ref, fetchTenants.IsRevoked, log)
 	d.resync = fanout.NewResyncServer(fetchBus.NC, cfg.TenantNames(), log)
 
 	// Ready once NATS answers and the consuming components are running.
