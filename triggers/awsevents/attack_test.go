@@ -316,3 +316,52 @@ func (e *env) startStoppable() func() {
 	require.NoError(e.t, err)
 	return testutil.Run(e.t, tr)
 }
+
+// TestQueueMustFitDedupWindow: at start the queue's redrive policy and
+// visibility timeout are read; a queue whose messages could come back
+// after dedup_window (no redrive policy, more receives than
+// max_receive_count, visibility timeout times receives over the window)
+// stops the trigger with an error naming the field.
+func TestQueueMustFitDedupWindow(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	noRedrive, err := e.kumo.CreateQueue(ctx, uniq("no-redrive"), kumotest.QueueOptions{})
+	require.NoError(t, err)
+	slow, err := e.kumo.CreateQueue(ctx, uniq("slow"), kumotest.QueueOptions{VisibilityTimeout: time.Minute, MaxReceiveCount: 3})
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name, queue string
+		edit        func(*awsevents.Config)
+		field, says string
+	}{
+		{"no redrive policy", noRedrive.URL, func(*awsevents.Config) {}, "max_receive_count", "has no redrive policy"},
+		{"more receives", e.queue.URL, func(c *awsevents.Config) { c.MaxReceiveCount = 2 }, "max_receive_count", "maxReceiveCount 3 is above max_receive_count 2"},
+		{"window too short", slow.URL, func(c *awsevents.Config) { c.DedupWindow = 2 * time.Minute }, "dedup_window", "must exceed the visibility timeout (1m0s) times maxReceiveCount (3)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := e.cfg
+			cfg.QueueURL = tc.queue
+			tc.edit(&cfg)
+			tr, err := awsevents.New(cfg, secrets, e.bus, orchestrator.NewAuditor(e.bus, "test", e.log), orchestrator.NewMetrics(), e.log)
+			require.NoError(t, err)
+			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			err = tr.Run(rctx)
+			var fe *orchestrator.FieldError
+			require.ErrorAs(t, err, &fe)
+			require.Equal(t, awsevents.Section+"."+tc.field, fe.Field)
+			require.ErrorContains(t, err, tc.says)
+			require.NoError(t, rctx.Err(), "Run returned at once")
+		})
+	}
+	// A section whose own visibility_timeout does not fit is refused by
+	// its validation already.
+	_, err = awsevents.ParseConfig([]byte("queue_url: "+e.queue.URL+"\nvisibility_timeout: 1h\nmax_receive_count: 5\ndedup_window: 4h\n"), e.rekey)
+	require.ErrorContains(t, err, "triggers.awsevents.dedup_window")
+}
+
+// TestDedupBucketIsGranted: the api role, which runs the trigger, may
+// create and use the dedup bucket.
+func TestDedupBucketIsGranted(t *testing.T) {
+	require.Contains(t, orchestrator.RoleBuckets()[orchestrator.RoleAPI], awsevents.BucketDedup)
+}
