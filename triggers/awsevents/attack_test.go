@@ -296,7 +296,9 @@ func TestAttackReplayAfterDuplicateWindow(t *testing.T) {
 	e.send(withEventID(finding, "same-finding-new-event-id"))
 	stale := withEventID([]byte(updatedAtRE.ReplaceAllString(string(finding), `"updatedAt": "`+time.Now().Add(-25*time.Hour).UTC().Format(time.RFC3339)+`"`)), "stale-finding")
 	e.send(stale)
-	require.Eventually(t, func() bool { return e.count(awsevents.OutcomeDuplicate) == 3 && e.count(awsevents.OutcomeRefused) == 1 && e.depth() == 0 },
+	require.Eventually(t, func() bool {
+		return e.count(awsevents.OutcomeDuplicate) == 3 && e.count(awsevents.OutcomeRefused) == 1 && e.depth() == 0
+	},
 		30*time.Second, 50*time.Millisecond, "duplicates %v", e.count(awsevents.OutcomeDuplicate))
 	require.Contains(t, e.refusedOf("ops")["stale-finding"], "longer ago than dedup_window")
 	e.requireUnchanged(before, "replayed events")
