@@ -943,8 +943,9 @@ func checkQueuePolicy(s *stack) error {
 	}
 	slices.Sort(ruleArns)
 	wantCond := map[string]map[string]stringList{"ArnEquals": {"aws:SourceArn": ruleArns}}
+	denyOthers := map[string]map[string]stringList{"ArnNotEquals": {"aws:SourceArn": ruleArns}}
 	queueArn := stringList{"{" + idQueue + ".Arn}"}
-	allows, tls := 0, false
+	allows, tls, othersDenied := 0, false, false
 	for _, st := range qp.PolicyDocument.Statement {
 		star, services, err := principal(st.Principal)
 		if err != nil {
@@ -954,6 +955,14 @@ func checkQueuePolicy(s *stack) error {
 		switch st.Effect {
 		case "Deny":
 			tls = tls || (star && reflect.DeepEqual(st.Condition, map[string]map[string]stringList{"Bool": {"aws:SecureTransport": {"false"}}}))
+			cond := st.Condition
+			for _, c := range cond {
+				for _, v := range c {
+					slices.Sort(v)
+				}
+			}
+			othersDenied = othersDenied || (star && reflect.DeepEqual(cond, denyOthers) &&
+				slices.Equal(st.Resource, queueArn) && (slices.Contains(st.Action, "sqs:SendMessage") || slices.Contains(st.Action, "sqs:*")))
 		case "Allow":
 			allows++
 			if star || !slices.Equal(services, []string{"events.amazonaws.com"}) {
@@ -980,6 +989,10 @@ func checkQueuePolicy(s *stack) error {
 	}
 	if !tls {
 		p.add("the queue policy does not deny requests without TLS (aws:SecureTransport false)")
+	}
+	if !othersDenied {
+		p.add("the queue policy does not deny sqs:SendMessage to every sender but the rules (Principal *, ArnNotEquals aws:SourceArn of every rule): " +
+			"inside the account an identity policy's allow is enough to send")
 	}
 	return p.err()
 }
@@ -1219,6 +1232,9 @@ func TestAWSTemplateChecksCatchMistakes(t *testing.T) {
 			`deadLetterTargetArn: {"Fn::GetAtt": ["EventQueue", "Arn"]}`, "dead-letter queue"},
 		{"no SourceArn condition", "ArnEquals:", "ArnLike:", "only the rules may send"},
 		{"a rule left out of SourceArn", `- {"Fn::GetAtt": ["GuardDutyFindingsRule", "Arn"]}`, "", "only the rules may send"},
+		{"other senders not denied", "ArnNotEquals:", "ArnNotLike:", "deny sqs:SendMessage to every sender but the rules"},
+		{"deny of other senders for another action", "Action: sqs:SendMessage\n            Resource: {\"Fn::GetAtt\": [\"EventQueue\", \"Arn\"]}\n            Condition:\n              ArnNotEquals:",
+			"Action: sqs:ReceiveMessage\n            Resource: {\"Fn::GetAtt\": [\"EventQueue\", \"Arn\"]}\n            Condition:\n              ArnNotEquals:", "deny sqs:SendMessage to every sender but the rules"},
 		{"any principal may send", "Service: events.amazonaws.com", "Service: sns.amazonaws.com", "events.amazonaws.com"},
 		{"wildcard action", `"secretsmanager:RotateSecret"`, `"secretsmanager:*"`, "wildcard action"},
 		{"extra action", `"secretsmanager:RotateSecret"`, `"secretsmanager:DeleteSecret"`, "DeleteSecret, which is not needed"},

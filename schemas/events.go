@@ -334,6 +334,9 @@ const (
 	OutcomeSucceeded   = "succeeded"
 	OutcomeFailed      = "failed"
 	OutcomeRetrying    = "retrying"
+	// OutcomeUnconfirmed: an outside event (AWS) that the provider's own
+	// API does not confirm; nothing was done.
+	OutcomeUnconfirmed = "unconfirmed"
 )
 
 // AuditRecord is one entry of the audit trail. Detail holds non-secret

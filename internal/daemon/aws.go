@@ -68,6 +68,7 @@ func (d *Daemon) buildAWSEvents(raw []byte, audit *orchestrator.Auditor, log *sl
 		if d.awssm == nil {
 			return nil, orchestrator.FieldErrorf(awsevents.Section, "needs backends.awssm: its secrets are how AWS events map to tenants")
 		}
+		cfg.SecretsManager = awsevents.SecretsManagerTarget{Region: d.awssm.Config().Region, Endpoint: d.awssm.Config().Endpoint}
 		t, err := awsevents.New(cfg, d.awssm.Config(), d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
 		if err != nil {
 			return nil, err

@@ -53,6 +53,7 @@ func startAWS(t testing.TB, pollInterval time.Duration) *awsEnv {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
 	t.Setenv("AWS_REGION", "us-east-1")
 	e := &awsEnv{t: t, sm: awssmtest.Start(t)}
+	e.sm.SetAccount(kumotest.Account) // events come in kumo's account
 	e.smc = e.sm.Client(t)
 	e.smProxy = testutil.StartProxy(t, strings.TrimPrefix(e.sm.Endpoint(), "http://"))
 	for _, s := range []string{awsStaged, awsDelegated} {

@@ -13,10 +13,17 @@
 //     access key or principal it names, or by a resource tag) at or above
 //     the rule's severity becomes a revocation request for that tenant.
 //
-// Every id published is derived from the EventBridge event id, so a
-// message delivered twice (SQS is at-least-once) is dropped by JetStream's
-// duplicate window and causes no second rotation, revocation or
-// invalidation. A message is deleted from the queue only after every
+// Events are hints: a Secrets Manager event acts only once Secrets
+// Manager confirms it (confirm.go), and every identity it names (account,
+// region, partition of the event and of the secret) must be the
+// backend's; one AWS contradicts is audited as unconfirmed and changes
+// nothing.
+//
+// Every id published is derived from the EventBridge event id, and every
+// event id (and GuardDuty finding update) is remembered for dedup_window
+// in KV bucket BucketDedup, so a message delivered twice (SQS is
+// at-least-once), replayed, or re-sent by another replica causes no
+// second rotation, revocation or invalidation. A message is deleted from the queue only after every
 // publish and audit record was acknowledged by JetStream; when NATS is
 // unavailable it stays and comes back after its visibility timeout. A
 // message that cannot be parsed is never deleted: it is audited on every
@@ -46,6 +53,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,6 +83,8 @@ const (
 	OutcomeIgnored     = "ignored"     // an event rekey does not act on, a finding below severity: deleted
 	OutcomeMalformed   = "malformed"   // not parsable: left for the redrive policy
 	OutcomeUnavailable = "unavailable" // NATS did not acknowledge: left, received again later
+	OutcomeUnconfirmed = "unconfirmed" // Secrets Manager does not confirm it: audited, deleted, nothing done
+	OutcomeDeferred    = "deferred"    // Secrets Manager could not be asked: left until its visibility timeout
 )
 
 // SecretResolver maps a Secrets Manager secret, as an event names it (a
@@ -93,6 +103,8 @@ type Trigger struct {
 	audit    *orchestrator.Auditor
 	metrics  *orchestrator.Metrics
 	log      *slog.Logger
+	confirm  *confirmer
+	dedup    *dedup // opened by Run
 	rules    []rule
 	allowed  map[string]bool
 	accounts map[string]bool
@@ -126,6 +138,12 @@ func New(cfg Config, resolver SecretResolver, bus *orchestrator.Bus, audit *orch
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", Section, err)
 	}
+	smRegion := cmp.Or(cfg.SecretsManager.Region, awsCfg.Region)
+	smCfg, err := LoadAWSConfig(context.Background(), smRegion, cfg.SecretsManager.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("%s: secrets manager: %w", Section, err)
+	}
+	t.confirm = newConfirmer(secretsmanager.NewFromConfig(smCfg), smRegion, cfg.ConfirmTPS)
 	t.sqs, t.resolver, t.bus, t.audit, t.metrics = sqs.NewFromConfig(awsCfg), resolver, bus, audit, metrics
 	t.rules = compileRules(cfg.GuardDuty.Rules)
 	t.allowed, t.accounts = set(cfg.Tenants), set(cfg.Accounts)
@@ -149,7 +167,9 @@ func (t *Trigger) Run(ctx context.Context) error {
 		t.log.Info("AWS trigger disabled")
 		return nil
 	}
-	t.describeQueue(ctx)
+	if err := t.start(ctx); err != nil {
+		return err
+	}
 	in := &sqs.ReceiveMessageInput{
 		QueueUrl:            aws.String(t.cfg.QueueURL),
 		MaxNumberOfMessages: int32(t.cfg.MaxMessages),
@@ -178,54 +198,35 @@ func (t *Trigger) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 		case err != nil:
 			retry("receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "err", err)
-		case t.handleBatch(ctx, out.Messages):
-			delay = 0
 		default:
-			retry("NATS unavailable; messages left on the queue")
+			if why := t.handleBatch(ctx, out.Messages); why != "" {
+				retry(why)
+			} else {
+				delay = 0
+			}
 		}
 	}
 	t.log.Info("AWS trigger stopped")
 	return nil
 }
 
-// describeQueue logs the start with the queue's redrive policy, and warns
-// when it has none (an unparsable message would then come back until it
-// expires). Errors are only logged: the receive loop retries.
-func (t *Trigger) describeQueue(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	out, err := t.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
-		QueueUrl: aws.String(t.cfg.QueueURL),
-		AttributeNames: []sqstypes.QueueAttributeName{
-			sqstypes.QueueAttributeNameRedrivePolicy, sqstypes.QueueAttributeNameVisibilityTimeout,
-		},
-	})
-	if err != nil {
-		t.log.Warn("AWS trigger started; queue attributes not readable", "queue", t.cfg.QueueURL, "err", err)
-		return
-	}
-	redrive := out.Attributes[string(sqstypes.QueueAttributeNameRedrivePolicy)]
-	t.log.Info("AWS trigger started", "queue", t.cfg.QueueURL, "redrive_policy", redrive,
-		"visibility_timeout_s", out.Attributes[string(sqstypes.QueueAttributeNameVisibilityTimeout)], "wait_time", t.cfg.WaitTime)
-	if redrive == "" {
-		t.log.Warn("queue has no redrive policy: a message rekey cannot parse will be received again until it expires",
-			"queue", t.cfg.QueueURL)
-	}
-}
-
 // handleBatch handles the messages received together, deletes those that
-// are done and releases the others. It reports false when NATS was
-// unavailable: the message that could not be published and those after it
-// are released (made visible again) for a later receive, here or by
-// another replica.
-func (t *Trigger) handleBatch(ctx context.Context, msgs []sqstypes.Message) bool {
+// are done and releases the others. It says why it stopped early: when
+// NATS was unavailable, the message that could not be published and those
+// after it are released (made visible again) for a later receive, here or
+// by another replica; when Secrets Manager could not confirm a message,
+// that one is left in flight (it comes back after its visibility timeout,
+// so that an outage does not spend its receives at once) and those after
+// it are released.
+func (t *Trigger) handleBatch(ctx context.Context, msgs []sqstypes.Message) string {
 	// Messages in hand are finished even when ctx ends now.
 	ctx = context.WithoutCancel(ctx)
 	var done []sqstypes.Message
-	rest := msgs
+	rest, why := msgs, ""
 	for len(rest) > 0 {
 		if !t.bus.NC.IsConnected() {
 			t.outcomes.WithLabelValues(OutcomeUnavailable).Add(float64(len(rest)))
+			why = "NATS unavailable; messages left on the queue"
 			break
 		}
 		m := rest[0]
@@ -235,9 +236,14 @@ func (t *Trigger) handleBatch(ctx context.Context, msgs []sqstypes.Message) bool
 		cancel()
 		t.outcomes.WithLabelValues(outcome).Inc()
 		if outcome == OutcomeUnavailable {
+			why = "NATS unavailable; messages left on the queue"
 			break
 		}
 		rest = rest[1:]
+		if outcome == OutcomeDeferred {
+			why = "Secrets Manager could not confirm an event; it comes back after its visibility timeout"
+			break
+		}
 		if outcome != OutcomeMalformed {
 			done = append(done, m)
 		}
@@ -246,7 +252,7 @@ func (t *Trigger) handleBatch(ctx context.Context, msgs []sqstypes.Message) bool
 	defer cancel()
 	t.delete(dctx, done)
 	t.release(dctx, rest)
-	return len(rest) == 0
+	return why
 }
 
 // messageTimeout bounds the handling of one message (its publishes and
@@ -354,17 +360,39 @@ func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
 		return OutcomeMalformed
 	}
 	d := &delivery{msg: msg, eventID: idToken(msg.ID), sqsID: sqsID, receives: receives, now: time.Now().UTC()}
-	if len(t.accounts) > 0 && !t.accounts[msg.Account] {
-		return t.refuse(ctx, d, OutcomeRefused, "", "", "account is not in "+Section+".accounts")
+	keys := []string{eventKey(msg.ID)}
+	if msg.Kind == KindGuardDuty {
+		keys = append(keys, findingKey(msg.Finding.ID, msg.Finding.UpdatedAt))
 	}
-	switch msg.Kind {
-	case KindSecretsManager:
-		return t.handleSecret(ctx, d)
-	case KindGuardDuty:
-		return t.handleFinding(ctx, d)
+	switch seen, err := t.dedup.seen(ctx, d.now, keys...); {
+	case err != nil:
+		t.log.Warn("dedup bucket not readable; the message stays on the queue", "event_id", d.eventID, "err", err)
+		return OutcomeUnavailable
+	case seen:
+		t.log.Info("AWS event already handled within dedup_window; deleted", "event_id", d.eventID,
+			"detail_type", clip(msg.DetailType, 128), "receive_count", receives)
+		return OutcomeDuplicate
+	}
+	var outcome string
+	switch {
+	case len(t.accounts) > 0 && !t.accounts[msg.Account]:
+		outcome = t.refuse(ctx, d, OutcomeRefused, "", "", "account is not in "+Section+".accounts")
+	case msg.Kind == KindSecretsManager:
+		outcome = t.handleSecret(ctx, d)
+	case msg.Kind == KindGuardDuty:
+		outcome = t.handleFinding(ctx, d)
 	default:
-		return t.refuse(ctx, d, OutcomeIgnored, "", "", "not an event rekey acts on")
+		outcome = t.refuse(ctx, d, OutcomeIgnored, "", "", "not an event rekey acts on")
 	}
+	if outcome == OutcomeUnavailable || outcome == OutcomeDeferred {
+		return outcome
+	}
+	// Handled: the same event again within the window is a duplicate.
+	if err := t.dedup.record(ctx, d.eventID, keys...); err != nil {
+		t.log.Warn("handled event not recorded; the message stays on the queue", "event_id", d.eventID, "err", err)
+		return OutcomeUnavailable
+	}
+	return outcome
 }
 
 // malformed audits a message that cannot be parsed (once per receive:
@@ -445,7 +473,26 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 	case len(t.allowed) > 0 && !t.allowed[tenant]:
 		return t.refuse(ctx, d, OutcomeRefused, tenant, secret, "tenant is not in "+Section+".tenants")
 	}
+	name, reason := t.confirm.identify(d.msg, s)
+	if reason != "" {
+		return t.refuse(ctx, d, OutcomeRefused, tenant, secret, reason)
+	}
 	outcome, live := s.Change()
+	var v verdict
+	if live || outcome == schemas.ExternalFailed {
+		cctx, cancel := context.WithTimeout(ctx, confirmTimeout)
+		var err error
+		v, err = t.confirm.confirm(cctx, d.msg, s, name)
+		cancel()
+		if err != nil {
+			t.log.Warn("event not confirmed by Secrets Manager; it stays on the queue", "tenant", tenant, "secret", secret,
+				"event_id", d.eventID, "event_name", s.EventName, "err", err)
+			return OutcomeDeferred
+		}
+		if !v.confirmed {
+			return t.unconfirmed(ctx, d, tenant, secret, v.reason)
+		}
+	}
 	change := schemas.ExternalChange{
 		Tenant: tenant, Secret: secret, Backend: Backend, Source: d.msg.Source, Event: s.EventName, Outcome: outcome,
 		ResourceID: cmp.Or(s.ARN, s.SecretID), VersionID: s.VersionID, EventID: d.msg.ID,
@@ -465,6 +512,12 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 		"sync": strconv.FormatBool(live)}
 	if s.VersionID != "" {
 		detail["version_id"] = clip(s.VersionID, 128)
+	}
+	if v.confirmed {
+		detail["confirmed"] = "true"
+		if v.current != "" {
+			detail["aws_current"] = clip(v.current, 128)
+		}
 	}
 	if change.Error != "" {
 		detail["error"] = change.Error
@@ -502,6 +555,24 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 		return OutcomeDuplicate
 	}
 	return OutcomePublished
+}
+
+// unconfirmed audits an event that Secrets Manager does not confirm, to
+// the secret's tenant; nothing else is done and the message is deleted.
+func (t *Trigger) unconfirmed(ctx context.Context, d *delivery, tenant, secret, reason string) string {
+	s := d.msg.Secret
+	t.log.Warn("AWS event not confirmed by Secrets Manager; not acted on", "tenant", tenant, "secret", secret,
+		"event_id", d.eventID, "event_name", clip(s.EventName, 64), "reason", reason)
+	detail := map[string]string{"event_name": clip(s.EventName, 64), "reason": reason, "resource_id": clip(cmp.Or(s.ARN, s.SecretID), 256)}
+	if s.VersionID != "" {
+		detail["version_id"] = clip(s.VersionID, 128)
+	}
+	if err := t.record(ctx, d, d.id("unconfirmed"), schemas.AuditRecord{
+		Tenant: tenant, Secret: secret, Action: "external_change", Outcome: schemas.OutcomeUnconfirmed, Detail: detail,
+	}); err != nil {
+		return OutcomeUnavailable
+	}
+	return OutcomeUnconfirmed
 }
 
 // lookup resolves the secret by the id the event names, then by its ARN.

@@ -25,7 +25,7 @@ import (
 func TestRotationSucceededBecomesSyncRequest(t *testing.T) {
 	e := newEnv(t)
 	e.start()
-	id := e.putEvent(fixture(t, "rotation_succeeded"))
+	id := e.putEvent(e.fixture("rotation_succeeded"))
 	e.waitHandled(1)
 
 	reqs, evs := e.rotations()
@@ -45,7 +45,7 @@ func TestRotationSucceededBecomesSyncRequest(t *testing.T) {
 	require.Equal(t, "aws-"+id+"-change", cevs[0].ID)
 	require.Equal(t, schemas.ExternalChange{
 		Tenant: "acme", Secret: "openai-key", Backend: "awssm", Source: "aws.secretsmanager", Event: "RotationSucceeded",
-		Outcome: schemas.ExternalSucceeded, ResourceID: acmeARN, EventID: id, EventTime: c.EventTime, ObservedAt: c.ObservedAt,
+		Outcome: schemas.ExternalSucceeded, ResourceID: e.sm.ARN("acme/openai-key"), EventID: id, EventTime: c.EventTime, ObservedAt: c.ObservedAt,
 	}, c)
 	require.Equal(t, time.Date(2021, 8, 13, 19, 17, 16, 0, time.UTC), c.EventTime, "CloudTrail's eventTime")
 
@@ -71,8 +71,9 @@ func TestRotationSucceededBecomesSyncRequest(t *testing.T) {
 // external change and one set of audit records.
 func TestDuplicateDeliveryIsOneRequest(t *testing.T) {
 	e := newEnv(t)
+	e.putVersion("acme/openai-key", "4d383ea9-084a-49c9-8722-cbfb0f25c456")
 	e.start()
-	body := string(fixture(t, "put_secret_value"))
+	body := string(e.fixture("put_secret_value"))
 	e.send(body)
 	e.send(body)
 	e.waitHandled(2)
@@ -131,14 +132,14 @@ func TestMalformedMessageEndsInDeadLetterQueue(t *testing.T) {
 func TestRefusedIgnoredAndInfoMessages(t *testing.T) {
 	e := newEnv(t)
 	e.start()
-	unknown := e.putEvent(withSecretID(t, fixture(t, "rotation_succeeded"), "arn:aws:secretsmanager:us-east-1:123456789012:secret:hooli/key-AAAAAA"))
-	e.putEvent(withSecretID(t, fixture(t, "rotation_succeeded"), "not-a-valid/rekey-id"))
-	e.putEvent(fixture(t, "put_secret_value_pending"))
-	e.putEvent(fixture(t, "put_secret_value_denied"))
-	failedID := e.putEvent(fixture(t, "rotation_failed"))
-	e.putEvent(fixture(t, "rotation_started"))
-	e.putEvent(fixture(t, "update_secret_version_stage_pending"))
-	e.putEvent(fixture(t, "tag_resource"))
+	unknown := e.putEvent(e.withSecretID(e.fixture("rotation_succeeded"), "arn:aws:secretsmanager:us-east-1:000000000000:secret:hooli/key-AAAAAA"))
+	e.putEvent(e.withSecretID(e.fixture("rotation_succeeded"), "not-a-valid/rekey-id"))
+	e.putEvent(e.fixture("put_secret_value_pending"))
+	e.putEvent(e.fixture("put_secret_value_denied"))
+	failedID := e.putEvent(e.fixture("rotation_failed")) // names no version: unconfirmed
+	e.putEvent(e.fixture("rotation_started"))
+	e.putEvent(e.fixture("update_secret_version_stage_pending"))
+	e.putEvent(e.fixture("tag_resource"))
 	e.send(`{"version":"0","id":"e1","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2","detail":{"state":"running"}}`)
 	e.waitHandled(9)
 
@@ -149,15 +150,23 @@ func TestRefusedIgnoredAndInfoMessages(t *testing.T) {
 	for _, c := range changes {
 		byEvent[c.Event+"/"+c.Outcome] = c
 	}
-	require.Len(t, changes, 5)
+	require.Len(t, changes, 4)
 	require.Contains(t, byEvent, "PutSecretValue/info")
 	require.Contains(t, byEvent, "RotationStarted/info")
 	require.Contains(t, byEvent, "UpdateSecretVersionStage/info")
-	failed := byEvent["RotationFailed/failed"]
-	require.Equal(t, failedID, failed.EventID)
-	require.Contains(t, failed.Error, "during createSecret step")
+	require.NotContains(t, byEvent, "RotationFailed/failed", "a failure without a version is not published")
 	fa := e.auditsOf("acme", "external_change")
 	require.Len(t, fa, 5)
+	var unconfirmed []schemas.AuditRecord
+	for _, r := range fa {
+		if r.Outcome == schemas.OutcomeUnconfirmed {
+			unconfirmed = append(unconfirmed, r)
+		}
+	}
+	require.Len(t, unconfirmed, 1)
+	require.Equal(t, failedID, unconfirmed[0].Detail["event_id"])
+	require.Contains(t, unconfirmed[0].Detail["reason"], "RotationFailed names no version")
+	require.Equal(t, 1.0, e.count(awsevents.OutcomeUnconfirmed))
 
 	refused := e.auditsOf("ops", "aws.event")
 	reasons := map[string]string{}
@@ -172,7 +181,7 @@ func TestRefusedIgnoredAndInfoMessages(t *testing.T) {
 	require.Contains(t, ignored[0].Detail["reason"], "TagResource is not one rekey acts on")
 	require.Equal(t, 2.0, e.count(awsevents.OutcomeRefused))
 	require.Equal(t, 2.0, e.count(awsevents.OutcomeIgnored))
-	require.Equal(t, 5.0, e.count(awsevents.OutcomePublished))
+	require.Equal(t, 4.0, e.count(awsevents.OutcomePublished))
 }
 
 // TestAllowLists: an event about a secret of a tenant outside
@@ -183,7 +192,7 @@ func TestAllowLists(t *testing.T) {
 	e.cfg.Tenants = []string{"acme"}
 	e.cfg.Accounts = []string{kumotest.Account}
 	e.start()
-	e.putEvent(withSecretID(t, fixture(t, "rotation_succeeded"), globexARN))
+	e.putEvent(e.withSecretID(e.fixture("rotation_succeeded"), e.sm.ARN("globex/openai-key")))
 	e.send(string(fixture(t, "rotation_succeeded"))) // account 123456789012
 	e.waitHandled(2)
 	reqs, _ := e.rotations()
@@ -205,10 +214,10 @@ func TestAllowLists(t *testing.T) {
 func TestGuardDutyFindings(t *testing.T) {
 	e := newEnv(t)
 	e.start()
-	keyID := e.putEvent(fixture(t, "guardduty_access_key"))                                        // severity 8, acme's key, rule min high
-	tagID := e.putEvent(fixture(t, "guardduty_instance_tags"))                                     // severity 5, TenantId=globex, rule min medium
-	lowID := e.putEvent(fixture(t, "guardduty_eks_tags"))                                          // severity 2, TenantId=acme: below
-	otherKey := e.putEvent(withKey(t, fixture(t, "guardduty_access_key"), "ASIAEXAMPLEOTHERKEY1")) // no rule
+	keyID := e.putEvent(e.fixture("guardduty_access_key"))                                        // severity 8, acme's key, rule min high
+	tagID := e.putEvent(e.fixture("guardduty_instance_tags"))                                     // severity 5, TenantId=globex, rule min medium
+	lowID := e.putEvent(e.fixture("guardduty_eks_tags"))                                          // severity 2, TenantId=acme: below
+	otherKey := e.putEvent(withKey(t, e.fixture("guardduty_access_key"), "ASIAEXAMPLEOTHERKEY1")) // no rule
 	e.waitHandled(4)
 
 	revs, evs := e.revocations()
@@ -261,12 +270,13 @@ func withKey(t *testing.T, body []byte, key string) []byte {
 // dead-letter queue.
 func TestNATSUnavailableKeepsMessages(t *testing.T) {
 	e := newEnv(t)
+	e.putVersion("acme/openai-key", "a1b2c3d4-0000-4000-8000-000000000001")
 	e.start()
 	ctx := context.Background()
 
 	// JetStream refuses the request: its stream is gone.
 	require.NoError(t, e.bus.JS.DeleteStream(ctx, schemas.StreamRotate))
-	id := e.putEvent(fixture(t, "rotation_succeeded"))
+	id := e.putEvent(e.fixture("rotation_succeeded"))
 	require.Eventually(t, func() bool { return e.count(awsevents.OutcomeUnavailable) >= 1 }, 20*time.Second, 50*time.Millisecond)
 	require.Equal(t, 1, e.depth(), "the message was deleted")
 	require.NoError(t, e.bus.EnsureStreams(ctx))
@@ -282,7 +292,7 @@ func TestNATSUnavailableKeepsMessages(t *testing.T) {
 	e.nats.Shutdown()
 	e.nats.WaitForShutdown()
 	require.Eventually(t, func() bool { return !e.bus.NC.IsConnected() }, 10*time.Second, 20*time.Millisecond)
-	id2 := e.putEvent(fixture(t, "put_secret_value_current"))
+	id2 := e.putEvent(e.fixture("put_secret_value_current"))
 	// A long poll under way when NATS went away may still receive it:
 	// then it is released at once, unhandled (kumo still counts a
 	// released message as in flight until the next receive).

@@ -20,8 +20,15 @@ const Section = "triggers.awsevents"
 const (
 	DefaultWaitTime    = 20 * time.Second
 	DefaultMaxMessages = 10
-	DefaultSource      = "rekey"
-	DefaultBusName     = "default"
+	// DefaultConfirmTPS paces the Secrets Manager calls that confirm
+	// events (a fraction of DescribeSecret's quota of 50 per second).
+	DefaultConfirmTPS = 10
+	// DefaultDedupWindow is how long event ids are remembered.
+	DefaultDedupWindow = 24 * time.Hour
+	// DefaultMaxReceiveCount is deployments/aws's maxReceiveCount.
+	DefaultMaxReceiveCount = 5
+	DefaultSource          = "rekey"
+	DefaultBusName         = "default"
 )
 
 // DefaultKinds are the rekey event kinds the outcome publisher sends to
@@ -74,6 +81,35 @@ type Config struct {
 	GuardDuty GuardDutyConfig `yaml:"guardduty"`
 	// EventBridge configures the outcome publisher.
 	EventBridge EventBridgeConfig `yaml:"eventbridge"`
+	// ConfirmTPS paces, per process, the Secrets Manager calls
+	// (DescribeSecret, ListSecretVersionIds) that confirm a Secrets Manager
+	// event before rekey acts on it (default 10). An event waits for its
+	// turn up to the message's handling time, then stays on the queue.
+	ConfirmTPS float64 `yaml:"confirm_tps"`
+	// DedupWindow is how long an EventBridge event id, and a GuardDuty
+	// finding's id with its updatedAt, are remembered (KV bucket
+	// rekey_awsevents_dedup, shared by replicas and kept across
+	// restarts): the same event within it acts once. A GuardDuty finding
+	// last updated longer ago is refused as stale. It must exceed the
+	// queue's visibility timeout times its maxReceiveCount, checked at
+	// start (default 24h).
+	DedupWindow time.Duration `yaml:"dedup_window"`
+	// MaxReceiveCount is the most receives the queue's redrive policy may
+	// allow before it dead-letters a message (default 5, as
+	// deployments/aws). At start the queue must have a redrive policy
+	// whose maxReceiveCount is at most this.
+	MaxReceiveCount int `yaml:"max_receive_count"`
+	// SecretsManager is where events are confirmed: the region and
+	// endpoint of backends.awssm. The daemon fills it in; it is not read
+	// from the section. Region defaults to the queue's.
+	SecretsManager SecretsManagerTarget `yaml:"-"`
+}
+
+// SecretsManagerTarget is the Secrets Manager the trigger asks to confirm
+// events: the one the awssm backend writes to.
+type SecretsManagerTarget struct {
+	Region   string
+	Endpoint string
 }
 
 // GuardDutyConfig holds the rules that turn a GuardDuty finding into
@@ -126,7 +162,10 @@ type EventBridgeConfig struct {
 
 // Defaults returns the configuration of an empty section.
 func Defaults() Config {
-	return Config{Enabled: true, WaitTime: DefaultWaitTime, MaxMessages: DefaultMaxMessages}
+	return Config{
+		Enabled: true, WaitTime: DefaultWaitTime, MaxMessages: DefaultMaxMessages,
+		ConfirmTPS: DefaultConfirmTPS, DedupWindow: DefaultDedupWindow, MaxReceiveCount: DefaultMaxReceiveCount,
+	}
 }
 
 // ParseConfig decodes the raw triggers.awsevents section over the
@@ -174,6 +213,24 @@ func (c *Config) Validate() error {
 	}
 	if c.VisibilityTimeout < 0 || c.VisibilityTimeout > 12*time.Hour || c.VisibilityTimeout%time.Second != 0 {
 		add("visibility_timeout", "%s must be whole seconds up to 12h (0: the queue's)", c.VisibilityTimeout)
+	}
+	if !(c.ConfirmTPS > 0 && c.ConfirmTPS <= 1000) {
+		add("confirm_tps", "%v must be above 0 and at most 1000", c.ConfirmTPS)
+	}
+	if c.MaxReceiveCount < 1 || c.MaxReceiveCount > 1000 {
+		add("max_receive_count", "%d must be between 1 and 1000 (SQS's range)", c.MaxReceiveCount)
+	}
+	switch {
+	case c.DedupWindow < time.Minute || c.DedupWindow > 30*24*time.Hour:
+		add("dedup_window", "%s must be from 1m to 720h", c.DedupWindow)
+	case c.VisibilityTimeout > 0 && c.MaxReceiveCount > 0 && c.DedupWindow <= c.VisibilityTimeout*time.Duration(c.MaxReceiveCount):
+		add("dedup_window", "%s must exceed visibility_timeout (%s) times max_receive_count (%d): a message can come back that long after its first receive",
+			c.DedupWindow, c.VisibilityTimeout, c.MaxReceiveCount)
+	}
+	if c.SecretsManager.Endpoint != "" {
+		if err := checkURL(c.SecretsManager.Endpoint, false); err != nil {
+			add("secretsmanager.endpoint", "%v", err)
+		}
 	}
 	for i, t := range c.Tenants {
 		if err := schemas.ValidateID("tenant", t); err != nil {
@@ -328,6 +385,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxMessages == 0 {
 		c.MaxMessages = DefaultMaxMessages
+	}
+	if c.ConfirmTPS == 0 {
+		c.ConfirmTPS = DefaultConfirmTPS
+	}
+	if c.DedupWindow == 0 {
+		c.DedupWindow = DefaultDedupWindow
+	}
+	if c.MaxReceiveCount == 0 {
+		c.MaxReceiveCount = DefaultMaxReceiveCount
 	}
 	e := &c.EventBridge
 	if e.BusName == "" {

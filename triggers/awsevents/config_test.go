@@ -33,6 +33,9 @@ eventbridge: {enabled: true, kinds: [rotation_completed, tenant_restored]}
 	require.Equal(t, 20*time.Second, cfg.WaitTime, "default")
 	require.Equal(t, 5, cfg.MaxMessages)
 	require.Equal(t, 2*time.Minute, cfg.VisibilityTimeout)
+	require.Equal(t, awsevents.DefaultDedupWindow, cfg.DedupWindow)
+	require.Equal(t, awsevents.DefaultMaxReceiveCount, cfg.MaxReceiveCount)
+	require.Equal(t, float64(awsevents.DefaultConfirmTPS), cfg.ConfirmTPS)
 	require.Len(t, cfg.GuardDuty.Rules, 2)
 	require.Equal(t, "7.5", cfg.GuardDuty.Rules[0].MinSeverity)
 	require.True(t, cfg.EventBridge.Enabled)
@@ -82,6 +85,11 @@ eventbridge: {enabled: true}
 		{"rule names", strings.Replace(base, "    - {tenant", "    - {name: a, tenant: globex, principal_ids: [P]}\n    - {name: a, tenant", 1), "triggers.awsevents.guardduty.rules[1].name", "used by another rule"},
 		{"kinds", strings.Replace(base, "{enabled: true}", "{enabled: true, kinds: [external_change]}", 1), "triggers.awsevents.eventbridge.kinds[0]", "is not one of"},
 		{"source", strings.Replace(base, "{enabled: true}", "{enabled: true, source: aws.rekey}", 1), "triggers.awsevents.eventbridge.source", "reserved"},
+		{"confirm tps", base + "confirm_tps: 0\n", "triggers.awsevents.confirm_tps", "above 0"},
+		{"confirm tps NaN", base + "confirm_tps: .nan\n", "triggers.awsevents.confirm_tps", "above 0"},
+		{"max receive count", base + "max_receive_count: 0\n", "triggers.awsevents.max_receive_count", "between 1 and 1000"},
+		{"dedup window", base + "dedup_window: 30s\n", "triggers.awsevents.dedup_window", "from 1m to 720h"},
+		{"dedup window under visibility", base + "visibility_timeout: 10m\nmax_receive_count: 6\ndedup_window: 1h\n", "triggers.awsevents.dedup_window", "must exceed visibility_timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := awsevents.ParseConfig([]byte(tc.yaml), rekeyConfig(t))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -92,9 +93,22 @@ func evaluate(rules []rule, f *Finding) (revoke, below []target, badTags int) {
 	return revoke, below, badTags
 }
 
+// maxClockSkew is how far in the future a finding's time may lie.
+const maxClockSkew = 5 * time.Minute
+
 // handleFinding turns a GuardDuty finding into revocation requests.
 func (t *Trigger) handleFinding(ctx context.Context, d *delivery) string {
 	f := d.msg.Finding
+	// A finding is news only while it is recent: one last updated before
+	// the dedup window could be a replay that the window forgot.
+	updated := firstTime(f.UpdatedAt, d.msg.Time, d.now)
+	switch age := d.now.Sub(updated); {
+	case age > t.cfg.DedupWindow:
+		return t.refuse(ctx, d, OutcomeRefused, "", "", fmt.Sprintf("the finding was last updated at %s, longer ago than dedup_window (%s)",
+			updated.Format(time.RFC3339), t.cfg.DedupWindow))
+	case age < -maxClockSkew:
+		return t.refuse(ctx, d, OutcomeRefused, "", "", fmt.Sprintf("the finding's updatedAt %s is in the future", updated.Format(time.RFC3339)))
+	}
 	revoke, below, badTags := evaluate(t.rules, f)
 	sev := strconv.FormatFloat(f.Severity, 'g', -1, 64)
 	findingDetail := func(tg target, extra map[string]string) map[string]string {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,11 +18,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/rekey-dev/rekey/handlers/awssm/awssmtest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -80,21 +83,28 @@ func rekeyConfig(t testing.TB) *orchestrator.Config {
 	return &c
 }
 
-const globexARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:globex/openai-key-ZyXwVu"
-
 // resolver is the map-based SecretResolver of the tests: what the awssm
-// backend's configuration answers for its secrets.
+// backend's configuration answers for its secrets, by name or by a full
+// ARN of any account or region (the backend checks only the region; the
+// trigger checks the rest).
 type resolver map[string]schemas.Ref
 
 func (r resolver) Lookup(secretID string) (string, string, bool) {
-	ref, ok := r[secretID]
+	name := secretID
+	if strings.HasPrefix(secretID, "arn:") {
+		parts := strings.SplitN(secretID, ":", 7)
+		if len(parts) != 7 || len(parts[6]) < 8 {
+			return "", "", false
+		}
+		name = parts[6][:len(parts[6])-7]
+	}
+	ref, ok := r[name]
 	return ref.Tenant, ref.Secret, ok
 }
 
 var secrets = resolver{
-	acmeARN:                {Tenant: "acme", Secret: "openai-key"},
 	"acme/openai-key":      {Tenant: "acme", Secret: "openai-key"},
-	globexARN:              {Tenant: "globex", Secret: "openai-key"},
+	"acme/db-password":     {Tenant: "acme", Secret: "db-password"},
 	"globex/openai-key":    {Tenant: "globex", Secret: "openai-key"},
 	"not-a-valid/rekey-id": {Tenant: "Acme", Secret: "openai-key"},
 }
@@ -143,6 +153,10 @@ type env struct {
 	cfg      awsevents.Config
 	logs     *testutil.SyncBuffer
 	log      *slog.Logger
+	// sm is Secrets Manager, in kumo's account, with acme/openai-key,
+	// acme/db-password and globex/openai-key; smc its client.
+	sm  *awssmtest.Server
+	smc *secretsmanager.Client
 }
 
 // newEnv makes a queue (visibility timeout 1s, dead-letter queue after 3
@@ -170,6 +184,15 @@ func newEnv(t *testing.T) *env {
 	e.cfg, err = awsevents.ParseConfig([]byte(fmt.Sprintf(sectionYAML, e.queue.URL, e.kumo.Endpoint, e.ebBus)), e.rekey)
 	require.NoError(t, err)
 
+	e.sm = awssmtest.Start(t)
+	e.sm.SetAccount(kumotest.Account) // the account kumo puts in its events
+	e.smc = e.sm.Client(t)
+	for _, name := range []string{"acme/openai-key", "acme/db-password", "globex/openai-key"} {
+		_, err := e.smc.CreateSecret(ctx, &secretsmanager.CreateSecretInput{Name: aws.String(name), SecretString: aws.String("initial")})
+		require.NoError(t, err)
+	}
+	e.cfg.SecretsManager = awsevents.SecretsManagerTarget{Region: awssmtest.Region, Endpoint: e.sm.Endpoint()}
+
 	e.natsDir = t.TempDir()
 	e.nats = testutil.StartNATS(t, -1, e.natsDir)
 	e.natsPort = e.nats.Addr().(*net.TCPAddr).Port
@@ -187,6 +210,28 @@ func (e *env) start() *awsevents.Trigger {
 	require.NoError(e.t, err)
 	testutil.Run(e.t, tr)
 	return tr
+}
+
+// fixture is a fixture as AWS would send it about the emulator's secrets:
+// acme/openai-key's ARN is the emulator's, the account kumo's, and a
+// GuardDuty finding was updated just now.
+func (e *env) fixture(name string) []byte {
+	e.t.Helper()
+	body := strings.ReplaceAll(string(fixture(e.t, name)), acmeARN, e.sm.ARN("acme/openai-key"))
+	body = strings.ReplaceAll(body, "123456789012", kumotest.Account)
+	body = updatedAtRE.ReplaceAllString(body, `"updatedAt": "`+time.Now().UTC().Format(time.RFC3339Nano)+`"`)
+	return []byte(body)
+}
+
+var updatedAtRE = regexp.MustCompile(`"updatedAt": *"[^"]*"`)
+
+// putVersion makes version id of a secret AWSCURRENT, outside rekey.
+func (e *env) putVersion(name, id string) {
+	e.t.Helper()
+	_, err := e.smc.PutSecretValue(context.Background(), &secretsmanager.PutSecretValueInput{
+		SecretId: aws.String(name), ClientRequestToken: aws.String(id), SecretString: aws.String("value-" + id),
+	})
+	require.NoError(e.t, err)
 }
 
 // putEvent puts a fixture's source, detail-type and detail on the test's
@@ -243,7 +288,8 @@ func (e *env) count(outcome string) float64 {
 func (e *env) handled() float64 {
 	total := 0.0
 	for _, o := range []string{awsevents.OutcomePublished, awsevents.OutcomeDuplicate, awsevents.OutcomeRefused,
-		awsevents.OutcomeIgnored, awsevents.OutcomeMalformed, awsevents.OutcomeUnavailable} {
+		awsevents.OutcomeIgnored, awsevents.OutcomeMalformed, awsevents.OutcomeUnavailable, awsevents.OutcomeUnconfirmed,
+		awsevents.OutcomeDeferred} {
 		total += e.count(o)
 	}
 	return total
@@ -340,8 +386,9 @@ func (e *env) auditsOf(tenant, action string) []schemas.AuditRecord {
 	return out
 }
 
-// withSecretID returns a fixture with its secret id replaced.
-func withSecretID(t *testing.T, body []byte, id string) []byte {
-	t.Helper()
-	return []byte(strings.ReplaceAll(string(body), acmeARN, id))
+// withSecretID returns a fixture (of e.fixture) with its secret id
+// replaced.
+func (e *env) withSecretID(body []byte, id string) []byte {
+	e.t.Helper()
+	return []byte(strings.ReplaceAll(string(body), e.sm.ARN("acme/openai-key"), id))
 }

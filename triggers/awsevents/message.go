@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -121,6 +123,10 @@ type SecretEvent struct {
 	// RotationFailed, says why.
 	ErrorCode    string
 	ErrorMessage string
+	// AWSRegion and RecipientAccount are CloudTrail's awsRegion and
+	// recipientAccountId, when present.
+	AWSRegion        string
+	RecipientAccount string
 }
 
 // Understood reports whether rekey acts on this event name.
@@ -164,6 +170,9 @@ type Finding struct {
 	Type     string
 	Title    string
 	Severity float64
+	// UpdatedAt is when GuardDuty last updated the finding (it sends a
+	// still-active finding again, updated, under a new event id).
+	UpdatedAt time.Time
 	// AccessKeyID and PrincipalID are from resource.accessKeyDetails.
 	AccessKeyID string
 	PrincipalID string
@@ -201,11 +210,15 @@ type cloudTrailDetail struct {
 	EventTime           string `json:"eventTime"`
 	ErrorCode           string `json:"errorCode"`
 	ErrorMessage        string `json:"errorMessage"`
+	AWSRegion           string `json:"awsRegion"`
+	RecipientAccountID  string `json:"recipientAccountId"`
 	AdditionalEventData *struct {
-		SecretID string `json:"SecretId"`
+		SecretID  string `json:"SecretId"`
+		VersionID string `json:"VersionId"`
 	} `json:"additionalEventData"`
 	ServiceEventDetails *struct {
-		SecretID string `json:"secretId"`
+		SecretID  string `json:"secretId"`
+		VersionID string `json:"versionId"`
 	} `json:"serviceEventDetails"`
 	RequestParameters *struct {
 		SecretID            string   `json:"secretId"`
@@ -224,11 +237,12 @@ type cloudTrailDetail struct {
 
 // findingDetail is the detail of a "GuardDuty Finding" event.
 type findingDetail struct {
-	ID       string   `json:"id"`
-	Type     string   `json:"type"`
-	Title    string   `json:"title"`
-	Severity severity `json:"severity"`
-	Resource struct {
+	ID        string    `json:"id"`
+	Type      string    `json:"type"`
+	Title     string    `json:"title"`
+	Severity  *severity `json:"severity"`
+	UpdatedAt string    `json:"updatedAt"`
+	Resource  struct {
 		AccessKeyDetails struct {
 			AccessKeyID string `json:"accessKeyId"`
 			PrincipalID string `json:"principalId"`
@@ -249,8 +263,14 @@ type tagged struct {
 	Tags []Tag `json:"tags"`
 }
 
-// severity is GuardDuty's severity: a JSON number, or a string holding one.
+// severity is GuardDuty's severity: a JSON number, or a string holding one
+// (a decimal number or a severity name), finite and from 0 to 10.
+// ParseFloat alone would also take "NaN", "Inf" and hex floats, and NaN
+// compares false with every min_severity.
 type severity float64
+
+// decimalRE is a plain decimal number, as JSON writes one.
+var decimalRE = regexp.MustCompile(`^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$`)
 
 func (s *severity) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
@@ -259,18 +279,23 @@ func (s *severity) UnmarshalJSON(b []byte) error {
 		if err := json.Unmarshal(b, &str); err != nil {
 			return err
 		}
-		b = []byte(str)
+		b = []byte(strings.TrimSpace(str))
 	}
 	if string(b) == "null" {
-		return nil
+		return errors.New("detail.severity is null")
 	}
-	v, err := strconv.ParseFloat(string(b), 64)
-	if err != nil {
-		named, ok := severityNames[strings.ToLower(string(b))]
-		if !ok {
-			return fmt.Errorf("severity %.20q is not a number", b)
+	v, named := severityNames[strings.ToLower(string(b))]
+	if !named {
+		if !decimalRE.Match(b) {
+			return fmt.Errorf("detail.severity %.20q is not a decimal number", b)
 		}
-		v = named
+		var err error
+		if v, err = strconv.ParseFloat(string(b), 64); err != nil {
+			return fmt.Errorf("detail.severity %.20q is not a number", b)
+		}
+	}
+	if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > 10 {
+		return fmt.Errorf("detail.severity %.20q is not from 0 to 10", b)
 	}
 	*s = severity(v)
 	return nil
@@ -316,6 +341,17 @@ func ParseMessage(body []byte) (Message, error) {
 		}
 		m.Time = t.UTC()
 	}
+	acts := m.Source == SourceSecretsManager && (m.DetailType == DetailTypeAPICall || m.DetailType == DetailTypeServiceEvent) ||
+		m.Source == SourceGuardDuty && m.DetailType == DetailTypeFinding
+	if acts {
+		// Who and where: the identities rekey checks must be well formed.
+		switch {
+		case !isAccountID(m.Account):
+			return Message{}, fmt.Errorf("%w: account %.20q is not a 12-digit AWS account id", ErrMalformed, m.Account)
+		case !regionRE.MatchString(m.Region):
+			return Message{}, fmt.Errorf("%w: region %.32q is not an AWS region", ErrMalformed, m.Region)
+		}
+	}
 	switch {
 	case m.Source == SourceSecretsManager && (m.DetailType == DetailTypeAPICall || m.DetailType == DetailTypeServiceEvent):
 		s, err := parseSecretEvent(env.Detail)
@@ -348,7 +384,16 @@ func parseSecretEvent(raw json.RawMessage) (*SecretEvent, error) {
 	if d.EventName == "" {
 		return nil, fmt.Errorf("%w: CloudTrail detail has no eventName", ErrMalformed)
 	}
-	s := &SecretEvent{EventName: d.EventName, EventType: d.EventType, ErrorCode: d.ErrorCode, ErrorMessage: d.ErrorMessage}
+	s := &SecretEvent{
+		EventName: d.EventName, EventType: d.EventType, ErrorCode: d.ErrorCode, ErrorMessage: d.ErrorMessage,
+		AWSRegion: d.AWSRegion, RecipientAccount: d.RecipientAccountID,
+	}
+	if s.AWSRegion != "" && !regionRE.MatchString(s.AWSRegion) {
+		return nil, fmt.Errorf("%w: detail.awsRegion %.32q is not an AWS region", ErrMalformed, s.AWSRegion)
+	}
+	if s.RecipientAccount != "" && !isAccountID(s.RecipientAccount) {
+		return nil, fmt.Errorf("%w: detail.recipientAccountId %.20q is not a 12-digit AWS account id", ErrMalformed, s.RecipientAccount)
+	}
 	if d.EventTime != "" {
 		t, err := time.Parse(time.RFC3339, d.EventTime)
 		if err != nil {
@@ -356,11 +401,12 @@ func parseSecretEvent(raw json.RawMessage) (*SecretEvent, error) {
 		}
 		s.EventTime = t.UTC()
 	}
+	var rotated string // the version a rotation event names, if any
 	if a := d.AdditionalEventData; a != nil {
-		s.SecretID = a.SecretID
+		s.SecretID, rotated = a.SecretID, a.VersionID
 	}
-	if e := d.ServiceEventDetails; e != nil && s.SecretID == "" {
-		s.SecretID = e.SecretID
+	if e := d.ServiceEventDetails; e != nil {
+		s.SecretID, rotated = cmp.Or(s.SecretID, e.SecretID), cmp.Or(rotated, e.VersionID)
 	}
 	var token, created string // the call's client token; the version it made
 	if p := d.RequestParameters; p != nil {
@@ -386,6 +432,11 @@ func parseSecretEvent(raw json.RawMessage) (*SecretEvent, error) {
 		s.VersionID = created
 	case EventUpdateSecretVersionStage:
 		s.VersionID = s.MoveToVersionID
+	case EventRotationStarted, EventRotationSucceeded, EventRotationFailed, EventRotationAbandoned:
+		s.VersionID = rotated
+	}
+	if len(s.VersionID) > maxIDLen {
+		return nil, fmt.Errorf("%w: version id over %d bytes", ErrMalformed, maxIDLen)
 	}
 	if s.SecretID == "" {
 		s.SecretID = s.ARN
@@ -405,9 +456,25 @@ func parseFinding(raw json.RawMessage) (*Finding, error) {
 	if err := json.Unmarshal(raw, &d); err != nil {
 		return nil, fmt.Errorf("%w: GuardDuty finding: %v", ErrMalformed, err)
 	}
+	switch {
+	case d.ID == "":
+		return nil, fmt.Errorf("%w: GuardDuty finding: detail.id is required", ErrMalformed)
+	case len(d.ID) > maxIDLen:
+		return nil, fmt.Errorf("%w: GuardDuty finding: detail.id over %d bytes", ErrMalformed, maxIDLen)
+	case d.Severity == nil:
+		return nil, fmt.Errorf("%w: GuardDuty finding: detail.severity is required", ErrMalformed)
+	}
+	var updated time.Time
+	if d.UpdatedAt != "" {
+		t, err := time.Parse(time.RFC3339, d.UpdatedAt)
+		if err != nil {
+			return nil, fmt.Errorf("%w: GuardDuty finding: detail.updatedAt is not RFC 3339", ErrMalformed)
+		}
+		updated = t.UTC()
+	}
 	r := &d.Resource
 	f := &Finding{
-		ID: d.ID, Type: d.Type, Title: d.Title, Severity: float64(d.Severity),
+		ID: d.ID, Type: d.Type, Title: d.Title, Severity: float64(*d.Severity), UpdatedAt: updated,
 		AccessKeyID: r.AccessKeyDetails.AccessKeyID, PrincipalID: r.AccessKeyDetails.PrincipalID,
 	}
 	for _, tags := range [][]Tag{
@@ -421,6 +488,9 @@ func parseFinding(raw json.RawMessage) (*Finding, error) {
 	}
 	return f, nil
 }
+
+// regionRE is an AWS region name (us-east-1, us-gov-west-1, cn-north-1).
+var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
 
 // isObject reports whether raw is a JSON object (after white space).
 func isObject(raw json.RawMessage) bool {

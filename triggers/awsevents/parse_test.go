@@ -106,12 +106,12 @@ func TestParseGuardDutyFindings(t *testing.T) {
 	require.Contains(t, m.Finding.Tags, awsevents.Tag{Key: "TenantId", Value: "acme"})
 
 	// PascalCase keys and a severity given as a string or a name still read.
-	m, err = awsevents.ParseMessage([]byte(`{"id":"x","source":"aws.guardduty","detail-type":"GuardDuty Finding",
-		"detail":{"Severity":"7.5","Resource":{"AccessKeyDetails":{"AccessKeyId":"AKIAX"}}}}`))
+	m, err = awsevents.ParseMessage([]byte(`{"id":"x","source":"aws.guardduty","detail-type":"GuardDuty Finding",` + where + `
+		"detail":{"Id":"f","Severity":"7.5","Resource":{"AccessKeyDetails":{"AccessKeyId":"AKIAX"}}}}`))
 	require.NoError(t, err)
 	require.Equal(t, 7.5, m.Finding.Severity)
 	require.Equal(t, "AKIAX", m.Finding.AccessKeyID)
-	m, err = awsevents.ParseMessage([]byte(`{"id":"x","source":"aws.guardduty","detail-type":"GuardDuty Finding","detail":{"severity":"HIGH"}}`))
+	m, err = awsevents.ParseMessage([]byte(`{"id":"x","source":"aws.guardduty","detail-type":"GuardDuty Finding",` + where + `"detail":{"id":"f","severity":"HIGH"}}`))
 	require.NoError(t, err)
 	require.Equal(t, 7.0, m.Finding.Severity)
 }
@@ -122,10 +122,10 @@ func TestParseOtherEvents(t *testing.T) {
 	for name, body := range map[string]string{
 		"another source":          `{"id":"1","source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","detail":{"state":"running"}}`,
 		"another detail-type":     `{"id":"1","source":"aws.secretsmanager","detail-type":"Something New","detail":{}}`,
-		"another CloudTrail svc":  `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","detail":{"eventSource":"kms.amazonaws.com","eventName":"Decrypt"}}`,
+		"another CloudTrail svc":  `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail",` + where + `"detail":{"eventSource":"kms.amazonaws.com","eventName":"Decrypt"}}`,
 		"GuardDuty other type":    `{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Malware Protection Object Scan Result","detail":{}}`,
 		"no time, no resources":   `{"id":"1","source":"custom","detail-type":"x","detail":{}}`,
-		"unknown secret event ok": `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"GetSecretValue"}}`,
+		"unknown secret event ok": `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail",` + where + `"detail":{"eventName":"GetSecretValue"}}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			m, err := awsevents.ParseMessage([]byte(body))
@@ -155,12 +155,28 @@ func TestParseMalformed(t *testing.T) {
 		"bad time":                 `{"id":"1","source":"s","detail-type":"x","time":"yesterday","detail":{}}`,
 		"id of the wrong type":     `{"id":1,"source":"s","detail-type":"x","detail":{}}`,
 		"resources not strings":    `{"id":"1","source":"s","detail-type":"x","resources":[1],"detail":{}}`,
-		"no eventName":             `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","detail":{}}`,
-		"no secret":                `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS Service Event via CloudTrail","detail":{"eventName":"RotationSucceeded"}}`,
-		"bad eventTime":            `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"DeleteSecret","eventTime":"x","requestParameters":{"secretId":"s"}}}`,
-		"requestParameters string": `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"PutSecretValue","requestParameters":"s"}}`,
-		"severity not a number":    `{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Finding","detail":{"severity":"very"}}`,
-		"tags not a list":          `{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Finding","detail":{"resource":{"instanceDetails":{"tags":{"k":"v"}}}}}`,
+		"no eventName":             secretEvent(``),
+		"no secret":                secretEvent(`"eventName":"RotationSucceeded"`),
+		"bad eventTime":            secretEvent(`"eventName":"DeleteSecret","eventTime":"x","requestParameters":{"secretId":"s"}`),
+		"requestParameters string": secretEvent(`"eventName":"PutSecretValue","requestParameters":"s"`),
+		"severity not a number":    finding(`"severity":"very"`),
+		"tags not a list":          finding(`"severity":5,"resource":{"instanceDetails":{"tags":{"k":"v"}}}`),
+		"severity NaN":             finding(`"severity":"NaN"`),
+		"severity Inf":             finding(`"severity":"Inf"`),
+		"severity -Infinity":       finding(`"severity":"-Infinity"`),
+		"severity hex":             finding(`"severity":"0x1p3"`),
+		"severity below 0":         finding(`"severity":-1`),
+		"severity above 10":        finding(`"severity":10.5`),
+		"severity huge":            finding(`"severity":1e400`),
+		"severity null":            finding(`"severity":null`),
+		"no severity":              finding(`"type":"x"`),
+		"no finding id":            `{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Finding",` + where + `"detail":{"severity":5}}`,
+		"bad updatedAt":            finding(`"severity":5,"updatedAt":"yesterday"`),
+		"no account":               `{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Finding","region":"us-east-1","detail":{"id":"f","severity":5}}`,
+		"account not 12 digits":    `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","account":"12345","region":"us-east-1","detail":{"eventName":"DeleteSecret","requestParameters":{"secretId":"s"}}}`,
+		"region not a region":      `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","account":"123456789012","region":"../x","detail":{"eventName":"DeleteSecret","requestParameters":{"secretId":"s"}}}`,
+		"awsRegion not a region":   secretEvent(`"eventName":"DeleteSecret","awsRegion":"moon","requestParameters":{"secretId":"s"}`),
+		"recipient not an account": secretEvent(`"eventName":"DeleteSecret","recipientAccountId":"x","requestParameters":{"secretId":"s"}`),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := awsevents.ParseMessage([]byte(body))
@@ -168,6 +184,31 @@ func TestParseMalformed(t *testing.T) {
 			require.True(t, errors.Is(err, awsevents.ErrMalformed), "%v", err)
 		})
 	}
+	// The error names the field.
+	for field, body := range map[string]string{
+		"detail.severity":           finding(`"severity":"NaN"`),
+		"detail.id":                 `{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Finding",` + where + `"detail":{"severity":5}}`,
+		"detail.updatedAt":          finding(`"severity":5,"updatedAt":"x"`),
+		"account":                   `{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Finding","region":"us-east-1","detail":{"id":"f","severity":5}}`,
+		"detail.awsRegion":          secretEvent(`"eventName":"DeleteSecret","awsRegion":"moon","requestParameters":{"secretId":"s"}`),
+		"detail.recipientAccountId": secretEvent(`"eventName":"DeleteSecret","recipientAccountId":"x","requestParameters":{"secretId":"s"}`),
+	} {
+		_, err := awsevents.ParseMessage([]byte(body))
+		require.ErrorContains(t, err, field)
+	}
+}
+
+// where is the account and region of an event's envelope.
+const where = `"account":"123456789012","region":"us-east-1",`
+
+// finding is a GuardDuty finding event with detail fields (and id f).
+func finding(fields string) string {
+	return `{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Finding",` + where + `"detail":{"id":"f",` + fields + `}}`
+}
+
+// secretEvent is a Secrets Manager CloudTrail event with detail fields.
+func secretEvent(fields string) string {
+	return `{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail",` + where + `"detail":{` + fields + `}}`
 }
 
 // FuzzParseMessage: no input panics; what parses holds what the trigger
@@ -185,6 +226,8 @@ func FuzzParseMessage(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"id":"1","source":"aws.guardduty","detail-type":"GuardDuty Finding","detail":{"severity":"1e400"}}`))
+	f.Add([]byte(finding(`"severity":"NaN"`)))
+	f.Add([]byte(finding(`"severity":"Inf","updatedAt":"2024-11-05T09:12:40Z"`)))
 	f.Add([]byte(`{"id":"1","source":"aws.secretsmanager","detail-type":"AWS API Call via CloudTrail","detail":{"eventName":"PutSecretValue","requestParameters":{"secretId":"s","versionStages":[]}}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		m, err := awsevents.ParseMessage(body)
@@ -215,6 +258,9 @@ func FuzzParseMessage(f *testing.F) {
 		case awsevents.KindGuardDuty:
 			if m.Finding == nil {
 				t.Fatal("finding without its detail")
+			}
+			if sev := m.Finding.Severity; !(sev >= 0 && sev <= 10) || m.Finding.ID == "" {
+				t.Fatalf("finding with severity %v, id %q", sev, m.Finding.ID)
 			}
 		}
 		// Parsing is a pure function of the body.

@@ -367,7 +367,7 @@ func opCreateSecret(s *Server, body []byte) (any, *apiError) {
 	}
 	now := time.Now()
 	sec := &secret{
-		name: *in.Name, arn: "arn:aws:secretsmanager:" + Region + ":" + AccountID + ":secret:" + *in.Name + "-" + randomSuffix(),
+		name: *in.Name, arn: "arn:aws:secretsmanager:" + Region + ":" + s.account + ":secret:" + *in.Name + "-" + randomSuffix(),
 		description: deref(in.Description), versions: map[string]*version{}, created: now, changed: now,
 	}
 	if err := sec.setTags(tags); err != nil {

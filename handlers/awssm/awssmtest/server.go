@@ -104,6 +104,7 @@ type Server struct {
 	faults   map[string]*fault
 	lambda   Lambda
 	onRotate func(RotationEvent)
+	account  string // in the ARNs of secrets created from now on
 
 	// rotations are the in-flight Lambda runs; Close cancels and waits.
 	rotations sync.WaitGroup
@@ -123,7 +124,7 @@ func Start(t testing.TB) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		secrets: map[string]*secret{}, calls: map[string]int{}, faults: map[string]*fault{},
-		lambda: DefaultLambda, ctx: ctx, cancel: cancel,
+		lambda: DefaultLambda, ctx: ctx, cancel: cancel, account: AccountID,
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -260,6 +261,15 @@ func (s *Server) Stages(secretID string) map[string][]string {
 		return nil
 	}
 	return sec.versionsToStages()
+}
+
+// SetAccount sets the account id in the ARNs of the secrets created
+// from now on (AccountID until set), e.g. to the account another emulator
+// puts in its events.
+func (s *Server) SetAccount(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.account = id
 }
 
 // ARN returns the ARN of the secret (its name or ARN), "" if there is none.
