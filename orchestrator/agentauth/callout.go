@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
@@ -67,7 +68,7 @@ func (r *Responder) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("auth callout: subscribe: %w", err)
 	}
-	if err := r.nc.FlushWithContext(ctx); err != nil && ctx.Err() == nil {
+	if err := r.nc.FlushTimeout(5 * time.Second); err != nil && ctx.Err() == nil {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("auth callout: subscribe: %w", err)
 	}
