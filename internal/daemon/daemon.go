@@ -21,6 +21,7 @@ import (
 	"github.com/rekey-dev/rekey/handlers/local"
 	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/agentauth"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/httpapi"
 	"github.com/rekey-dev/rekey/triggers/selfservice"
@@ -93,7 +94,17 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		if err != nil {
 			return nil, err
 		}
-		d.gate = orchestrator.NewLoginGate(d.natsAuth, cfg.TenantNames(), nil)
+		// Agents log in with their tenant's derived password, or, with
+		// nats.agent_auth, with their own workload identity.
+		var agentLogin orchestrator.AgentLogin
+		if cfg.NATS.AgentAuth != nil {
+			v, err := agentauth.New(*cfg.NATS.AgentAuth, cfg.TenantNames(), agentauth.WithLogger(log))
+			if err != nil {
+				return nil, fmt.Errorf("config: %w", err)
+			}
+			agentLogin = v.Login
+		}
+		d.gate = orchestrator.NewLoginGate(d.natsAuth, cfg.TenantNames(), agentLogin)
 		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.gate, log)
 		if err != nil {
 			return nil, err
