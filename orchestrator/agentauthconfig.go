@@ -34,6 +34,11 @@ type AgentAuthConfig struct {
 	Claims AgentClaimsConfig `yaml:"claims"`
 	// Leeway is the clock skew allowed on exp, nbf and iat (default 30s).
 	Leeway time.Duration `yaml:"leeway"`
+	// CalloutIssuerSeedFile, with an external NATS (nats.url), holds the
+	// account nkey seed (SA...) that signs rekeyd's auth callout answers;
+	// its public key is auth_callout's issuer (`rekeyctl nats-config`).
+	// Required with nats.url, refused without.
+	CalloutIssuerSeedFile string `yaml:"callout_issuer_seed_file"`
 }
 
 // AgentClaimsConfig are claim paths: dot-separated names into the token's
@@ -78,9 +83,13 @@ func (c AgentAuthConfig) WithDefaults() AgentAuthConfig {
 
 // Validate checks the section; errors name their field under
 // nats.agent_auth.
-func (c *AgentAuthConfig) Validate() error { return c.validate("nats.agent_auth") }
+func (c *AgentAuthConfig) Validate() error {
+	return c.validate("nats.agent_auth", c.CalloutIssuerSeedFile != "")
+}
 
-func (c *AgentAuthConfig) validate(field string) error {
+// validate checks the section; external says whether rekeyd uses an
+// external NATS, on which agents log in through the auth callout.
+func (c *AgentAuthConfig) validate(field string, external bool) error {
 	var errs []error
 	add := func(f, format string, args ...any) { errs = append(errs, fieldErr(field+"."+f, format, args...)) }
 	if c.Issuer == "" {
@@ -106,6 +115,12 @@ func (c *AgentAuthConfig) validate(field string) error {
 	}
 	if c.JWKSCAFile != "" && c.JWKSURL == "" {
 		add("jwks_ca_file", "is only used with jwks_url")
+	}
+	switch {
+	case external && c.CalloutIssuerSeedFile == "":
+		add("callout_issuer_seed_file", "must be set with nats.url: rekeyd answers the external NATS's auth callout with it")
+	case !external && c.CalloutIssuerSeedFile != "":
+		add("callout_issuer_seed_file", "is only used with nats.url (an external NATS)")
 	}
 	if c.Leeway < 0 || c.Leeway > maxAgentAuthLeeway {
 		add("leeway", "%s must be between 0 and %s", c.Leeway, maxAgentAuthLeeway)

@@ -271,7 +271,7 @@ func (c *Config) Validate() error {
 		add(fieldErr("nats.lease_ttl", "%s must be between 1s and 10m", c.NATS.LeaseTTL))
 	}
 	if c.NATS.AgentAuth != nil {
-		add(c.NATS.AgentAuth.validate("nats.agent_auth"))
+		add(c.NATS.AgentAuth.validate("nats.agent_auth", c.NATS.URL != ""))
 	}
 	if c.HTTP.Addr == "" {
 		add(fieldErr("http.addr", "must be set"))

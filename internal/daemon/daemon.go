@@ -87,6 +87,13 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 
 	url := cfg.NATS.URL
 	var natsOpts []nats.Option
+	var identities *agentauth.Verifier // agents' workload identities (nats.agent_auth)
+	if cfg.NATS.AgentAuth != nil {
+		identities, err = agentauth.New(*cfg.NATS.AgentAuth, cfg.TenantNames(), agentauth.WithLogger(log))
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+	}
 	if url == "" {
 		// Embedded: rekeyd's own privileged user and one user per tenant
 		// whose permissions reach that tenant's subjects only.
@@ -97,12 +104,8 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		// Agents log in with their tenant's derived password, or, with
 		// nats.agent_auth, with their own workload identity.
 		var agentLogin orchestrator.AgentLogin
-		if cfg.NATS.AgentAuth != nil {
-			v, err := agentauth.New(*cfg.NATS.AgentAuth, cfg.TenantNames(), agentauth.WithLogger(log))
-			if err != nil {
-				return nil, fmt.Errorf("config: %w", err)
-			}
-			agentLogin = v.Login
+		if identities != nil {
+			agentLogin = identities.Login
 		}
 		d.gate = orchestrator.NewLoginGate(d.natsAuth, cfg.TenantNames(), agentLogin)
 		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.gate, log)
@@ -142,6 +145,12 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		}
 		access = newBusAccess(d.embedded, d.gate, fanoutBus, tenants, cfg.TenantNames(), log)
 		if err := access.Start(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var callout *agentCallout
+	if d.embedded == nil && identities != nil {
+		if callout, err = newAgentCallout(ctx, url, cfg.NATS, identities, fanoutBus, log); err != nil {
 			return nil, err
 		}
 	}
@@ -276,6 +285,9 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 	if access != nil {
 		d.comps = append(d.comps, orchestrator.Named{Name: "bus-access", Component: access})
+	}
+	if callout != nil {
+		d.comps = append(d.comps, orchestrator.Named{Name: "agent-auth-callout", Component: callout})
 	}
 	d.comps = append(d.comps, triggers...)
 	d.comps = append(d.comps, backendComps...)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -141,4 +142,24 @@ func (r *Responder) grant(ctx context.Context, req *jwt.AuthorizationRequestClai
 		return "", fmt.Errorf("sign user: %w", err)
 	}
 	return s, nil
+}
+
+// LoadIssuer reads the account nkey seed (SA..., raw or as written by
+// nsc/nk with its decoration) that signs auth callout answers.
+func LoadIssuer(path string) (nkeys.KeyPair, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("callout issuer seed: %w", err)
+	}
+	kp, err := nkeys.ParseDecoratedNKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("callout issuer seed %s: %w", path, err)
+	}
+	if _, err := kp.Seed(); err != nil {
+		return nil, fmt.Errorf("callout issuer seed %s: not a seed", path)
+	}
+	if pub, err := kp.PublicKey(); err != nil || !nkeys.IsValidPublicAccountKey(pub) {
+		return nil, fmt.Errorf("callout issuer seed %s: not an account seed (SA...)", path)
+	}
+	return kp, nil
 }
