@@ -21,10 +21,14 @@ import (
 	"github.com/rekey-dev/rekey/orchestrator/agentauth"
 )
 
-func TestVerifyAccepts(t *testing.T) {
-	iss := newIssuer(t)
-	v := iss.verifier(t)
-	for _, tc := range []struct {
+// signingCases are the accepted algorithms with the issuer's key of each.
+func signingCases() []struct {
+	name string
+	alg  jose.SignatureAlgorithm
+	key  any
+	kid  string
+} {
+	return []struct {
 		name string
 		alg  jose.SignatureAlgorithm
 		key  any
@@ -33,7 +37,13 @@ func TestVerifyAccepts(t *testing.T) {
 		{"RS256", jose.RS256, rsaKey, "rsa-1"},
 		{"ES256", jose.ES256, ecKey, "ec-1"},
 		{"EdDSA", jose.EdDSA, edKey, "ed-1"},
-	} {
+	}
+}
+
+func TestVerifyAccepts(t *testing.T) {
+	iss := newIssuer(t)
+	v := iss.verifier(t)
+	for _, tc := range signingCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			id, err := v.Verify(context.Background(), sign(t, tc.alg, tc.key, tc.kid, k8sClaims("acme", "planner-7d9f-abc12")))
 			require.NoError(t, err)
@@ -215,16 +225,7 @@ tenants:
 func BenchmarkLogin(b *testing.B) {
 	iss := newIssuer(b)
 	v := iss.verifier(b)
-	for _, tc := range []struct {
-		name string
-		alg  jose.SignatureAlgorithm
-		key  any
-		kid  string
-	}{
-		{"RS256", jose.RS256, rsaKey, "rsa-1"},
-		{"ES256", jose.ES256, ecKey, "ec-1"},
-		{"EdDSA", jose.EdDSA, edKey, "ed-1"},
-	} {
+	for _, tc := range signingCases() {
 		tok := sign(b, tc.alg, tc.key, tc.kid, k8sClaims("acme", "planner-1"))
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
