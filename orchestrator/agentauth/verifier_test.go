@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -125,7 +126,7 @@ func TestVerifyRefuses(t *testing.T) {
 func TestJWKSRefresh(t *testing.T) {
 	iss := newIssuer(t)
 	cfg := iss.config()
-	cfg.JWKSRefreshMin = 300 * time.Millisecond
+	cfg.JWKSRefreshMin = time.Second
 	v, err := agentauth.New(cfg, testTenants)
 	require.NoError(t, err)
 	ctx := context.Background()
@@ -136,8 +137,9 @@ func TestJWKSRefresh(t *testing.T) {
 	// The issuer rotates to a new key: tokens of the new key id.
 	iss.setKeys(t, map[string]crypto.Signer{"rsa-2": rsaKey2})
 	newTok := sign(t, jose.RS256, rsaKey2, "rsa-2", k8sClaims("acme", "p1"))
+	bogus := sign(t, jose.RS256, rsaBad, "made-up", k8sClaims("acme", "p1"))
 	for range 20 { // a flood of unknown key ids: refused, one read at most
-		_, err = v.Verify(ctx, sign(t, jose.RS256, rsaBad, "made-up", k8sClaims("acme", "p1")))
+		_, err = v.Verify(ctx, bogus)
 		require.ErrorContains(t, err, "unknown key id")
 	}
 	require.LessOrEqual(t, iss.reads.Load(), int64(2), "unknown key ids are rate limited")
@@ -218,6 +220,13 @@ tenants:
 	require.NoError(t, err)
 	require.Equal(t, 10*time.Second, cfg.NATS.AgentAuth.Leeway)
 	require.Equal(t, "kubernetes.io.namespace", cfg.NATS.AgentAuth.WithDefaults().Claims.Tenant)
+	withSeed := "nats:\n  %s\n  agent_auth:\n    issuer: x\n    audiences: [a]\n    public_keys_file: k\n    callout_issuer_seed_file: s\ntenants:\n  acme: {secrets: {k: {backend: local}}}\n"
+	_, err = orchestrator.Parse(fmt.Appendf(nil, withSeed, "url: nats://127.0.0.1:4222"))
+	require.NoError(t, err)
+	_, err = orchestrator.Parse(fmt.Appendf(nil, withSeed, "replicas: 1"))
+	require.ErrorContains(t, err, "nats.agent_auth.callout_issuer_seed_file: is only used with nats.url")
+	_, err = orchestrator.Parse([]byte("nats:\n  url: nats://127.0.0.1:4222\n  agent_auth:\n    issuer: x\n    audiences: [a]\n    public_keys_file: k\ntenants:\n  acme: {secrets: {k: {backend: local}}}\n"))
+	require.ErrorContains(t, err, "nats.agent_auth.callout_issuer_seed_file: must be set with nats.url")
 	_, err = orchestrator.Parse([]byte("nats:\n  agent_auth:\n    issuer: x\n    audiences: [a]\n    public_keys_file: k\n    jwks: y\ntenants:\n  acme: {secrets: {k: {backend: local}}}\n"))
 	require.ErrorContains(t, err, "jwks")
 }
