@@ -141,6 +141,7 @@ func (r *Responder) grant(ctx context.Context, req *jwt.AuthorizationRequestClai
 	if err != nil {
 		return "", fmt.Errorf("sign user: %w", err)
 	}
+	r.log.Debug("agent logged in", "tenant", id.Tenant, "instance", id.Instance, "tool", id.Tool, "sub", id.Subject, "expires", id.Expires)
 	return s, nil
 }
 

@@ -58,6 +58,7 @@ func (v *Verifier) Login(opts *server.ClientOpts) (*server.User, string, bool) {
 		v.log.Info("agent login refused", "component", "agentauth", "reason", err)
 		return nil, "", false
 	}
+	v.log.Debug("agent logged in", "component", "agentauth", "tenant", id.Tenant, "instance", id.Instance, "tool", id.Tool, "sub", id.Subject)
 	return id.User(), id.Tenant, true
 }
 
