@@ -28,6 +28,8 @@ targets=(
   "FuzzParseReport ./triggers/usage"
   "FuzzAuthenticate ./triggers/selfservice"
   "FuzzParseMessage ./triggers/awsevents"
+  "FuzzIdentityFromClaims ./orchestrator/agentauth"
+  "FuzzParseJWKS ./orchestrator/agentauth"
 )
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -58,6 +58,11 @@ type NATSConfig struct {
 	// (the cron scheduler, invalidation confirmations) keeps it without
 	// renewing: when that replica dies, another takes over after it.
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// AgentAuth, when set, lets agents log in with a workload identity
+	// (a JWT) and get a NATS user scoped to their tenant and instance
+	// (orchestrator/agentauth). Absent: agents log in with their tenant's
+	// derived password only.
+	AgentAuth *AgentAuthConfig `yaml:"agent_auth"`
 }
 
 // EmbeddedConfig configures the nats-server started inside rekeyd.
@@ -264,6 +269,9 @@ func (c *Config) Validate() error {
 	}
 	if c.NATS.LeaseTTL < time.Second || c.NATS.LeaseTTL > 10*time.Minute {
 		add(fieldErr("nats.lease_ttl", "%s must be between 1s and 10m", c.NATS.LeaseTTL))
+	}
+	if c.NATS.AgentAuth != nil {
+		add(c.NATS.AgentAuth.validate("nats.agent_auth", c.NATS.URL != ""))
 	}
 	if c.HTTP.Addr == "" {
 		add(fieldErr("http.addr", "must be set"))

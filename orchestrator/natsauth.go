@@ -154,17 +154,22 @@ func NATSConfigBlock(tenants []string) string {
 	b.WriteString("# rekeyd connects once per role, each user with only what the role needs;\n")
 	b.WriteString("# the admin user creates streams and buckets at start (and serves rekeyctl).\n")
 	b.WriteString("authorization {\n  users = [\n")
-	fmt.Fprintf(&b, "    { user: %q, password: $REKEYD_NATS_PASSWORD }\n", RekeydUser)
-	for _, r := range Roles {
-		fmt.Fprintf(&b, "    { user: %q, password: $%s,\n", RoleUser(r), roleEnv(r))
-		permissionBlock(&b, RolePermissions(r, tenants))
-	}
+	serviceUsersBlock(&b, tenants)
 	for _, t := range tenants {
 		fmt.Fprintf(&b, "    { user: %q, password: $%s,\n", AgentUser(t), envName(t))
 		permissionBlock(&b, AgentPermissions(t))
 	}
 	b.WriteString("  ]\n}\n")
 	return b.String()
+}
+
+// serviceUsersBlock prints rekeyd's users: the admin and one per Role.
+func serviceUsersBlock(b *strings.Builder, tenants []string) {
+	fmt.Fprintf(b, "    { user: %q, password: $REKEYD_NATS_PASSWORD }\n", RekeydUser)
+	for _, r := range Roles {
+		fmt.Fprintf(b, "    { user: %q, password: $%s,\n", RoleUser(r), roleEnv(r))
+		permissionBlock(b, RolePermissions(r, tenants))
+	}
 }
 
 func envName(tenant string) string {

@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 
+	"github.com/nats-io/nkeys"
 	"github.com/spf13/cobra"
 
 	"github.com/rekey-dev/rekey/deployments/examples"
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/agentauth"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -48,7 +50,7 @@ Agents must connect with nats.CustomInboxPrefix(inbox_prefix).`,
 }
 
 func newNATSConfig() *cobra.Command {
-	var config string
+	var config, issuer string
 	cmd := &cobra.Command{
 		Use:   "nats-config",
 		Short: "print the nats-server users and permissions rekey needs on an external NATS",
@@ -64,10 +66,27 @@ func newNATSConfig() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprint(cmd.OutOrStdout(), orchestrator.NATSConfigBlock(cfg.TenantNames()))
+			if aa := cfg.NATS.AgentAuth; issuer == "" && aa != nil && aa.CalloutIssuerSeedFile != "" {
+				kp, err := agentauth.LoadIssuer(aa.CalloutIssuerSeedFile)
+				if err != nil {
+					return err
+				}
+				if issuer, err = kp.PublicKey(); err != nil {
+					return err
+				}
+			}
+			if issuer != "" && !nkeys.IsValidPublicAccountKey(issuer) {
+				return fmt.Errorf("--callout-issuer %q: not an account public key (A...)", issuer)
+			}
+			block := orchestrator.NATSConfigBlock(cfg.TenantNames())
+			if issuer != "" {
+				block = orchestrator.NATSCalloutConfigBlock(cfg.TenantNames(), issuer)
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), block)
 			return err
 		},
 	}
 	cmd.Flags().StringVar(&config, "config", "", "rekey.yaml whose tenants to print (default: the embedded example)")
+	cmd.Flags().StringVar(&issuer, "callout-issuer", "", "print the auth callout block (agents log in with workload identities) with this issuer account public key (A...); default: the public key of nats.agent_auth.callout_issuer_seed_file")
 	return cmd
 }

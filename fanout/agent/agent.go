@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -232,6 +233,30 @@ func NATSOptions(tenant, instance string) []nats.Option {
 	return []nats.Option{
 		nats.CustomInboxPrefix(schemas.InstanceInboxPrefix(tenant, instance)),
 		nats.IgnoreAuthErrorAbort(), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+	}
+}
+
+// NATSOptionsJWT are NATSOptions for an agent that logs in with its own
+// workload identity (rekey's nats.agent_auth): token returns the identity
+// token (a JWT) and is called at every connect and reconnect, so that a
+// rotated token (a Kubernetes projected service-account token, refreshed
+// by the kubelet) is presented as it is now. TokenFile reads one from a
+// file.
+func NATSOptionsJWT(tenant, instance string, token func() string) []nats.Option {
+	return append(NATSOptions(tenant, instance), nats.TokenHandler(token))
+}
+
+// TokenFile returns a token function that reads path at each call (the
+// projected token of a Kubernetes pod is
+// /var/run/secrets/tokens/<volume path>). An unreadable file gives an
+// empty token: the login is refused and retried.
+func TokenFile(path string) func() string {
+	return func() string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(b))
 	}
 }
 

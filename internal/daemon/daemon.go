@@ -21,6 +21,7 @@ import (
 	"github.com/rekey-dev/rekey/handlers/local"
 	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/agentauth"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/httpapi"
 	"github.com/rekey-dev/rekey/triggers/selfservice"
@@ -87,6 +88,13 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 
 	url := cfg.NATS.URL
 	var natsOpts []nats.Option
+	var identities *agentauth.Verifier // agents' workload identities (nats.agent_auth)
+	if cfg.NATS.AgentAuth != nil {
+		identities, err = agentauth.New(*cfg.NATS.AgentAuth, cfg.TenantNames(), agentauth.WithLogger(log))
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+	}
 	if url == "" {
 		// Embedded: rekeyd's own privileged user and one user per tenant
 		// whose permissions reach that tenant's subjects only.
@@ -94,7 +102,13 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		if err != nil {
 			return nil, err
 		}
-		d.gate = orchestrator.NewLoginGate(d.natsAuth, cfg.TenantNames(), nil)
+		// Agents log in with their tenant's derived password, or, with
+		// nats.agent_auth, with their own workload identity.
+		var agentLogin orchestrator.AgentLogin
+		if identities != nil {
+			agentLogin = identities.Login
+		}
+		d.gate = orchestrator.NewLoginGate(d.natsAuth, cfg.TenantNames(), agentLogin)
 		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.gate, log)
 		if err != nil {
 			return nil, err
@@ -132,6 +146,12 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		}
 		access = newBusAccess(d.embedded, d.gate, fanoutBus, tenants, cfg.TenantNames(), log)
 		if err := access.Start(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var callout *agentCallout
+	if d.embedded == nil && identities != nil {
+		if callout, err = newAgentCallout(ctx, url, cfg.NATS, identities, fanoutBus, log); err != nil {
 			return nil, err
 		}
 	}
@@ -268,6 +288,9 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 	if access != nil {
 		d.comps = append(d.comps, orchestrator.Named{Name: "bus-access", Component: access})
+	}
+	if callout != nil {
+		d.comps = append(d.comps, orchestrator.Named{Name: "agent-auth-callout", Component: callout})
 	}
 	d.comps = append(d.comps, triggers...)
 	d.comps = append(d.comps, backendComps...)
