@@ -21,19 +21,13 @@ func InstancePermissions(tenant, instance string) *server.Permissions {
 			schemas.AckSubject(tenant, "*", instance),
 			schemas.PresenceSubject(tenant, instance),
 			schemas.FetchSubject(tenant, "*"),
-			directGetInvalidations(tenant),
+			schemas.ResyncSubject(tenant, "*"),
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			schemas.InvalidateTenantSubject(tenant),
 			schemas.InstanceInboxPrefix(tenant, instance) + ".>",
 		}},
 	}
-}
-
-// directGetInvalidations is the JetStream direct get of the last message
-// of one of the tenant's invalidation subjects (resync).
-func directGetInvalidations(tenant string) string {
-	return "$JS.API.DIRECT.GET." + schemas.StreamInvalidate + "." + schemas.InvalidateTenantSubject(tenant)
 }
 
 // User is the embedded server's user of a verified identity.
