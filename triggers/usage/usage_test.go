@@ -366,10 +366,13 @@ func (e *env) connect(t *testing.T) *orchestrator.Bus {
 // trigger returns a counter on bus (its own connection, as a replica),
 // with a short ack wait so that reports held by a stopped one come back
 // quickly.
-func (e *env) trigger(t *testing.T, bus *orchestrator.Bus) *usage.Trigger {
+func (e *env) trigger(t *testing.T, bus *orchestrator.Bus, tune ...func(*usage.Config)) *usage.Trigger {
 	t.Helper()
 	cfg := usage.Defaults()
 	cfg.AckWait = 2 * time.Second
+	for _, f := range tune {
+		f(&cfg)
+	}
 	log := slog.New(slog.DiscardHandler)
 	tr, err := usage.New(cfg, e.rekey, bus, orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), log)
 	require.NoError(t, err)
