@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"cmp"
 	"errors"
 	"maps"
 	"slices"
@@ -96,8 +97,14 @@ func NewAckTracker(limit int) *AckTracker {
 		agents: map[string]map[string]presence{}, early: map[string]map[string]time.Time{}, earlyCount: map[string]int{}}
 }
 
-// SetLimits replaces the per-tenant limits (before use).
+// SetLimits replaces the per-tenant limits (before use); zero fields keep
+// their defaults.
 func (t *AckTracker) SetLimits(l Limits) {
+	d := DefaultLimits()
+	l.MaxAgentsPerTenant = cmp.Or(l.MaxAgentsPerTenant, d.MaxAgentsPerTenant)
+	l.PresenceIntervalMin = cmp.Or(l.PresenceIntervalMin, d.PresenceIntervalMin)
+	l.PresenceIntervalMax = cmp.Or(l.PresenceIntervalMax, d.PresenceIntervalMax)
+	l.MaxListedAgents = cmp.Or(l.MaxListedAgents, d.MaxListedAgents)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.lim = l

@@ -204,6 +204,9 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 	d.fanout = fanout.New(fanoutBus, orchestrator.NewAuditor(fanoutBus, "rekeyd", log), d.metrics, "rekeyd/fanout", log)
 	d.fanout.ConfirmTimeout = cfg.Fanout.ConfirmTimeout
+	d.fanout.SetLimits(fanout.Limits{MaxAgentsPerTenant: cfg.Fanout.MaxAgentsPerTenant,
+		PresenceIntervalMin: cfg.Fanout.PresenceIntervalMin, PresenceIntervalMax: cfg.Fanout.PresenceIntervalMax,
+		MaxEarlyAcksPerTenant: cfg.Fanout.MaxEarlyAcksPerTenant, MaxListedAgents: cfg.Fanout.MaxListedAgents})
 	d.fanout.Leases = d.leases
 	d.fetch = local.NewServer(fetchBus.NC, localReader, catalog.Ref, fetchTenants.IsRevoked, log)
 
