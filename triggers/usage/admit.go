@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -83,18 +84,32 @@ func newAdmission(cfg Config, state *orchestrator.State) *admission {
 		status: map[string]*cachedStatus{}, instances: map[string]map[string]*instanceBucket{}}
 }
 
+// errStatusFresh is versionOf's answer for a version that is neither
+// current nor previous in a status read less than statusRefresh ago: the
+// report is looked at again a moment later (a new version reported just
+// after a rotation is not refused), while a flood of unknown versions
+// costs at most one status read per statusRefresh.
+var errStatusFresh = errors.New("version unknown to a status just read; retry")
+
 // versionOf reports whether rep's version may be counted: it is current
 // or previous. since is when the current version became current (zero
 // for the previous one or when unknown). An error means the status could
-// not be read (count later).
-func (a *admission) versionOf(ctx context.Context, rep schemas.UsageReport, now time.Time) (ok bool, since time.Time, err error) {
+// not be read, or errStatusFresh (count later).
+func (a *admission) versionOf(ctx context.Context, rep schemas.UsageReport, now time.Time, retried bool) (ok bool, since time.Time, err error) {
 	k := rep.Tenant + "/" + rep.Secret
 	a.mu.Lock()
 	st := a.status[k]
 	a.mu.Unlock()
 	fresh := st != nil && now.Sub(st.read) < statusTTL
 	known := st != nil && (rep.Version == st.current || rep.Version == st.previous)
-	if st == nil || (!fresh && known) || (!known && now.Sub(st.read) >= statusRefresh) {
+	recent := st != nil && now.Sub(st.read) < statusRefresh
+	if !known && recent && !retried {
+		return false, time.Time{}, errStatusFresh
+	}
+	// A retried report with a status read since its first delivery is
+	// decided on it: a flood of unknown versions reads the status at
+	// most once per statusRefresh.
+	if st == nil || !fresh || (!known && !recent) {
 		s, err := a.state.SecretStatus(ctx, rep.Tenant, rep.Secret)
 		if err != nil {
 			return false, time.Time{}, fmt.Errorf("read status of %s: %w", k, err)

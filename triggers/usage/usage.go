@@ -468,7 +468,11 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	}
 	log := t.log.With("tenant", rep.Tenant, "secret", rep.Secret, "version", rep.Version)
 	now := time.Now()
-	ok, since, err := c.admit.versionOf(ctx, rep, now)
+	ok, since, err := c.admit.versionOf(ctx, rep, now, md.NumDelivered > 1)
+	if errors.Is(err, errStatusFresh) {
+		_ = msg.NakWithDelay(statusRefresh)
+		return
+	}
 	if err != nil {
 		t.reports.WithLabelValues("failed").Inc()
 		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "err", err)
