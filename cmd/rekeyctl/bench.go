@@ -152,6 +152,7 @@ and invalidations (fanout from completion events) per second.`,
 	flood.Flags().IntVar(&floodOpts.Samples, "samples", 50, "globex max_uses rotations before, and again during, the flood")
 	flood.Flags().IntVar(&floodOpts.Conns, "conns", 2, "acme connections publishing use reports as fast as they can")
 	flood.Flags().IntVar(&floodOpts.Instances, "instances", 50, "acme instance names each connection spreads its reports over")
+	flood.Flags().IntVar(&floodOpts.Rate, "rate", 80000, "acme reports per second in all (the rate one agent reached in the attack; 0: as fast as the connections publish)")
 	cmd.AddCommand(prop, get, fan, hook, capacity, flood)
 	return cmd
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -21,10 +22,12 @@ import (
 type FloodOptions struct {
 	// Samples of globex's max_uses rotation, before and during the flood.
 	Samples int
-	// Conns are acme's flooding connections (agent credentials), each
-	// publishing as fast as it can; Instances the instance names they
-	// spread the reports over.
+	// Conns are acme's flooding connections (agent credentials);
+	// Instances the instance names each spreads its reports over.
 	Conns, Instances int
+	// Rate is the flood's total reports per second; 0: as fast as the
+	// connections can publish.
+	Rate int
 }
 
 // FloodResult is what `rekeyctl bench flood` prints.
@@ -34,6 +37,9 @@ type FloodResult struct {
 	FloodSent      int64           // acme reports published during the flood
 	FloodHandled   uint64          // of them, handled (counted or refused) by rekeyd
 	FloodDuration  time.Duration
+	// Resent counts globex reports published again because the stream did
+	// not store them within a second (dropped at ingest under the flood).
+	ResentBefore, ResentDuring int
 }
 
 // globexMaxUses is the max_uses the bench gives globex/openai-key.
@@ -65,17 +71,22 @@ func Flood(ctx context.Context, opts FloodOptions, log *slog.Logger) (FloodResul
 	if _, err := globex.Get(ctx, "openai-key"); err != nil {
 		return res, err
 	}
-	reporter, err := nats.Connect(c.Daemon.NATSURL(), c.Daemon.AgentNATSOptions("globex")...)
+	nc, err := nats.Connect(c.Daemon.NATSURL(), c.Daemon.AgentNATSOptions("globex")...)
 	if err != nil {
 		return res, err
 	}
-	defer reporter.Close()
+	defer nc.Close()
+	reporter, err := jetstream.New(nc)
+	if err != nil {
+		return res, err
+	}
 	for range opts.Samples {
-		d, err := c.maxUsesRotation(ctx, reporter)
+		d, resent, err := c.maxUsesRotation(ctx, reporter)
 		if err != nil {
 			return res, fmt.Errorf("before the flood: %w", err)
 		}
 		res.Before = append(res.Before, d)
+		res.ResentBefore += resent
 	}
 
 	acme, err := c.Daemon.State().SecretStatus(ctx, "acme", "openai-key")
@@ -98,13 +109,14 @@ func Flood(ctx context.Context, opts FloodOptions, log *slog.Logger) (FloodResul
 	start := time.Now()
 	time.Sleep(time.Second) // the flood is on
 	for range opts.Samples {
-		d, err := c.maxUsesRotation(ctx, reporter)
+		d, resent, err := c.maxUsesRotation(ctx, reporter)
 		if err != nil {
 			stopFlood()
 			wg.Wait()
 			return res, fmt.Errorf("during the flood: %w", err)
 		}
 		res.During = append(res.During, d)
+		res.ResentDuring += resent
 	}
 	stopFlood()
 	wg.Wait()
@@ -132,7 +144,19 @@ func flood(ctx context.Context, nc *nats.Conn, version string, conn int, opts Fl
 		}
 		payloads[i] = &nats.Msg{Subject: schemas.UsedSubject("acme", "openai-key", inst), Data: b}
 	}
+	var pace *time.Ticker // one batch per tick
+	if opts.Rate > 0 {
+		pace = time.NewTicker(time.Duration(float64(time.Second) * batch * float64(opts.Conns) / float64(opts.Rate)))
+		defer pace.Stop()
+	}
 	for n := 0; ctx.Err() == nil; n++ {
+		if pace != nil {
+			select {
+			case <-pace.C:
+			case <-ctx.Done():
+				return
+			}
+		}
 		for i := range batch {
 			if nc.PublishMsg(payloads[(n*batch+i)%len(payloads)]) != nil {
 				return
@@ -144,34 +168,61 @@ func flood(ctx context.Context, nc *nats.Conn, version string, conn int, opts Fl
 }
 
 // maxUsesRotation reports globex/openai-key's current version used
-// globexMaxUses times and waits until globex's agent dropped it.
-func (c *Cluster) maxUsesRotation(ctx context.Context, reporter *nats.Conn) (time.Duration, error) {
+// globexMaxUses times and waits until globex's agent dropped it. The
+// report is published with the stream's ack, and again (same message id)
+// when the ack does not come within a second; resent counts those.
+func (c *Cluster) maxUsesRotation(ctx context.Context, reporter jetstream.JetStream) (d time.Duration, resent int, err error) {
 	st, err := c.Daemon.State().SecretStatus(ctx, "globex", "openai-key")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	r := schemas.UsageReport{Tenant: "globex", Secret: "openai-key", Version: st.Version, Agent: "bench-globex",
 		Count: globexMaxUses, WindowStart: time.Now().UTC(), WindowEnd: time.Now().UTC()}
 	ev, err := schemas.NewEvent("agent/bench-globex", schemas.TypeUsageReport, "globex", "globex/openai-key", r)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	b, err := ev.Encode()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	t0 := time.Now()
-	if err := reporter.Publish(schemas.UsedSubject("globex", "openai-key", "bench-globex"), b); err != nil {
-		return 0, err
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := reporter.Publish(pctx, schemas.UsedSubject("globex", "openai-key", "bench-globex"), b, jetstream.WithMsgID(ev.ID))
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || resent > 60 {
+			return 0, resent, fmt.Errorf("publish globex's report: %w", err)
+		}
+		resent++
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	drops, err := c.WaitDrops(wctx, usage.RequestID("globex", "openai-key", st.Version), 1)
 	if err != nil {
-		return 0, err
+		cnt, _ := usage.ReadCount(ctx, c.Daemon.Bus(), "globex", "openai-key", st.Version)
+		now, _ := c.Daemon.State().SecretStatus(ctx, "globex", "openai-key")
+		var pending, unacked uint64
+		var stored uint64
+		if cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.StreamUsage, usage.DurableFor("globex")); err == nil {
+			if info, err := cons.Info(ctx); err == nil {
+				pending, unacked = info.NumPending, uint64(info.NumAckPending)
+			}
+		}
+		if stream, err := c.Daemon.Bus().JS.Stream(ctx, schemas.StreamUsage); err == nil {
+			if info, err := stream.Info(ctx, jetstream.WithSubjectFilter("rekey.used.globex.>")); err == nil {
+				for _, n := range info.State.Subjects {
+					stored += n
+				}
+			}
+		}
+		return 0, resent, fmt.Errorf("%w (count of v%s: %d uses, rotation %+v; status: version %s, state %s; globex reports handled %d, pending %d, unacked %d, stored %d)",
+			err, st.Version, cnt.Uses, cnt.Rotation, now.Version, now.State, c.usageHandled(ctx, "globex"), pending, unacked, stored)
 	}
-	d := drops[0].Dropped.Sub(t0)
-	return d, c.WaitIdle(ctx, "globex", "openai-key", 30*time.Second)
+	return drops[0].Dropped.Sub(t0), resent, c.WaitIdle(ctx, "globex", "openai-key", 30*time.Second)
 }
 
 // usageHandled is how many of tenant's use reports rekeyd handled (acked).
@@ -194,13 +245,14 @@ func (r FloodResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "acme flood: %d reports in %.1fs (%.0f/s sent, %d connections, %d instances each); rekeyd handled %.0f/s of them\n",
 		r.FloodSent, secs, float64(r.FloodSent)/secs, r.Options.Conns, r.Options.Instances, float64(r.FloodHandled)/secs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "globex: use report over max_uses -> agent dropped\tsamples\tp50\tp99\tmax\t")
+	fmt.Fprintln(tw, "globex: use report over max_uses -> agent dropped\tsamples\tp50\tp99\tmax\treports resent\t")
 	for _, row := range []struct {
-		name string
-		d    []time.Duration
-	}{{"before the flood", r.Before}, {"during the flood", r.During}} {
+		name   string
+		d      []time.Duration
+		resent int
+	}{{"before the flood", r.Before, r.ResentBefore}, {"during the flood", r.During, r.ResentDuring}} {
 		s := SortDurations(append([]time.Duration(nil), row.d...))
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t\n", row.name, len(s), ms(Percentile(s, 50)), ms(Percentile(s, 99)), ms(Percentile(s, 100)))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t\n", row.name, len(s), ms(Percentile(s, 50)), ms(Percentile(s, 99)), ms(Percentile(s, 100)), row.resent)
 	}
 	tw.Flush()
 }

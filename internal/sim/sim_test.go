@@ -101,7 +101,7 @@ func TestCapacitySmall(t *testing.T) {
 func TestFloodBenchSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := sim.Flood(ctx, sim.FloodOptions{Samples: 3, Conns: 1, Instances: 5}, slog.New(slog.DiscardHandler))
+	res, err := sim.Flood(ctx, sim.FloodOptions{Samples: 3, Conns: 1, Instances: 5, Rate: 5000}, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	require.Len(t, res.Before, 3)
 	require.Len(t, res.During, 3)
