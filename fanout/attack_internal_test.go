@@ -149,3 +149,19 @@ func TestAckRecordIDIsHashed(t *testing.T) {
 	require.NotEqual(t, id, ackRecordID(rec("globex", "r1", long)))
 	require.Equal(t, id, ackRecordID(rec("acme", "r1", long)), "derived: a rewrite is a duplicate")
 }
+
+// TestAttackAuditQueueShare: one tenant's acks take at most its share of
+// the ack audit queue; another tenant still gets places.
+func TestAttackAuditQueueShare(t *testing.T) {
+	f := &Fanout{auditShare: map[string]int{}}
+	taken := 0
+	for range ackAuditQueue {
+		if f.takeShare("acme") {
+			taken++
+		}
+	}
+	require.Equal(t, ackAuditShare, taken)
+	require.True(t, f.takeShare("globex"))
+	f.releaseShare("acme")
+	require.True(t, f.takeShare("acme"), "a place written is free again")
+}

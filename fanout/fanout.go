@@ -134,18 +134,8 @@ func (f *Fanout) Run(ctx context.Context) error {
 		return fmt.Errorf("consume %s: %w", schemas.StreamEvents, err)
 	}
 	f.started.Store(true)
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
-	for running := true; running; {
-		select {
-		case <-ctx.Done():
-			running = false
-		case now := <-tick.C:
-			f.refused.Flush(ctx, now, false)
-		}
-	}
+	_ = f.refused.Run(ctx) // until ctx ends
 	f.started.Store(false)
-	defer f.refused.Flush(context.WithoutCancel(ctx), time.Now(), true)
 	cc.Drain()
 	select {
 	case <-cc.Closed():
@@ -272,19 +262,11 @@ func toInvalidation(ev schemas.Event) (schemas.Invalidation, string, time.Time, 
 // its subject is refused, so an agent cannot ack for another. Errors wrap
 // schemas.ErrMalformed.
 func ParseAck(subject string, data []byte) (schemas.InvalidationAck, error) {
-	if len(data) > maxAgentMessage {
-		return schemas.InvalidationAck{}, fmt.Errorf("ack of %d bytes is over %d: %w", len(data), maxAgentMessage, schemas.ErrMalformed)
-	}
 	var ack schemas.InvalidationAck
-	ev, err := schemas.DecodeAs(data, schemas.TypeInvalidationAck, &ack)
-	if err != nil {
-		return schemas.InvalidationAck{}, err
-	}
-	if ack.Tenant != ev.Tenant || subject != schemas.AckSubject(ack.Tenant, orTenant(ack.Secret), ack.Agent) {
-		return schemas.InvalidationAck{}, fmt.Errorf("ack of %s/%s by %s on another subject: %w",
-			ack.Tenant, ack.Secret, ack.Agent, schemas.ErrMalformed)
-	}
-	return ack, nil
+	err := parseAgentMessage(subject, data, schemas.TypeInvalidationAck, &ack, func(ev schemas.Event) bool {
+		return ack.Tenant == ev.Tenant && subject == schemas.AckSubject(ack.Tenant, orTenant(ack.Secret), ack.Agent)
+	})
+	return ack, err
 }
 
 // ParsePresence decodes an agent's heartbeat (or leaving) received on
@@ -292,18 +274,28 @@ func ParseAck(subject string, data []byte) (schemas.InvalidationAck, error) {
 // cannot announce, or announce the leaving of, another. Errors wrap
 // schemas.ErrMalformed.
 func ParsePresence(subject string, data []byte) (schemas.AgentPresence, error) {
-	if len(data) > maxAgentMessage {
-		return schemas.AgentPresence{}, fmt.Errorf("heartbeat of %d bytes is over %d: %w", len(data), maxAgentMessage, schemas.ErrMalformed)
-	}
 	var p schemas.AgentPresence
-	ev, err := schemas.DecodeAs(data, schemas.TypeAgentPresence, &p)
+	err := parseAgentMessage(subject, data, schemas.TypeAgentPresence, &p, func(ev schemas.Event) bool {
+		return p.Tenant == ev.Tenant && subject == schemas.PresenceSubject(p.Tenant, p.Agent)
+	})
+	return p, err
+}
+
+// parseAgentMessage decodes an agent's message of type typ into v and
+// checks it with ownSubject; on any error v is zeroed.
+func parseAgentMessage[T any](subject string, data []byte, typ string, v *T, ownSubject func(schemas.Event) bool) error {
+	var zero T
+	if len(data) > maxAgentMessage {
+		return fmt.Errorf("%s of %d bytes is over %d: %w", typ, len(data), maxAgentMessage, schemas.ErrMalformed)
+	}
+	ev, err := schemas.DecodeAs(data, typ, v)
+	if err == nil && !ownSubject(ev) {
+		err = fmt.Errorf("%s on subject %.80q, not its sender's: %w", typ, subject, schemas.ErrMalformed)
+	}
 	if err != nil {
-		return schemas.AgentPresence{}, err
+		*v = zero
 	}
-	if p.Tenant != ev.Tenant || subject != schemas.PresenceSubject(p.Tenant, p.Agent) {
-		return schemas.AgentPresence{}, fmt.Errorf("heartbeat of %s/%s on another subject: %w", p.Tenant, p.Agent, schemas.ErrMalformed)
-	}
-	return p, nil
+	return err
 }
 
 // maxAgentMessage bounds an ack or a heartbeat (either is a few hundred

@@ -77,6 +77,25 @@ func (r *Refusals) Flush(ctx context.Context, now time.Time, force bool) {
 	}
 }
 
+// Run writes the tallies due every flushEvery until ctx ends, then every
+// tally left; it returns nil.
+func (r *Refusals) Run(ctx context.Context) error {
+	tick := time.NewTicker(flushEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			r.Flush(context.WithoutCancel(ctx), time.Now(), true)
+			return nil
+		case now := <-tick.C:
+			r.Flush(ctx, now, false)
+		}
+	}
+}
+
+// flushEvery is how often Run looks for tallies due.
+const flushEvery = 10 * time.Second
+
 func (r *Refusals) takeLocked(tenant string, t *refusalTally, now time.Time) (schemas.AuditRecord, bool) {
 	if len(t.counts) == 0 || now.Sub(t.written) < r.every {
 		return schemas.AuditRecord{}, false

@@ -256,7 +256,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 	defer cancelWork()
 	c := &counter{t: t, kv: kv, state: state, epoch: epoch, admit: newAdmission(t.cfg, state),
 		refused: orchestrator.NewRefusals(t.audit, "usage", "usage.refused", time.Minute)}
-	wg.Go(func() { c.flushRefusals(ctx) })
+	wg.Go(func() { _ = c.refused.Run(ctx) })
 	var tenantsWG sync.WaitGroup
 	for _, tc := range consumers {
 		tenantsWG.Go(func() {
@@ -267,7 +267,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 	}
 	tenantsWG.Wait()
 	wg.Wait()
-	c.refused.Flush(workCtx, time.Now(), true)
+	c.refused.Flush(workCtx, time.Now(), true) // what the last reports added
 	t.log.Info("use-count trigger stopped")
 	return nil
 }
@@ -398,20 +398,6 @@ func (t *Trigger) trackAckFloors(ctx context.Context, consumers []*tenantConsume
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		}
-	}
-}
-
-// flushRefusals writes the refusal tallies due until ctx ends.
-func (c *counter) flushRefusals(ctx context.Context) {
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tick.C:
-			c.refused.Flush(ctx, now, false)
 		}
 	}
 }
