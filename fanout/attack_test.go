@@ -1,7 +1,6 @@
 package fanout_test
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -86,17 +86,5 @@ func TestAttackAgentMessagesOnTheBus(t *testing.T) {
 
 func auditMessages(t *testing.T, bus *orchestrator.Bus) []*jetstream.RawStreamMsg {
 	t.Helper()
-	ctx := context.Background()
-	st, err := bus.JS.Stream(ctx, schemas.StreamAudit)
-	require.NoError(t, err)
-	info, err := st.Info(ctx)
-	require.NoError(t, err)
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if err == nil {
-			out = append(out, m)
-		}
-	}
-	return out
+	return testutil.StreamMessages(t, bus.JS, schemas.StreamAudit)
 }

@@ -543,43 +543,5 @@ func (e *env) audits(t *testing.T) []schemas.AuditRecord {
 
 func (e *env) messages(t *testing.T, stream string) []*jetstream.RawStreamMsg {
 	t.Helper()
-	ctx := context.Background()
-	st, err := e.bus.JS.Stream(ctx, stream)
-	require.NoError(t, err)
-	info, err := st.Info(ctx)
-	require.NoError(t, err)
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		require.NoError(t, err)
-		out = append(out, m)
-	}
-	return out
-}
-
-// TestSharedConsumerRetired: the consumer all tenants shared before is
-// deleted, and the tenant's own consumer starts after its ack floor, so
-// reports it counted are not counted again.
-func TestSharedConsumerRetired(t *testing.T) {
-	env := newEnv(t, orchestrator.NATSConfig{})
-	ctx := context.Background()
-	env.publish(t, split(map[string]int64{"2": 100}, 1)) // counted by the old consumer...
-	old, err := env.bus.Consumer(ctx, schemas.StreamUsage, jetstream.ConsumerConfig{
-		Durable: usage.Durable, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: schemas.SubjectUsedAll})
-	require.NoError(t, err)
-	batch, err := old.Fetch(1000, jetstream.FetchMaxWait(time.Second))
-	require.NoError(t, err)
-	for m := range batch.Messages() {
-		require.NoError(t, m.DoubleAck(ctx)) // ...as far as the stream knows
-	}
-	env.publish(t, split(map[string]int64{"2": 7}, 1)) // not yet
-
-	stop := run(t, env.trigger(t, env.connect(t)))
-	env.waitCounted(t, map[string]int64{"2": 7})
-	stop()
-	_, err = env.bus.JS.Consumer(ctx, schemas.StreamUsage, usage.Durable)
-	require.ErrorIs(t, err, jetstream.ErrConsumerNotFound)
+	return testutil.StreamMessages(t, e.bus.JS, stream)
 }
