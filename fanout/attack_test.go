@@ -21,7 +21,7 @@ import (
 // text. The refusals are audited once, with counts.
 func TestAttackAgentMessagesOnTheBus(t *testing.T) {
 	bus := startBus(t)
-	f := runFanout(t, bus)
+	f := runFanout(t, bus, "acme", "globex")
 	require.Eventually(t, f.Started, 5*time.Second, 10*time.Millisecond)
 	send := func(subject, typ string, data any) {
 		ev, err := schemas.NewEvent("agent", typ, "acme", "acme", data)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,8 @@ type Fanout struct {
 	// refused tallies the agents' messages refused, per tenant, for the
 	// audit trail (at most one record a minute per tenant).
 	refused *orchestrator.Refusals
+	// tenants, when set, get a subscription each (SetTenants).
+	tenants []string
 }
 
 // ackRecord is an agent ack and the delay fanout measured for it, or,
@@ -85,6 +88,57 @@ func New(bus *orchestrator.Bus, audit *orchestrator.Auditor, metrics *orchestrat
 // SetLimits bounds what each tenant's agents can make fanout hold.
 func (f *Fanout) SetLimits(l Limits) { f.acks.SetLimits(l) }
 
+// SetTenants has fanout hear each tenant's acks and heartbeats on a
+// subscription of its own (before Run): nats.go delivers each
+// subscription on its own goroutine from its own bounded queue, so one
+// tenant's flood neither delays another's acks nor pushes them out of a
+// full queue. Without tenants, one subscription hears them all.
+func (f *Fanout) SetTenants(tenants []string) { f.tenants = slices.Clone(tenants) }
+
+// agentQueueMsgs and agentQueueBytes bound the queue of one tenant's
+// subscription (a flood beyond is dropped by the client, for that tenant).
+const (
+	agentQueueMsgs  = 1 << 16
+	agentQueueBytes = 16 << 20
+)
+
+// subscribeAgents subscribes to the agents' acks and heartbeats; stop
+// drains the subscriptions.
+func (f *Fanout) subscribeAgents() (stop func(), err error) {
+	var subs []*nats.Subscription
+	stop = func() {
+		for _, s := range subs {
+			_ = s.Drain()
+		}
+	}
+	add := func(subject string, cb nats.MsgHandler) error {
+		sub, err := f.bus.NC.Subscribe(subject, cb)
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		subs = append(subs, sub)
+		return sub.SetPendingLimits(agentQueueMsgs, agentQueueBytes)
+	}
+	subjects := [][2]string{{schemas.SubjectAckAll, schemas.SubjectPresenceAll}}
+	if len(f.tenants) > 0 {
+		subjects = subjects[:0]
+		for _, t := range f.tenants {
+			subjects = append(subjects, [2]string{schemas.AckSubject(t, "*", "*"), schemas.PresenceSubject(t, "*")})
+		}
+	}
+	for _, s := range subjects {
+		if err := add(s[0], f.onAck); err != nil {
+			stop()
+			return nil, err
+		}
+		if err := add(s[1], f.onPresence); err != nil {
+			stop()
+			return nil, err
+		}
+	}
+	return stop, nil
+}
+
 // Acks returns the tracker of agent acks.
 func (f *Fanout) Acks() *AckTracker { return f.acks }
 
@@ -105,16 +159,11 @@ func (f *Fanout) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ackSub, err := f.bus.NC.Subscribe(schemas.SubjectAckAll, f.onAck)
+	stopAgents, err := f.subscribeAgents()
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", schemas.SubjectAckAll, err)
+		return err
 	}
-	defer func() { _ = ackSub.Drain() }()
-	presSub, err := f.bus.NC.Subscribe(schemas.SubjectPresenceAll, f.onPresence)
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", schemas.SubjectPresenceAll, err)
-	}
-	defer func() { _ = presSub.Drain() }()
+	defer stopAgents()
 	stopFollowing, err := f.followReplicas()
 	if err != nil {
 		return err

@@ -207,6 +207,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	d.fanout.SetLimits(fanout.Limits{MaxAgentsPerTenant: cfg.Fanout.MaxAgentsPerTenant,
 		PresenceIntervalMin: cfg.Fanout.PresenceIntervalMin, PresenceIntervalMax: cfg.Fanout.PresenceIntervalMax,
 		MaxEarlyAcksPerTenant: cfg.Fanout.MaxEarlyAcksPerTenant, MaxListedAgents: cfg.Fanout.MaxListedAgents})
+	d.fanout.SetTenants(cfg.TenantNames())
 	d.fanout.Leases = d.leases
 	d.fetch = local.NewServer(fetchBus.NC, localReader, catalog.Ref, fetchTenants.IsRevoked, log)
 
