@@ -108,6 +108,9 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := d.bus.EnsureStreams(ctx); err != nil {
 		return nil, err
 	}
+	if err := d.bus.EnsureUsageStreams(ctx, cfg.TenantNames()); err != nil {
+		return nil, err
+	}
 	// Every component runs on the connection of its role, whose user may
 	// touch only what that role needs (orchestrator.RolePermissions).
 	if err := d.connectRoles(ctx, url, log); err != nil {

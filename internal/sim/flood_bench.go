@@ -207,13 +207,13 @@ func (c *Cluster) maxUsesRotation(ctx context.Context, reporter jetstream.JetStr
 		now, _ := c.Daemon.State().SecretStatus(ctx, "globex", "openai-key")
 		var pending, unacked uint64
 		var stored uint64
-		if cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.StreamUsage, usage.DurableFor("globex")); err == nil {
+		if cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.UsageStream("globex"), usage.DurableFor("globex")); err == nil {
 			if info, err := cons.Info(ctx); err == nil {
 				pending, unacked = info.NumPending, uint64(info.NumAckPending)
 			}
 		}
-		if stream, err := c.Daemon.Bus().JS.Stream(ctx, schemas.StreamUsage); err == nil {
-			if info, err := stream.Info(ctx, jetstream.WithSubjectFilter("rekey.used.globex.>")); err == nil {
+		if stream, err := c.Daemon.Bus().JS.Stream(ctx, schemas.UsageStream("globex")); err == nil {
+			if info, err := stream.Info(ctx, jetstream.WithSubjectFilter(">")); err == nil {
 				for _, n := range info.State.Subjects {
 					stored += n
 				}
@@ -227,7 +227,7 @@ func (c *Cluster) maxUsesRotation(ctx context.Context, reporter jetstream.JetStr
 
 // usageHandled is how many of tenant's use reports rekeyd handled (acked).
 func (c *Cluster) usageHandled(ctx context.Context, tenant string) uint64 {
-	cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.StreamUsage, usage.DurableFor(tenant))
+	cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.UsageStream(tenant), usage.DurableFor(tenant))
 	if err != nil {
 		return 0
 	}

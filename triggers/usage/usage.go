@@ -3,9 +3,11 @@
 // when a version reaches its policy.max_uses.
 //
 // Agents (fanout/agent) publish batched UsageReport events on
-// rekey.used.<t>.<s> (stream REKEY_USAGE). Every replica reads them through
-// one shared durable consumer ("usage-counter"), so each report goes to one
-// of them; counts live in the "rekey_usage" KV bucket (key <t>.<s>.<version>),
+// rekey.used.<t>.<s>.<instance> (stream REKEY_USAGE_<t>, one per tenant).
+// Every replica reads a tenant's reports through the tenant's durable
+// consumer ("usage-counter-<t>"), so each report goes to one of them, and
+// one tenant's reports never wait behind another's. Before anything is
+// counted, what the agent claims is bounded (admit.go). Counts live in the "rekey_usage" KV bucket (key <t>.<s>.<version>),
 // updated with compare-and-set before the report is acked, so they survive
 // restarts. A count entry remembers the stream sequences of the reports it
 // holds that may still be redelivered, so a report whose ack was lost is
@@ -199,18 +201,20 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *o
 		log: log.With("component", "usage"), reports: reports}, nil
 }
 
-// DurableFor names the durable consumer of one tenant's reports. Each
-// tenant has its own, shared by every replica, so that one tenant's
-// reports never wait behind another's.
+// DurableFor names the durable consumer of one tenant's use-report
+// stream (schemas.UsageStream). Each tenant has its own stream and
+// consumer, shared by every replica, so that one tenant's reports never
+// wait behind another's, at ingest or in dispatch.
 func DurableFor(tenant string) string { return Durable + "-" + tenant }
 
 // tenantConsumer is one tenant's consumer and its ack floor (a stream
 // sequence: the tenant's reports at or below it are acked and never
 // redelivered).
 type tenantConsumer struct {
-	tenant   string
-	cons     jetstream.Consumer
-	ackFloor atomic.Uint64
+	tenant, stream string
+	cons           jetstream.Consumer
+	epoch          int64 // the stream's incarnation
+	ackFloor       atomic.Uint64
 }
 
 // Run counts reports until ctx ends, then stops taking reports, finishes
@@ -233,14 +237,9 @@ func (t *Trigger) Run(ctx context.Context) error {
 	if err != nil {
 		return t.setupFailed(ctx, err)
 	}
-	epoch, err := streamEpoch(ctx, t.bus)
-	if err != nil {
-		return t.setupFailed(ctx, err)
-	}
-	from := t.retireShared(ctx)
 	consumers := make([]*tenantConsumer, 0, len(tenants))
 	for _, tn := range tenants {
-		tc, err := t.tenantConsumer(ctx, tn, from)
+		tc, err := t.tenantConsumer(ctx, tn)
 		if err != nil {
 			return t.setupFailed(ctx, err)
 		}
@@ -254,7 +253,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 	// ctx ends is finished and acked.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
-	c := &counter{t: t, kv: kv, state: state, epoch: epoch, admit: newAdmission(t.cfg, state),
+	c := &counter{t: t, kv: kv, state: state, admit: newAdmission(t.cfg, state),
 		refused: orchestrator.NewRefusals(t.audit, "usage", "usage.refused", time.Minute)}
 	wg.Go(func() { _ = c.refused.Run(ctx) })
 	var tenantsWG sync.WaitGroup
@@ -273,48 +272,27 @@ func (t *Trigger) Run(ctx context.Context) error {
 }
 
 // tenantConsumer creates (or finds) the durable consumer of a tenant's
-// reports; a new one starts at from (0: the start of the stream).
-func (t *Trigger) tenantConsumer(ctx context.Context, tenant string, from uint64) (*tenantConsumer, error) {
-	cfg := jetstream.ConsumerConfig{
+// use-report stream (orchestrator.Bus.EnsureUsageStreams creates it).
+func (t *Trigger) tenantConsumer(ctx context.Context, tenant string) (*tenantConsumer, error) {
+	stream := schemas.UsageStream(tenant)
+	st, err := t.bus.JS.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	cons, err := t.bus.Consumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:       DurableFor(tenant),
 		Description:   "use-count trigger of tenant " + tenant + "; shared by every rekeyd",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       t.cfg.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: 1024, // per tenant: a tenant's backlog holds only its own reports
-		FilterSubject: "rekey.used." + tenant + ".>",
-	}
-	if from > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
-	}
-	cons, err := t.bus.Consumer(ctx, schemas.StreamUsage, cfg)
+	})
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
+		return nil, fmt.Errorf("consumer %s: %w", DurableFor(tenant), err)
 	}
-	return &tenantConsumer{tenant: tenant, cons: cons}, nil
-}
-
-// retireShared deletes the consumer all tenants shared before per-tenant
-// consumers, and returns the stream sequence after its ack floor (0 if
-// there was none): per-tenant consumers start there, since every report
-// at or below it was counted.
-func (t *Trigger) retireShared(ctx context.Context) uint64 {
-	st, err := t.bus.JS.Stream(ctx, schemas.StreamUsage)
-	if err != nil {
-		return 0
-	}
-	old, err := st.Consumer(ctx, Durable)
-	if err != nil {
-		return 0
-	}
-	info, err := old.Info(ctx)
-	if err != nil {
-		return 0
-	}
-	if err := st.DeleteConsumer(ctx, Durable); err != nil {
-		t.log.Warn("shared use-count consumer not deleted", "durable", Durable, "err", err)
-	}
-	return info.AckFloor.Stream + 1
+	// The stream's creation time identifies its incarnation: a recreated
+	// stream starts its sequences over.
+	return &tenantConsumer{tenant: tenant, stream: stream, cons: cons, epoch: st.CachedInfo().Created.UnixNano()}, nil
 }
 
 // consume counts one tenant's reports until ctx ends.
@@ -324,7 +302,7 @@ func (c *counter) consume(ctx, workCtx context.Context, tc *tenantConsumer) erro
 	// redelivered (and then recognised, but the work is wasted).
 	iter, err := tc.cons.Messages(jetstream.PullMaxMessages(8 * t.cfg.Concurrency))
 	if err != nil {
-		return t.setupFailed(ctx, fmt.Errorf("consume %s: %w", schemas.StreamUsage, err))
+		return t.setupFailed(ctx, fmt.Errorf("consume %s: %w", tc.stream, err))
 	}
 	// Stop in two steps: stop pulling (Drain), hand what was pulled but
 	// not counted back to the stream (Nak), finish what is being counted.
@@ -351,7 +329,7 @@ func (c *counter) consume(ctx, workCtx context.Context, tc *tenantConsumer) erro
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
 				break
 			}
-			t.log.Warn("pull failed", "stream", schemas.StreamUsage, "tenant", tc.tenant, "err", err)
+			t.log.Warn("pull failed", "stream", tc.stream, "err", err)
 			continue
 		}
 		// Reports of one secret go to one worker, in order.
@@ -402,21 +380,11 @@ func (t *Trigger) trackAckFloors(ctx context.Context, consumers []*tenantConsume
 	}
 }
 
-// streamEpoch identifies the incarnation of the REKEY_USAGE stream.
-func streamEpoch(ctx context.Context, bus *orchestrator.Bus) (int64, error) {
-	st, err := bus.JS.Stream(ctx, schemas.StreamUsage)
-	if err != nil {
-		return 0, fmt.Errorf("stream %s: %w", schemas.StreamUsage, err)
-	}
-	return st.CachedInfo().Created.UnixNano(), nil
-}
-
 // counter handles reports for one Run.
 type counter struct {
 	t       *Trigger
 	kv      jetstream.KeyValue
 	state   *orchestrator.State
-	epoch   int64
 	admit   *admission
 	refused *orchestrator.Refusals
 }
@@ -479,7 +447,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 		return
 	}
 	rep.Count = got
-	cnt, dup, err := c.count(ctx, rep, md.Sequence.Stream, sc.Policy.MaxUses, since, tc.ackFloor.Load(), log)
+	cnt, dup, err := c.count(ctx, rep, pos{seq: md.Sequence.Stream, epoch: tc.epoch, floor: tc.ackFloor.Load()}, sc.Policy.MaxUses, since, log)
 	if err != nil {
 		t.reports.WithLabelValues("failed").Inc()
 		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "err", err)
@@ -517,14 +485,22 @@ func (t *Trigger) ignore(msg jetstream.Msg, md *jetstream.MsgMetadata, why strin
 	_ = msg.Ack()
 }
 
+// pos is a report's place in its tenant's stream: its sequence, the
+// stream's incarnation, and the consumer's ack floor when it was read.
+type pos struct {
+	seq   uint64
+	epoch int64
+	floor uint64
+}
+
 // count adds the report to its version's count with compare-and-set,
 // unless it is already counted (dup), and decides the rotation when the
 // count reaches maxUses while the version is still current. A count begun
 // before since (when the version became current) is dropped first: it
-// was not made by uses of this version. floor is the tenant consumer's
-// ack floor.
-func (c *counter) count(ctx context.Context, rep schemas.UsageReport, seq uint64, maxUses int64, since time.Time,
-	floor uint64, log *slog.Logger) (Count, bool, error) {
+// was not made by uses of this version.
+func (c *counter) count(ctx context.Context, rep schemas.UsageReport, at pos, maxUses int64, since time.Time,
+	log *slog.Logger) (Count, bool, error) {
+	seq, floor := at.seq, at.floor
 	var superseded *bool // looked up once, when needed
 	for range 50 {
 		cnt, rev, err := get(ctx, c.kv, rep.Tenant, rep.Secret, rep.Version)
@@ -532,9 +508,9 @@ func (c *counter) count(ctx context.Context, rep schemas.UsageReport, seq uint64
 			return Count{}, false, err
 		}
 		now := time.Now().UTC()
-		if cnt.Epoch != c.epoch {
+		if cnt.Epoch != at.epoch {
 			// New entry, or sequences of a stream since recreated.
-			cnt.Epoch, cnt.Applied, cnt.AckFloor = c.epoch, nil, 0
+			cnt.Epoch, cnt.Applied, cnt.AckFloor = at.epoch, nil, 0
 		}
 		reset := !cnt.FirstAt.IsZero() && cnt.FirstAt.Before(since)
 		if reset {

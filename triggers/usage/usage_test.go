@@ -63,7 +63,8 @@ var uses = map[string]int64{"1": 5000, "2": 4001}
 
 // TestOneRotationPerVersionOverLimit: exactly one request per version that
 // reached max_uses; reports that are malformed, unknown, without a policy
-// or whose subject and payload disagree are acked and not counted.
+// or whose subject and payload disagree are acked and not counted (an
+// unknown tenant has no stream: its reports are not even stored).
 func TestOneRotationPerVersionOverLimit(t *testing.T) {
 	env := newEnv(t, orchestrator.NATSConfig{})
 	stop := run(t, env.trigger(t, env.connect(t)))
@@ -72,9 +73,8 @@ func TestOneRotationPerVersionOverLimit(t *testing.T) {
 	env.publish(t, reports)
 	// Noise.
 	env.publish(t, []schemas.UsageReport{
-		{Tenant: "acme", Secret: "db", Version: "1", Agent: "a", Count: 50000},         // no max_uses
-		{Tenant: "nope", Secret: "openai-key", Version: "1", Agent: "a", Count: 50000}, // unknown tenant
-		{Tenant: "acme", Secret: "gone", Version: "1", Agent: "a", Count: 50000},       // unknown secret
+		{Tenant: "acme", Secret: "db", Version: "1", Agent: "a", Count: 50000},   // no max_uses
+		{Tenant: "acme", Secret: "gone", Version: "1", Agent: "a", Count: 50000}, // unknown secret
 	})
 	env.publishRaw(t, "rekey.used.acme.openai-key.a", []byte(`{"specversion":"1.0","id":"x"`))
 	env.publishRaw(t, "rekey.used.acme.openai-key.a", event(t, schemas.UsageReport{Tenant: "acme", Secret: "openai-key", Version: "", Agent: "a", Count: 5000}))
@@ -164,14 +164,14 @@ func TestReportsHeldByALostReplicaAreCounted(t *testing.T) {
 	ctx := context.Background()
 	stop := run(t, env.trigger(t, env.connect(t))) // creates the durable
 	require.Eventually(t, func() bool {
-		_, err := env.bus.JS.Consumer(ctx, schemas.StreamUsage, usage.DurableFor("acme"))
+		_, err := env.bus.JS.Consumer(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme"))
 		return err == nil
 	}, 30*time.Second, 50*time.Millisecond)
 	stop()
 
 	reports := split(uses, 3)
 	env.publish(t, reports)
-	cons, err := env.connect(t).JS.Consumer(ctx, schemas.StreamUsage, usage.DurableFor("acme"))
+	cons, err := env.connect(t).JS.Consumer(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme"))
 	require.NoError(t, err)
 	batch, err := cons.Fetch(40, jetstream.FetchMaxWait(5*time.Second))
 	require.NoError(t, err)
@@ -333,6 +333,7 @@ tenants:
 	e := &env{url: srv.ClientURL(), rekey: &rekey, nats: nc}
 	e.bus = e.connect(t)
 	require.NoError(t, e.bus.EnsureStreams(context.Background()))
+	require.NoError(t, e.bus.EnsureUsageStreams(context.Background(), rekey.TenantNames()))
 	// The state buckets are the workers'; the counter only opens them.
 	state, err := orchestrator.NewState(context.Background(), e.bus, time.Minute)
 	require.NoError(t, err)
@@ -473,7 +474,7 @@ func (e *env) waitCounted(t *testing.T, want map[string]int64) {
 			}
 			got[v] = c.Uses
 		}
-		cons, err := e.bus.JS.Consumer(ctx, schemas.StreamUsage, usage.DurableFor("acme"))
+		cons, err := e.bus.JS.Consumer(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme"))
 		if err != nil {
 			last = err.Error()
 			return false
@@ -544,4 +545,32 @@ func (e *env) audits(t *testing.T) []schemas.AuditRecord {
 func (e *env) messages(t *testing.T, stream string) []*jetstream.RawStreamMsg {
 	t.Helper()
 	return testutil.StreamMessages(t, e.bus.JS, stream)
+}
+
+// TestUsageStreamsPerTenant: the stream all tenants shared before is
+// replaced by one per tenant, with a storage limit; reports land in their
+// tenant's stream and are counted from there.
+func TestUsageStreamsPerTenant(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{})
+	ctx := context.Background()
+	require.NoError(t, env.bus.JS.DeleteStream(ctx, schemas.UsageStream("acme")))
+	_, err := env.bus.JS.CreateStream(ctx, jetstream.StreamConfig{Name: schemas.StreamUsage, Subjects: []string{schemas.SubjectUsedAll}})
+	require.NoError(t, err)
+	require.NoError(t, env.bus.EnsureUsageStreams(ctx, []string{"acme", "globex"}))
+	_, err = env.bus.JS.Stream(ctx, schemas.StreamUsage)
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound)
+	for _, tn := range []string{"acme", "globex"} {
+		st, err := env.bus.JS.Stream(ctx, schemas.UsageStream(tn))
+		require.NoError(t, err)
+		cfg := st.CachedInfo().Config
+		require.Equal(t, []string{"rekey.used." + tn + ".*.*"}, cfg.Subjects)
+		require.Equal(t, int64(orchestrator.UsageStreamMaxBytes), cfg.MaxBytes)
+		require.Equal(t, jetstream.DiscardOld, cfg.Discard)
+	}
+	stop := run(t, env.trigger(t, env.connect(t)))
+	env.publish(t, split(map[string]int64{"2": 7}, 1))
+	env.waitCounted(t, map[string]int64{"2": 7})
+	stop()
+	require.NotEmpty(t, env.messages(t, schemas.UsageStream("acme")))
+	require.Empty(t, env.messages(t, schemas.UsageStream("globex")))
 }
