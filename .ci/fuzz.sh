@@ -17,6 +17,8 @@ targets=(
   "FuzzLocate ./handlers/vault"
   "FuzzLookup ./handlers/awssm"
   "FuzzVersionID ./handlers/awssm"
+  "FuzzParseAck ./fanout"
+  "FuzzParsePresence ./fanout"
   "FuzzParseInvalidation ./fanout/agent"
   "FuzzParseCredentials ./fanout/agent/vaultfetch"
   "FuzzParseAlertmanager ./triggers/siem"

@@ -6,10 +6,14 @@ package fanout
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,8 +47,16 @@ type Fanout struct {
 	invalidations jetstream.Stream
 	eventsEpoch   int64
 	// ackAudit queues agent acks for their audit records, written off the
-	// ack path by auditAcks.
-	ackAudit chan ackRecord
+	// ack path by auditAcks; auditShare counts each tenant's acks in it, so
+	// that one tenant cannot fill the others' share.
+	ackAudit   chan ackRecord
+	shareMu    sync.Mutex
+	auditShare map[string]int
+	// refused tallies the agents' messages refused, per tenant, for the
+	// audit trail (at most one record a minute per tenant).
+	refused *orchestrator.Refusals
+	// tenants, when set, get a subscription each (SetTenants).
+	tenants []string
 }
 
 // ackRecord is an agent ack and the delay fanout measured for it, or,
@@ -56,8 +68,12 @@ type ackRecord struct {
 	written chan struct{}
 }
 
-// ackAuditQueue bounds the acks waiting for their audit record.
-const ackAuditQueue = 1 << 16
+// ackAuditQueue bounds the acks waiting for their audit record, and
+// ackAuditShare the acks of one tenant among them.
+const (
+	ackAuditQueue = 1 << 16
+	ackAuditShare = ackAuditQueue / 8
+)
 
 // Started reports whether fanout consumes events and hears acks (for readiness).
 func (f *Fanout) Started() bool { return f.started.Load() }
@@ -65,7 +81,62 @@ func (f *Fanout) Started() bool { return f.started.Load() }
 // New returns a Fanout. source is the CloudEvents source of invalidations.
 func New(bus *orchestrator.Bus, audit *orchestrator.Auditor, metrics *orchestrator.Metrics, source string, log *slog.Logger) *Fanout {
 	return &Fanout{bus: bus, audit: audit, metrics: metrics, log: log.With("component", "fanout"), source: source,
-		acks: NewAckTracker(10000), ConfirmTimeout: 10 * time.Second, ackAudit: make(chan ackRecord, ackAuditQueue)}
+		acks: NewAckTracker(10000), ConfirmTimeout: 10 * time.Second, ackAudit: make(chan ackRecord, ackAuditQueue),
+		auditShare: map[string]int{}, refused: orchestrator.NewRefusals(audit, "fanout", "fanout.refused", time.Minute)}
+}
+
+// SetLimits bounds what each tenant's agents can make fanout hold.
+func (f *Fanout) SetLimits(l Limits) { f.acks.SetLimits(l) }
+
+// SetTenants has fanout hear each tenant's acks and heartbeats on a
+// subscription of its own (before Run): nats.go delivers each
+// subscription on its own goroutine from its own bounded queue, so one
+// tenant's flood neither delays another's acks nor pushes them out of a
+// full queue. Without tenants, one subscription hears them all.
+func (f *Fanout) SetTenants(tenants []string) { f.tenants = slices.Clone(tenants) }
+
+// agentQueueMsgs and agentQueueBytes bound the queue of one tenant's
+// subscription (a flood beyond is dropped by the client, for that tenant).
+const (
+	agentQueueMsgs  = 1 << 16
+	agentQueueBytes = 16 << 20
+)
+
+// subscribeAgents subscribes to the agents' acks and heartbeats; stop
+// drains the subscriptions.
+func (f *Fanout) subscribeAgents() (stop func(), err error) {
+	var subs []*nats.Subscription
+	stop = func() {
+		for _, s := range subs {
+			_ = s.Drain()
+		}
+	}
+	add := func(subject string, cb nats.MsgHandler) error {
+		sub, err := f.bus.NC.Subscribe(subject, cb)
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		subs = append(subs, sub)
+		return sub.SetPendingLimits(agentQueueMsgs, agentQueueBytes)
+	}
+	subjects := [][2]string{{schemas.SubjectAckAll, schemas.SubjectPresenceAll}}
+	if len(f.tenants) > 0 {
+		subjects = subjects[:0]
+		for _, t := range f.tenants {
+			subjects = append(subjects, [2]string{schemas.AckSubject(t, "*", "*"), schemas.PresenceSubject(t, "*")})
+		}
+	}
+	for _, s := range subjects {
+		if err := add(s[0], f.onAck); err != nil {
+			stop()
+			return nil, err
+		}
+		if err := add(s[1], f.onPresence); err != nil {
+			stop()
+			return nil, err
+		}
+	}
+	return stop, nil
 }
 
 // Acks returns the tracker of agent acks.
@@ -88,16 +159,11 @@ func (f *Fanout) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ackSub, err := f.bus.NC.Subscribe(schemas.SubjectAckAll, f.onAck)
+	stopAgents, err := f.subscribeAgents()
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", schemas.SubjectAckAll, err)
+		return err
 	}
-	defer func() { _ = ackSub.Drain() }()
-	presSub, err := f.bus.NC.Subscribe(schemas.SubjectPresenceAll, f.onPresence)
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", schemas.SubjectPresenceAll, err)
-	}
-	defer func() { _ = presSub.Drain() }()
+	defer stopAgents()
 	stopFollowing, err := f.followReplicas()
 	if err != nil {
 		return err
@@ -117,7 +183,7 @@ func (f *Fanout) Run(ctx context.Context) error {
 		return fmt.Errorf("consume %s: %w", schemas.StreamEvents, err)
 	}
 	f.started.Store(true)
-	<-ctx.Done()
+	_ = f.refused.Run(ctx) // until ctx ends
 	f.started.Store(false)
 	cc.Drain()
 	select {
@@ -239,31 +305,135 @@ func toInvalidation(ev schemas.Event) (schemas.Invalidation, string, time.Time, 
 	return schemas.Invalidation{}, "", time.Time{}, fmt.Errorf("event type %q causes no invalidation: %w", ev.Type, schemas.ErrMalformed)
 }
 
-func (f *Fanout) onAck(m *nats.Msg) {
+// ParseAck decodes an agent's ack received on subject. The subject names
+// the tenant and the instance, and NATS lets an agent publish under its
+// own only: an ack whose body names another tenant, secret or agent than
+// its subject is refused, so an agent cannot ack for another. Errors wrap
+// schemas.ErrMalformed.
+func ParseAck(subject string, data []byte) (schemas.InvalidationAck, error) {
 	var ack schemas.InvalidationAck
-	ev, err := schemas.DecodeAs(m.Data, schemas.TypeInvalidationAck, &ack)
-	if err != nil {
-		return
+	err := parseAgentMessage(subject, data, schemas.TypeInvalidationAck, &ack, func(ev schemas.Event) bool {
+		return ack.Tenant == ev.Tenant && subject == schemas.AckSubject(ack.Tenant, orTenant(ack.Secret), ack.Agent)
+	})
+	return ack, err
+}
+
+// ParsePresence decodes an agent's heartbeat (or leaving) received on
+// subject; the body's tenant and agent must be the subject's, so an agent
+// cannot announce, or announce the leaving of, another. Errors wrap
+// schemas.ErrMalformed.
+func ParsePresence(subject string, data []byte) (schemas.AgentPresence, error) {
+	var p schemas.AgentPresence
+	err := parseAgentMessage(subject, data, schemas.TypeAgentPresence, &p, func(ev schemas.Event) bool {
+		return p.Tenant == ev.Tenant && subject == schemas.PresenceSubject(p.Tenant, p.Agent)
+	})
+	return p, err
+}
+
+// parseAgentMessage decodes an agent's message of type typ into v and
+// checks it with ownSubject; on any error v is zeroed.
+func parseAgentMessage[T any](subject string, data []byte, typ string, v *T, ownSubject func(schemas.Event) bool) error {
+	var zero T
+	if len(data) > maxAgentMessage {
+		return fmt.Errorf("%s of %d bytes is over %d: %w", typ, len(data), maxAgentMessage, schemas.ErrMalformed)
 	}
-	// The subject names the tenant and the instance, and NATS lets an
-	// agent publish under its own only: an agent cannot ack for another.
-	if ack.Tenant != ev.Tenant || m.Subject != schemas.AckSubject(ack.Tenant, orTenant(ack.Secret), ack.Agent) {
+	ev, err := schemas.DecodeAs(data, typ, v)
+	if err == nil && !ownSubject(ev) {
+		err = fmt.Errorf("%s on subject %.80q, not its sender's: %w", typ, subject, schemas.ErrMalformed)
+	}
+	if err != nil {
+		*v = zero
+	}
+	return err
+}
+
+// maxAgentMessage bounds an ack or a heartbeat (either is a few hundred
+// bytes).
+const maxAgentMessage = 16 << 10
+
+// subjectTenant is the tenant token of an agent subject
+// (rekey.<kind>.<tenant>...), for tallying refusals; "" if invalid.
+func subjectTenant(subject string) string {
+	parts := strings.SplitN(subject, ".", 4)
+	if len(parts) < 3 || schemas.ValidateID("tenant", parts[2]) != nil {
+		return ""
+	}
+	return parts[2]
+}
+
+// refuse tallies a refused agent message of the tenant its subject names.
+func (f *Fanout) refuse(subject, reason string) {
+	if tenant := subjectTenant(subject); tenant != "" {
+		f.refused.Add(context.Background(), tenant, reason, 1, time.Now())
+	}
+}
+
+func (f *Fanout) onAck(m *nats.Msg) {
+	ack, err := ParseAck(m.Subject, m.Data)
+	if err != nil {
+		f.refuse(m.Subject, refusedMalformed)
 		return
 	}
 	f.metrics.AgentAcksTotal.Inc()
-	d, ok := f.acks.Acked(ack, time.Now())
-	if ok {
+	d, outcome := f.acks.acked(ack, time.Now())
+	switch outcome {
+	case ackCounted:
 		f.metrics.AgentInvalidationDelay.Observe(d.Seconds())
+	case ackDuplicate, ackEarly:
+		return // audited, if ever, as part of its delivery
+	default:
+		f.refuse(m.Subject, outcome)
+		return
 	}
 	if !f.deciding.Load() {
 		return // the replica holding the confirm lease audits it
 	}
+	if !f.takeShare(ack.Tenant) {
+		f.refuse(m.Subject, refusedAuditShare)
+		return
+	}
 	select {
 	case f.ackAudit <- ackRecord{ack: ack, delay: d}:
 	default:
+		f.releaseShare(ack.Tenant)
 		f.log.Warn("ack audit queue full; ack not audited (it still counts in invalidation_confirmed)",
 			"tenant", ack.Tenant, "secret", ack.Secret, "agent", ack.Agent, "request_id", ack.RequestID)
 	}
+}
+
+// takeShare reserves a place in the ack audit queue for one of tenant's
+// acks; false when the tenant holds its share.
+func (f *Fanout) takeShare(tenant string) bool {
+	f.shareMu.Lock()
+	defer f.shareMu.Unlock()
+	if f.auditShare[tenant] >= ackAuditShare {
+		return false
+	}
+	f.auditShare[tenant]++
+	return true
+}
+
+func (f *Fanout) releaseShare(tenant string) {
+	f.shareMu.Lock()
+	defer f.shareMu.Unlock()
+	if f.auditShare[tenant] <= 1 {
+		delete(f.auditShare, tenant)
+		return
+	}
+	f.auditShare[tenant]--
+}
+
+// ackRecordID is the id (and Nats-Msg-Id) of an invalidation.acks record:
+// derived, so that a burst written again at a lease handover is stored
+// once, but hashed, since it is made from agent-sent text (the first
+// ack's agent), and scoped by tenant.
+func ackRecordID(rec schemas.AuditRecord) string {
+	h := sha256.New()
+	for _, part := range []string{rec.Tenant, orTenant(rec.Secret), rec.RequestID, rec.Detail["version"], rec.Acks[0].Agent} {
+		h.Write([]byte(part))
+		h.Write([]byte{0})
+	}
+	return "acks-" + rec.Tenant + "-" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // auditAcks writes the agents' acks to the audit trail. Every agent acks
@@ -292,10 +462,7 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 		}
 		batch := make([]orchestrator.IdentifiedRecord, len(recs))
 		for i, rec := range recs {
-			batch[i] = orchestrator.IdentifiedRecord{
-				ID:     "acks-" + rec.Tenant + "-" + orTenant(rec.Secret) + "-" + rec.RequestID + "-" + rec.Acks[0].Agent,
-				Record: rec,
-			}
+			batch[i] = orchestrator.IdentifiedRecord{ID: ackRecordID(rec), Record: rec}
 		}
 		recs, pending = nil, 0
 		clear(index)
@@ -331,6 +498,7 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 	}
 	take := func(r ackRecord) {
 		if r.written == nil {
+			f.releaseShare(r.ack.Tenant)
 			add(r)
 			return
 		}
@@ -403,18 +571,14 @@ func orTenant(secret string) string {
 }
 
 func (f *Fanout) onPresence(m *nats.Msg) {
-	ev, err := schemas.Decode(m.Data)
+	p, err := ParsePresence(m.Subject, m.Data)
 	if err != nil {
+		f.refuse(m.Subject, refusedMalformed)
 		return
 	}
-	var p schemas.AgentPresence
-	if err := ev.DecodeData(schemas.TypeAgentPresence, &p); err != nil {
-		return
+	if why := f.acks.Seen(p, time.Now()); why != "" {
+		f.refuse(m.Subject, why)
 	}
-	if p.Tenant != ev.Tenant || m.Subject != schemas.PresenceSubject(p.Tenant, p.Agent) {
-		return
-	}
-	f.acks.Seen(p, time.Now())
 }
 
 // confirmLoop publishes an invalidation_confirmed event for each
@@ -462,13 +626,14 @@ func (f *Fanout) confirm(ctx context.Context, c schemas.InvalidationConfirmed) {
 	if !c.Complete {
 		outcome = schemas.OutcomeFailed
 		f.log.Warn("agents did not confirm an invalidation", "tenant", c.Tenant, "secret", c.Secret, "request_id", c.RequestID,
-			"missing", c.Missing, "live", c.LiveAgents)
+			"missing_count", max(c.MissingCount, len(c.Missing)), "live", c.LiveAgents)
 	}
 	_ = f.audit.Record(ctx, schemas.AuditRecord{
 		Tenant: c.Tenant, Secret: c.Secret, Actor: "fanout", Action: "invalidation.confirm", Outcome: outcome,
 		RequestID: c.RequestID, Component: "fanout", Detail: map[string]string{
 			"live_agents": fmt.Sprint(c.LiveAgents), "acked": fmt.Sprint(c.Acked),
 			"last_ack_ms": fmt.Sprintf("%.3f", c.LastAckMS), "missing": strings.Join(c.Missing, ","),
+			"missing_count": fmt.Sprint(max(c.MissingCount, len(c.Missing))),
 		},
 	})
 }

@@ -25,10 +25,13 @@ func startBus(t *testing.T) *orchestrator.Bus {
 	return bus
 }
 
-func runFanout(t *testing.T, bus *orchestrator.Bus) *fanout.Fanout {
+// runFanout runs a Fanout on bus; with tenants, each has its own
+// subscriptions to acks and heartbeats (as in rekeyd).
+func runFanout(t *testing.T, bus *orchestrator.Bus, tenants ...string) *fanout.Fanout {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	f := fanout.New(bus, orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), "test/fanout", log)
+	f.SetTenants(tenants)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()

@@ -216,35 +216,61 @@ func (f *Fanout) openStreams(ctx context.Context) {
 }
 
 // keepEarlyLocked keeps an ack of an invalidation not heard of yet (it was
-// published by another replica, and the ack came first); the oldest are
-// forgotten past the tracker's limit.
-func (t *AckTracker) keepEarlyLocked(ack schemas.InvalidationAck, at time.Time) {
+// published by another replica, and the ack came first), once per agent;
+// the oldest are forgotten past the tracker's limit, and a tenant keeps at
+// most MaxEarlyAcksPerTenant. It returns ackEarly, ackDuplicate or the
+// reason it was refused.
+func (t *AckTracker) keepEarlyLocked(ack schemas.InvalidationAck, at time.Time) string {
 	k := ackKey(ack.Tenant, ack.Secret, ack.RequestID)
 	m := t.early[k]
+	if _, dup := m[ack.Agent]; dup {
+		return ackDuplicate
+	}
+	if t.earlyCount[ack.Tenant] >= t.lim.MaxEarlyAcksPerTenant {
+		return refusedEarlyCap
+	}
 	if m == nil {
 		m = map[string]time.Time{}
 		t.early[k] = m
-		t.earlyOrder = append(t.earlyOrder, k)
+		t.earlyOrder = append(t.earlyOrder, earlyKey{tenant: ack.Tenant, key: k})
 	}
-	if _, dup := m[ack.Agent]; !dup {
-		m[ack.Agent] = at
-	}
+	m[ack.Agent] = at
+	t.earlyCount[ack.Tenant]++
 	for len(t.earlyOrder) > t.limit {
-		delete(t.early, t.earlyOrder[0])
+		t.dropEarlyLocked(t.earlyOrder[0])
 		t.earlyOrder = t.earlyOrder[1:]
 	}
+	return ackEarly
 }
 
-// takeEarlyLocked moves the acks kept for a delivery just recorded into it.
+// earlyKey is an entry of AckTracker.earlyOrder.
+type earlyKey struct{ tenant, key string }
+
+func (t *AckTracker) dropEarlyLocked(e earlyKey) {
+	if n := t.earlyCount[e.tenant] - len(t.early[e.key]); n > 0 {
+		t.earlyCount[e.tenant] = n
+	} else {
+		delete(t.earlyCount, e.tenant)
+	}
+	delete(t.early, e.key)
+}
+
+// takeEarlyLocked moves the acks kept for a delivery just recorded into
+// it. An ack heard before the invalidation was published cannot be an
+// agent's answer to it (an agent that guessed its request id): it is
+// dropped, not counted with no delay.
 func (t *AckTracker) takeEarlyLocked(k string) {
 	m, ok := t.early[k]
 	if !ok {
 		return
 	}
-	delete(t.early, k)
 	d := t.byReq[k]
+	t.dropEarlyLocked(earlyKey{tenant: d.Invalidation.Tenant, key: k})
 	for agent, at := range m {
-		d.Acks[agent] = max(at.Sub(d.Invalidation.PublishedAt), 0)
+		if at.Before(d.Invalidation.PublishedAt) || len(d.Acks) >= t.lim.MaxAgentsPerTenant {
+			continue
+		}
+		d.Acks[agent] = at.Sub(d.Invalidation.PublishedAt)
 	}
 }
 

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"cmp"
 	"errors"
 	"maps"
 	"slices"
@@ -23,10 +24,37 @@ type presence struct {
 	tool     string
 }
 
+// Limits bound what agents can make the tracker hold, per tenant: what an
+// agent publishes is untrusted input (see orchestrator.FanoutConfig).
+type Limits struct {
+	MaxAgentsPerTenant    int
+	PresenceIntervalMin   time.Duration
+	PresenceIntervalMax   time.Duration
+	MaxEarlyAcksPerTenant int
+	MaxListedAgents       int
+}
+
+// DefaultLimits are the defaults of rekey.yaml's fanout section.
+func DefaultLimits() Limits {
+	return Limits{MaxAgentsPerTenant: 10000, PresenceIntervalMin: 500 * time.Millisecond, PresenceIntervalMax: 5 * time.Minute,
+		MaxEarlyAcksPerTenant: 10000, MaxListedAgents: 100}
+}
+
+// Reasons an agent's message is refused (keys of the fanout.refused audit
+// record).
+const (
+	refusedInterval   = "presence_interval"
+	refusedAgentCap   = "over_agent_cap"
+	refusedEarlyCap   = "over_early_ack_cap"
+	refusedMalformed  = "malformed"
+	refusedAuditShare = "over_audit_share"
+)
+
 // AckTracker remembers which agents are alive (their heartbeats) and, for
 // recent invalidations, which live agents acknowledged them.
 type AckTracker struct {
 	mu     sync.Mutex
+	lim    Limits
 	limit  int
 	order  []string
 	byReq  map[string]*Delivery
@@ -34,7 +62,8 @@ type AckTracker struct {
 	agents map[string]map[string]presence
 	// early holds acks heard before their invalidation (replicas.go).
 	early      map[string]map[string]time.Time
-	earlyOrder []string
+	earlyOrder []earlyKey
+	earlyCount map[string]int // tenant -> acks in early
 }
 
 // Delivery is one invalidation: the agents that were alive when it was
@@ -64,26 +93,51 @@ func (d Delivery) Missing(alive func(string) bool) []string {
 
 // NewAckTracker keeps up to limit invalidations.
 func NewAckTracker(limit int) *AckTracker {
-	return &AckTracker{limit: limit, byReq: map[string]*Delivery{}, latest: map[string]string{}, agents: map[string]map[string]presence{},
-		early: map[string]map[string]time.Time{}}
+	return &AckTracker{lim: DefaultLimits(), limit: limit, byReq: map[string]*Delivery{}, latest: map[string]string{},
+		agents: map[string]map[string]presence{}, early: map[string]map[string]time.Time{}, earlyCount: map[string]int{}}
+}
+
+// SetLimits replaces the per-tenant limits (before use); zero fields keep
+// their defaults.
+func (t *AckTracker) SetLimits(l Limits) {
+	d := DefaultLimits()
+	l.MaxAgentsPerTenant = cmp.Or(l.MaxAgentsPerTenant, d.MaxAgentsPerTenant)
+	l.PresenceIntervalMin = cmp.Or(l.PresenceIntervalMin, d.PresenceIntervalMin)
+	l.PresenceIntervalMax = cmp.Or(l.PresenceIntervalMax, d.PresenceIntervalMax)
+	l.MaxListedAgents = cmp.Or(l.MaxListedAgents, d.MaxListedAgents)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.lim = l
 }
 
 func ackKey(tenant, secret, requestID string) string { return tenant + "/" + secret + "/" + requestID }
 
-// Seen records an agent's heartbeat (or its leaving).
-func (t *AckTracker) Seen(p schemas.AgentPresence, at time.Time) {
+// Seen records an agent's heartbeat (or its leaving). It returns the
+// reason it was refused, "" if it was not: an interval outside the
+// limits, or a new agent of a tenant that has MaxAgentsPerTenant alive.
+func (t *AckTracker) Seen(p schemas.AgentPresence, at time.Time) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	m := t.agents[p.Tenant]
+	if p.Leaving {
+		delete(m, p.Agent)
+		return ""
+	}
+	if p.Interval < t.lim.PresenceIntervalMin || p.Interval > t.lim.PresenceIntervalMax {
+		return refusedInterval
+	}
 	if m == nil {
 		m = map[string]presence{}
 		t.agents[p.Tenant] = m
 	}
-	if p.Leaving {
-		delete(m, p.Agent)
-		return
+	if _, known := m[p.Agent]; !known && len(m) >= t.lim.MaxAgentsPerTenant {
+		t.liveLocked(p.Tenant, at) // forgets the dead
+		if len(m) >= t.lim.MaxAgentsPerTenant {
+			return refusedAgentCap
+		}
 	}
 	m[p.Agent] = presence{lastSeen: at, interval: p.Interval, tool: p.Tool}
+	return ""
 }
 
 // Tool returns the tool name an agent reported in its heartbeats, if any.
@@ -143,20 +197,39 @@ func (t *AckTracker) Published(inv schemas.Invalidation) {
 	}
 }
 
-// Acked records an agent's ack and returns the delay since publication.
+// Acked records an agent's ack and returns the delay since publication;
+// ok is set for the first ack of the agent for an invalidation the
+// tracker holds (a repeated ack counts once).
 func (t *AckTracker) Acked(ack schemas.InvalidationAck, at time.Time) (time.Duration, bool) {
+	d, outcome := t.acked(ack, at)
+	return d, outcome == ackCounted
+}
+
+// Outcomes of an ack.
+const (
+	ackCounted   = "counted"
+	ackDuplicate = "duplicate" // or of a compacted delivery
+	ackEarly     = "early"     // kept for an invalidation not heard of yet
+)
+
+// acked is Acked with the outcome: ackCounted, ackDuplicate, ackEarly or
+// the reason it was refused.
+func (t *AckTracker) acked(ack schemas.InvalidationAck, at time.Time) (time.Duration, string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	d, ok := t.byReq[ackKey(ack.Tenant, ack.Secret, ack.RequestID)]
 	if !ok {
-		t.keepEarlyLocked(ack, at)
-		return 0, false
+		return 0, t.keepEarlyLocked(ack, at)
 	}
 	delay := at.Sub(d.Invalidation.PublishedAt)
-	if _, dup := d.Acks[ack.Agent]; !dup && d.Acks != nil { // nil: compacted
-		d.Acks[ack.Agent] = delay
+	if _, dup := d.Acks[ack.Agent]; dup || d.Acks == nil { // nil: compacted
+		return delay, ackDuplicate
 	}
-	return delay, true
+	if len(d.Acks) >= t.lim.MaxAgentsPerTenant {
+		return delay, refusedAgentCap
+	}
+	d.Acks[ack.Agent] = delay
+	return delay, ackCounted
 }
 
 // compactLocked drops the per-agent lists of delivery k once it is
@@ -229,11 +302,15 @@ func (t *AckTracker) due(now time.Time, timeout time.Duration) []schemas.Invalid
 				last = max(last, delay)
 			}
 		}
-		out = append(out, schemas.InvalidationConfirmed{
+		c := schemas.InvalidationConfirmed{
 			Tenant: inv.Tenant, Secret: inv.Secret, Kind: inv.Kind, Version: inv.Version, RequestID: inv.RequestID,
 			PublishedAt: inv.PublishedAt, LiveAgents: len(d.Live), Acked: acked, Missing: missing,
 			Complete: len(missing) == 0, LastAckMS: float64(last.Microseconds()) / 1000,
-		})
+		}
+		if len(missing) > t.lim.MaxListedAgents {
+			c.Missing, c.MissingCount, c.MissingTruncated = missing[:t.lim.MaxListedAgents], len(missing), true
+		}
+		out = append(out, c)
 		t.compactLocked(k)
 	}
 	return out

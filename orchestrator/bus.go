@@ -124,16 +124,6 @@ func (b *Bus) StreamConfigs() []jetstream.StreamConfig {
 			Description: "revocation and restore requests per tenant",
 		},
 		{
-			Name: schemas.StreamUsage, Subjects: []string{schemas.SubjectUsedAll},
-			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-			Replicas: r, Duplicates: dup, MaxAge: 24 * time.Hour,
-			// Agents publish here, naming any reply subject they like:
-			// a publish acknowledgement would be written there by the
-			// server, as the stream (into another bucket, for instance).
-			NoAck:       true,
-			Description: "batched use reports from agents",
-		},
-		{
 			Name: schemas.StreamInvalidate, Subjects: []string{schemas.SubjectInvalidateAll},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
 			Replicas: r, Duplicates: dup, MaxMsgsPerSubject: 1,
@@ -158,6 +148,42 @@ func (b *Bus) StreamConfigs() []jetstream.StreamConfig {
 // EnsureStreams creates or updates every stream; safe to call at each start.
 func (b *Bus) EnsureStreams(ctx context.Context) error {
 	for _, sc := range b.StreamConfigs() {
+		if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// UsageStreamMaxBytes bounds the use reports one tenant's stream keeps; a
+// flood beyond pushes out the tenant's own oldest reports, never another
+// tenant's.
+const UsageStreamMaxBytes = 64 << 20
+
+// UsageStreamConfig is the stream of one tenant's use reports.
+func (b *Bus) UsageStreamConfig(tenant string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name: schemas.UsageStream(tenant), Subjects: []string{schemas.UsedTenantSubject(tenant)},
+		Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage, Discard: jetstream.DiscardOld,
+		Replicas: b.cfg.Replicas, Duplicates: b.cfg.DuplicateWindow, MaxAge: 24 * time.Hour, MaxBytes: UsageStreamMaxBytes,
+		// Agents publish here, naming any reply subject they like: a
+		// publish acknowledgement would be written there by the server,
+		// as the stream (into another bucket, for instance).
+		NoAck:       true,
+		Description: "batched use reports from the agents of tenant " + tenant,
+	}
+}
+
+// EnsureUsageStreams creates (or updates) each tenant's use-report stream.
+// The stream all tenants shared before is deleted first (its subjects
+// overlap theirs); the reports it held that were not counted yet are lost.
+func (b *Bus) EnsureUsageStreams(ctx context.Context, tenants []string) error {
+	err := b.JS.DeleteStream(ctx, schemas.StreamUsage)
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("delete the shared stream %s: %w", schemas.StreamUsage, err)
+	}
+	for _, t := range tenants {
+		sc := b.UsageStreamConfig(t)
 		if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
 		}

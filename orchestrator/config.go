@@ -104,6 +104,20 @@ type FanoutConfig struct {
 	// ConfirmTimeout is how long fanout waits for every live agent to ack
 	// an invalidation before it reports the ones that did not.
 	ConfirmTimeout time.Duration `yaml:"confirm_timeout"`
+	// MaxAgentsPerTenant bounds the agents tracked per tenant (their
+	// heartbeats, and the acks kept for one invalidation); beyond it a
+	// new agent is refused and audited.
+	MaxAgentsPerTenant int `yaml:"max_agents_per_tenant"`
+	// PresenceIntervalMin and PresenceIntervalMax bound the heartbeat
+	// interval an agent may announce; heartbeats outside are refused.
+	PresenceIntervalMin time.Duration `yaml:"presence_interval_min"`
+	PresenceIntervalMax time.Duration `yaml:"presence_interval_max"`
+	// MaxEarlyAcksPerTenant bounds the acks kept per tenant for
+	// invalidations not heard of yet (published by another replica).
+	MaxEarlyAcksPerTenant int `yaml:"max_early_acks_per_tenant"`
+	// MaxListedAgents bounds the agents named in an invalidation_confirmed
+	// event and its audit record; beyond it they are counted.
+	MaxListedAgents int `yaml:"max_listed_agents"`
 }
 
 // BackendsConfig holds one section per backend kind.
@@ -186,7 +200,9 @@ func Defaults() Config {
 			LockTTL:        30 * time.Second,
 			MinInterval:    2 * time.Second,
 		},
-		Fanout: FanoutConfig{ConfirmTimeout: 10 * time.Second},
+		Fanout: FanoutConfig{ConfirmTimeout: 10 * time.Second, MaxAgentsPerTenant: 10000,
+			PresenceIntervalMin: 500 * time.Millisecond, PresenceIntervalMax: 5 * time.Minute,
+			MaxEarlyAcksPerTenant: 10000, MaxListedAgents: 100},
 	}
 }
 
@@ -290,6 +306,19 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			add(fieldErr(name, "%s must be positive", d))
 		}
+	}
+	if c.Fanout.MaxAgentsPerTenant < 1 || c.Fanout.MaxAgentsPerTenant > 1000000 {
+		add(fieldErr("fanout.max_agents_per_tenant", "%d must be between 1 and 1000000", c.Fanout.MaxAgentsPerTenant))
+	}
+	if c.Fanout.PresenceIntervalMin <= 0 || c.Fanout.PresenceIntervalMax < c.Fanout.PresenceIntervalMin || c.Fanout.PresenceIntervalMax > 24*time.Hour {
+		add(fieldErr("fanout.presence_interval_max", "%s must be between fanout.presence_interval_min %s (positive) and 24h",
+			c.Fanout.PresenceIntervalMax, c.Fanout.PresenceIntervalMin))
+	}
+	if c.Fanout.MaxEarlyAcksPerTenant < 0 || c.Fanout.MaxEarlyAcksPerTenant > 1000000 {
+		add(fieldErr("fanout.max_early_acks_per_tenant", "%d must be between 0 and 1000000", c.Fanout.MaxEarlyAcksPerTenant))
+	}
+	if c.Fanout.MaxListedAgents < 1 || c.Fanout.MaxListedAgents > 5000 {
+		add(fieldErr("fanout.max_listed_agents", "%d must be between 1 and 5000 (a confirmation stays under 1 MiB)", c.Fanout.MaxListedAgents))
 	}
 	if c.HTTP.MaxBodyBytes < 1024 {
 		add(fieldErr("http.max_body_bytes", "%d must be at least 1024", c.HTTP.MaxBodyBytes))

@@ -132,13 +132,13 @@ func roleGrants(r Role, tenants []string) grants {
 		}
 		return g
 	case RoleAPI:
-		return grants{
+		g := grants{
 			publish: []string{
 				schemas.SubjectRotateAll, schemas.SubjectRevokeAll, schemas.SubjectAuditAll,
 				// awsevents: external_change events of AWS-side rotations.
 				schemas.EventsSubject("*", schemas.KindExternalChange),
 			},
-			consume: []string{schemas.StreamUsage, schemas.StreamEvents},
+			consume: []string{schemas.StreamEvents},
 			read:    []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.StreamEvents},
 			buckets: map[string]bucketAccess{
 				BucketStatus: bucketRead, BucketTenants: bucketRead, BucketLocks: bucketRead,
@@ -147,6 +147,11 @@ func roleGrants(r Role, tenants []string) grants {
 				bucketSIEMDedup: bucketOwn, bucketIdempotency: bucketOwn, bucketAWSDedup: bucketOwn,
 			},
 		}
+		// The use-count trigger: each tenant's use-report stream.
+		for _, t := range tenants {
+			g.consume = append(g.consume, schemas.UsageStream(t))
+		}
+		return g
 	}
 	return grants{}
 }

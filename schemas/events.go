@@ -296,8 +296,15 @@ func (r InvalidationAck) Validate() error {
 	if err := ValidateInstance(r.Agent); err != nil {
 		return fmt.Errorf("agent: %w: %w", err, ErrMalformed)
 	}
+	if len(r.RequestID) > MaxAgentFieldLen || len(r.Version) > MaxAgentFieldLen {
+		return fmt.Errorf("request_id and version must be at most %d bytes: %w", MaxAgentFieldLen, ErrMalformed)
+	}
 	return nil
 }
+
+// MaxAgentFieldLen bounds the free-text fields an agent sends (request
+// ids, versions and tool names in acks, heartbeats and use reports).
+const MaxAgentFieldLen = 256
 
 // UsageReport counts an agent's uses of one secret version over a window.
 type UsageReport struct {
@@ -321,6 +328,9 @@ func (r UsageReport) Validate() error {
 	}
 	if r.Count < 1 {
 		return fmt.Errorf("count %d must be positive: %w", r.Count, ErrMalformed)
+	}
+	if len(r.Tool) > MaxAgentFieldLen {
+		return fmt.Errorf("tool must be at most %d bytes: %w", MaxAgentFieldLen, ErrMalformed)
 	}
 	return nil
 }
@@ -434,6 +444,9 @@ func (r AgentPresence) Validate() error {
 	if r.Interval <= 0 {
 		return fmt.Errorf("interval_ns %d must be positive: %w", r.Interval, ErrMalformed)
 	}
+	if len(r.Tool) > MaxAgentFieldLen {
+		return fmt.Errorf("tool must be at most %d bytes: %w", MaxAgentFieldLen, ErrMalformed)
+	}
 	return nil
 }
 
@@ -449,7 +462,12 @@ type InvalidationConfirmed struct {
 	LiveAgents  int       `json:"live_agents"`
 	Acked       int       `json:"acked"`
 	Missing     []string  `json:"missing,omitempty"`
-	Complete    bool      `json:"complete"`
+	// MissingCount and MissingTruncated are set when Missing lists only
+	// the first of more agents (a confirmation stays far under the 1 MiB
+	// message limit however many agents a tenant has).
+	MissingCount     int  `json:"missing_count,omitempty"`
+	MissingTruncated bool `json:"missing_truncated,omitempty"`
+	Complete         bool `json:"complete"`
 	// LastAckMS is the time from publication to the last live agent's ack.
 	LastAckMS float64 `json:"last_ack_ms"`
 }

@@ -56,6 +56,14 @@ func UsedSubject(tenant, secret, instance string) string {
 	return "rekey.used." + tenant + "." + secret + "." + instance
 }
 
+// UsageStream is the stream of one tenant's use reports. Each tenant has
+// its own (StreamUsage was shared by all before): one tenant's flood fills
+// only its own ingest queue and its own storage limit.
+func UsageStream(tenant string) string { return StreamUsage + "_" + tenant }
+
+// UsedTenantSubject matches every use report of one tenant.
+func UsedTenantSubject(tenant string) string { return "rekey.used." + tenant + ".*.*" }
+
 // InvalidateSubject carries invalidations for one secret. Use TenantToken as
 // the secret for tenant-wide news.
 func InvalidateSubject(tenant, secret string) string {

@@ -132,6 +132,27 @@ and invalidations (fanout from completion events) per second.`,
 	capacity.Flags().IntVar(&capCfg.Rounds, "rounds", 3, "rotations of every secret")
 	capacity.Flags().IntVar(&capCfg.Invalidations, "invalidations", 2000, "completion events for fanout")
 	capacity.Flags().IntVar(&capCfg.Agents, "agents", 200, "agents, half per tenant, each on its own connection")
-	cmd.AddCommand(prop, get, fan, hook, capacity)
+	floodOpts := sim.FloodOptions{}
+	flood := &cobra.Command{
+		Use:   "flood",
+		Short: "one tenant floods use reports; another tenant's max_uses rotation p50/p99/max before and during",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			res, err := sim.Flood(ctx, floodOpts, log)
+			if err != nil {
+				return err
+			}
+			res.Print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	flood.Flags().IntVar(&floodOpts.Samples, "samples", 50, "globex max_uses rotations before, and again during, the flood")
+	flood.Flags().IntVar(&floodOpts.Conns, "conns", 2, "acme connections publishing use reports as fast as they can")
+	flood.Flags().IntVar(&floodOpts.Instances, "instances", 50, "acme instance names each connection spreads its reports over")
+	flood.Flags().IntVar(&floodOpts.Rate, "rate", 80000, "acme reports per second in all (the rate one agent reached in the attack; 0: as fast as the connections publish)")
+	cmd.AddCommand(prop, get, fan, hook, capacity, flood)
 	return cmd
 }

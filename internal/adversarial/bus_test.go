@@ -115,17 +115,17 @@ func TestMsgIDCollision(t *testing.T) {
 }
 
 // TestAgentHeaders: JetStream acts on some headers of a stored message
-// (rollup purges, per-message TTL, expected sequence). An agent's use
-// report carrying them must not purge or shorten REKEY_USAGE, whose
-// earlier reports (other agents', other tenants') stay.
+// (rollup purges, per-message TTL, expected sequence, schedules). An
+// agent's use report carrying them must not purge or shorten its tenant's
+// use-report stream, whose earlier reports (its other agents') stay.
 func TestAgentHeaders(t *testing.T) {
 	r := newRig(t)
-	globex := r.agentConn("globex")
-	require.NoError(t, globex.Publish(schemas.UsedSubject("globex", "openai-key", "planner-1"), []byte(`{"honest":true}`)))
-	settle(t, globex.Conn)
+	honest := r.agentConn("acme")
+	require.NoError(t, honest.Publish(schemas.UsedSubject("acme", "openai-key", "planner-1"), []byte(`{"honest":true}`)))
+	settle(t, honest.Conn)
 	att := r.agentConn("acme")
 	ctx := context.Background()
-	st, err := r.js.Stream(ctx, schemas.StreamUsage)
+	st, err := r.js.Stream(ctx, schemas.UsageStream("acme"))
 	require.NoError(t, err)
 	info, err := st.Info(ctx)
 	require.NoError(t, err)
@@ -133,7 +133,7 @@ func TestAgentHeaders(t *testing.T) {
 
 	for _, h := range [][2]string{
 		{"Nats-Rollup", "all"}, {"Nats-Rollup", "sub"}, {"Nats-TTL", "1s"}, {"Nats-Marker-Reason", "Purge"},
-		{"Nats-Expected-Stream", schemas.StreamUsage}, {"Nats-Schedule", "@at 2000-01-01T00:00:00Z"},
+		{"Nats-Expected-Stream", schemas.UsageStream("acme")}, {"Nats-Schedule", "@at 2000-01-01T00:00:00Z"},
 		{"Nats-Batch-Id", "x"}, {"Nats-Incr", "1"},
 	} {
 		m := nats.NewMsg(schemas.UsedSubject("acme", "openai-key", "attacker-1"))
@@ -144,7 +144,7 @@ func TestAgentHeaders(t *testing.T) {
 	settle(t, att.Conn)
 	time.Sleep(1100 * time.Millisecond) // a 1 s TTL would have removed something by now
 	_, err = st.GetMsg(ctx, 1)
-	require.NoError(t, err, "globex's report was removed by an acme agent's headers")
+	require.NoError(t, err, "the honest agent's report was removed by another agent's headers")
 	info, err = st.Info(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, info.State.FirstSeq)
@@ -182,8 +182,8 @@ func TestOversizedAndMalformed(t *testing.T) {
 	settle(t, att.Conn)
 	after := r.snapshot()
 	require.Empty(t, r.changed(before, after, map[string]func(jetstream.RawStreamMsg) bool{
-		schemas.StreamUsage: func(m jetstream.RawStreamMsg) bool { return strings.HasPrefix(m.Subject, "rekey.used.acme.") },
-		schemas.StreamAudit: auditBy("acme"),
+		schemas.UsageStream("acme"): func(m jetstream.RawStreamMsg) bool { return strings.HasPrefix(m.Subject, "rekey.used.acme.") },
+		schemas.StreamAudit:         auditBy("acme"),
 	}))
 	require.False(t, r.revoked("globex"))
 	r.fetch(r.agentConn("globex"), "openai-key")

@@ -59,14 +59,14 @@ func TestFloodFromOneTenant(t *testing.T) {
 	// Nothing of globex changed but what its own rotations wrote.
 	after := r.quiet()
 	require.Empty(t, r.changed(before, after, map[string]func(jetstream.RawStreamMsg) bool{
-		schemas.StreamUsage:      prefix("rekey.used.acme."),
-		schemas.StreamAudit:      func(m jetstream.RawStreamMsg) bool { return auditBy("acme")(m) || auditBy("globex")(m) },
-		schemas.StreamEvents:     prefix("rekey.events.globex."),
-		schemas.StreamInvalidate: prefix("rekey.invalidate.globex."),
-		schemas.StreamRotate:     prefix("rekey.rotate.globex."),
-		"KV_rekey_status":        prefix("$KV.rekey_status.globex."),
-		"KV_rekey_local":         prefix("$KV.rekey_local.globex."),
-		"KV_rekey_locks":         prefix("$KV.rekey_locks.rotate.globex."),
+		schemas.UsageStream("acme"): prefix("rekey.used.acme."),
+		schemas.StreamAudit:         func(m jetstream.RawStreamMsg) bool { return auditBy("acme")(m) || auditBy("globex")(m) },
+		schemas.StreamEvents:        prefix("rekey.events.globex."),
+		schemas.StreamInvalidate:    prefix("rekey.invalidate.globex."),
+		schemas.StreamRotate:        prefix("rekey.rotate.globex."),
+		"KV_rekey_status":           prefix("$KV.rekey_status.globex."),
+		"KV_rekey_local":            prefix("$KV.rekey_local.globex."),
+		"KV_rekey_locks":            prefix("$KV.rekey_locks.rotate.globex."),
 	}))
 	require.False(t, r.revoked("globex"))
 	require.Empty(t, r.scan())

@@ -91,8 +91,8 @@ func TestReplySubjectInjection(t *testing.T) {
 	settle(t, att.Conn)
 	after := r.snapshot()
 	allowed := map[string]func(jetstream.RawStreamMsg) bool{
-		schemas.StreamUsage: func(m jetstream.RawStreamMsg) bool { return strings.HasPrefix(m.Subject, "rekey.used.acme.") },
-		schemas.StreamAudit: auditBy("acme"),
+		schemas.UsageStream("acme"): func(m jetstream.RawStreamMsg) bool { return strings.HasPrefix(m.Subject, "rekey.used.acme.") },
+		schemas.StreamAudit:         auditBy("acme"),
 	}
 	require.Empty(t, r.changed(before, after, allowed), "stored state changed by reply injection")
 	require.Zero(t, arrived.Load(), "messages reached injection targets: %v", got)

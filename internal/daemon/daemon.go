@@ -123,6 +123,9 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := d.bus.EnsureStreams(ctx); err != nil {
 		return nil, err
 	}
+	if err := d.bus.EnsureUsageStreams(ctx, cfg.TenantNames()); err != nil {
+		return nil, err
+	}
 	// Every component runs on the connection of its role, whose user may
 	// touch only what that role needs (orchestrator.RolePermissions).
 	if err := d.connectRoles(ctx, url, log); err != nil {
@@ -225,6 +228,10 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 	d.fanout = fanout.New(fanoutBus, orchestrator.NewAuditor(fanoutBus, "rekeyd", log), d.metrics, "rekeyd/fanout", log)
 	d.fanout.ConfirmTimeout = cfg.Fanout.ConfirmTimeout
+	d.fanout.SetLimits(fanout.Limits{MaxAgentsPerTenant: cfg.Fanout.MaxAgentsPerTenant,
+		PresenceIntervalMin: cfg.Fanout.PresenceIntervalMin, PresenceIntervalMax: cfg.Fanout.PresenceIntervalMax,
+		MaxEarlyAcksPerTenant: cfg.Fanout.MaxEarlyAcksPerTenant, MaxListedAgents: cfg.Fanout.MaxListedAgents})
+	d.fanout.SetTenants(cfg.TenantNames())
 	d.fanout.Leases = d.leases
 	d.fetch = local.NewServer(fetchBus.NC, cfg.TenantNames(), localReader, catalog.Ref, fetchTenants.IsRevoked, log)
 	d.resync = fanout.NewResyncServer(fetchBus.NC, cfg.TenantNames(), log)

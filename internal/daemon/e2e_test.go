@@ -335,7 +335,7 @@ func handledRequests(t testing.TB, d rekeyView, tenants ...string) map[string]st
 func requireNoValueIn(t testing.TB, d *running, values []string) {
 	t.Helper()
 	haystacks := map[string]string{"logs": d.logs.String()}
-	for _, stream := range []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.StreamUsage,
+	for _, stream := range []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.UsageStream("acme"), schemas.UsageStream("globex"),
 		schemas.StreamInvalidate, schemas.StreamEvents, schemas.StreamAudit,
 		"KV_" + orchestrator.BucketStatus, "KV_" + orchestrator.BucketTenants} {
 		haystacks[stream] = streamText(t, d, stream)

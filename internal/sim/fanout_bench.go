@@ -209,7 +209,7 @@ func settleUsage(ctx context.Context, c *Cluster, interval time.Duration) error 
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	for deadline := time.Now().Add(60 * time.Second); !c.consumerDrained(ctx, schemas.StreamUsage, usage.Durable); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); !c.consumerDrained(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme")); time.Sleep(50 * time.Millisecond) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

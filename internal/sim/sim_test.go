@@ -94,3 +94,19 @@ func TestCapacitySmall(t *testing.T) {
 	sim.PrintCapacity(&out, cfg, rows)
 	require.Contains(t, out.String(), "rotations/s")
 }
+
+// TestFloodBenchSmall runs `rekeyctl bench flood` at a tiny size: globex's
+// max_uses rotations happen before and during acme's flood, and the table
+// names both.
+func TestFloodBenchSmall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := sim.Flood(ctx, sim.FloodOptions{Samples: 3, Conns: 1, Instances: 5, Rate: 5000}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	require.Len(t, res.Before, 3)
+	require.Len(t, res.During, 3)
+	require.Positive(t, res.FloodSent)
+	var out bytes.Buffer
+	res.Print(&out)
+	require.Contains(t, out.String(), "during the flood")
+}

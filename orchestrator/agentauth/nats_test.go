@@ -74,7 +74,8 @@ func static(tok string) func() string { return func() string { return tok } }
 func streamStates(t *testing.T, admin *orchestrator.Bus) map[string][2]uint64 {
 	t.Helper()
 	out := map[string][2]uint64{}
-	for _, name := range []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.StreamUsage, schemas.StreamInvalidate, schemas.StreamEvents, schemas.StreamAudit} {
+	names := admin.JS.StreamNames(context.Background())
+	for name := range names.Name() {
 		s, err := admin.JS.Stream(context.Background(), name)
 		require.NoError(t, err)
 		info, err := s.Info(context.Background())

@@ -479,6 +479,29 @@ type InvalidationStatus struct {
 	Acked     []string `json:"acked"`
 	Missing   []string `json:"missing"`
 	LastAckMS float64  `json:"last_ack_ms"`
+	// AckedCount and MissingCount are the lengths of the full lists; a
+	// reply lists at most MaxListedAgents of each (the *Truncated flag
+	// says so), so it stays small however many agents a tenant has.
+	AckedCount       int  `json:"acked_count"`
+	MissingCount     int  `json:"missing_count"`
+	AckedTruncated   bool `json:"acked_truncated,omitempty"`
+	MissingTruncated bool `json:"missing_truncated,omitempty"`
+}
+
+// MaxListedAgents bounds the agents a status reply names in each of
+// InvalidationStatus.Acked and Missing.
+const MaxListedAgents = 1000
+
+// bounded counts the lists and keeps at most MaxListedAgents of each.
+func (s InvalidationStatus) bounded() InvalidationStatus {
+	s.AckedCount, s.MissingCount = len(s.Acked), len(s.Missing)
+	if len(s.Acked) > MaxListedAgents {
+		s.Acked, s.AckedTruncated = s.Acked[:MaxListedAgents], true
+	}
+	if len(s.Missing) > MaxListedAgents {
+		s.Missing, s.MissingTruncated = s.Missing[:MaxListedAgents], true
+	}
+	return s
 }
 
 // Deliveries reports the latest invalidation of a secret; fanout
@@ -543,6 +566,7 @@ func (a *API) status(ctx context.Context, t, s string, ts orchestrator.TenantSta
 	out := toStatus(st, ts, a.rekey)
 	if a.deliveries != nil {
 		if inv, ok := a.deliveries.LatestInvalidation(t, s); ok {
+			inv = inv.bounded()
 			out.Invalidation = &inv
 		}
 	}

@@ -21,6 +21,7 @@ const Section = "triggers.siem"
 // Defaults of Config and SourceConfig.
 const (
 	DefaultMaxBodyBytes = 1 << 20
+	DefaultMaxAlerts    = 100
 	DefaultDedupWindow  = 10 * time.Minute
 	DefaultRatePerSec   = 10
 	DefaultRateBurst    = 20
@@ -42,6 +43,9 @@ type Config struct {
 	// DedupWindow is how long an alert delivered again (same source, id,
 	// tenant and secret) is dropped as a duplicate (default 10m).
 	DedupWindow time.Duration `yaml:"dedup_window"`
+	// MaxAlerts bounds the alerts of one delivery (default 100); a
+	// delivery with more gets 413.
+	MaxAlerts int `yaml:"max_alerts"`
 }
 
 // SourceConfig is one webhook sender. Zero values take the defaults.
@@ -61,6 +65,8 @@ type SourceConfig struct {
 	DedupWindow time.Duration `yaml:"dedup_window"`
 	// MaxBodyBytes overrides Config.MaxBodyBytes for this source.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxAlerts overrides Config.MaxAlerts for this source.
+	MaxAlerts int `yaml:"max_alerts"`
 	// SeverityLabel, when set, is the label the severity is read from,
 	// instead of the format's own (see the parsers).
 	SeverityLabel string `yaml:"severity_label"`
@@ -163,7 +169,7 @@ func (Secret) MarshalYAML() (any, error)    { return redacted, nil }
 
 // Defaults returns the section's defaults, with no sources.
 func Defaults() Config {
-	return Config{MaxBodyBytes: DefaultMaxBodyBytes, DedupWindow: DefaultDedupWindow}
+	return Config{MaxBodyBytes: DefaultMaxBodyBytes, DedupWindow: DefaultDedupWindow, MaxAlerts: DefaultMaxAlerts}
 }
 
 // ParseConfig decodes the raw triggers.siem section over the defaults,
@@ -224,6 +230,9 @@ func (c Config) Validate() error {
 	}
 	if c.DedupWindow != 0 && (c.DedupWindow < time.Second || c.DedupWindow > 7*24*time.Hour) {
 		add("dedup_window", "%s must be between 1s and 168h", c.DedupWindow)
+	}
+	if c.MaxAlerts < 0 || c.MaxAlerts > 100000 {
+		add("max_alerts", "%d must be between 0 and 100000 (0: default %d)", c.MaxAlerts, DefaultMaxAlerts)
 	}
 	for _, name := range sortedKeys(c.Sources) {
 		sf := "sources." + name
@@ -294,6 +303,9 @@ func (s SourceConfig) validate() []fieldProblem {
 	}
 	if s.MaxBodyBytes != 0 && (s.MaxBodyBytes < 1024 || s.MaxBodyBytes > 64<<20) {
 		add("max_body_bytes", "%d must be between 1024 and 67108864", s.MaxBodyBytes)
+	}
+	if s.MaxAlerts < 0 || s.MaxAlerts > 100000 {
+		add("max_alerts", "%d must be between 0 and 100000 (0: the section's)", s.MaxAlerts)
 	}
 	for _, k := range sortedKeys(s.Severities) {
 		if _, ok := SeverityLevel(s.Severities[k]); !ok {

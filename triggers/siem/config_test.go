@@ -79,6 +79,8 @@ sources:
 		{"severities", strings.Replace(base, "format:", "severities: {sev1: urgent}\n    format:", 1), "triggers.siem.sources.prod-am.severities.sev1", "info, warning, error or critical"},
 		{"rate limit", strings.Replace(base, "format:", "rate_limit: {per_second: -1}\n    format:", 1), "triggers.siem.sources.prod-am.rate_limit.per_second", "between 0 and 10000"},
 		{"body limit", "max_body_bytes: 10\n" + base, "triggers.siem.max_body_bytes", "between 1024"},
+		{"alert limit", "max_alerts: -1\n" + base, "triggers.siem.max_alerts", "between 0 and 100000"},
+		{"source alert limit", strings.Replace(base, "format:", "max_alerts: 1000000\n    format:", 1), "triggers.siem.sources.prod-am.max_alerts", "between 0 and 100000"},
 		{"generic without mapping", strings.Replace(base, "alertmanager", "generic", 1), "triggers.siem.sources.prod-am.generic", "must be set for format generic"},
 		{"generic bad path", strings.Replace(base, "format: alertmanager", "format: generic\n    generic: {id: 'a..b'}", 1), "triggers.siem.sources.prod-am.generic.id", "empty segment"},
 		{"mapping on another format", strings.Replace(base, "format: alertmanager", "format: alertmanager\n    generic: {id: x}", 1), "triggers.siem.sources.prod-am.generic", "only for format generic"},

@@ -187,10 +187,21 @@ sources:
         tenant_label: tenant
         secret_label: secret
         min_severity: error
+  capped:
+    format: alertmanager
+    tenants: [acme]
+    max_alerts: 3
+    rate_limit: {per_second: 0.01, burst: 5}
+    auth:
+      bearer: {token: ` + bearerToken + `}
+    rules:
+      - match: {alertname: LeakedCredential}
+        tenant_label: tenant
+        secret_label: secret
   limited:
     format: alertmanager
     tenants: [acme]
-    rate_limit: {per_second: 0.01, burst: 1}
+    rate_limit: {per_second: 0.01, burst: 2}
     auth:
       bearer: {token: ` + bearerToken + `}
     rules:

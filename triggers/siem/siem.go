@@ -11,9 +11,10 @@
 // malformed payload, with the reason; 401 failed authentication; 403
 // every alert that matched a rule named a tenant outside the source's
 // allow-list (audited as refused); 404 unknown source; 413 body over the
-// limit; 422 no rule matched (audited), or an alert named an invalid or
-// unknown tenant or secret; 429 over the source's rate limit, with
-// Retry-After; 503 NATS unavailable, nothing more was queued (retry).
+// limit, or more alerts in one delivery than max_alerts or the rate
+// limit's burst; 422 no rule matched (audited), or an alert named an
+// invalid or unknown tenant or secret; 429 over the source's rate limit
+// (which counts alerts, not deliveries), with Retry-After; 503 NATS unavailable, nothing more was queued (retry).
 package siem
 
 import (
@@ -68,6 +69,7 @@ type source struct {
 	rules      []rule
 	window     time.Duration
 	maxBody    int64
+	maxAlerts  int
 	sevLabel   string
 	sevMap     map[string]Severity
 	defaultSev Severity
@@ -104,6 +106,9 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *o
 	}
 	if cfg.DedupWindow == 0 {
 		cfg.DedupWindow = DefaultDedupWindow
+	}
+	if cfg.MaxAlerts == 0 {
+		cfg.MaxAlerts = DefaultMaxAlerts
 	}
 	h := &Handler{
 		rekey: rekey, bus: bus, audit: audit, metrics: metrics,
@@ -164,6 +169,10 @@ func compileSource(name string, c SourceConfig, top Config) (*source, error) {
 	}
 	if s.maxBody == 0 {
 		s.maxBody = top.MaxBodyBytes
+	}
+	s.maxAlerts = c.MaxAlerts
+	if s.maxAlerts == 0 {
+		s.maxAlerts = top.MaxAlerts
 	}
 	perSec, burst := c.RateLimit.PerSecond, c.RateLimit.Burst
 	if perSec == 0 {
@@ -270,6 +279,44 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.metrics.HTTPRequestsTotal.WithLabelValues("siem_hook", strconv.Itoa(code)).Inc()
 }
 
+// takeTokens takes n tokens (alerts) from the source's rate limit; it
+// replies 429 and returns its code when they are not there.
+func (h *Handler) takeTokens(w http.ResponseWriter, src *source, now time.Time, n int) int {
+	if n == 0 {
+		return 0
+	}
+	res := src.limiter.ReserveN(now, n)
+	if res.OK() && res.DelayFrom(now) == 0 {
+		return 0
+	}
+	delay := rate.InfDuration
+	if res.OK() {
+		delay = res.DelayFrom(now)
+		res.CancelAt(now)
+	}
+	return h.rateLimited(w, src, now, n, delay)
+}
+
+// rateLimited replies 429 with Retry-After for a delivery of n alerts.
+func (h *Handler) rateLimited(w http.ResponseWriter, src *source, now time.Time, n int, delays ...time.Duration) int {
+	delay := rate.InfDuration
+	if len(delays) > 0 {
+		delay = delays[0]
+	} else if lim := float64(src.limiter.Limit()); lim > 0 {
+		delay = time.Duration((float64(n) - src.limiter.TokensAt(now)) / lim * float64(time.Second))
+	}
+	retry := 60
+	if delay != rate.InfDuration {
+		retry = max(1, int(math.Ceil(delay.Seconds())))
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(retry))
+	h.alerts.WithLabelValues(src.name, "rate_limited").Add(float64(n))
+	h.log.Debug("rate limited", "source", src.name, "alerts", n, "retry_after_s", retry)
+	return reply(w, http.StatusTooManyRequests, Response{Source: src.name, Error: fmt.Sprintf(
+		"source %s is over its rate limit (%g alerts/s, burst %d); retry after %ds",
+		src.name, float64(src.limiter.Limit()), src.limiter.Burst(), retry)})
+}
+
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	name := r.PathValue("source")
 	src, ok := h.sources[name]
@@ -299,23 +346,29 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 			return h.unauthorized(w, r, src, err)
 		}
 	}
-	if res := src.limiter.ReserveN(now, 1); res.DelayFrom(now) > 0 {
-		delay := res.DelayFrom(now)
-		res.CancelAt(now)
-		retry := 60
-		if delay != rate.InfDuration {
-			retry = max(1, int(math.Ceil(delay.Seconds())))
-		}
-		w.Header().Set("Retry-After", strconv.Itoa(retry))
-		h.alerts.WithLabelValues(name, "rate_limited").Inc()
-		h.log.Debug("rate limited", "source", name, "retry_after_s", retry)
-		return fail(http.StatusTooManyRequests, "", "source %s is over its rate limit (%g/s, burst %d); retry after %ds",
-			name, float64(src.limiter.Limit()), src.limiter.Burst(), retry)
+	// A source with no token left is refused before its body is parsed;
+	// then the delivery takes one token per alert: the rate limit counts
+	// alerts, not deliveries.
+	if src.limiter.TokensAt(now) < 1 {
+		return h.rateLimited(w, src, now, 1)
 	}
 	alerts, err := src.parse(body)
 	if err != nil {
 		h.alerts.WithLabelValues(name, "malformed").Inc()
 		return fail(http.StatusBadRequest, "body", "%v", err)
+	}
+	if len(alerts) > src.maxAlerts {
+		h.alerts.WithLabelValues(name, "too_many").Add(float64(len(alerts)))
+		return fail(http.StatusRequestEntityTooLarge, "alerts", "delivery of %d alerts is over source %s's max_alerts %d; send fewer per delivery",
+			len(alerts), name, src.maxAlerts)
+	}
+	if len(alerts) > src.limiter.Burst() {
+		h.alerts.WithLabelValues(name, "too_many").Add(float64(len(alerts)))
+		return fail(http.StatusRequestEntityTooLarge, "alerts", "delivery of %d alerts is over source %s's rate_limit.burst %d (the rate limit counts alerts); send fewer per delivery or raise it",
+			len(alerts), name, src.limiter.Burst())
+	}
+	if code := h.takeTokens(w, src, now, len(alerts)); code != 0 {
+		return code
 	}
 
 	// Finish what was started even if the sender hangs up: its retry is

@@ -365,7 +365,8 @@ func TestReplies(t *testing.T) {
 	code, _, _ = e.post(e.url, "small", big, noAuth)
 	require.Equal(t, http.StatusUnauthorized, code)
 
-	// 429 with Retry-After once the source's bucket (burst 1) is empty.
+	// 429 with Retry-After once the source's bucket (burst 2: one delivery
+	// of two alerts) is empty.
 	code, _, _ = e.post(e.url, "limited", am, bearer(bearerToken))
 	require.Equal(t, http.StatusAccepted, code)
 	code, h, resp := e.post(e.url, "limited", am, bearer(bearerToken))

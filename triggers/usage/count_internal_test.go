@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -29,20 +30,22 @@ func TestRedeliveredReportCountsOnce(t *testing.T) {
 	state, err := orchestrator.NewState(ctx, bus, 0)
 	require.NoError(t, err)
 	c := &counter{t: &Trigger{log: log}, kv: kv, state: state}
+	var floor uint64 // the tenant consumer's ack floor
+	var epoch int64  // the stream's incarnation
 
 	rep := schemas.UsageReport{Tenant: "acme", Secret: "db", Version: "1", Agent: "a", Count: 600}
-	cnt, dup, err := c.count(ctx, rep, 10, 1000, log)
+	cnt, dup, err := c.count(ctx, rep, pos{seq: 10, epoch: epoch, floor: floor}, 1000, time.Time{}, log)
 	require.NoError(t, err)
 	require.False(t, dup)
 	require.Equal(t, int64(600), cnt.Uses)
 	require.Nil(t, cnt.Rotation)
 
-	cnt, dup, err = c.count(ctx, rep, 10, 1000, log) // redelivered
+	cnt, dup, err = c.count(ctx, rep, pos{seq: 10, epoch: epoch, floor: floor}, 1000, time.Time{}, log) // redelivered
 	require.NoError(t, err)
 	require.True(t, dup)
 	require.Equal(t, int64(600), cnt.Uses)
 
-	cnt, dup, err = c.count(ctx, rep, 11, 1000, log) // reaches the limit
+	cnt, dup, err = c.count(ctx, rep, pos{seq: 11, epoch: epoch, floor: floor}, 1000, time.Time{}, log) // reaches the limit
 	require.NoError(t, err)
 	require.False(t, dup)
 	require.Equal(t, int64(1200), cnt.Uses)
@@ -50,28 +53,28 @@ func TestRedeliveredReportCountsOnce(t *testing.T) {
 	require.Equal(t, uint64(11), cnt.Rotation.Seq)
 	require.Equal(t, "usage.acme.db.1", cnt.Rotation.RequestID)
 
-	cnt, _, err = c.count(ctx, rep, 12, 1000, log) // later reports keep the decision
+	cnt, _, err = c.count(ctx, rep, pos{seq: 12, epoch: epoch, floor: floor}, 1000, time.Time{}, log) // later reports keep the decision
 	require.NoError(t, err)
 	require.Equal(t, int64(1800), cnt.Uses)
 	require.Equal(t, uint64(11), cnt.Rotation.Seq)
 	require.Equal(t, []uint64{10, 11, 12}, cnt.Applied)
 
-	c.t.ackFloor.Store(11) // 10 and 11 were acked
-	cnt, _, err = c.count(ctx, rep, 13, 1000, log)
+	floor = 11 // 10 and 11 were acked
+	cnt, _, err = c.count(ctx, rep, pos{seq: 13, epoch: epoch, floor: floor}, 1000, time.Time{}, log)
 	require.NoError(t, err)
 	require.Equal(t, []uint64{12, 13}, cnt.Applied)
 	require.Equal(t, uint64(11), cnt.AckFloor)
 
 	// A copy of 10 still in flight when the first was acked and pruned.
-	c.t.ackFloor.Store(0) // as seen by a replica that has not caught up
-	cnt, dup, err = c.count(ctx, rep, 10, 1000, log)
+	floor = 0 // as seen by a replica that has not caught up
+	cnt, dup, err = c.count(ctx, rep, pos{seq: 10, epoch: epoch, floor: floor}, 1000, time.Time{}, log)
 	require.NoError(t, err)
 	require.True(t, dup)
 	require.Equal(t, int64(2400), cnt.Uses)
 
 	// The stream was recreated: its sequences start over.
-	c.epoch++
-	cnt, dup, err = c.count(ctx, rep, 10, 1000, log)
+	epoch++
+	cnt, dup, err = c.count(ctx, rep, pos{seq: 10, epoch: epoch, floor: floor}, 1000, time.Time{}, log)
 	require.NoError(t, err)
 	require.False(t, dup)
 	require.Equal(t, int64(3000), cnt.Uses)

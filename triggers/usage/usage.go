@@ -3,9 +3,11 @@
 // when a version reaches its policy.max_uses.
 //
 // Agents (fanout/agent) publish batched UsageReport events on
-// rekey.used.<t>.<s> (stream REKEY_USAGE). Every replica reads them through
-// one shared durable consumer ("usage-counter"), so each report goes to one
-// of them; counts live in the "rekey_usage" KV bucket (key <t>.<s>.<version>),
+// rekey.used.<t>.<s>.<instance> (stream REKEY_USAGE_<t>, one per tenant).
+// Every replica reads a tenant's reports through the tenant's durable
+// consumer ("usage-counter-<t>"), so each report goes to one of them, and
+// one tenant's reports never wait behind another's. Before anything is
+// counted, what the agent claims is bounded (admit.go). Counts live in the "rekey_usage" KV bucket (key <t>.<s>.<version>),
 // updated with compare-and-set before the report is acked, so they survive
 // restarts. A count entry remembers the stream sequences of the reports it
 // holds that may still be redelivered, so a report whose ack was lost is
@@ -59,11 +61,20 @@ type Config struct {
 	// Retention is how long the count of a version no longer reported is
 	// kept (default 720h); 0 keeps counts forever.
 	Retention time.Duration `yaml:"retention"`
+	// MaxUsesPerInstancePerMinute is the most uses one agent instance is
+	// believed to make in a minute (default 60000): its reports are
+	// counted up to that rate, with one minute's worth as burst, and the
+	// rest refused.
+	MaxUsesPerInstancePerMinute int64 `yaml:"max_uses_per_instance_per_minute"`
+	// MaxInstancesPerTenant bounds the instances of one tenant reporting
+	// at once (default 10000); reports of more are refused.
+	MaxInstancesPerTenant int `yaml:"max_instances_per_tenant"`
 }
 
 // Defaults returns the configuration of an empty section.
 func Defaults() Config {
-	return Config{Enabled: true, Concurrency: 4, AckWait: 30 * time.Second, Retention: 30 * 24 * time.Hour}
+	return Config{Enabled: true, Concurrency: 4, AckWait: 30 * time.Second, Retention: 30 * 24 * time.Hour,
+		MaxUsesPerInstancePerMinute: 60000, MaxInstancesPerTenant: 10000}
 }
 
 // Validate checks the fields; errors name the field within the section.
@@ -77,6 +88,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Retention != 0 && c.Retention < time.Hour {
 		errs = append(errs, orchestrator.FieldErrorf("retention", "%s must be 0 (forever) or at least 1h", c.Retention))
+	}
+	if c.MaxUsesPerInstancePerMinute < 1 || c.MaxUsesPerInstancePerMinute > 1<<30 {
+		errs = append(errs, orchestrator.FieldErrorf("max_uses_per_instance_per_minute", "%d must be between 1 and %d", c.MaxUsesPerInstancePerMinute, 1<<30))
+	}
+	if c.MaxInstancesPerTenant < 1 || c.MaxInstancesPerTenant > 1000000 {
+		errs = append(errs, orchestrator.FieldErrorf("max_instances_per_tenant", "%d must be between 1 and 1000000", c.MaxInstancesPerTenant))
 	}
 	return errors.Join(errs...)
 }
@@ -155,9 +172,6 @@ type Trigger struct {
 	log     *slog.Logger
 	reports *prometheus.CounterVec // outcome
 
-	// ackFloor is the consumer's ack floor (a stream sequence): reports
-	// at or below it are acked and never redelivered.
-	ackFloor atomic.Uint64
 }
 
 // New returns the trigger.
@@ -187,6 +201,22 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *o
 		log: log.With("component", "usage"), reports: reports}, nil
 }
 
+// DurableFor names the durable consumer of one tenant's use-report
+// stream (schemas.UsageStream). Each tenant has its own stream and
+// consumer, shared by every replica, so that one tenant's reports never
+// wait behind another's, at ingest or in dispatch.
+func DurableFor(tenant string) string { return Durable + "-" + tenant }
+
+// tenantConsumer is one tenant's consumer and its ack floor (a stream
+// sequence: the tenant's reports at or below it are acked and never
+// redelivered).
+type tenantConsumer struct {
+	tenant, stream string
+	cons           jetstream.Consumer
+	epoch          int64 // the stream's incarnation
+	ackFloor       atomic.Uint64
+}
+
 // Run counts reports until ctx ends, then stops taking reports, finishes
 // the ones being counted, hands the others back and returns nil.
 func (t *Trigger) Run(ctx context.Context) error {
@@ -194,7 +224,8 @@ func (t *Trigger) Run(ctx context.Context) error {
 		t.log.Info("use-count trigger disabled")
 		return nil
 	}
-	if !t.anyPolicy() {
+	tenants := t.policyTenants()
+	if len(tenants) == 0 {
 		t.log.Debug("no secret has max_uses")
 		return nil
 	}
@@ -206,42 +237,78 @@ func (t *Trigger) Run(ctx context.Context) error {
 	if err != nil {
 		return t.setupFailed(ctx, err)
 	}
-	cons, err := t.bus.Consumer(ctx, schemas.StreamUsage, jetstream.ConsumerConfig{
-		Durable:       Durable,
-		Description:   "use-count trigger; shared by every rekeyd",
+	consumers := make([]*tenantConsumer, 0, len(tenants))
+	for _, tn := range tenants {
+		tc, err := t.tenantConsumer(ctx, tn)
+		if err != nil {
+			return t.setupFailed(ctx, err)
+		}
+		consumers = append(consumers, tc)
+	}
+	t.log.Info("use-count trigger started", "tenants", len(consumers), "durable", DurableFor("<tenant>"))
+
+	var wg sync.WaitGroup
+	wg.Go(func() { t.trackAckFloors(ctx, consumers) })
+	// Counting runs on its own context, so a report being counted when
+	// ctx ends is finished and acked.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	c := &counter{t: t, kv: kv, state: state, admit: newAdmission(t.cfg, state),
+		refused: orchestrator.NewRefusals(t.audit, "usage", "usage.refused", time.Minute)}
+	wg.Go(func() { _ = c.refused.Run(ctx) })
+	var tenantsWG sync.WaitGroup
+	for _, tc := range consumers {
+		tenantsWG.Go(func() {
+			if err := c.consume(ctx, workCtx, tc); err != nil {
+				t.log.Error("use reports of a tenant not counted", "tenant", tc.tenant, "err", err)
+			}
+		})
+	}
+	tenantsWG.Wait()
+	wg.Wait()
+	c.refused.Flush(workCtx, time.Now(), true) // what the last reports added
+	t.log.Info("use-count trigger stopped")
+	return nil
+}
+
+// tenantConsumer creates (or finds) the durable consumer of a tenant's
+// use-report stream (orchestrator.Bus.EnsureUsageStreams creates it).
+func (t *Trigger) tenantConsumer(ctx context.Context, tenant string) (*tenantConsumer, error) {
+	stream := schemas.UsageStream(tenant)
+	st, err := t.bus.JS.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	cons, err := t.bus.Consumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable:       DurableFor(tenant),
+		Description:   "use-count trigger of tenant " + tenant + "; shared by every rekeyd",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       t.cfg.AckWait,
 		MaxDeliver:    -1,
-		MaxAckPending: 4096,
-		FilterSubject: schemas.SubjectUsedAll,
+		MaxAckPending: 1024, // per tenant: a tenant's backlog holds only its own reports
 	})
 	if err != nil {
-		return t.setupFailed(ctx, err)
+		return nil, fmt.Errorf("consumer %s: %w", DurableFor(tenant), err)
 	}
-	epoch, err := streamEpoch(ctx, t.bus)
-	if err != nil {
-		return t.setupFailed(ctx, err)
-	}
+	// The stream's creation time identifies its incarnation: a recreated
+	// stream starts its sequences over.
+	return &tenantConsumer{tenant: tenant, stream: stream, cons: cons, epoch: st.CachedInfo().Created.UnixNano()}, nil
+}
+
+// consume counts one tenant's reports until ctx ends.
+func (c *counter) consume(ctx, workCtx context.Context, tc *tenantConsumer) error {
+	t := c.t
 	// Pull little ahead: a report waiting in this process past AckWait is
 	// redelivered (and then recognised, but the work is wasted).
-	iter, err := cons.Messages(jetstream.PullMaxMessages(8 * t.cfg.Concurrency))
+	iter, err := tc.cons.Messages(jetstream.PullMaxMessages(8 * t.cfg.Concurrency))
 	if err != nil {
-		return t.setupFailed(ctx, fmt.Errorf("consume %s: %w", schemas.StreamUsage, err))
+		return t.setupFailed(ctx, fmt.Errorf("consume %s: %w", tc.stream, err))
 	}
 	// Stop in two steps: stop pulling (Drain), hand what was pulled but
 	// not counted back to the stream (Nak), finish what is being counted.
 	stop := context.AfterFunc(ctx, iter.Drain)
 	defer stop()
 	defer iter.Stop()
-	t.log.Info("use-count trigger started", "durable", Durable)
-
-	var wg sync.WaitGroup
-	wg.Go(func() { t.trackAckFloor(ctx, cons) })
-	// Counting runs on its own context, so a report being counted when
-	// ctx ends is finished and acked.
-	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelWork()
-	c := &counter{t: t, kv: kv, state: state, epoch: epoch}
 	shards := make([]chan jetstream.Msg, t.cfg.Concurrency)
 	var workers sync.WaitGroup
 	for i := range shards {
@@ -252,7 +319,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 					_ = msg.Nak() // stopping: hand it to another replica now
 					continue
 				}
-				c.handle(workCtx, msg)
+				c.handle(workCtx, tc, msg)
 			}
 		})
 	}
@@ -262,7 +329,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
 				break
 			}
-			t.log.Warn("pull failed", "stream", schemas.StreamUsage, "err", err)
+			t.log.Warn("pull failed", "stream", tc.stream, "err", err)
 			continue
 		}
 		// Reports of one secret go to one worker, in order.
@@ -274,32 +341,36 @@ func (t *Trigger) Run(ctx context.Context) error {
 		close(s)
 	}
 	workers.Wait()
-	wg.Wait()
-	t.log.Info("use-count trigger stopped")
 	return nil
 }
 
-func (t *Trigger) anyPolicy() bool {
+// policyTenants are the tenants with a secret that has max_uses.
+func (t *Trigger) policyTenants() []string {
+	var out []string
 	for _, tn := range t.rekey.TenantNames() {
 		for _, s := range t.rekey.TenantSecrets(tn) {
 			if sc, _ := t.rekey.Secret(tn, s); sc.Policy.MaxUses > 0 {
-				return true
+				out = append(out, tn)
+				break
 			}
 		}
 	}
-	return false
+	return out
 }
 
-// trackAckFloor refreshes ackFloor every few seconds until ctx ends.
-func (t *Trigger) trackAckFloor(ctx context.Context, cons jetstream.Consumer) {
+// trackAckFloors refreshes each tenant's ack floor every few seconds
+// until ctx ends.
+func (t *Trigger) trackAckFloors(ctx context.Context, consumers []*tenantConsumer) {
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	for {
-		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := cons.Info(ictx)
-		cancel()
-		if err == nil && info.AckFloor.Stream > t.ackFloor.Load() {
-			t.ackFloor.Store(info.AckFloor.Stream)
+		for _, tc := range consumers {
+			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			info, err := tc.cons.Info(ictx)
+			cancel()
+			if err == nil && info.AckFloor.Stream > tc.ackFloor.Load() {
+				tc.ackFloor.Store(info.AckFloor.Stream)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -309,25 +380,17 @@ func (t *Trigger) trackAckFloor(ctx context.Context, cons jetstream.Consumer) {
 	}
 }
 
-// streamEpoch identifies the incarnation of the REKEY_USAGE stream.
-func streamEpoch(ctx context.Context, bus *orchestrator.Bus) (int64, error) {
-	st, err := bus.JS.Stream(ctx, schemas.StreamUsage)
-	if err != nil {
-		return 0, fmt.Errorf("stream %s: %w", schemas.StreamUsage, err)
-	}
-	return st.CachedInfo().Created.UnixNano(), nil
-}
-
 // counter handles reports for one Run.
 type counter struct {
-	t     *Trigger
-	kv    jetstream.KeyValue
-	state *orchestrator.State
-	epoch int64
+	t       *Trigger
+	kv      jetstream.KeyValue
+	state   *orchestrator.State
+	admit   *admission
+	refused *orchestrator.Refusals
 }
 
 // handle counts one report and acks it, or naks it to count it later.
-func (c *counter) handle(ctx context.Context, msg jetstream.Msg) {
+func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.Msg) {
 	t := c.t
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -340,8 +403,8 @@ func (c *counter) handle(ctx context.Context, msg jetstream.Msg) {
 	rep, err := ParseReport(msg.Subject(), msg.Data())
 	switch {
 	case errors.Is(err, ErrRefused):
-		t.reports.WithLabelValues("refused").Inc()
-		t.log.Warn("use report refused", "subject", msg.Subject(), "seq", md.Sequence.Stream, "err", err)
+		c.refuse(ctx, tc.tenant, refusedSubject, 1)
+		t.log.Debug("use report refused", "subject", msg.Subject(), "seq", md.Sequence.Stream, "err", err)
 		_ = msg.Ack()
 		return
 	case err != nil:
@@ -358,7 +421,33 @@ func (c *counter) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	log := t.log.With("tenant", rep.Tenant, "secret", rep.Secret, "version", rep.Version)
-	cnt, dup, err := c.count(ctx, rep, md.Sequence.Stream, sc.Policy.MaxUses, log)
+	now := time.Now()
+	ok, since, err := c.admit.versionOf(ctx, rep, now, md.NumDelivered > 1)
+	if errors.Is(err, errStatusFresh) {
+		_ = msg.NakWithDelay(statusRefresh)
+		return
+	}
+	if err != nil {
+		t.reports.WithLabelValues("failed").Inc()
+		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "err", err)
+		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
+		return
+	}
+	if !ok {
+		c.refuse(ctx, rep.Tenant, refusedVersion, 1)
+		_ = msg.Ack()
+		return
+	}
+	got, why := c.admit.take(rep.Tenant, rep.Agent, rep.Count, now)
+	if got < rep.Count {
+		c.refuse(ctx, rep.Tenant, why, 1)
+	}
+	if got == 0 {
+		_ = msg.Ack()
+		return
+	}
+	rep.Count = got
+	cnt, dup, err := c.count(ctx, rep, pos{seq: md.Sequence.Stream, epoch: tc.epoch, floor: tc.ackFloor.Load()}, sc.Policy.MaxUses, since, log)
 	if err != nil {
 		t.reports.WithLabelValues("failed").Inc()
 		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "err", err)
@@ -384,16 +473,34 @@ func (c *counter) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
+// refuse counts n refused reports of tenant for the audit trail.
+func (c *counter) refuse(ctx context.Context, tenant, reason string, n int64) {
+	c.t.reports.WithLabelValues("refused").Add(float64(n))
+	c.refused.Add(ctx, tenant, reason, n, time.Now())
+}
+
 func (t *Trigger) ignore(msg jetstream.Msg, md *jetstream.MsgMetadata, why string, args ...any) {
 	t.reports.WithLabelValues("ignored").Inc()
 	t.log.Debug("use report ignored: "+why, append([]any{"subject", msg.Subject(), "seq", md.Sequence.Stream}, args...)...)
 	_ = msg.Ack()
 }
 
+// pos is a report's place in its tenant's stream: its sequence, the
+// stream's incarnation, and the consumer's ack floor when it was read.
+type pos struct {
+	seq   uint64
+	epoch int64
+	floor uint64
+}
+
 // count adds the report to its version's count with compare-and-set,
 // unless it is already counted (dup), and decides the rotation when the
-// count reaches maxUses while the version is still current.
-func (c *counter) count(ctx context.Context, rep schemas.UsageReport, seq uint64, maxUses int64, log *slog.Logger) (Count, bool, error) {
+// count reaches maxUses while the version is still current. A count begun
+// before since (when the version became current) is dropped first: it
+// was not made by uses of this version.
+func (c *counter) count(ctx context.Context, rep schemas.UsageReport, at pos, maxUses int64, since time.Time,
+	log *slog.Logger) (Count, bool, error) {
+	seq, floor := at.seq, at.floor
 	var superseded *bool // looked up once, when needed
 	for range 50 {
 		cnt, rev, err := get(ctx, c.kv, rep.Tenant, rep.Secret, rep.Version)
@@ -401,15 +508,19 @@ func (c *counter) count(ctx context.Context, rep schemas.UsageReport, seq uint64
 			return Count{}, false, err
 		}
 		now := time.Now().UTC()
-		if cnt.Epoch != c.epoch {
+		if cnt.Epoch != at.epoch {
 			// New entry, or sequences of a stream since recreated.
-			cnt.Epoch, cnt.Applied, cnt.AckFloor = c.epoch, nil, 0
+			cnt.Epoch, cnt.Applied, cnt.AckFloor = at.epoch, nil, 0
+		}
+		reset := !cnt.FirstAt.IsZero() && cnt.FirstAt.Before(since)
+		if reset {
+			log.Warn("count begun before its version was current dropped", "uses", cnt.Uses, "first_at", cnt.FirstAt)
+			cnt.Uses, cnt.Reports, cnt.FirstAt, cnt.Rotation = 0, 0, time.Time{}, nil
 		}
 		// At or below an ack floor, the report was acked, so counted: this
 		// is a copy redelivered while the first was being counted.
-		floor := c.t.ackFloor.Load()
 		dup := seq <= max(cnt.AckFloor, floor) || slices.Contains(cnt.Applied, seq)
-		changed := !dup
+		changed := !dup || reset
 		if !dup {
 			cnt.Uses = satAdd(cnt.Uses, rep.Count)
 			cnt.Reports++

@@ -32,8 +32,10 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{name: "empty section", yaml: "", want: usage.Defaults()},
 		{name: "null section", yaml: "~", want: usage.Defaults()},
-		{name: "all fields", yaml: "enabled: false\nconcurrency: 2\nack_wait: 5s\nretention: 0s\n",
-			want: usage.Config{Enabled: false, Concurrency: 2, AckWait: 5 * time.Second}},
+		{name: "all fields", yaml: "enabled: false\nconcurrency: 2\nack_wait: 5s\nretention: 0s\nmax_uses_per_instance_per_minute: 600\nmax_instances_per_tenant: 5\n",
+			want: usage.Config{Enabled: false, Concurrency: 2, AckWait: 5 * time.Second, MaxUsesPerInstancePerMinute: 600, MaxInstancesPerTenant: 5}},
+		{name: "instance rate", yaml: "max_uses_per_instance_per_minute: 0\n", field: "triggers.usage.max_uses_per_instance_per_minute"},
+		{name: "instances", yaml: "max_instances_per_tenant: -1\n", field: "triggers.usage.max_instances_per_tenant"},
 		{name: "concurrency", yaml: "concurrency: 0\n", field: "triggers.usage.concurrency"},
 		{name: "ack wait", yaml: "ack_wait: 10ms\n", field: "triggers.usage.ack_wait"},
 		{name: "retention", yaml: "retention: 1m\n", field: "triggers.usage.retention"},
@@ -54,13 +56,16 @@ func TestParseConfig(t *testing.T) {
 	require.True(t, usage.Defaults().Enabled)
 }
 
-// uses is the test's traffic: 10,000 uses of acme/openai-key (max_uses
-// 1000) across three agents: versions 1 and 2 pass the limit, 3 does not.
-var uses = map[string]int64{"1": 5000, "2": 4001, "3": 999}
+// uses is the test's traffic: 9,001 uses of acme/openai-key (max_uses
+// 1000) across three agents, of version 2 (current: it passes the limit)
+// and version 1 (previous: counted, but no rotation of the version that
+// replaced it). newEnv records the two in the secret's status.
+var uses = map[string]int64{"1": 5000, "2": 4001}
 
 // TestOneRotationPerVersionOverLimit: exactly one request per version that
 // reached max_uses; reports that are malformed, unknown, without a policy
-// or whose subject and payload disagree are acked and not counted.
+// or whose subject and payload disagree are acked and not counted (an
+// unknown tenant has no stream: its reports are not even stored).
 func TestOneRotationPerVersionOverLimit(t *testing.T) {
 	env := newEnv(t, orchestrator.NATSConfig{})
 	stop := run(t, env.trigger(t, env.connect(t)))
@@ -69,9 +74,8 @@ func TestOneRotationPerVersionOverLimit(t *testing.T) {
 	env.publish(t, reports)
 	// Noise.
 	env.publish(t, []schemas.UsageReport{
-		{Tenant: "acme", Secret: "db", Version: "1", Agent: "a", Count: 50000},         // no max_uses
-		{Tenant: "nope", Secret: "openai-key", Version: "1", Agent: "a", Count: 50000}, // unknown tenant
-		{Tenant: "acme", Secret: "gone", Version: "1", Agent: "a", Count: 50000},       // unknown secret
+		{Tenant: "acme", Secret: "db", Version: "1", Agent: "a", Count: 50000},   // no max_uses
+		{Tenant: "acme", Secret: "gone", Version: "1", Agent: "a", Count: 50000}, // unknown secret
 	})
 	env.publishRaw(t, "rekey.used.acme.openai-key.a", []byte(`{"specversion":"1.0","id":"x"`))
 	env.publishRaw(t, "rekey.used.acme.openai-key.a", event(t, schemas.UsageReport{Tenant: "acme", Secret: "openai-key", Version: "", Agent: "a", Count: 5000}))
@@ -81,8 +85,8 @@ func TestOneRotationPerVersionOverLimit(t *testing.T) {
 	stop()
 
 	reqs := env.requests(t)
-	require.Len(t, reqs, 2, "versions 1 and 2, not 3")
-	for i, v := range []string{"1", "2"} {
+	require.Len(t, reqs, 1, "version 2, not 1 (superseded)")
+	for i, v := range []string{"2"} {
 		cnt, err := usage.ReadCount(context.Background(), env.bus, "acme", "openai-key", v)
 		require.NoError(t, err)
 		require.NotNil(t, cnt.Rotation)
@@ -100,12 +104,14 @@ func TestOneRotationPerVersionOverLimit(t *testing.T) {
 	require.Zero(t, cnt.Uses, "secret without max_uses is not counted")
 
 	audits := env.audits(t)
+	slices.SortFunc(audits, func(a, b schemas.AuditRecord) int { return strings.Compare(a.Action, b.Action) })
 	require.Len(t, audits, 2)
-	for _, a := range audits {
-		require.Equal(t, schemas.OutcomeAccepted, a.Outcome)
-		require.Equal(t, "rotation.request", a.Action)
-		require.Equal(t, "1000", a.Detail["max_uses"])
-	}
+	require.Equal(t, schemas.OutcomeAccepted, audits[0].Outcome)
+	require.Equal(t, "rotation.request", audits[0].Action)
+	require.Equal(t, "1000", audits[0].Detail["max_uses"])
+	// The report whose subject named another secret, tallied.
+	require.Equal(t, "usage.refused", audits[1].Action)
+	require.Equal(t, map[string]string{"subject_mismatch": "1"}, audits[1].Detail)
 }
 
 // TestCountsSurviveRestarts: the counter is stopped while reports flow, a
@@ -148,7 +154,7 @@ func TestCountsSurviveRestarts(t *testing.T) {
 	env.waitCounted(t, uses)
 	stop()
 
-	require.Len(t, env.requests(t), 2)
+	require.Len(t, env.requests(t), 1)
 }
 
 // TestReportsHeldByALostReplicaAreCounted: reports a replica took from the
@@ -159,14 +165,14 @@ func TestReportsHeldByALostReplicaAreCounted(t *testing.T) {
 	ctx := context.Background()
 	stop := run(t, env.trigger(t, env.connect(t))) // creates the durable
 	require.Eventually(t, func() bool {
-		_, err := env.bus.JS.Consumer(ctx, schemas.StreamUsage, usage.Durable)
+		_, err := env.bus.JS.Consumer(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme"))
 		return err == nil
 	}, 30*time.Second, 50*time.Millisecond)
 	stop()
 
 	reports := split(uses, 3)
 	env.publish(t, reports)
-	cons, err := env.connect(t).JS.Consumer(ctx, schemas.StreamUsage, usage.Durable)
+	cons, err := env.connect(t).JS.Consumer(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme"))
 	require.NoError(t, err)
 	batch, err := cons.Fetch(40, jetstream.FetchMaxWait(5*time.Second))
 	require.NoError(t, err)
@@ -179,7 +185,7 @@ func TestReportsHeldByALostReplicaAreCounted(t *testing.T) {
 	stop = run(t, env.trigger(t, env.connect(t)))
 	env.waitCounted(t, uses)
 	stop()
-	require.Len(t, env.requests(t), 2)
+	require.Len(t, env.requests(t), 1)
 }
 
 // TestTwoCountersAtOnce: two replicas share the durable consumer; each
@@ -210,9 +216,8 @@ func TestTwoCountersAtOnce(t *testing.T) {
 	stopB()
 
 	reqs := env.requests(t)
-	require.Len(t, reqs, 2)
-	require.Equal(t, usage.RequestID("acme", "openai-key", "1"), reqs[0].ev.ID)
-	require.Equal(t, usage.RequestID("acme", "openai-key", "2"), reqs[1].ev.ID)
+	require.Len(t, reqs, 1)
+	require.Equal(t, usage.RequestID("acme", "openai-key", "2"), reqs[0].ev.ID)
 }
 
 // TestNeverRequestedTwice: a version over its limit is not requested again
@@ -220,13 +225,13 @@ func TestTwoCountersAtOnce(t *testing.T) {
 func TestNeverRequestedTwice(t *testing.T) {
 	env := newEnv(t, orchestrator.NATSConfig{DuplicateWindow: time.Second})
 	stop := run(t, env.trigger(t, env.connect(t)))
-	env.publish(t, split(map[string]int64{"1": 1500}, 2))
-	env.waitCounted(t, map[string]int64{"1": 1500})
+	env.publish(t, split(map[string]int64{"2": 1500}, 2))
+	env.waitCounted(t, map[string]int64{"2": 1500})
 	require.Len(t, env.requests(t), 1)
 
 	time.Sleep(1500 * time.Millisecond) // past the duplicate window
-	env.publish(t, split(map[string]int64{"1": 2500}, 2))
-	env.waitCounted(t, map[string]int64{"1": 4000})
+	env.publish(t, split(map[string]int64{"2": 2500}, 2))
+	env.waitCounted(t, map[string]int64{"2": 4000})
 	stop()
 	require.Len(t, env.requests(t), 1)
 }
@@ -235,13 +240,7 @@ func TestNeverRequestedTwice(t *testing.T) {
 // current one (per the secret's status) does not cause a rotation.
 func TestOldVersionDoesNotRotateTheNewOne(t *testing.T) {
 	env := newEnv(t, orchestrator.NATSConfig{})
-	state, err := orchestrator.NewState(context.Background(), env.bus, time.Minute)
-	require.NoError(t, err)
-	_, err = state.UpdateSecretStatus(context.Background(), "acme", "openai-key", func(st *orchestrator.SecretStatus) error {
-		st.Version = "5"
-		return nil
-	})
-	require.NoError(t, err)
+	env.setVersions(t, "5", "4")
 
 	stop := run(t, env.trigger(t, env.connect(t)))
 	env.publish(t, split(map[string]int64{"4": 1200}, 2))
@@ -265,20 +264,20 @@ func TestRequestRetriedUntilPublished(t *testing.T) {
 	require.NoError(t, env.bus.JS.DeleteStream(ctx, schemas.StreamRotate))
 	stop := run(t, env.trigger(t, env.connect(t)))
 
-	env.publish(t, split(map[string]int64{"1": 1500}, 2))
+	env.publish(t, split(map[string]int64{"2": 1500}, 2))
 	require.Eventually(t, func() bool {
-		c, err := usage.ReadCount(ctx, env.bus, "acme", "openai-key", "1")
+		c, err := usage.ReadCount(ctx, env.bus, "acme", "openai-key", "2")
 		return err == nil && c.Uses == 1500 && c.Rotation != nil && !c.Rotation.Published
 	}, 30*time.Second, 50*time.Millisecond, "counted and decided, not yet published")
 	time.Sleep(time.Second) // a retry or two fail
 
 	require.NoError(t, env.bus.EnsureStreams(ctx))
-	env.waitCounted(t, map[string]int64{"1": 1500})
+	env.waitCounted(t, map[string]int64{"2": 1500})
 	stop()
 	reqs := env.requests(t)
 	require.Len(t, reqs, 1)
-	require.Equal(t, usage.RequestID("acme", "openai-key", "1"), reqs[0].ev.ID)
-	c, err := usage.ReadCount(ctx, env.bus, "acme", "openai-key", "1")
+	require.Equal(t, usage.RequestID("acme", "openai-key", "2"), reqs[0].ev.ID)
+	c, err := usage.ReadCount(ctx, env.bus, "acme", "openai-key", "2")
 	require.NoError(t, err)
 	require.True(t, c.Rotation.Published)
 }
@@ -310,6 +309,7 @@ func TestRequestIDAndKey(t *testing.T) {
 // --- helpers ---
 
 type env struct {
+	state *orchestrator.State
 	url   string
 	bus   *orchestrator.Bus
 	rekey *orchestrator.Config
@@ -334,10 +334,27 @@ tenants:
 	e := &env{url: srv.ClientURL(), rekey: &rekey, nats: nc}
 	e.bus = e.connect(t)
 	require.NoError(t, e.bus.EnsureStreams(context.Background()))
+	require.NoError(t, e.bus.EnsureUsageStreams(context.Background(), rekey.TenantNames()))
 	// The state buckets are the workers'; the counter only opens them.
-	_, err = orchestrator.NewState(context.Background(), e.bus, time.Minute)
+	state, err := orchestrator.NewState(context.Background(), e.bus, time.Minute)
 	require.NoError(t, err)
+	e.state = state
+	e.setVersions(t, "2", "1")
 	return e
+}
+
+// setVersions records acme/openai-key's current and previous versions in
+// its status, as the rotation worker does.
+func (e *env) setVersions(t *testing.T, current, previous string) {
+	t.Helper()
+	_, err := e.state.UpdateSecretStatus(context.Background(), "acme", "openai-key", func(st *orchestrator.SecretStatus) error {
+		if st.State == "" {
+			st.State = orchestrator.SecretIdle
+		}
+		st.Version, st.PreviousVersion = current, previous
+		return nil
+	})
+	require.NoError(t, err)
 }
 
 func (e *env) connect(t *testing.T) *orchestrator.Bus {
@@ -351,10 +368,13 @@ func (e *env) connect(t *testing.T) *orchestrator.Bus {
 // trigger returns a counter on bus (its own connection, as a replica),
 // with a short ack wait so that reports held by a stopped one come back
 // quickly.
-func (e *env) trigger(t *testing.T, bus *orchestrator.Bus) *usage.Trigger {
+func (e *env) trigger(t *testing.T, bus *orchestrator.Bus, tune ...func(*usage.Config)) *usage.Trigger {
 	t.Helper()
 	cfg := usage.Defaults()
 	cfg.AckWait = 2 * time.Second
+	for _, f := range tune {
+		f(&cfg)
+	}
 	log := slog.New(slog.DiscardHandler)
 	tr, err := usage.New(cfg, e.rekey, bus, orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), log)
 	require.NoError(t, err)
@@ -463,7 +483,7 @@ func (e *env) waitCounted(t *testing.T, want map[string]int64) {
 			}
 			got[v] = c.Uses
 		}
-		cons, err := e.bus.JS.Consumer(ctx, schemas.StreamUsage, usage.Durable)
+		cons, err := e.bus.JS.Consumer(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme"))
 		if err != nil {
 			last = err.Error()
 			return false
@@ -533,19 +553,34 @@ func (e *env) audits(t *testing.T) []schemas.AuditRecord {
 
 func (e *env) messages(t *testing.T, stream string) []*jetstream.RawStreamMsg {
 	t.Helper()
+	return testutil.StreamMessages(t, e.bus.JS, stream)
+}
+
+// TestUsageStreamsPerTenant: the stream all tenants shared before is
+// replaced by one per tenant, with a storage limit; reports land in their
+// tenant's stream and are counted from there.
+func TestUsageStreamsPerTenant(t *testing.T) {
+	env := newEnv(t, orchestrator.NATSConfig{})
 	ctx := context.Background()
-	st, err := e.bus.JS.Stream(ctx, stream)
+	require.NoError(t, env.bus.JS.DeleteStream(ctx, schemas.UsageStream("acme")))
+	_, err := env.bus.JS.CreateStream(ctx, jetstream.StreamConfig{Name: schemas.StreamUsage, Subjects: []string{schemas.SubjectUsedAll}})
 	require.NoError(t, err)
-	info, err := st.Info(ctx)
-	require.NoError(t, err)
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
+	require.NoError(t, env.bus.EnsureUsageStreams(ctx, []string{"acme", "globex"}))
+	_, err = env.bus.JS.Stream(ctx, schemas.StreamUsage)
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound)
+	for _, tn := range []string{"acme", "globex"} {
+		st, err := env.bus.JS.Stream(ctx, schemas.UsageStream(tn))
 		require.NoError(t, err)
-		out = append(out, m)
+		cfg := st.CachedInfo().Config
+		require.Equal(t, []string{"rekey.used." + tn + ".*.*"}, cfg.Subjects)
+		require.True(t, cfg.NoAck, "agents name reply subjects: no publish acks")
+		require.Equal(t, int64(orchestrator.UsageStreamMaxBytes), cfg.MaxBytes)
+		require.Equal(t, jetstream.DiscardOld, cfg.Discard)
 	}
-	return out
+	stop := run(t, env.trigger(t, env.connect(t)))
+	env.publish(t, split(map[string]int64{"2": 7}, 1))
+	env.waitCounted(t, map[string]int64{"2": 7})
+	stop()
+	require.NotEmpty(t, env.messages(t, schemas.UsageStream("acme")))
+	require.Empty(t, env.messages(t, schemas.UsageStream("globex")))
 }
