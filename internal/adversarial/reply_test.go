@@ -3,6 +3,7 @@ package adversarial_test
 import (
 	"encoding/json"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -57,13 +58,21 @@ func TestReplySubjectInjection(t *testing.T) {
 	att := r.agentConn("acme")
 	r.fetch(att, "openai-key")
 
-	// Live listeners on every target that is not a stream subject.
+	// Live listeners on every target. On an audit subject, rekeyd's own
+	// audit records (it audits refused agent input) are expected; anything
+	// else there is an injection.
 	var arrived atomic.Int64
+	var mu sync.Mutex
 	var got []string
 	for _, target := range injectionTargets {
 		sub, err := r.admin.Subscribe(target, func(m *nats.Msg) {
+			if m.Subject == schemas.AuditSubject("acme") && auditBy("acme")(jetstream.RawStreamMsg{Subject: m.Subject, Data: m.Data}) {
+				return
+			}
 			arrived.Add(1)
+			mu.Lock()
 			got = append(got, m.Subject)
+			mu.Unlock()
 		})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = sub.Unsubscribe() })
@@ -95,7 +104,9 @@ func TestReplySubjectInjection(t *testing.T) {
 		schemas.StreamAudit:         auditBy("acme"),
 	}
 	require.Empty(t, r.changed(before, after, allowed), "stored state changed by reply injection")
+	mu.Lock()
 	require.Zero(t, arrived.Load(), "messages reached injection targets: %v", got)
+	mu.Unlock()
 	require.Equal(t, int64(3*len(injectionTargets)), r.d.FetchServer().Refused()+r.d.ResyncServer().Refused()-refusedBefore,
 		"the fetch and resync servers refuse (and count) every request whose reply is not the tenant's inbox")
 	// Agents have no JetStream API: the direct gets were refused by the server.
