@@ -192,9 +192,11 @@ func TestLostAnnouncementIsRepaired(t *testing.T) {
 		}
 	}
 	require.Equal(t, 1, stored)
-	st, err := d.State().SecretStatus(ctx, "acme", "openai-key")
-	require.NoError(t, err)
-	require.True(t, st.Announced)
+	// The status records "announced" just after the event is out.
+	require.Eventually(t, func() bool {
+		st, err := d.State().SecretStatus(ctx, "acme", "openai-key")
+		return err == nil && st.Announced
+	}, 5*time.Second, 5*time.Millisecond)
 }
 
 // TestRevocationRetriesFailedParts: a secret whose rotation fails for a
