@@ -78,10 +78,17 @@ func runBurstChild() int {
 // is killed when the test ends, if it still runs.
 func startChild(t *testing.T, path string) (*exec.Cmd, string) {
 	t.Helper()
+	return startChildMode(t, burstChildMode, path)
+}
+
+// startChildMode is startChild with the child's mode and extra
+// environment variables (NAME=value).
+func startChildMode(t *testing.T, mode, path string, env ...string) (*exec.Cmd, string) {
+	t.Helper()
 	exe, err := os.Executable()
 	require.NoError(t, err)
 	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "REKEY_TEST_CHILD="+burstChildMode, burstConfigEnv+"="+path)
+	cmd.Env = append(append(os.Environ(), "REKEY_TEST_CHILD="+mode, burstConfigEnv+"="+path), env...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	cmd.Stderr = testWriter{t}
