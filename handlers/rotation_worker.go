@@ -71,6 +71,7 @@ type RotationWorker struct {
 
 	workCtx  context.Context
 	stopping bool
+	stopped  chan struct{} // closed when Run stops taking work
 }
 
 // NewRotationWorker returns a worker running at most concurrency rotations
@@ -78,7 +79,7 @@ type RotationWorker struct {
 func NewRotationWorker(d Deps, r *Rotator, concurrency int, minInterval time.Duration, cfg WorkerConfig) *RotationWorker {
 	return &RotationWorker{
 		d: d, cfg: cfg.withDefaults(), rotator: r, sem: make(chan struct{}, max(concurrency, 1)), minInterval: minInterval,
-		queues: map[string][]jetstream.Msg{}, busy: map[string]bool{}, held: newHeldSet(),
+		queues: map[string][]jetstream.Msg{}, busy: map[string]bool{}, held: newHeldSet(), stopped: make(chan struct{}),
 	}
 }
 
@@ -107,6 +108,7 @@ func (w *RotationWorker) Run(ctx context.Context) error {
 
 	// Stop taking work: what waits is handed back now, not after the
 	// in-flight rotations; then wait for those up to the deadline.
+	close(w.stopped)
 	w.mu.Lock()
 	w.stopping = true
 	var waiting []jetstream.Msg
@@ -249,9 +251,16 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 	pending = append(rotates, syncs...)
 	// Too soon after the last rotation started: wait out the interval, then
 	// take this batch together with whatever arrived meanwhile.
+	// A stop ends the wait: these requests have not started, and are
+	// handed back at once.
 	if wait := time.Until(st.LastStartedAt.Add(w.minInterval)); wait > 0 && !st.LastStartedAt.IsZero() {
-		if sleep(ctx, wait) != nil {
-			return // held; naked by Run
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-w.stopped:
+		case <-ctx.Done():
+			return // held; handed back by Run
 		}
 		w.requeue(pending)
 		return
