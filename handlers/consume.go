@@ -104,23 +104,19 @@ func (h *heldSet) remove(m jetstream.Msg) {
 }
 
 // take removes and returns every held message.
-func (h *heldSet) take() []jetstream.Msg {
+func (h *heldSet) take() []jetstream.Msg { return h.list(true) }
+
+func (h *heldSet) snapshot() []jetstream.Msg { return h.list(false) }
+
+func (h *heldSet) list(remove bool) []jetstream.Msg {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := make([]jetstream.Msg, 0, len(h.msgs))
 	for m := range h.msgs {
 		out = append(out, m)
 	}
-	clear(h.msgs)
-	return out
-}
-
-func (h *heldSet) snapshot() []jetstream.Msg {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := make([]jetstream.Msg, 0, len(h.msgs))
-	for m := range h.msgs {
-		out = append(out, m)
+	if remove {
+		clear(h.msgs)
 	}
 	return out
 }

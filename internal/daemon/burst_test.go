@@ -48,29 +48,8 @@ var burstTenants = []string{"acme", "globex"}
 // kills it). It is a hook of its own so that TestMain needs no change.
 func init() {
 	if os.Getenv("REKEY_TEST_CHILD") == burstChildMode {
-		os.Exit(runBurstChild())
+		os.Exit(runChild(testWorker))
 	}
-}
-
-func runBurstChild() int {
-	cfg, err := orchestrator.Load(os.Getenv(burstConfigEnv))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx := context.Background()
-	d, err := daemon.New(ctx, daemon.Options{Config: cfg, Logger: log, AdminToken: testToken, Worker: testWorker})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	fmt.Printf("READY %s %s\n", d.HTTPAddr(), d.NATSURL())
-	if err := d.Run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
 }
 
 // startChild starts rekeyd as a child process on the configuration at

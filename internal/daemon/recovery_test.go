@@ -39,14 +39,15 @@ const (
 
 func init() {
 	if os.Getenv("REKEY_TEST_CHILD") == recoveryChildMode {
-		os.Exit(runRecoveryChild())
+		os.Exit(runChild(handlers.WorkerConfig{})) // the configuration's
 	}
 }
 
-// runRecoveryChild is rekeyd as cmd/rekeyd runs it: the configuration's
-// worker settings, SIGTERM stops it cleanly. REKEY_TEST_STEP_DELAY slows
-// every saga step (to be killed in the middle of a revocation).
-func runRecoveryChild() int {
+// runChild runs rekeyd on the configuration named by REKEY_TEST_CONFIG
+// with worker (zero: the configuration's settings, as cmd/rekeyd runs
+// it); SIGTERM stops it cleanly. REKEY_TEST_STEP_DELAY slows every saga
+// step (to be killed in the middle of a revocation).
+func runChild(worker handlers.WorkerConfig) int {
 	cfg, err := orchestrator.Load(os.Getenv(burstConfigEnv))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -54,7 +55,7 @@ func runRecoveryChild() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	opts := daemon.Options{Config: cfg, AdminToken: testToken,
+	opts := daemon.Options{Config: cfg, AdminToken: testToken, Worker: worker,
 		Logger: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	if v := os.Getenv(stepDelayEnv); v != "" {
 		delay, err := time.ParseDuration(v)
@@ -154,22 +155,7 @@ func interruptedBurst(t *testing.T, cmd *exec.Cmd, addr string, secrets []burstS
 // handles them within seconds of being ready (not after the old 60 s
 // AckWait), and nothing accepted is lost.
 func TestHeldRequestsAfterKill(t *testing.T) {
-	dir := t.TempDir()
-	path, cfg, secrets := recoveryConfig(t, dir, 12)
-	cmd, addr := startChildMode(t, recoveryChildMode, path)
-	res, exited := interruptedBurst(t, cmd, addr, secrets, syscall.SIGKILL)
-
-	restarted := time.Now()
-	d := restartWithDefaults(t, cfg)
-	ready := time.Now()
-	held, queued := rotatePending(t, d)
-	waitRotateDrained(t, d, 3*time.Minute)
-	took := time.Since(ready)
-	t.Logf("SIGKILL after %d accepted (dead %s later); restart ready in %s with %d held by the dead process and %d queued; all handled %s after ready",
-		res.nAccepted(), exited.Round(time.Millisecond), ready.Sub(restarted).Round(time.Millisecond), held, queued, took.Round(time.Millisecond))
-	require.Positive(t, held, "the kill must leave requests held by the dead process, or this test shows nothing")
-	require.Less(t, took, recoveryBound, "held requests waited for the dead process's hold to expire")
-	checkRequests(t, d, res, secrets)
+	heldAfter(t, syscall.SIGKILL)
 }
 
 // TestHeldRequestsAfterStop: rekeyd gets SIGTERM in the middle of a burst;
@@ -177,11 +163,20 @@ func TestHeldRequestsAfterKill(t *testing.T) {
 // restarted, it handles what was handed back within seconds of being
 // ready, and nothing accepted is lost.
 func TestHeldRequestsAfterStop(t *testing.T) {
+	heldAfter(t, syscall.SIGTERM)
+}
+
+// heldAfter interrupts a child rekeyd with sig 300 requests into a burst,
+// restarts it in this process and checks how soon and how well what it
+// held is handled.
+func heldAfter(t *testing.T, sig syscall.Signal) {
 	dir := t.TempDir()
 	path, cfg, secrets := recoveryConfig(t, dir, 12)
 	cmd, addr := startChildMode(t, recoveryChildMode, path)
-	res, exited := interruptedBurst(t, cmd, addr, secrets, syscall.SIGTERM)
-	require.True(t, cmd.ProcessState.Success(), "a clean stop exits 0: %v", cmd.ProcessState)
+	res, exited := interruptedBurst(t, cmd, addr, secrets, sig)
+	if sig == syscall.SIGTERM {
+		require.True(t, cmd.ProcessState.Success(), "a clean stop exits 0: %v", cmd.ProcessState)
+	}
 
 	restarted := time.Now()
 	d := restartWithDefaults(t, cfg)
@@ -189,10 +184,10 @@ func TestHeldRequestsAfterStop(t *testing.T) {
 	held, queued := rotatePending(t, d)
 	waitRotateDrained(t, d, 3*time.Minute)
 	took := time.Since(ready)
-	t.Logf("SIGTERM after %d accepted (exited %s later); restart ready in %s with %d handed back and %d queued; all handled %s after ready",
-		res.nAccepted(), exited.Round(time.Millisecond), ready.Sub(restarted).Round(time.Millisecond), held, queued, took.Round(time.Millisecond))
-	require.Positive(t, held+queued, "the stop must leave requests for the next process, or this test shows nothing")
-	require.Less(t, took, recoveryBound, "handed-back requests waited for AckWait")
+	t.Logf("%s after %d accepted (gone %s later); restart ready in %s with %d held (delivered to the old process, not acked) and %d queued; all handled %s after ready",
+		sig, res.nAccepted(), exited.Round(time.Millisecond), ready.Sub(restarted).Round(time.Millisecond), held, queued, took.Round(time.Millisecond))
+	require.Positive(t, held, "the interruption must leave requests held, or this test shows nothing")
+	require.Less(t, took, recoveryBound, "held requests waited for the old process's hold to expire")
 	checkRequests(t, d, res, secrets)
 }
 
