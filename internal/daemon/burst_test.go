@@ -82,26 +82,40 @@ func startChildMode(t *testing.T, mode, path string, env ...string) (*exec.Cmd, 
 }
 
 // burstConfig writes a configuration with 100 local secrets (50 per
-// tenant) on dir and returns its path and the parsed config.
+// tenant) and short rotation timings on dir and returns its path and the
+// parsed config.
 func burstConfig(t *testing.T, dir string) (string, orchestrator.Config) {
+	t.Helper()
+	path, cfg, _ := writeConfig(t, dir, burstSecretsPer,
+		"rotation:\n  max_attempts: 3\n  backoff_initial: 50ms\n  backoff_max: 200ms\n  lock_ttl: 3s\n  min_interval: 0s\n")
+	return path, cfg
+}
+
+// writeConfig writes a configuration with perTenant local secrets in each
+// burst tenant, free addresses and extra (YAML sections) on dir, and
+// returns its path, the parsed config and the secrets.
+func writeConfig(t *testing.T, dir string, perTenant int, extra string) (string, orchestrator.Config, []burstSecret) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "data_dir: %q\n", dir)
 	b.WriteString("nats:\n  embedded:\n    addr: 127.0.0.1:0\n")
 	b.WriteString("http:\n  addr: 127.0.0.1:0\n")
-	b.WriteString("rotation:\n  max_attempts: 3\n  backoff_initial: 50ms\n  backoff_max: 200ms\n  lock_ttl: 3s\n  min_interval: 0s\n")
+	b.WriteString(extra)
 	b.WriteString("tenants:\n")
+	var secrets []burstSecret
 	for _, tenant := range burstTenants {
 		fmt.Fprintf(&b, "  %s:\n    secrets:\n", tenant)
-		for i := 0; i < burstSecretsPer; i++ {
-			fmt.Fprintf(&b, "      s-%02d:\n        backend: local\n        generator: {style: password, length: 32}\n", i)
+		for i := range perTenant {
+			s := fmt.Sprintf("s-%02d", i)
+			fmt.Fprintf(&b, "      %s:\n        backend: local\n        generator: {style: password, length: 32}\n", s)
+			secrets = append(secrets, burstSecret{tenant, s})
 		}
 	}
-	path := filepath.Join(dir, "rekey-burst.yaml")
+	path := filepath.Join(dir, "rekey.yaml")
 	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
 	cfg, err := orchestrator.Load(path)
 	require.NoError(t, err)
-	return path, cfg
+	return path, cfg, secrets
 }
 
 type burstSecret struct{ tenant, secret string }

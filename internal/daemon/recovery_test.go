@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -90,24 +88,7 @@ func runChild(worker handlers.WorkerConfig) int {
 // rekeyd's default.
 func recoveryConfig(t *testing.T, dir string, perTenant int) (string, orchestrator.Config, []burstSecret) {
 	t.Helper()
-	var b strings.Builder
-	fmt.Fprintf(&b, "data_dir: %q\n", dir)
-	b.WriteString("nats:\n  embedded:\n    addr: 127.0.0.1:0\n")
-	b.WriteString("http:\n  addr: 127.0.0.1:0\n")
-	b.WriteString("tenants:\n")
-	var secrets []burstSecret
-	for _, tenant := range burstTenants {
-		fmt.Fprintf(&b, "  %s:\n    secrets:\n", tenant)
-		for i := range perTenant {
-			fmt.Fprintf(&b, "      s-%02d:\n        backend: local\n", i)
-			secrets = append(secrets, burstSecret{tenant, fmt.Sprintf("s-%02d", i)})
-		}
-	}
-	path := filepath.Join(dir, "rekey-recovery.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
-	cfg, err := orchestrator.Load(path)
-	require.NoError(t, err)
-	return path, cfg, secrets
+	return writeConfig(t, dir, perTenant, "")
 }
 
 // restartWithDefaults starts rekeyd in this process on cfg with the

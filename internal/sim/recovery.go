@@ -252,15 +252,20 @@ func (n *benchNode) admin() (jetstream.JetStream, *nats.Conn, error) {
 	return js, nc, nil
 }
 
+// call sends one API request with the admin token.
+func (n *benchNode) call(client *http.Client, method, path, body string) (*http.Response, error) {
+	req, err := http.NewRequest(method, "http://"+n.httpAddr+path, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+benchToken)
+	return client.Do(req)
+}
+
 // post sends one API request and returns the status and request id (0:
 // no answer).
 func (n *benchNode) post(client *http.Client, path, body string) (int, string) {
-	req, err := http.NewRequest(http.MethodPost, "http://"+n.httpAddr+path, strings.NewReader(body))
-	if err != nil {
-		return 0, ""
-	}
-	req.Header.Set("Authorization", "Bearer "+benchToken)
-	resp, err := client.Do(req)
+	resp, err := n.call(client, http.MethodPost, path, body)
 	if err != nil {
 		return 0, ""
 	}
@@ -523,12 +528,7 @@ func restoreRun(ctx context.Context, opts RecoveryOptions) (RestoreRun, error) {
 
 // revoked asks the API whether tenant acme is revoked.
 func (n *benchNode) revoked(client *http.Client) (bool, error) {
-	req, err := http.NewRequest(http.MethodGet, "http://"+n.httpAddr+"/v1/tenants/acme/secrets", nil)
-	if err != nil {
-		return false, err
-	}
-	req.Header.Set("Authorization", "Bearer "+benchToken)
-	resp, err := client.Do(req)
+	resp, err := n.call(client, http.MethodGet, "/v1/tenants/acme/secrets", "")
 	if err != nil {
 		return false, err
 	}
