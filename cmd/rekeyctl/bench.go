@@ -164,6 +164,7 @@ restore accepted at once takes effect.`,
 	recovery.Flags().IntVar(&rec.Secrets, "secrets", 24, "secrets (half per tenant)")
 	recovery.Flags().IntVar(&rec.Restores, "restores", 10, "restore-after-kill-mid-revocation runs")
 	recovery.Flags().IntVar(&rec.RevokeSecrets, "revoke-secrets", 200, "secrets of the revoked tenant in the restore runs")
+	recovery.Flags().BoolVar(&rec.Cluster, "cluster", false, "also run --runs per interruption with 3 replicas on a 3-node NATS cluster (one interrupted, the others take over)")
 	cmd.AddCommand(prop, get, fan, hook, capacity, recovery)
 	return cmd
 }

@@ -2,6 +2,8 @@ package sim
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -40,6 +43,10 @@ type RecoveryOptions struct {
 	// with RevokeSecrets secrets in the revoked tenant (enough that its
 	// revocation outlasts the 30 ms before the kill).
 	Restores, RevokeSecrets int
+	// Cluster adds Runs per interruption with three rekeyd replicas on a
+	// 3-node NATS cluster (streams with 3 replicas), one of which is
+	// interrupted while the others keep going.
+	Cluster bool
 	// Progress, if set, gets one line per run.
 	Progress io.Writer
 }
@@ -65,12 +72,13 @@ func (o *RecoveryOptions) defaults() {
 // RecoveryRun is one interrupted burst.
 type RecoveryRun struct {
 	Signal   string
+	Replicas int           // 1: restarted on its data dir; 3: the others take over
 	Accepted int           // 202 answers before the process died
 	Exit     time.Duration // signal -> process gone
-	Ready    time.Duration // restart -> /readyz answers 200
-	Held     int           // requests the dead process held (delivered, not acked) at ready
-	Queued   int           // requests never delivered, at ready
-	Handled  time.Duration // ready -> nothing left in ROTATE
+	Ready    time.Duration // restart -> /readyz answers 200 (1 replica)
+	Held     int           // requests held (delivered, not acked) at ready, or when the replica was gone
+	Queued   int           // requests never delivered, at the same time
+	Handled  time.Duration // ready (1 replica) or the signal (3) -> nothing left in ROTATE
 	Lost     int           // accepted, but neither rotated nor coalesced
 }
 
@@ -115,6 +123,22 @@ func Recovery(ctx context.Context, opts RecoveryOptions) (RecoveryResult, error)
 			}
 		}
 	}
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		for i := range opts.Runs {
+			if !opts.Cluster {
+				break
+			}
+			run, err := clusterRun(ctx, opts, sig)
+			if err != nil {
+				return res, fmt.Errorf("3 replicas, %s run %d: %w", sigName(sig), i+1, err)
+			}
+			res.Runs = append(res.Runs, run)
+			if opts.Progress != nil {
+				fmt.Fprintf(opts.Progress, "3 replicas, %s run %d: accepted %d, exit %s, held %d, queued %d, handled %s after the signal, lost %d\n",
+					run.Signal, i+1, run.Accepted, secs(run.Exit), run.Held, run.Queued, secs(run.Handled), run.Lost)
+			}
+		}
+	}
 	for i := range opts.Restores {
 		run, err := restoreRun(ctx, opts)
 		if err != nil {
@@ -150,6 +174,7 @@ type benchNode struct {
 	dir, config, httpAddr, natsURL string
 	secrets                        []schemas.Ref
 	rekeyd                         string
+	external                       bool // NATS without credentials (the bench's cluster)
 }
 
 // newBenchNode makes a data directory and a configuration with perTenant
@@ -167,20 +192,27 @@ func newBenchNode(opts RecoveryOptions, perTenant int) (*benchNode, error) {
 		natsURL: fmt.Sprintf("nats://127.0.0.1:%d", ports[1])}
 	var b strings.Builder
 	fmt.Fprintf(&b, "data_dir: %q\nlog: {level: warn}\n", dir)
-	fmt.Fprintf(&b, "nats:\n  embedded:\n    addr: 127.0.0.1:%d\nhttp:\n  addr: %s\ntenants:\n", ports[1], n.httpAddr)
-	for _, t := range []string{"acme", "globex"} {
-		fmt.Fprintf(&b, "  %s:\n    secrets:\n", t)
-		for i := range perTenant {
-			s := fmt.Sprintf("s-%02d", i)
-			fmt.Fprintf(&b, "      %s: {backend: local}\n", s)
-			n.secrets = append(n.secrets, schemas.Ref{Tenant: t, Secret: s})
-		}
-	}
+	fmt.Fprintf(&b, "nats:\n  embedded:\n    addr: 127.0.0.1:%d\nhttp:\n  addr: %s\n", ports[1], n.httpAddr)
+	n.writeTenants(&b, perTenant)
 	n.config = filepath.Join(dir, "rekey.yaml")
 	if err := os.WriteFile(n.config, []byte(b.String()), 0o600); err != nil {
 		return nil, err
 	}
 	return n, nil
+}
+
+// writeTenants writes the tenants section: perTenant local secrets in
+// each of acme and globex.
+func (n *benchNode) writeTenants(b *strings.Builder, perTenant int) {
+	b.WriteString("tenants:\n")
+	for _, t := range []string{"acme", "globex"} {
+		fmt.Fprintf(b, "  %s:\n    secrets:\n", t)
+		for i := range perTenant {
+			s := fmt.Sprintf("s-%02d", i)
+			fmt.Fprintf(b, "      %s: {backend: local}\n", s)
+			n.secrets = append(n.secrets, schemas.Ref{Tenant: t, Secret: s})
+		}
+	}
 }
 
 func (n *benchNode) remove() { _ = os.RemoveAll(n.dir) }
@@ -236,11 +268,15 @@ func (p *rekeydProc) stop(sig syscall.Signal) time.Duration {
 
 // admin connects to the node's embedded NATS as rekeyd's own user.
 func (n *benchNode) admin() (jetstream.JetStream, *nats.Conn, error) {
-	auth, err := orchestrator.LoadNATSAuth(n.dir)
-	if err != nil {
-		return nil, nil, err
+	var opts []nats.Option
+	if !n.external {
+		auth, err := orchestrator.LoadNATSAuth(n.dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, nats.UserInfo(orchestrator.RekeydUser, auth.Password(orchestrator.RekeydUser)))
 	}
-	nc, err := nats.Connect(n.natsURL, nats.UserInfo(orchestrator.RekeydUser, auth.Password(orchestrator.RekeydUser)))
+	nc, err := nats.Connect(n.natsURL, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -277,18 +313,22 @@ func (n *benchNode) post(client *http.Client, path, body string) (int, string) {
 	return resp.StatusCode, out.RequestID
 }
 
-// burst sends opts.Requests rotation requests and calls interrupt once
-// `at` were accepted; it stops at the first request without an answer
-// (rekeyd gone) and returns the accepted request ids.
-func (n *benchNode) burst(opts RecoveryOptions, at int, interrupt func()) map[string]bool {
+// burst sends opts.Requests rotation requests, request i to nodes[i %
+// len(nodes)], and calls interrupt once `at` were accepted. With one node
+// it stops at the first request without an answer (rekeyd gone); with
+// several, such a request goes to the next node, and no request starts
+// after the interruption. It returns the accepted request ids.
+func burst(opts RecoveryOptions, nodes []*benchNode, at int, interrupt func()) map[string]bool {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: opts.Clients}}
 	defer client.CloseIdleConnections()
+	secrets := nodes[0].secrets
 	var mu sync.Mutex
 	accepted := map[string]bool{}
 	var once sync.Once
 	next := make(chan int)
 	stop := make(chan struct{})
 	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }) }
 	go func() {
 		defer close(next)
 		for i := range opts.Requests {
@@ -305,10 +345,16 @@ func (n *benchNode) burst(opts RecoveryOptions, at int, interrupt func()) map[st
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				s := n.secrets[i%len(n.secrets)]
-				code, id := n.post(client, "/v1/tenants/"+s.Tenant+"/secrets/"+s.Secret+"/rotate", fmt.Sprintf(`{"reason":"bench %d"}`, i))
+				s := secrets[i%len(secrets)]
+				code, id := 0, ""
+				for try := range len(nodes) {
+					n := nodes[(i+try)%len(nodes)]
+					if code, id = n.post(client, "/v1/tenants/"+s.Tenant+"/secrets/"+s.Secret+"/rotate", fmt.Sprintf(`{"reason":"bench %d"}`, i)); code != 0 {
+						break
+					}
+				}
 				if code == 0 {
-					stopOnce.Do(func() { close(stop) })
+					halt()
 					return
 				}
 				if code != http.StatusAccepted {
@@ -319,7 +365,12 @@ func (n *benchNode) burst(opts RecoveryOptions, at int, interrupt func()) map[st
 				count := len(accepted)
 				mu.Unlock()
 				if count >= at {
-					once.Do(interrupt)
+					once.Do(func() {
+						if len(nodes) > 1 {
+							halt()
+						}
+						interrupt()
+					})
 				}
 			}
 		}()
@@ -330,7 +381,7 @@ func (n *benchNode) burst(opts RecoveryOptions, at int, interrupt func()) map[st
 }
 
 func recoveryRun(ctx context.Context, opts RecoveryOptions, sig syscall.Signal) (RecoveryRun, error) {
-	run := RecoveryRun{Signal: sigName(sig)}
+	run := RecoveryRun{Signal: sigName(sig), Replicas: 1}
 	n, err := newBenchNode(opts, opts.Secrets/2)
 	if err != nil {
 		return run, err
@@ -342,7 +393,7 @@ func recoveryRun(ctx context.Context, opts RecoveryOptions, sig syscall.Signal) 
 	}
 	// Interrupt at a random point of the burst's first 90 %.
 	at := opts.Requests/10 + rand.IntN(opts.Requests*8/10)
-	accepted := n.burst(opts, at, func() { run.Exit = p.stop(sig) })
+	accepted := burst(opts, []*benchNode{n}, at, func() { run.Exit = p.stop(sig) })
 	run.Accepted = len(accepted)
 
 	p, run.Ready, err = n.start(ctx)
@@ -356,6 +407,94 @@ func recoveryRun(ctx context.Context, opts RecoveryOptions, sig syscall.Signal) 
 		return run, err
 	}
 	defer nc.Close()
+	if run.Handled, run.Held, run.Queued, err = drained(ctx, js, ready); err != nil {
+		return run, err
+	}
+	run.Lost, err = lost(ctx, js, accepted)
+	return run, err
+}
+
+// clusterRun starts a 3-node NATS cluster and three rekeyd replicas on it,
+// sends a burst to all three, interrupts replica 0 with sig at a random
+// point and stops sending; it measures from the signal until the other two
+// have handled everything.
+func clusterRun(ctx context.Context, opts RecoveryOptions, sig syscall.Signal) (RecoveryRun, error) {
+	run := RecoveryRun{Signal: sigName(sig), Replicas: 3}
+	dir, err := os.MkdirTemp("", "rekey-recovery-cluster-")
+	if err != nil {
+		return run, err
+	}
+	defer os.RemoveAll(dir)
+	cl, err := testutil.StartNATSCluster(3, filepath.Join(dir, "nats"))
+	if err != nil {
+		return run, err
+	}
+	defer cl.Shutdown()
+	key := make([]byte, 32)
+	if _, err := crand.Read(key); err != nil {
+		return run, err
+	}
+	var nodes []*benchNode
+	var procs []*rekeydProc
+	defer func() {
+		for _, p := range procs {
+			p.stop(syscall.SIGTERM)
+		}
+	}()
+	for i := range 3 {
+		n, err := newReplicaNode(opts, filepath.Join(dir, fmt.Sprintf("rekeyd-%d", i)), cl.URLs(), base64.StdEncoding.EncodeToString(key))
+		if err != nil {
+			return run, err
+		}
+		p, _, err := n.start(ctx)
+		if err != nil {
+			return run, err
+		}
+		nodes, procs = append(nodes, n), append(procs, p)
+	}
+	js, nc, err := nodes[0].admin()
+	if err != nil {
+		return run, err
+	}
+	defer nc.Close()
+	at := opts.Requests/10 + rand.IntN(opts.Requests*8/10)
+	var signalled time.Time
+	accepted := burst(opts, nodes, at, func() {
+		signalled = time.Now()
+		run.Exit = procs[0].stop(sig)
+	})
+	procs = procs[1:]
+	run.Accepted = len(accepted)
+	run.Handled, run.Held, run.Queued, err = drained(ctx, js, signalled)
+	if err != nil {
+		return run, err
+	}
+	run.Lost, err = lost(ctx, js, accepted)
+	return run, err
+}
+
+// newReplicaNode makes the data directory and configuration of one rekeyd
+// replica on an external NATS (no credentials: the cluster has none).
+func newReplicaNode(opts RecoveryOptions, dir, natsURLs, key string) (*benchNode, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	n := &benchNode{dir: dir, rekeyd: opts.Rekeyd, httpAddr: fmt.Sprintf("127.0.0.1:%d", ports[0]), natsURL: natsURLs, external: true}
+	var b strings.Builder
+	fmt.Fprintf(&b, "data_dir: %q\nlog: {level: warn}\n", dir)
+	fmt.Fprintf(&b, "nats:\n  url: %q\n  replicas: 3\nhttp:\n  addr: %s\nbackends:\n  local:\n    key: %q\n", natsURLs, n.httpAddr, key)
+	n.writeTenants(&b, opts.Secrets/2)
+	n.config = filepath.Join(dir, "rekey.yaml")
+	return n, os.WriteFile(n.config, []byte(b.String()), 0o600)
+}
+
+// drained waits until ROTATE has nothing pending and returns how long
+// after since that was, and what was held and queued at the first look.
+func drained(ctx context.Context, js jetstream.JetStream, since time.Time) (took time.Duration, held, queued int, err error) {
 	first := true
 	for {
 		c, err := js.Consumer(ctx, schemas.StreamRotate, orchestrator.ConsumerRotation)
@@ -364,30 +503,35 @@ func recoveryRun(ctx context.Context, opts RecoveryOptions, sig syscall.Signal) 
 			info, err = c.Info(ctx)
 		}
 		if err != nil {
-			return run, fmt.Errorf("rotation consumer: %w", err)
+			return 0, held, queued, fmt.Errorf("rotation consumer: %w", err)
 		}
 		if first {
-			run.Held, run.Queued, first = info.NumAckPending, int(info.NumPending), false
+			held, queued, first = info.NumAckPending, int(info.NumPending), false
 		}
 		if info.NumAckPending == 0 && info.NumPending == 0 {
-			run.Handled = time.Since(ready)
-			break
+			return time.Since(since), held, queued, nil
 		}
-		if time.Since(ready) > 3*time.Minute {
-			return run, fmt.Errorf("requests still pending 3m after ready: %d held, %d queued", info.NumAckPending, info.NumPending)
+		if time.Since(since) > 3*time.Minute {
+			return 0, held, queued, fmt.Errorf("requests still pending after 3m: %d held, %d queued", info.NumAckPending, info.NumPending)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// lost counts the accepted requests that were neither rotated nor
+// coalesced.
+func lost(ctx context.Context, js jetstream.JetStream, accepted map[string]bool) (int, error) {
 	handled, err := handledIDs(ctx, js)
 	if err != nil {
-		return run, err
+		return 0, err
 	}
+	n := 0
 	for id := range accepted {
 		if !handled[id] {
-			run.Lost++
+			n++
 		}
 	}
-	return run, nil
+	return n, nil
 }
 
 // handledIDs reads the audit stream: the ids of requests rotated or
@@ -562,30 +706,38 @@ func freePorts(n int) ([]int, error) {
 // Print writes the figures as tables.
 func (r RecoveryResult) Print(w io.Writer) {
 	o := r.Opts
-	fmt.Fprintf(w, "recovery: real rekeyd, local backend, %d secrets, bursts of %d rotation requests from %d clients, interrupted at a random point; restarted on the same data dir\n\n",
-		o.Secrets, o.Requests, o.Clients)
+	fmt.Fprintf(w, "recovery: real rekeyd, local backend, %d secrets, bursts of %d rotation requests from %d clients, interrupted at a random point\n", o.Secrets, o.Requests, o.Clients)
+	fmt.Fprintln(w, "1 replica: embedded NATS, restarted on the same data dir; all handled is counted from the new process being ready")
+	if o.Cluster {
+		fmt.Fprintln(w, "3 replicas: 3-node NATS cluster (streams R3), one replica interrupted, the burst stops; all handled is counted from the signal")
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "interruption\truns\tlost\theld at ready (max)\tready after restart p50\tready -> all handled p50\tp99\tmax\t")
-	for _, sig := range []string{sigName(syscall.SIGKILL), sigName(syscall.SIGTERM)} {
-		var handled, ready []time.Duration
-		lost, held, runs := 0, 0, 0
-		for _, run := range r.Runs {
-			if run.Signal != sig {
+	fmt.Fprintln(tw, "replicas\tinterruption\truns\tlost\theld (max)\tready after restart p50\t-> all handled p50\tp99\tmax\t")
+	for _, replicas := range []int{1, 3} {
+		for _, sig := range []string{sigName(syscall.SIGKILL), sigName(syscall.SIGTERM)} {
+			var handled, ready []time.Duration
+			lost, held := 0, 0
+			for _, run := range r.Runs {
+				if run.Signal != sig || run.Replicas != replicas {
+					continue
+				}
+				lost += run.Lost
+				held = max(held, run.Held+run.Queued)
+				handled = append(handled, run.Handled)
+				ready = append(ready, run.Ready)
+			}
+			if len(handled) == 0 {
 				continue
 			}
-			runs++
-			lost += run.Lost
-			held = max(held, run.Held+run.Queued)
-			handled = append(handled, run.Handled)
-			ready = append(ready, run.Ready)
+			SortDurations(handled)
+			readyCol := "-"
+			if replicas == 1 {
+				readyCol = secs(Percentile(SortDurations(ready), 50))
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t\n", replicas, sig, len(handled), lost, held,
+				readyCol, secs(Percentile(handled, 50)), secs(Percentile(handled, 99)), secs(handled[len(handled)-1]))
 		}
-		if runs == 0 {
-			continue
-		}
-		SortDurations(handled)
-		SortDurations(ready)
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t\n", sig, runs, lost, held,
-			secs(Percentile(ready, 50)), secs(Percentile(handled, 50)), secs(Percentile(handled, 99)), secs(handled[len(handled)-1]))
 	}
 	_ = tw.Flush()
 	if len(r.Restores) == 0 {
