@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -81,6 +82,7 @@ type API struct {
 	tenantAuth Authenticator
 	limiter    Limiter
 	storage    StorageGate
+	streams    sync.Map // name -> jetstream.Stream, for queued counts
 	routes     []string
 }
 
@@ -531,7 +533,7 @@ func (a *API) admit(w http.ResponseWriter, r *http.Request, p Principal, o outgo
 	if o.secret != "" {
 		filter = strings.TrimSuffix(o.subject, o.secret) + ">"
 	}
-	s, err := a.bus.JS.Stream(r.Context(), stream)
+	s, err := a.stream(r.Context(), stream)
 	var subjects map[string]uint64
 	if err == nil {
 		var info *jetstream.StreamInfo
@@ -557,6 +559,19 @@ func (a *API) admit(w http.ResponseWriter, r *http.Request, p Principal, o outgo
 			map[string]string{"queued": strconv.FormatUint(n, 10)})
 	}
 	return nil
+}
+
+// stream returns a handle on a stream, looked up once.
+func (a *API) stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	if s, ok := a.streams.Load(name); ok {
+		return s.(jetstream.Stream), nil
+	}
+	s, err := a.bus.JS.Stream(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	a.streams.Store(name, s)
+	return s, nil
 }
 
 // replay answers a retried request from its stored record.
