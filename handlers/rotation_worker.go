@@ -259,6 +259,8 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 		select {
 		case <-t.C:
 		case <-w.stopped:
+			w.finish(pending, handBack)
+			return
 		case <-ctx.Done():
 			return // held; handed back by Run
 		}
