@@ -110,32 +110,22 @@ func Recovery(ctx context.Context, opts RecoveryOptions) (RecoveryResult, error)
 		return RecoveryResult{}, fmt.Errorf("rekeyd binary: %w (build it with go build ./cmd/rekeyd)", err)
 	}
 	res := RecoveryResult{Opts: opts}
-	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
-		for i := range opts.Runs {
-			run, err := recoveryRun(ctx, opts, sig)
-			if err != nil {
-				return res, fmt.Errorf("%s run %d: %w", sigName(sig), i+1, err)
-			}
-			res.Runs = append(res.Runs, run)
-			if opts.Progress != nil {
-				fmt.Fprintf(opts.Progress, "%s run %d: accepted %d, exit %s, ready %s, held %d, queued %d, handled %s after ready, lost %d\n",
-					run.Signal, i+1, run.Accepted, secs(run.Exit), secs(run.Ready), run.Held, run.Queued, secs(run.Handled), run.Lost)
-			}
-		}
+	runners := []func(context.Context, RecoveryOptions, syscall.Signal) (RecoveryRun, error){recoveryRun}
+	if opts.Cluster {
+		runners = append(runners, clusterRun)
 	}
-	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
-		for i := range opts.Runs {
-			if !opts.Cluster {
-				break
-			}
-			run, err := clusterRun(ctx, opts, sig)
-			if err != nil {
-				return res, fmt.Errorf("3 replicas, %s run %d: %w", sigName(sig), i+1, err)
-			}
-			res.Runs = append(res.Runs, run)
-			if opts.Progress != nil {
-				fmt.Fprintf(opts.Progress, "3 replicas, %s run %d: accepted %d, exit %s, held %d, queued %d, handled %s after the signal, lost %d\n",
-					run.Signal, i+1, run.Accepted, secs(run.Exit), run.Held, run.Queued, secs(run.Handled), run.Lost)
+	for _, runner := range runners {
+		for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+			for i := range opts.Runs {
+				run, err := runner(ctx, opts, sig)
+				if err != nil {
+					return res, fmt.Errorf("%d replica(s), %s run %d: %w", run.Replicas, sigName(sig), i+1, err)
+				}
+				res.Runs = append(res.Runs, run)
+				if opts.Progress != nil {
+					fmt.Fprintf(opts.Progress, "%d replica(s), %s run %d: accepted %d, exit %s, ready %s, held %d, queued %d, handled %s, lost %d\n",
+						run.Replicas, run.Signal, i+1, run.Accepted, secs(run.Exit), secs(run.Ready), run.Held, run.Queued, secs(run.Handled), run.Lost)
+				}
 			}
 		}
 	}
