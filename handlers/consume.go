@@ -42,21 +42,98 @@ func pull(ctx context.Context, bus *orchestrator.Bus, q queue, log *slog.Logger,
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", q.stream, err)
 	}
-	stop := context.AfterFunc(ctx, iter.Stop)
+	// Drain, not Stop: the messages already fetched into the iterator's
+	// buffer come out of Next and are handed back at once below, instead
+	// of waiting out AckWait unseen.
+	stop := context.AfterFunc(ctx, iter.Drain)
 	defer stop()
+	defer iter.Stop()
 	if q.started != nil {
 		q.started()
 	}
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			if ctx.Err() != nil {
+				iter.Stop()
 				return nil
 			}
 			log.Warn("pull failed", "stream", q.stream, "err", err)
 			continue
 		}
+		if ctx.Err() != nil {
+			_ = handBack(msg)
+			continue
+		}
 		fn(msg)
+	}
+}
+
+// handBack returns a message not (or not completely) handled to the
+// stream for another consumer or the next process at once. A 1 ms delay
+// rather than a plain Nak: JetStream keeps a delayed nak in the consumer's
+// stored pending state with its new deadline, so even when the server
+// stops with this process (embedded NATS) the restarted one redelivers it
+// at its first check instead of after AckWait.
+func handBack(msg jetstream.Msg) error { return msg.NakWithDelay(time.Millisecond) }
+
+// heldSet is the messages a worker holds (queued or running) and has not
+// acked yet. keepAlive tells JetStream every AckWait/4 that they are still
+// being worked on, so that AckWait can be short (it bounds how long a dead
+// process's requests wait) whatever the length of a saga step.
+type heldSet struct {
+	mu   sync.Mutex
+	msgs map[jetstream.Msg]struct{}
+}
+
+func newHeldSet() *heldSet { return &heldSet{msgs: map[jetstream.Msg]struct{}{}} }
+
+func (h *heldSet) add(m jetstream.Msg) {
+	h.mu.Lock()
+	h.msgs[m] = struct{}{}
+	h.mu.Unlock()
+}
+
+func (h *heldSet) remove(m jetstream.Msg) {
+	h.mu.Lock()
+	delete(h.msgs, m)
+	h.mu.Unlock()
+}
+
+// take removes and returns every held message.
+func (h *heldSet) take() []jetstream.Msg { return h.list(true) }
+
+func (h *heldSet) snapshot() []jetstream.Msg { return h.list(false) }
+
+func (h *heldSet) list(remove bool) []jetstream.Msg {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]jetstream.Msg, 0, len(h.msgs))
+	for m := range h.msgs {
+		out = append(out, m)
+	}
+	if remove {
+		clear(h.msgs)
+	}
+	return out
+}
+
+// keepAlive runs until ctx ends.
+func (h *heldSet) keepAlive(ctx context.Context, ackWait time.Duration) {
+	t := time.NewTicker(max(ackWait/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for _, m := range h.snapshot() {
+				_ = m.InProgress()
+			}
+		}
 	}
 }
 

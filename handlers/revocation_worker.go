@@ -39,12 +39,17 @@ func NewRevocationWorker(d Deps, r *Rotator, cfg WorkerConfig) *RevocationWorker
 	return &RevocationWorker{d: d, cfg: cfg.withDefaults(), rotator: r, BusyWait: 2 * time.Minute, PartAttempts: 3, PartBackoff: time.Second}
 }
 
-// Run consumes until ctx ends; a revocation in flight finishes first (up to
-// ShutdownTimeout), or is redelivered later.
+// Run consumes until ctx ends. It then hands back at once the requests it
+// holds but has not started; a revocation in flight finishes first (up to
+// ShutdownTimeout), or is handed back.
 func (w *RevocationWorker) Run(ctx context.Context) error {
 	log := w.d.Log.With("component", "revocation-worker")
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	// Queued requests are kept alive too: they wait behind their tenant's
+	// running revocation, which may take longer than AckWait.
+	held := newHeldSet()
+	go held.keepAlive(workCtx, w.cfg.AckWait)
 	// One goroutine per tenant with work, so that a tenant's requests
 	// (revoke, then restore) are applied in the order they were made while
 	// different tenants proceed in parallel.
@@ -62,14 +67,16 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 				delete(queues, key)
 				mu.Unlock()
 				for _, m := range q {
-					_ = m.Nak()
+					held.remove(m)
+					_ = handBack(m)
 				}
 				return
 			}
 			msg := q[0]
 			queues[key] = q[1:]
 			mu.Unlock()
-			w.handle(workCtx, msg)
+			w.handle(workCtx, ctx, msg)
+			held.remove(msg)
 		}
 	}
 	err := pull(ctx, w.d.Bus, queue{
@@ -77,6 +84,7 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 		started: func() { w.started.Store(true) },
 		ackWait: w.cfg.AckWait, maxAckPending: 1000, batch: 64,
 	}, log, func(msg jetstream.Msg) {
+		held.add(msg)
 		mu.Lock()
 		defer mu.Unlock()
 		_, running := queues[msg.Subject()]
@@ -86,14 +94,29 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 			go drain(msg.Subject())
 		}
 	})
+	// Hand back what waits now, not after the running revocations.
+	mu.Lock()
+	var waiting []jetstream.Msg
+	for k, q := range queues {
+		waiting = append(waiting, q...)
+		queues[k] = nil
+	}
+	mu.Unlock()
+	for _, m := range waiting {
+		held.remove(m)
+		_ = handBack(m)
+	}
 	drainWork(&wg, w.cfg.ShutdownTimeout, cancelWork, log)
+	for _, m := range held.take() {
+		_ = handBack(m)
+	}
 	return err
 }
 
-func (w *RevocationWorker) handle(ctx context.Context, msg jetstream.Msg) {
+// handle applies one request; ctx is the work's context, runCtx the
+// worker's (ended by a stop).
+func (w *RevocationWorker) handle(ctx, runCtx context.Context, msg jetstream.Msg) {
 	log := w.d.Log.With("component", "revocation-worker", "subject", msg.Subject())
-	stop := w.keepAlive(ctx, msg)
-	defer stop()
 	ev, err := schemas.Decode(msg.Data())
 	var req schemas.RevocationRequested
 	if err == nil {
@@ -114,8 +137,10 @@ func (w *RevocationWorker) handle(ctx context.Context, msg jetstream.Msg) {
 	if older, err := w.olderPending(ctx, msg); err != nil || older {
 		// Not before the tenant's earlier request: another replica has it,
 		// or it waits to be redelivered (crash, failure).
+		// Looked at again soon: the earlier request of a dead process comes
+		// back after AckWait, and this one must follow it closely.
 		log.Debug("an earlier request of the tenant goes first; will be redelivered", "tenant", req.Tenant, "request_id", ev.ID, "err", err)
-		_ = msg.NakWithDelay(time.Second)
+		_ = msg.NakWithDelay(orderRetry)
 		return
 	}
 	switch req.Action {
@@ -123,6 +148,11 @@ func (w *RevocationWorker) handle(ctx context.Context, msg jetstream.Msg) {
 		err = w.restore(ctx, ev.ID, req)
 	default:
 		err = w.revoke(ctx, ev.ID, req)
+	}
+	if err != nil && runCtx.Err() != nil {
+		// Stopping: the next process (or another replica) takes it at once.
+		_ = handBack(msg)
+		return
 	}
 	if err != nil {
 		log.Warn("revocation interrupted; will be redelivered", "tenant", req.Tenant, "request_id", ev.ID, "err", err)
@@ -158,22 +188,9 @@ func (w *RevocationWorker) olderPending(ctx context.Context, msg jetstream.Msg) 
 	return first.Sequence < md.Sequence.Stream, nil
 }
 
-func (w *RevocationWorker) keepAlive(ctx context.Context, msg jetstream.Msg) func() {
-	ctx, cancel := context.WithCancel(ctx)
-	go func() {
-		t := time.NewTicker(w.cfg.AckWait / 4)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
-		}
-	}()
-	return cancel
-}
+// orderRetry is how soon a request waiting for its tenant's earlier one is
+// looked at again.
+const orderRetry = 200 * time.Millisecond
 
 func actorOf(t schemas.Trigger) string {
 	if t.Actor != "" {

@@ -23,20 +23,28 @@ type WorkerConfig struct {
 	// ShutdownTimeout bounds how long Run waits for in-flight rotations
 	// after ctx ends; what is still running then is redelivered later.
 	ShutdownTimeout time.Duration
-	// MaxDeliver is the number of deliveries after which a request that
-	// keeps failing is terminated with a rotation.failed event.
+	// MaxDeliver is the number of failures (in the rekey_failures bucket,
+	// not deliveries: a redelivery after a crash or a stop is no failure)
+	// after which a request that keeps failing is terminated with a
+	// rotation.failed event.
 	MaxDeliver int
+	// FailureTTL is how long a request's failure count is kept (default 7
+	// days, the age limit of ROTATE).
+	FailureTTL time.Duration
 }
 
 func (c WorkerConfig) withDefaults() WorkerConfig {
 	if c.AckWait == 0 {
-		c.AckWait = 60 * time.Second
+		c.AckWait = 3 * time.Second
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 20 * time.Second
 	}
 	if c.MaxDeliver == 0 {
 		c.MaxDeliver = 10
+	}
+	if c.FailureTTL == 0 {
+		c.FailureTTL = 7 * 24 * time.Hour
 	}
 	return c
 }
@@ -54,14 +62,16 @@ type RotationWorker struct {
 	// minInterval: see orchestrator.RotationConfig.MinInterval.
 	minInterval time.Duration
 
-	mu     sync.Mutex
-	queues map[string][]jetstream.Msg // per tenant.secret, waiting
-	busy   map[string]bool            // a drain goroutine runs for the key
-	held   map[jetstream.Msg]struct{} // every message not yet acked
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	queues   map[string][]jetstream.Msg // per tenant.secret, waiting
+	busy     map[string]bool            // a drain goroutine runs for the key
+	held     *heldSet                   // every message not yet acked
+	failures *failures
+	wg       sync.WaitGroup
 
 	workCtx  context.Context
 	stopping bool
+	stopped  chan struct{} // closed when Run stops taking work
 }
 
 // NewRotationWorker returns a worker running at most concurrency rotations
@@ -69,33 +79,49 @@ type RotationWorker struct {
 func NewRotationWorker(d Deps, r *Rotator, concurrency int, minInterval time.Duration, cfg WorkerConfig) *RotationWorker {
 	return &RotationWorker{
 		d: d, cfg: cfg.withDefaults(), rotator: r, sem: make(chan struct{}, max(concurrency, 1)), minInterval: minInterval,
-		queues: map[string][]jetstream.Msg{}, busy: map[string]bool{}, held: map[jetstream.Msg]struct{}{},
+		queues: map[string][]jetstream.Msg{}, busy: map[string]bool{}, held: newHeldSet(), stopped: make(chan struct{}),
 	}
 }
 
-// Run consumes until ctx ends (call Provision first). It then
-// stops pulling, lets in-flight rotations finish (up to ShutdownTimeout)
-// and naks whatever is still waiting, so nothing is lost.
+// Run consumes until ctx ends (call Provision first). It then stops
+// pulling, hands back at once every request it holds but has not started,
+// lets in-flight rotations finish (up to ShutdownTimeout) and hands back
+// whatever is left, so nothing is lost and nothing waits for AckWait.
 func (w *RotationWorker) Run(ctx context.Context) error {
 	log := w.d.Log.With("component", "rotation-worker")
+	fails, err := openFailures(ctx, w.d.Bus, w.cfg.FailureTTL)
+	if err != nil {
+		return err
+	}
+	w.failures = fails
 	// Work runs on its own context so that shutdown lets it finish.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	w.workCtx = workCtx
-	go w.keepAlive(workCtx)
+	go w.held.keepAlive(workCtx, w.cfg.AckWait)
 
-	err := pull(ctx, w.d.Bus, queue{
+	err = pull(ctx, w.d.Bus, queue{
 		stream: schemas.StreamRotate, durable: orchestrator.ConsumerRotation, filter: schemas.SubjectRotateAll,
 		started: func() { w.started.Store(true) },
 		ackWait: w.cfg.AckWait, maxAckPending: 20000, batch: 512,
 	}, log, w.enqueue)
 
-	// Stop taking work; wait for in-flight work up to the deadline.
+	// Stop taking work: what waits is handed back now, not after the
+	// in-flight rotations; then wait for those up to the deadline.
+	close(w.stopped)
 	w.mu.Lock()
 	w.stopping = true
+	var waiting []jetstream.Msg
+	for _, q := range w.queues {
+		waiting = append(waiting, q...)
+	}
+	clear(w.queues)
 	w.mu.Unlock()
+	for _, m := range waiting {
+		w.finishMsg(m, handBack)
+	}
 	drainWork(&w.wg, w.cfg.ShutdownTimeout, cancelWork, log)
-	w.nakHeld()
+	w.handBackHeld()
 	return err
 }
 
@@ -103,9 +129,9 @@ func (w *RotationWorker) Run(ctx context.Context) error {
 // secret if none runs.
 func (w *RotationWorker) enqueue(msg jetstream.Msg) {
 	key := strings.TrimPrefix(msg.Subject(), "rekey.rotate.")
+	w.held.add(msg)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.held[msg] = struct{}{}
 	w.queues[key] = append(w.queues[key], msg)
 	if !w.busy[key] {
 		w.busy[key] = true
@@ -123,7 +149,7 @@ func (w *RotationWorker) drain(key string) {
 		delete(w.queues, key)
 		if len(batch) == 0 || w.stopping {
 			if len(batch) > 0 {
-				w.queues[key] = batch // naked by Run after the wait
+				w.queues[key] = batch // handed back by Run after the wait
 			}
 			delete(w.busy, key)
 			w.mu.Unlock()
@@ -225,9 +251,18 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 	pending = append(rotates, syncs...)
 	// Too soon after the last rotation started: wait out the interval, then
 	// take this batch together with whatever arrived meanwhile.
+	// A stop ends the wait: these requests have not started, and are
+	// handed back at once.
 	if wait := time.Until(st.LastStartedAt.Add(w.minInterval)); wait > 0 && !st.LastStartedAt.IsZero() {
-		if sleep(ctx, wait) != nil {
-			return // held; naked by Run
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-w.stopped:
+			w.finish(pending, handBack)
+			return
+		case <-ctx.Done():
+			return // held; handed back by Run
 		}
 		w.requeue(pending)
 		return
@@ -283,25 +318,43 @@ func (w *RotationWorker) runBatch(ctx context.Context, kind string, reqs []reque
 			w.coalesced(ctx, r, primary.id)
 		}
 		w.d.Metrics.RequestsTotal.WithLabelValues(kind, outcome).Inc()
+		w.clearFailures(ctx, primary)
 		w.finish(reqs, func(m jetstream.Msg) error { return m.Ack() })
 	case errors.Is(err, ErrBusy):
 		// Another replica works on this secret; look again shortly.
 		w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(500 * time.Millisecond) })
 	case errors.Is(err, ErrPermanent):
 		w.d.Metrics.RequestsTotal.WithLabelValues(kind, "failed").Add(float64(len(reqs)))
+		w.clearFailures(ctx, primary)
 		w.finish(reqs, func(m jetstream.Msg) error { return m.TermWithReason(truncateReason(err.Error())) })
-	case primary.delivery >= uint64(w.cfg.MaxDeliver):
-		giveUp(ctx, job, err, primary.delivery)
-		w.d.Metrics.RequestsTotal.WithLabelValues(kind, "failed").Add(float64(len(reqs)))
-		w.finish(reqs, func(m jetstream.Msg) error { return m.TermWithReason("too many deliveries") })
+	case ctx.Err() != nil:
+		// Interrupted by a stop past its deadline: not a failure; the next
+		// process (or another replica) takes it at once.
+		w.finish(reqs, handBack)
 	default:
-		// Interrupted, or a transient failure (the backend unreachable).
-		if ctx.Err() == nil {
-			w.d.Log.Warn("rotation request interrupted; will retry", "component", "rotation-worker", "kind", kind, "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+		// A transient failure (the backend unreachable): counted, and
+		// given up after MaxDeliver of them.
+		n := w.failures.Add(ctx, primary.id, int(primary.delivery))
+		if n >= w.cfg.MaxDeliver {
+			giveUp(ctx, job, err, uint64(n))
+			w.d.Metrics.RequestsTotal.WithLabelValues(kind, "failed").Add(float64(len(reqs)))
+			w.clearFailures(ctx, primary)
+			w.finish(reqs, func(m jetstream.Msg) error { return m.TermWithReason("too many failures") })
+			return
 		}
+		w.d.Log.Warn("rotation request failed; will retry", "component", "rotation-worker", "kind", kind, "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "failures", n, "err", err)
 		w.finish(reqs, func(m jetstream.Msg) error {
-			return m.NakWithDelay(backoff(time.Second, 30*time.Second, int(primary.delivery)))
+			return m.NakWithDelay(backoff(time.Second, 30*time.Second, n))
 		})
+	}
+}
+
+// clearFailures forgets the failure count of a request that ended. A
+// request delivered once cannot have one (a failure is always followed by
+// a redelivery), so that costs nothing in the common case.
+func (w *RotationWorker) clearFailures(ctx context.Context, r request) {
+	if r.delivery > 1 {
+		w.failures.Clear(ctx, r.id)
 	}
 }
 
@@ -364,45 +417,16 @@ func (w *RotationWorker) finishMsg(msg jetstream.Msg, fn func(jetstream.Msg) err
 	if err := fn(msg); err != nil {
 		w.d.Log.Warn("ack failed; the request will be redelivered", "component", "rotation-worker", "subject", msg.Subject(), "err", err)
 	}
-	w.mu.Lock()
-	delete(w.held, msg)
-	w.mu.Unlock()
+	w.held.remove(msg)
 }
 
-// keepAlive tells JetStream that held messages are still being worked on.
-func (w *RotationWorker) keepAlive(ctx context.Context) {
-	t := time.NewTicker(w.cfg.AckWait / 4)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			w.mu.Lock()
-			msgs := make([]jetstream.Msg, 0, len(w.held))
-			for m := range w.held {
-				msgs = append(msgs, m)
-			}
-			w.mu.Unlock()
-			for _, m := range msgs {
-				_ = m.InProgress()
-			}
-		}
-	}
-}
-
-// nakHeld returns every message not handled to the stream for redelivery.
-func (w *RotationWorker) nakHeld() {
+// handBackHeld returns every message not handled to the stream at once.
+func (w *RotationWorker) handBackHeld() {
 	w.mu.Lock()
-	msgs := make([]jetstream.Msg, 0, len(w.held))
-	for m := range w.held {
-		msgs = append(msgs, m)
-	}
-	w.held = map[jetstream.Msg]struct{}{}
-	w.queues = map[string][]jetstream.Msg{}
+	clear(w.queues)
 	w.mu.Unlock()
-	for _, m := range msgs {
-		_ = m.Nak()
+	for _, m := range w.held.take() {
+		_ = handBack(m)
 	}
 }
 

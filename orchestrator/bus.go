@@ -20,6 +20,9 @@ const (
 	BucketStatus  = "rekey_status"
 	BucketTenants = "rekey_tenants"
 	BucketLocks   = "rekey_locks"
+	// BucketFailures counts the real failures of each request (not its
+	// deliveries: a redelivery after a crash or a clean stop is no failure).
+	BucketFailures = "rekey_failures"
 )
 
 // Durable consumer names.
@@ -92,6 +95,9 @@ func Connect(ctx context.Context, natsURL, name string, cfg NATSConfig, log *slo
 	if cfg.DuplicateWindow == 0 {
 		cfg.DuplicateWindow = 2 * time.Minute
 	}
+	if cfg.Limits == (LimitsConfig{}) {
+		cfg.Limits = DefaultLimits()
+	}
 	return &Bus{NC: nc, JS: js, cfg: cfg, log: log, violations: violations}, nil
 }
 
@@ -106,44 +112,52 @@ func (b *Bus) Close() {
 	}
 }
 
-// StreamConfigs returns the streams of DESIGN.md.
+// StreamConfigs returns the streams of DESIGN.md, bounded by
+// nats.limits. The request streams and AUDIT refuse a message when full
+// (discard new: the publisher gets an error and the HTTP API a 503) rather
+// than drop an accepted request or an audit record; the others drop their
+// oldest messages.
 func (b *Bus) StreamConfigs() []jetstream.StreamConfig {
 	r := b.cfg.Replicas
 	dup := b.cfg.DuplicateWindow
+	lim := b.cfg.Limits
 	return []jetstream.StreamConfig{
 		{
 			Name: schemas.StreamRotate, Subjects: []string{schemas.SubjectRotateAll},
 			Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
-			Replicas: r, Duplicates: dup, MaxAge: 7 * 24 * time.Hour,
+			Replicas: r, Duplicates: dup, MaxAge: lim.Rotate.MaxAge, MaxBytes: lim.Rotate.MaxBytes, Discard: jetstream.DiscardNew,
 			Description: "rotation requests, one subject per tenant/secret",
 		},
 		{
 			Name: schemas.StreamRevoke, Subjects: []string{schemas.SubjectRevokeAll},
 			Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
-			Replicas: r, Duplicates: dup, MaxAge: 7 * 24 * time.Hour,
+			Replicas: r, Duplicates: dup, MaxAge: lim.Revoke.MaxAge, MaxBytes: lim.Revoke.MaxBytes, Discard: jetstream.DiscardNew,
 			Description: "revocation and restore requests per tenant",
 		},
 		{
 			Name: schemas.StreamInvalidate, Subjects: []string{schemas.SubjectInvalidateAll},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-			Replicas: r, Duplicates: dup, MaxMsgsPerSubject: 1,
+			Replicas: r, Duplicates: dup, MaxMsgsPerSubject: 1, MaxAge: lim.Invalidate.MaxAge, MaxBytes: lim.Invalidate.MaxBytes,
 			AllowDirect: true, // the resync server reads with direct gets, no consumers
 			Description: "last invalidation per tenant/secret, for agent resync",
 		},
 		{
 			Name: schemas.StreamEvents, Subjects: []string{schemas.SubjectEventsAll},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-			Replicas: r, Duplicates: dup, MaxAge: 30 * 24 * time.Hour,
+			Replicas: r, Duplicates: dup, MaxAge: lim.Events.MaxAge, MaxBytes: lim.Events.MaxBytes,
 			Description: "rotation and revocation lifecycle events",
 		},
 		{
 			Name: schemas.StreamAudit, Subjects: []string{schemas.SubjectAuditAll},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-			Replicas: r, Duplicates: dup, MaxAge: 400 * 24 * time.Hour,
+			Replicas: r, Duplicates: dup, MaxAge: lim.Audit.MaxAge, MaxBytes: lim.Audit.MaxBytes, Discard: jetstream.DiscardNew,
 			Description: "audit trail, never a secret value",
 		},
 	}
 }
+
+// Limits is the storage limits the bus's streams were made with.
+func (b *Bus) Limits() LimitsConfig { return b.cfg.Limits }
 
 // EnsureStreams creates or updates every stream; safe to call at each start.
 func (b *Bus) EnsureStreams(ctx context.Context) error {
@@ -162,10 +176,17 @@ const UsageStreamMaxBytes = 64 << 20
 
 // UsageStreamConfig is the stream of one tenant's use reports.
 func (b *Bus) UsageStreamConfig(tenant string) jetstream.StreamConfig {
+	lim := b.cfg.Limits.Usage // per tenant
+	if lim.MaxBytes == 0 {
+		lim.MaxBytes = UsageStreamMaxBytes
+	}
+	if lim.MaxAge == 0 {
+		lim.MaxAge = 24 * time.Hour
+	}
 	return jetstream.StreamConfig{
 		Name: schemas.UsageStream(tenant), Subjects: []string{schemas.UsedTenantSubject(tenant)},
 		Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage, Discard: jetstream.DiscardOld,
-		Replicas: b.cfg.Replicas, Duplicates: b.cfg.DuplicateWindow, MaxAge: 24 * time.Hour, MaxBytes: UsageStreamMaxBytes,
+		Replicas: b.cfg.Replicas, Duplicates: b.cfg.DuplicateWindow, MaxAge: lim.MaxAge, MaxBytes: lim.MaxBytes,
 		// Agents publish here, naming any reply subject they like: a
 		// publish acknowledgement would be written there by the server,
 		// as the stream (into another bucket, for instance).

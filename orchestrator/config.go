@@ -63,6 +63,108 @@ type NATSConfig struct {
 	// (orchestrator/agentauth). Absent: agents log in with their tenant's
 	// derived password only.
 	AgentAuth *AgentAuthConfig `yaml:"agent_auth"`
+	// AckWait is how long JetStream waits for a request held by a worker
+	// (rotation, revocation, sync) before it hands it to another consumer:
+	// the bound on how long a dead process's requests wait. Workers keep
+	// the requests they hold alive every AckWait/4 while they run, so a
+	// long saga step does not cause a second delivery.
+	AckWait time.Duration `yaml:"ack_wait"`
+	// Limits bound what NATS stores.
+	Limits LimitsConfig `yaml:"limits"`
+}
+
+// LimitsConfig bounds JetStream storage and the requests one tenant may
+// queue.
+type LimitsConfig struct {
+	Rotate     StreamLimits `yaml:"rotate"`
+	Revoke     StreamLimits `yaml:"revoke"`
+	Usage      StreamLimits `yaml:"usage"` // each tenant's REKEY_USAGE_<t>
+	Invalidate StreamLimits `yaml:"invalidate"`
+	Events     StreamLimits `yaml:"events"`
+	Audit      StreamLimits `yaml:"audit"`
+	// QueuedPerTenant and QueuedPerSecret cap the requests of a tenant (a
+	// secret) waiting in ROTATE and REVOKE: the HTTP API answers 429 with
+	// Retry-After beyond them.
+	QueuedPerTenant int `yaml:"queued_per_tenant"`
+	QueuedPerSecret int `yaml:"queued_per_secret"`
+	// WarnAt and FullAt are fractions of a stream's max_bytes: at WarnAt
+	// rekeyd logs a warning (and rekey_stream_usage_ratio shows it); at
+	// FullAt the HTTP API refuses new requests with 503 for the request
+	// streams and for AUDIT, so that no accepted request or audit record is
+	// ever discarded.
+	WarnAt float64 `yaml:"warn_at"`
+	FullAt float64 `yaml:"full_at"`
+}
+
+// StreamLimits bound one stream. The request streams and AUDIT refuse new
+// messages when full (discard new); the others drop their oldest.
+type StreamLimits struct {
+	MaxBytes int64         `yaml:"max_bytes"`
+	MaxAge   time.Duration `yaml:"max_age"` // 0: no age limit
+}
+
+// MinAuditAge is the shortest audit retention rekeyd accepts: an age limit
+// drops audit records without exporting them, so it is refused at start
+// rather than allowed to lose less than 90 days of audit.
+const MinAuditAge = 90 * 24 * time.Hour
+
+// ByStream returns the limits by stream name (schemas.Stream*) of the
+// shared streams; Usage bounds each tenant's REKEY_USAGE_<t>
+// (Bus.UsageStreamConfig), which drops its oldest reports when full.
+func (l LimitsConfig) ByStream() map[string]StreamLimits {
+	return map[string]StreamLimits{
+		schemas.StreamRotate: l.Rotate, schemas.StreamRevoke: l.Revoke,
+		schemas.StreamInvalidate: l.Invalidate, schemas.StreamEvents: l.Events, schemas.StreamAudit: l.Audit,
+	}
+}
+
+// DefaultLimits are the default storage limits (about 3.3 GiB in all).
+func DefaultLimits() LimitsConfig {
+	const mib = 1 << 20
+	day := 24 * time.Hour
+	return LimitsConfig{
+		Rotate:          StreamLimits{MaxBytes: 256 * mib, MaxAge: 7 * day},
+		Revoke:          StreamLimits{MaxBytes: 64 * mib, MaxAge: 7 * day},
+		Usage:           StreamLimits{MaxBytes: UsageStreamMaxBytes, MaxAge: day}, // per tenant
+		Invalidate:      StreamLimits{MaxBytes: 128 * mib},
+		Events:          StreamLimits{MaxBytes: 512 * mib, MaxAge: 30 * day},
+		Audit:           StreamLimits{MaxBytes: 2048 * mib, MaxAge: 400 * day},
+		QueuedPerTenant: 10000,
+		QueuedPerSecret: 1000,
+		WarnAt:          0.8,
+		FullAt:          0.95,
+	}
+}
+
+func (l LimitsConfig) validate() error {
+	var errs []error
+	names := map[string]StreamLimits{"rotate": l.Rotate, "revoke": l.Revoke, "usage": l.Usage,
+		"invalidate": l.Invalidate, "events": l.Events, "audit": l.Audit}
+	for _, n := range sortedKeys(names) {
+		f := "nats.limits." + n
+		if sl := names[n]; sl.MaxBytes < 1<<20 {
+			errs = append(errs, fieldErr(f+".max_bytes", "%d must be at least 1048576 (1 MiB)", sl.MaxBytes))
+		}
+		if sl := names[n]; sl.MaxAge < 0 || (sl.MaxAge > 0 && sl.MaxAge < time.Minute) {
+			errs = append(errs, fieldErr(f+".max_age", "%s must be 0 (no limit) or at least 1m", sl.MaxAge))
+		}
+	}
+	if l.Audit.MaxAge != 0 && l.Audit.MaxAge < MinAuditAge {
+		errs = append(errs, fieldErr("nats.limits.audit.max_age", "%s is under 90 days (2160h): rekey does not export audit records before an age limit drops them, so it refuses to keep less", l.Audit.MaxAge))
+	}
+	if l.QueuedPerTenant < 1 {
+		errs = append(errs, fieldErr("nats.limits.queued_per_tenant", "%d must be at least 1", l.QueuedPerTenant))
+	}
+	if l.QueuedPerSecret < 1 || l.QueuedPerSecret > l.QueuedPerTenant {
+		errs = append(errs, fieldErr("nats.limits.queued_per_secret", "%d must be between 1 and queued_per_tenant (%d)", l.QueuedPerSecret, l.QueuedPerTenant))
+	}
+	if l.WarnAt <= 0 || l.WarnAt >= 1 {
+		errs = append(errs, fieldErr("nats.limits.warn_at", "%g must be between 0 and 1 (a fraction of max_bytes)", l.WarnAt))
+	}
+	if l.FullAt <= l.WarnAt || l.FullAt > 1 {
+		errs = append(errs, fieldErr("nats.limits.full_at", "%g must be above warn_at (%g) and at most 1", l.FullAt, l.WarnAt))
+	}
+	return errors.Join(errs...)
 }
 
 // EmbeddedConfig configures the nats-server started inside rekeyd.
@@ -182,6 +284,8 @@ func Defaults() Config {
 			Replicas:        1,
 			DuplicateWindow: 2 * time.Minute,
 			LeaseTTL:        15 * time.Second,
+			AckWait:         3 * time.Second,
+			Limits:          DefaultLimits(),
 		},
 		HTTP: HTTPConfig{
 			Addr:              "127.0.0.1:7420",
@@ -197,7 +301,7 @@ func Defaults() Config {
 			BackoffMax:     30 * time.Second,
 			Concurrency:    8,
 			StepTimeout:    30 * time.Second,
-			LockTTL:        30 * time.Second,
+			LockTTL:        3 * time.Second,
 			MinInterval:    2 * time.Second,
 		},
 		Fanout: FanoutConfig{ConfirmTimeout: 10 * time.Second, MaxAgentsPerTenant: 10000,
@@ -289,6 +393,10 @@ func (c *Config) Validate() error {
 	if c.NATS.AgentAuth != nil {
 		add(c.NATS.AgentAuth.validate("nats.agent_auth", c.NATS.URL != ""))
 	}
+	if c.NATS.AckWait < time.Second || c.NATS.AckWait > 10*time.Minute {
+		add(fieldErr("nats.ack_wait", "%s must be between 1s and 10m", c.NATS.AckWait))
+	}
+	add(c.NATS.Limits.validate())
 	if c.HTTP.Addr == "" {
 		add(fieldErr("http.addr", "must be set"))
 	}

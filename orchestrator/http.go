@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -62,6 +63,20 @@ func (s *HTTPServer) Run(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	// Connections accepted but with no request read yet: net/http's
+	// Shutdown counts them as active for 5 s, which would hold a stop that
+	// long; they are closed at once instead (no request was taken).
+	var mu sync.Mutex
+	fresh := map[net.Conn]bool{}
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		if st == http.StateNew {
+			fresh[c] = true
+		} else {
+			delete(fresh, c)
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(s.ln) }()
 	s.log.Info("http api listening", "component", "http", "addr", s.Addr())
@@ -72,8 +87,22 @@ func (s *HTTPServer) Run(ctx context.Context) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("http shutdown: %w", err)
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(shutdownCtx) }()
+	for done := false; !done; {
+		mu.Lock()
+		for c := range fresh {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		select {
+		case err := <-shut:
+			if err != nil {
+				return fmt.Errorf("http shutdown: %w", err)
+			}
+			done = true
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("http serve: %w", err)

@@ -24,6 +24,11 @@ type Metrics struct {
 	HTTPRequestsTotal      *prometheus.CounterVec // route, code
 	AgentAcksTotal         prometheus.Counter
 	AgentInvalidationDelay prometheus.Histogram // invalidation published -> agent ack
+	StreamBytes            *prometheus.GaugeVec // stream
+	StreamMessages         *prometheus.GaugeVec // stream
+	StreamMaxBytes         *prometheus.GaugeVec // stream
+	StreamUsage            *prometheus.GaugeVec // stream: bytes / max_bytes
+	StreamFull             *prometheus.GaugeVec // stream: 1 while new input is refused
 }
 
 // NewMetrics registers rekey's metrics and the Go runtime collectors on a
@@ -67,10 +72,26 @@ func NewMetrics() *Metrics {
 		AgentInvalidationDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "rekey_invalidation_latency_seconds", Help: "Time from an invalidation being published to an agent confirming it dropped the old value.", Buckets: latency,
 		}),
+		StreamBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rekey_stream_bytes", Help: "Bytes stored in each JetStream stream.",
+		}, []string{"stream"}),
+		StreamMessages: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rekey_stream_messages", Help: "Messages stored in each JetStream stream.",
+		}, []string{"stream"}),
+		StreamMaxBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rekey_stream_max_bytes", Help: "Configured byte limit of each JetStream stream (nats.limits).",
+		}, []string{"stream"}),
+		StreamUsage: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rekey_stream_usage_ratio", Help: "Bytes stored over the byte limit, per stream; a warning is logged at nats.limits.warn_at.",
+		}, []string{"stream"}),
+		StreamFull: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "rekey_stream_full", Help: "1 while a stream is at nats.limits.full_at and new input for it is refused with 503.",
+		}, []string{"stream"}),
 	}
 	reg.MustRegister(m.RequestsTotal, m.RotationsTotal, m.RotationDuration, m.RotationAttempts,
 		m.RevocationsTotal, m.RevocationDuration, m.InvalidationsTotal, m.InvalidationLatency,
-		m.HTTPRequestsTotal, m.AgentAcksTotal, m.AgentInvalidationDelay)
+		m.HTTPRequestsTotal, m.AgentAcksTotal, m.AgentInvalidationDelay,
+		m.StreamBytes, m.StreamMessages, m.StreamMaxBytes, m.StreamUsage, m.StreamFull)
 	return m
 }
 

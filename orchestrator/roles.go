@@ -50,6 +50,7 @@ type grants struct {
 	subscribe []string
 	consume   []string // streams whose consumers it creates and reads
 	read      []string // streams it reads single messages of
+	info      []string // streams whose info (size, counts) it reads
 	buckets   map[string]bucketAccess
 }
 
@@ -101,7 +102,7 @@ func roleGrants(r Role, tenants []string) grants {
 			read:      []string{schemas.StreamRotate, schemas.StreamRevoke},
 			buckets: map[string]bucketAccess{
 				BucketStatus: bucketOwn, BucketTenants: bucketOwn, BucketLocks: bucketOwn,
-				bucketLocal: bucketOwn,
+				BucketFailures: bucketOwn, bucketLocal: bucketOwn,
 			},
 		}
 	case RoleFanout:
@@ -140,6 +141,9 @@ func roleGrants(r Role, tenants []string) grants {
 			},
 			consume: []string{schemas.StreamEvents},
 			read:    []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.StreamEvents},
+			// The storage monitor reads every stream's size.
+			info: []string{schemas.StreamRotate, schemas.StreamRevoke,
+				schemas.StreamInvalidate, schemas.StreamEvents, schemas.StreamAudit},
 			buckets: map[string]bucketAccess{
 				BucketStatus: bucketRead, BucketTenants: bucketRead, BucketLocks: bucketRead,
 				bucketLocal: bucketRead, BucketLeases: bucketOwn,
@@ -179,6 +183,9 @@ func RolePermissions(r Role, tenants []string) *server.Permissions {
 	}
 	for _, s := range g.consume {
 		streamConsume(s)
+	}
+	for _, s := range g.info {
+		pub = append(pub, "$JS.API.STREAM.INFO."+s)
 	}
 	for _, b := range sortedKeys(g.buckets) {
 		s := "KV_" + b

@@ -48,29 +48,8 @@ var burstTenants = []string{"acme", "globex"}
 // kills it). It is a hook of its own so that TestMain needs no change.
 func init() {
 	if os.Getenv("REKEY_TEST_CHILD") == burstChildMode {
-		os.Exit(runBurstChild())
+		os.Exit(runChild(testWorker))
 	}
-}
-
-func runBurstChild() int {
-	cfg, err := orchestrator.Load(os.Getenv(burstConfigEnv))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx := context.Background()
-	d, err := daemon.New(ctx, daemon.Options{Config: cfg, Logger: log, AdminToken: testToken, Worker: testWorker})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	fmt.Printf("READY %s %s\n", d.HTTPAddr(), d.NATSURL())
-	if err := d.Run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
 }
 
 // startChild starts rekeyd as a child process on the configuration at
@@ -78,10 +57,17 @@ func runBurstChild() int {
 // is killed when the test ends, if it still runs.
 func startChild(t *testing.T, path string) (*exec.Cmd, string) {
 	t.Helper()
+	return startChildMode(t, burstChildMode, path)
+}
+
+// startChildMode is startChild with the child's mode and extra
+// environment variables (NAME=value).
+func startChildMode(t *testing.T, mode, path string, env ...string) (*exec.Cmd, string) {
+	t.Helper()
 	exe, err := os.Executable()
 	require.NoError(t, err)
 	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "REKEY_TEST_CHILD="+burstChildMode, burstConfigEnv+"="+path)
+	cmd.Env = append(append(os.Environ(), "REKEY_TEST_CHILD="+mode, burstConfigEnv+"="+path), env...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	cmd.Stderr = testWriter{t}
@@ -96,26 +82,40 @@ func startChild(t *testing.T, path string) (*exec.Cmd, string) {
 }
 
 // burstConfig writes a configuration with 100 local secrets (50 per
-// tenant) on dir and returns its path and the parsed config.
+// tenant) and short rotation timings on dir and returns its path and the
+// parsed config.
 func burstConfig(t *testing.T, dir string) (string, orchestrator.Config) {
+	t.Helper()
+	path, cfg, _ := writeConfig(t, dir, burstSecretsPer,
+		"rotation:\n  max_attempts: 3\n  backoff_initial: 50ms\n  backoff_max: 200ms\n  lock_ttl: 3s\n  min_interval: 0s\n")
+	return path, cfg
+}
+
+// writeConfig writes a configuration with perTenant local secrets in each
+// burst tenant, free addresses and extra (YAML sections) on dir, and
+// returns its path, the parsed config and the secrets.
+func writeConfig(t *testing.T, dir string, perTenant int, extra string) (string, orchestrator.Config, []burstSecret) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "data_dir: %q\n", dir)
 	b.WriteString("nats:\n  embedded:\n    addr: 127.0.0.1:0\n")
 	b.WriteString("http:\n  addr: 127.0.0.1:0\n")
-	b.WriteString("rotation:\n  max_attempts: 3\n  backoff_initial: 50ms\n  backoff_max: 200ms\n  lock_ttl: 3s\n  min_interval: 0s\n")
+	b.WriteString(extra)
 	b.WriteString("tenants:\n")
+	var secrets []burstSecret
 	for _, tenant := range burstTenants {
 		fmt.Fprintf(&b, "  %s:\n    secrets:\n", tenant)
-		for i := 0; i < burstSecretsPer; i++ {
-			fmt.Fprintf(&b, "      s-%02d:\n        backend: local\n        generator: {style: password, length: 32}\n", i)
+		for i := range perTenant {
+			s := fmt.Sprintf("s-%02d", i)
+			fmt.Fprintf(&b, "      %s:\n        backend: local\n        generator: {style: password, length: 32}\n", s)
+			secrets = append(secrets, burstSecret{tenant, s})
 		}
 	}
-	path := filepath.Join(dir, "rekey-burst.yaml")
+	path := filepath.Join(dir, "rekey.yaml")
 	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
 	cfg, err := orchestrator.Load(path)
 	require.NoError(t, err)
-	return path, cfg
+	return path, cfg, secrets
 }
 
 type burstSecret struct{ tenant, secret string }

@@ -262,10 +262,13 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		return nil, err
 	}
 	api, err := httpapi.New(httpapi.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
-		IdempotencyTTL: selfCfg.IdempotencyTTL}, &d.cfg, apiBus, apiState, apiAudit, d.metrics, log)
+		IdempotencyTTL: selfCfg.IdempotencyTTL, QueuedPerTenant: cfg.NATS.Limits.QueuedPerTenant,
+		QueuedPerSecret: cfg.NATS.Limits.QueuedPerSecret}, &d.cfg, apiBus, apiState, apiAudit, d.metrics, log)
 	if err != nil {
 		return nil, err
 	}
+	storage := orchestrator.NewStorageMonitor(apiBus, cfg.NATS.Limits, d.metrics, 0, log)
+	api.SetStorage(storage)
 	api.SetDeliveries(deliveries{d.fanout.Acks()})
 	if selfCfg.Enabled() {
 		self, err := selfservice.New(ctx, selfCfg, &d.cfg, apiBus, d.metrics, log)
@@ -276,6 +279,9 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 	api.Register(d.http.Mux)
 
+	if opts.Worker.AckWait == 0 {
+		opts.Worker.AckWait = cfg.NATS.AckWait
+	}
 	rotations = handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, cfg.Rotation.MinInterval, opts.Worker)
 	if err := rotations.Provision(ctx); err != nil {
 		return nil, err
@@ -292,6 +298,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		{Name: "local-fetch", Component: d.fetch},
 		{Name: "resync", Component: d.resync},
 		{Name: "http", Component: d.http},
+		{Name: "storage-monitor", Component: storage},
 	}
 	if access != nil {
 		d.comps = append(d.comps, orchestrator.Named{Name: "bus-access", Component: access})

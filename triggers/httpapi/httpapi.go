@@ -19,11 +19,16 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -40,6 +45,10 @@ type Config struct {
 	// IdempotencyTTL is how long the answer to an Idempotency-Key is
 	// replayed (default 24h).
 	IdempotencyTTL time.Duration
+	// QueuedPerTenant and QueuedPerSecret cap the requests waiting in
+	// ROTATE (REVOKE for a tenant's revoke and restore): beyond them the
+	// API answers 429 with Retry-After (nats.limits). 0: no cap.
+	QueuedPerTenant, QueuedPerSecret int
 }
 
 // Validate checks the config.
@@ -49,6 +58,9 @@ func (c Config) Validate() error {
 	}
 	if c.IdempotencyTTL < 0 {
 		return errors.New("httpapi: idempotency TTL must not be negative")
+	}
+	if c.QueuedPerTenant < 0 || c.QueuedPerSecret < 0 {
+		return errors.New("httpapi: queued request caps must not be negative")
 	}
 	return nil
 }
@@ -69,8 +81,20 @@ type API struct {
 	deliveries Deliveries
 	tenantAuth Authenticator
 	limiter    Limiter
+	storage    StorageGate
+	streams    sync.Map // name -> jetstream.Stream, for queued counts
 	routes     []string
 }
+
+// StorageGate says whether new requests for a stream are refused because
+// it (or AUDIT) is nearly full (orchestrator.StorageMonitor).
+type StorageGate interface {
+	Refuses(stream string) (full string, refused bool)
+}
+
+// SetStorage makes the API refuse new requests (503) while their stream
+// or the audit stream is full.
+func (a *API) SetStorage(g StorageGate) { a.storage = g }
 
 // New returns the API.
 func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, state *orchestrator.State,
@@ -154,10 +178,17 @@ func (a *API) route(name, action string, sc scope, h handlerFunc) http.Handler {
 		r = r.WithContext(ctx)
 		var code int
 		var body any
-		p, apiErr := a.authenticate(r)
-		if apiErr != nil {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="rekey"`)
-		} else if apiErr = a.authorize(r, p, sc, action); apiErr == nil {
+		var p Principal
+		apiErr := checkHeaders(r)
+		if apiErr == nil {
+			if p, apiErr = a.authenticate(r); apiErr != nil {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="rekey"`)
+			}
+		}
+		if apiErr == nil {
+			apiErr = a.authorize(r, p, sc, action)
+		}
+		if apiErr == nil {
 			r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes)
 			code, body, apiErr = h(w, r, p)
 		}
@@ -242,15 +273,22 @@ type requestBody struct {
 	Reason string `json:"reason"`
 }
 
-func readBody(r *http.Request) (requestBody, *apiError) {
+func readBody(w http.ResponseWriter, r *http.Request) (requestBody, *apiError) {
 	var body requestBody
 	b, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		var netErr net.Error
+		switch {
+		case errors.As(err, &tooBig):
 			return body, errorf(http.StatusRequestEntityTooLarge, "", "body over %d bytes", tooBig.Limit)
+		case errors.As(err, &netErr) && netErr.Timeout():
+			// A body too slow to arrive gets an answer, not a closed
+			// connection; the connection is not reused.
+			w.Header().Set("Connection", "close")
+			return body, errorf(http.StatusRequestTimeout, "body", "body not received in time")
 		}
-		return body, errorf(http.StatusBadRequest, "", "read body: %v", err)
+		return body, errorf(http.StatusBadRequest, "body", "read body: %v", err)
 	}
 	if len(strings.TrimSpace(string(b))) == 0 {
 		return body, nil
@@ -258,12 +296,56 @@ func readBody(r *http.Request) (requestBody, *apiError) {
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil {
-		return body, errorf(http.StatusBadRequest, "body", "invalid JSON body: %v", err)
+		return body, jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return body, errorf(http.StatusBadRequest, "body", "invalid JSON body: data after the JSON object")
+	}
+	// encoding/json turns invalid UTF-8 (raw, or a lone surrogate escape)
+	// into U+FFFD silently: refuse it instead of storing a mangled reason.
+	if !utf8.ValidString(body.Reason) || strings.ContainsRune(body.Reason, utf8.RuneError) || !utf8.Valid(b) {
+		return body, errorf(http.StatusBadRequest, "reason", "reason is not valid UTF-8")
 	}
 	if len(body.Reason) > 512 {
 		return body, errorf(http.StatusBadRequest, "reason", "reason is over 512 characters")
 	}
 	return body, nil
+}
+
+// jsonError names the field of a JSON decoding error where it can.
+func jsonError(err error) *apiError {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr) && typeErr.Field != "":
+		return errorf(http.StatusBadRequest, typeErr.Field, "invalid JSON body: %s must be a %s, not %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	case errors.As(err, &typeErr):
+		return errorf(http.StatusBadRequest, "body", "invalid JSON body: must be an object, not %s", typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return errorf(http.StatusBadRequest, "body", "invalid JSON body at byte %d: %v", syntaxErr.Offset, err)
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		name = strings.Trim(name, `"`)
+		return errorf(http.StatusBadRequest, name, "invalid JSON body: unknown field %q", name)
+	}
+	return errorf(http.StatusBadRequest, "body", "invalid JSON body: %v", err)
+}
+
+// Header lengths: a header over its bound gets 431 before anything else.
+const maxAuthorization = 4096
+
+// checkHeaders refuses an over-long header the API reads (the server
+// already answers 431 when all headers together exceed its limit).
+func checkHeaders(r *http.Request) *apiError {
+	for _, h := range []struct {
+		name string
+		max  int
+	}{{"Authorization", maxAuthorization}, {"Idempotency-Key", maxIdempotencyKey}} {
+		if n := len(r.Header.Get(h.name)); n > h.max {
+			return errorf(http.StatusRequestHeaderFieldsTooLarge, h.name, "header %s is over %d characters", h.name, h.max)
+		}
+	}
+	return nil
 }
 
 // Accepted is the reply to a request that was queued.
@@ -286,7 +368,7 @@ func (a *API) rotate(w http.ResponseWriter, r *http.Request, p Principal) (int, 
 	if apiErr != nil {
 		return 0, nil, apiErr
 	}
-	body, apiErr := readBody(r)
+	body, apiErr := readBody(w, r)
 	if apiErr != nil {
 		return 0, nil, apiErr
 	}
@@ -313,7 +395,7 @@ func (a *API) revocation(action string) handlerFunc {
 		if apiErr != nil {
 			return 0, nil, apiErr
 		}
-		body, apiErr := readBody(r)
+		body, apiErr := readBody(w, r)
 		if apiErr != nil {
 			return 0, nil, apiErr
 		}
@@ -345,9 +427,6 @@ type outgoing struct {
 // drops a second publish within its duplicate window as well.
 func (a *API) request(w http.ResponseWriter, r *http.Request, p Principal, o outgoing) (int, any, *apiError) {
 	key := r.Header.Get("Idempotency-Key")
-	if len(key) > maxIdempotencyKey {
-		return 0, nil, errorf(http.StatusBadRequest, "Idempotency-Key", "header is over %d characters", maxIdempotencyKey)
-	}
 	// Claims are settled even when the client went away.
 	bg := context.WithoutCancel(r.Context())
 	var stored *idemRecord
@@ -377,6 +456,11 @@ func (a *API) request(w http.ResponseWriter, r *http.Request, p Principal, o out
 					"request_id", stored.Reply.RequestID, "err", err)
 			}
 		}()
+	}
+	// After the claim, so that a retry of a request already accepted gets
+	// its answer; a refusal releases the claim (stored.Reply is nil).
+	if apiErr := a.admit(w, r, p, o); apiErr != nil {
+		return 0, nil, apiErr
 	}
 	if o.limited && a.limiter != nil {
 		undo, err := a.limiter.Reserve(r.Context(), o.tenant, o.secret)
@@ -413,6 +497,81 @@ func (a *API) request(w http.ResponseWriter, r *http.Request, p Principal, o out
 		stored.Status, stored.Reply = code, &acc
 	}
 	return code, acc, nil
+}
+
+// admit refuses a request that would overfill storage: 503 while its
+// stream or AUDIT is full, 429 while its tenant (or secret) has too many
+// requests queued. Both are audited and say when to retry.
+func (a *API) admit(w http.ResponseWriter, r *http.Request, p Principal, o outgoing) *apiError {
+	stream := schemas.StreamRotate
+	if o.secret == "" {
+		stream = schemas.StreamRevoke
+	}
+	refuse := func(status int, retry, reason string, detail map[string]string) *apiError {
+		w.Header().Set("Retry-After", retry)
+		detail["remote"], detail["reason"] = r.RemoteAddr, reason
+		outcome := schemas.OutcomeRefused
+		if status == http.StatusTooManyRequests {
+			outcome = schemas.OutcomeRateLimited
+		}
+		_ = a.audit.Record(r.Context(), schemas.AuditRecord{
+			Tenant: o.tenant, Secret: o.secret, Actor: p.Actor(), Action: o.action, Outcome: outcome,
+			Component: "httpapi", Detail: detail,
+		})
+		return errorf(status, "", "request not queued: %s", reason)
+	}
+	if a.storage != nil {
+		if full, refused := a.storage.Refuses(stream); refused {
+			a.log.Warn("request refused: storage full", "tenant", o.tenant, "secret", o.secret, "stream", full)
+			return refuse(http.StatusServiceUnavailable, "30", "storage full ("+full+"), retry later", map[string]string{"stream": full})
+		}
+	}
+	if a.cfg.QueuedPerTenant == 0 && a.cfg.QueuedPerSecret == 0 {
+		return nil
+	}
+	filter := schemas.RevokeSubject(o.tenant)
+	if o.secret != "" {
+		filter = strings.TrimSuffix(o.subject, o.secret) + ">"
+	}
+	s, err := a.stream(r.Context(), stream)
+	var subjects map[string]uint64
+	if err == nil {
+		var info *jetstream.StreamInfo
+		info, err = s.Info(r.Context(), jetstream.WithSubjectFilter(filter))
+		if err == nil {
+			subjects = info.State.Subjects
+		}
+	}
+	if err != nil {
+		a.log.Error("queued requests unknown", "tenant", o.tenant, "secret", o.secret, "err", err)
+		return errorf(http.StatusServiceUnavailable, "", "request not queued: NATS unavailable, retry")
+	}
+	var tenant uint64
+	for _, n := range subjects {
+		tenant += n
+	}
+	if a.cfg.QueuedPerTenant > 0 && tenant >= uint64(a.cfg.QueuedPerTenant) {
+		return refuse(http.StatusTooManyRequests, "1", fmt.Sprintf("tenant %q has %d requests queued (limit %d), retry later", o.tenant, tenant, a.cfg.QueuedPerTenant),
+			map[string]string{"queued": strconv.FormatUint(tenant, 10)})
+	}
+	if n := subjects[o.subject]; o.secret != "" && a.cfg.QueuedPerSecret > 0 && n >= uint64(a.cfg.QueuedPerSecret) {
+		return refuse(http.StatusTooManyRequests, "1", fmt.Sprintf("secret %q has %d requests queued (limit %d), retry later", o.secret, n, a.cfg.QueuedPerSecret),
+			map[string]string{"queued": strconv.FormatUint(n, 10)})
+	}
+	return nil
+}
+
+// stream returns a handle on a stream, looked up once.
+func (a *API) stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	if s, ok := a.streams.Load(name); ok {
+		return s.(jetstream.Stream), nil
+	}
+	s, err := a.bus.JS.Stream(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	a.streams.Store(name, s)
+	return s, nil
 }
 
 // replay answers a retried request from its stored record.

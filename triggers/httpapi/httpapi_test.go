@@ -236,7 +236,7 @@ func TestIdempotency(t *testing.T) {
 	require.EqualValues(t, 3, e.lastSeq(schemas.StreamRotate))
 
 	r = e.call("POST", rot, adminToken, "", map[string]string{"Idempotency-Key": strings.Repeat("k", 201)})
-	require.Equal(t, http.StatusBadRequest, r.code)
+	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, r.code)
 	require.Equal(t, "Idempotency-Key", r.body["field"])
 
 	// Concurrent retries: one request queued, every answer carries its id.
