@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Status is what an alert says about its condition.
@@ -120,6 +121,12 @@ type Alert struct {
 	// Name is the alert's name or title, for the reply only.
 	Name   string
 	Labels map[string]string
+	// FiredAt is when the alert started firing, as the sender says
+	// (Alertmanager and Grafana startsAt, PagerDuty created_at, Splunk
+	// _time, Datadog date, generic fired_at); zero when the format or
+	// the payload has none. It is part of the dedup key, and an alert
+	// that fired longer ago than the dedup window is refused as stale.
+	FiredAt time.Time
 }
 
 const maxIDLen = 128

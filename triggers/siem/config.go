@@ -63,6 +63,10 @@ type SourceConfig struct {
 	RateLimit RateLimitConfig `yaml:"rate_limit"`
 	// DedupWindow overrides Config.DedupWindow for this source.
 	DedupWindow time.Duration `yaml:"dedup_window"`
+	// RequireTimestamp refuses alerts that do not say when they started
+	// firing (see Alert.FiredAt), so that a captured delivery replayed
+	// after the dedup window is refused as stale instead of taken as new.
+	RequireTimestamp bool `yaml:"require_timestamp"`
 	// MaxBodyBytes overrides Config.MaxBodyBytes for this source.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// MaxAlerts overrides Config.MaxAlerts for this source.

@@ -20,10 +20,12 @@ import (
 // source, alert id, tenant, secret and action; values are request ids.
 const BucketDedup = "rekey_siem_dedup"
 
-// dedupKey identifies one request an alert asks for.
-func dedupKey(source, alertID, tenant, secret, action string) string {
+// dedupKey identifies one request an alert asks for: the alert's id and
+// its firing time (a new firing of the same alert after it resolved is a
+// new alert; the same firing delivered again is not).
+func dedupKey(source, alertID, firedAt, tenant, secret, action string) string {
 	h := sha256.New()
-	for _, s := range []string{source, alertID, tenant, secret, action} {
+	for _, s := range []string{source, alertID, firedAt, tenant, secret, action} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}

@@ -3,8 +3,11 @@ package siem
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Formats are the payload formats a source may declare.
@@ -31,6 +34,7 @@ type amAlert struct {
 	Status      string            `json:"status"`
 	Labels      map[string]string `json:"labels"`
 	Fingerprint string            `json:"fingerprint"`
+	StartsAt    string            `json:"startsAt"`
 }
 
 // parseAlertmanager reads an Alertmanager webhook_config payload (version
@@ -78,8 +82,12 @@ func parseAM(format string, body []byte, checkVersion func(string) error) ([]Ale
 		if id == "" {
 			id = labelsDigest(a.Labels)
 		}
+		fired, err := parseFiredAt(a.StartsAt)
+		if err != nil {
+			return nil, fmt.Errorf("%s payload: alerts[%d].startsAt: %w", format, i, err)
+		}
 		out = append(out, Alert{
-			ID: id, Status: st, RawSeverity: a.Labels["severity"], Name: a.Labels["alertname"], Labels: a.Labels,
+			ID: id, Status: st, RawSeverity: a.Labels["severity"], Name: a.Labels["alertname"], Labels: a.Labels, FiredAt: fired,
 		})
 	}
 	return finish(format, out)
@@ -130,7 +138,11 @@ func parseSplunk(body []byte) ([]Alert, error) {
 	if sev == "" {
 		sev = labels["urgency"]
 	}
-	return finish(FormatSplunk, []Alert{{ID: p.SID, Status: StatusFiring, RawSeverity: sev, Name: name, Labels: labels}})
+	fired, err := parseFiredAt(labels["_time"])
+	if err != nil {
+		return nil, fmt.Errorf("splunk payload: result._time: %w", err)
+	}
+	return finish(FormatSplunk, []Alert{{ID: p.SID, Status: StatusFiring, RawSeverity: sev, Name: name, Labels: labels, FiredAt: fired}})
 }
 
 // Datadog's webhook payload is a template the user writes. These are the
@@ -240,7 +252,11 @@ func parseDatadog(body []byte) ([]Alert, error) {
 	if ParseSeverity(sev) == SeverityUnknown {
 		sev = typ
 	}
-	return finish(FormatDatadog, []Alert{{ID: id, Status: st, RawSeverity: sev, Name: get("alert_title", "title"), Labels: labels}})
+	fired, err := parseFiredAt(get("date"))
+	if err != nil {
+		return nil, fmt.Errorf("datadog payload: date: %w", err)
+	}
+	return finish(FormatDatadog, []Alert{{ID: id, Status: st, RawSeverity: sev, Name: get("alert_title", "title"), Labels: labels, FiredAt: fired}})
 }
 
 // unresolvedVariable reports a Datadog template variable that was sent as
@@ -288,6 +304,7 @@ type pdRef struct {
 }
 
 type pdIncident struct {
+	CreatedAt        string  `json:"created_at"`
 	ID               string  `json:"id"`
 	Type             string  `json:"type"`
 	Status           string  `json:"status"`
@@ -393,5 +410,42 @@ func parsePagerDuty(body []byte) ([]Alert, error) {
 	set("status", inc.Status)
 	set("incident_key", inc.IncidentKey)
 	set("title", inc.Title)
-	return finish(FormatPagerDuty, []Alert{{ID: id, Status: st, RawSeverity: sev, Name: inc.Title, Labels: labels}})
+	fired, err := parseFiredAt(inc.CreatedAt)
+	if err != nil {
+		return nil, fmt.Errorf("pagerduty payload: event.data.created_at: %w", err)
+	}
+	return finish(FormatPagerDuty, []Alert{{ID: id, Status: st, RawSeverity: sev, Name: inc.Title, Labels: labels, FiredAt: fired}})
+}
+
+// parseFiredAt reads an alert's firing time: RFC 3339, or Unix time in
+// seconds (Splunk's _time, possibly with a fraction) or milliseconds
+// (Datadog's date). Empty, or Go's and Alertmanager's zero time, is
+// unknown (zero). A time that is not finite or not in 2000-2200 is an
+// error.
+func parseFiredAt(v string) (time.Time, error) {
+	v = strings.TrimSpace(v)
+	if v == "" || strings.HasPrefix(v, "0001-01-01") {
+		return time.Time{}, nil
+	}
+	var t time.Time
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		if math.IsNaN(f) || math.IsInf(f, 0) || f <= 0 {
+			return time.Time{}, fmt.Errorf("%q is not a time", shortText(v, 40))
+		}
+		if f > 1e11 { // milliseconds
+			f /= 1000
+		}
+		sec, frac := math.Modf(f)
+		t = time.Unix(int64(sec), int64(frac*1e9))
+	} else {
+		p, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("%q is not an RFC 3339 or Unix time", shortText(v, 40))
+		}
+		t = p
+	}
+	if t.Year() < 2000 || t.Year() > 2200 {
+		return time.Time{}, fmt.Errorf("%q is out of range", shortText(v, 40))
+	}
+	return t.UTC(), nil
 }

@@ -28,6 +28,10 @@ type GenericMapping struct {
 	Resolved []string `yaml:"resolved"`
 	// Severity is the path to the alert's severity.
 	Severity string `yaml:"severity"`
+	// FiredAt is the path to when the alert started firing (RFC 3339 or
+	// Unix seconds or milliseconds): part of the dedup key, and an alert
+	// older than the dedup window is refused.
+	FiredAt string `yaml:"fired_at"`
 	// Labels maps a label name to the path of its value (a string,
 	// number or boolean), e.g. tenant: target.tenant.
 	Labels map[string]string `yaml:"labels"`
@@ -59,6 +63,7 @@ func (m GenericMapping) validate() []fieldProblem {
 	check("name", m.Name, false)
 	check("status", m.Status, false)
 	check("severity", m.Severity, false)
+	check("fired_at", m.FiredAt, false)
 	check("labels_from", m.LabelsFrom, false)
 	for _, k := range sortedKeys(m.Labels) {
 		if k == "" {
@@ -182,6 +187,14 @@ func (m GenericMapping) parse(body []byte) ([]Alert, error) {
 		a := Alert{ID: id, Status: StatusFiring, Labels: map[string]string{}}
 		a.Name, _ = scalarAt(item, m.Name)
 		a.RawSeverity, _ = scalarAt(item, m.Severity)
+		if m.FiredAt != "" {
+			v, _ := scalarAt(item, m.FiredAt)
+			fired, err := parseFiredAt(v)
+			if err != nil {
+				return nil, fmt.Errorf("generic payload: alert %d %s: %w", i, m.FiredAt, err)
+			}
+			a.FiredAt = fired
+		}
 		if st, _ := scalarAt(item, m.Status); st != "" {
 			if slices.ContainsFunc(resolved, func(r string) bool { return strings.EqualFold(strings.TrimSpace(r), strings.TrimSpace(st)) }) {
 				a.Status = StatusResolved

@@ -218,6 +218,17 @@ sources:
       - match: {alertname: LeakedCredential}
         tenant_label: tenant
         secret_label: secret
+  stamped:
+    format: alertmanager
+    tenants: [acme]
+    dedup_window: 2s
+    require_timestamp: true
+    auth:
+      bearer: {token: ` + bearerToken + `}
+    rules:
+      - match: {alertname: LeakedCredential}
+        tenant_label: tenant
+        secret_label: secret
   short-window:
     format: alertmanager
     tenants: [acme]

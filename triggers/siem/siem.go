@@ -68,6 +68,7 @@ type source struct {
 	tenants    []string
 	rules      []rule
 	window     time.Duration
+	needTime   bool // require_timestamp
 	maxBody    int64
 	maxAlerts  int
 	sevLabel   string
@@ -162,7 +163,7 @@ func compileSource(name string, c SourceConfig, top Config) (*source, error) {
 	}
 	s := &source{
 		name: name, format: c.Format, auth: auth, allowed: map[string]bool{}, tenants: c.Tenants,
-		window: c.DedupWindow, maxBody: c.MaxBodyBytes, sevLabel: c.SeverityLabel, sevMap: map[string]Severity{},
+		window: c.DedupWindow, needTime: c.RequireTimestamp, maxBody: c.MaxBodyBytes, sevLabel: c.SeverityLabel, sevMap: map[string]Severity{},
 	}
 	if s.window == 0 {
 		s.window = top.DedupWindow
@@ -528,6 +529,13 @@ func (h *Handler) process(ctx context.Context, src *source, a Alert, now time.Ti
 		return res, nil
 	}
 
+	if field, reason := src.stale(a, now); reason != "" {
+		res.Outcome, res.Reason, res.Field = OutcomeInvalid, reason, field
+		h.log.Warn("alert refused", "source", src.name, "alert_id", a.ID, "rule", chosen.name, "reason", reason)
+		h.record(ctx, src, a, chosen, targets[0].tenant, targets[0].secret, schemas.OutcomeRefused, "", map[string]string{"reason": reason})
+		return res, nil
+	}
+
 	fresh := 0
 	for _, t := range targets {
 		q, err := h.publish(ctx, src, a, chosen, t, now)
@@ -650,7 +658,7 @@ func badID(kind, v string) string {
 // publish queues one request with an id derived from the alert, unless
 // the same alert already queued it within the dedup window.
 func (h *Handler) publish(ctx context.Context, src *source, a Alert, r *rule, t target, now time.Time) (Request, error) {
-	key := dedupKey(src.name, a.ID, t.tenant, t.secret, r.action)
+	key := dedupKey(src.name, a.ID, firedKey(a.FiredAt), t.tenant, t.secret, r.action)
 	q := Request{Tenant: t.tenant, Secret: t.secret, Action: r.action}
 	var (
 		subject, typ, ceSubject string
@@ -690,6 +698,39 @@ func (h *Handler) publish(ctx context.Context, src *source, a Alert, r *rule, t 
 	h.log.Info("request queued", "source", src.name, "tenant", t.tenant, "secret", t.secret, "request_id", ev.ID,
 		"subject", subject, "alert_id", a.ID, "rule", r.name)
 	return q, nil
+}
+
+// futureSkew is how far in the future an alert's firing time may lie
+// (clock skew between the sender and rekeyd).
+const futureSkew = 5 * time.Minute
+
+// stale applies require_timestamp: the alert must say when it started
+// firing, and that must lie within the source's dedup window (older: it
+// was acted on when it was new, or it is a replay of a captured delivery)
+// and not beyond futureSkew ahead. Sources without require_timestamp take
+// alerts of any age, as they always did (a compromise alert delayed by an
+// outage of rekeyd still acts); their firing time, when the payload has
+// one, still goes into the dedup key.
+func (s *source) stale(a Alert, now time.Time) (field, reason string) {
+	switch {
+	case !s.needTime:
+		return "", ""
+	case a.FiredAt.IsZero():
+		return "fired_at", fmt.Sprintf("source %s requires the alert's firing time (require_timestamp) and the alert has none", s.name)
+	case now.Sub(a.FiredAt) > s.window:
+		return "fired_at", fmt.Sprintf("alert fired at %s, longer ago than the dedup window %s: stale or replayed", a.FiredAt.Format(time.RFC3339), s.window)
+	case a.FiredAt.Sub(now) > futureSkew:
+		return "fired_at", fmt.Sprintf("alert fired at %s, more than %s in the future", a.FiredAt.Format(time.RFC3339), futureSkew)
+	}
+	return "", ""
+}
+
+// firedKey is the firing time's part of the dedup key ("" when unknown).
+func firedKey(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }
 
 func requestKind(action string) string {
