@@ -36,8 +36,16 @@ check() {
   fi
 }
 
-echo "-- .ci/agent-sample: build"
-(cd .ci/agent-sample && go build -o /dev/null .)
+# A go.mod that still lists what the code no longer needs (say, after a
+# dependency was moved out of schemas) would not fail a build; this does.
+for dir in .ci/agent-sample schemas fanout/agent fanout/agent/awsfetch fanout/agent/vaultfetch; do
+  if ! (cd "$dir" && go mod tidy -diff); then
+    echo "$dir: go.mod or go.sum is not tidy; run go mod tidy there"; failed=1
+  fi
+done
+
+echo "-- .ci/agent-sample: build and vet"
+(cd .ci/agent-sample && go build -o /dev/null . && go vet .)
 (cd .ci/agent-sample && go list -m all | sed 's/^/   /')
 check .ci/agent-sample "$server|$aws|$vault|$testlibs"
 check schemas "$server|$aws|$vault|$testlibs"
