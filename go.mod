@@ -11,7 +11,6 @@ require (
 	github.com/aws/aws-sdk-go-v2/service/sqs v1.42.27
 	github.com/aws/smithy-go v1.27.6
 	github.com/go-jose/go-jose/v4 v4.1.9
-	github.com/goccy/go-json v0.12.0
 	github.com/goccy/go-yaml v1.19.2
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/hashicorp/vault/api v1.23.0
@@ -21,6 +20,10 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/nats-io/nkeys v0.4.16
 	github.com/prometheus/client_golang v1.25.0
+	github.com/rekey-dev/rekey/fanout/agent v0.0.0
+	github.com/rekey-dev/rekey/fanout/agent/awsfetch v0.0.0
+	github.com/rekey-dev/rekey/fanout/agent/vaultfetch v0.0.0
+	github.com/rekey-dev/rekey/schemas v0.0.0
 	github.com/robfig/cron/v3 v3.0.1
 	github.com/santhosh-tekuri/jsonschema/v6 v6.0.3
 	github.com/schollz/progressbar/v3 v3.19.1
@@ -51,6 +54,7 @@ require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/fxamacker/cbor/v2 v2.9.1 // indirect
 	github.com/go-logr/logr v1.4.3 // indirect
+	github.com/goccy/go-json v0.12.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
 	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
@@ -95,4 +99,15 @@ require (
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730 // indirect
 	sigs.k8s.io/randfill v1.0.0 // indirect
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
+)
+
+// The packages agents embed are modules of their own, so that a program
+// embedding the agent requires nats.go and what the agent needs, nothing of
+// rekey's server side (.ci/agent-deps.sh checks it). Here they are the
+// local directories.
+replace (
+	github.com/rekey-dev/rekey/fanout/agent => ./fanout/agent
+	github.com/rekey-dev/rekey/fanout/agent/awsfetch => ./fanout/agent/awsfetch
+	github.com/rekey-dev/rekey/fanout/agent/vaultfetch => ./fanout/agent/vaultfetch
+	github.com/rekey-dev/rekey/schemas => ./schemas
 )

@@ -8,10 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzztime="${1:-8s}"
 targets=(
-  "FuzzDecode ./schemas"
-  "FuzzDecodeAsMatchesDecode ./schemas"
-  "FuzzParseRef ./schemas"
-  "FuzzValidateIDMatchesPattern ./schemas"
+  "FuzzDecode ./internal/moduletest/schemas"
+  "FuzzDecodeAsMatchesDecode ./internal/moduletest/schemas"
+  "FuzzParseRef ./internal/moduletest/schemas"
+  "FuzzValidateIDMatchesPattern ./internal/moduletest/schemas"
   "FuzzGeneratorValidate ./handlers"
   "FuzzVersionID ./handlers/vault"
   "FuzzLocate ./handlers/vault"
@@ -20,7 +20,7 @@ targets=(
   "FuzzParseAck ./fanout"
   "FuzzParsePresence ./fanout"
   "FuzzParseInvalidation ./fanout/agent"
-  "FuzzParseCredentials ./fanout/agent/vaultfetch"
+  "FuzzParseCredentials ./internal/moduletest/vaultfetch"
   "FuzzParseAlertmanager ./triggers/siem"
   "FuzzParseGrafana ./triggers/siem"
   "FuzzParseSplunk ./triggers/siem"
@@ -35,8 +35,14 @@ targets=(
 )
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
+# fuzz NAME PKG runs go test in the module that holds PKG: fanout/agent,
+# its fetchers and schemas are modules of their own (see go.mod).
 fuzz() {
-  go test -run='^$' -fuzz="^$1\$" -fuzztime="$fuzztime" -fuzzminimizetime=5s "$2" 2>&1 | tee "$log"
+  local dir="${2#./}" mod pkg
+  mod="$dir"
+  while [ "$mod" != "." ] && [ ! -f "$mod/go.mod" ]; do mod="$(dirname "$mod")"; done
+  if [ "$mod" = "." ]; then pkg="./$dir"; elif [ "$mod" = "$dir" ]; then pkg="."; else pkg="./${dir#"$mod"/}"; fi
+  (cd "$mod" && go test -run='^$' -fuzz="^$1\$" -fuzztime="$fuzztime" -fuzzminimizetime=5s "$pkg") 2>&1 | tee "$log"
   return "${PIPESTATUS[0]}"
 }
 for target in "${targets[@]}"; do
