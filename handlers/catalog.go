@@ -2,10 +2,12 @@ package handlers
 
 import (
 	"fmt"
+	"iter"
 	"maps"
 	"slices"
 
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/schemas"
 )
 
 // Catalog resolves a tenant/secret to its configuration and backend.
@@ -47,9 +49,19 @@ func RefOf(tenant, secret string, sc orchestrator.SecretConfig) SecretRef {
 	return SecretRef{Tenant: tenant, Secret: secret, Backend: sc.Backend, Generator: g.Defaults(), Options: sc.Options}
 }
 
+// RekeyConfig is what a backend's ParseConfig reads of rekey's
+// configuration; *orchestrator.Config implements it. Backend packages
+// take it instead of the struct so that they need not import orchestrator.
+type RekeyConfig interface {
+	TenantNames() []string
+	SecretsOf(backend string) iter.Seq2[schemas.Ref, orchestrator.SecretConfig]
+}
+
+var _ RekeyConfig = (*orchestrator.Config)(nil)
+
 // BackendRefs lists the refs of cfg's secrets kept in backend, by tenant
 // then secret: what a backend's ParseConfig validates.
-func BackendRefs(cfg *orchestrator.Config, backend string) []SecretRef {
+func BackendRefs(cfg RekeyConfig, backend string) []SecretRef {
 	var out []SecretRef
 	for r, sc := range cfg.SecretsOf(backend) {
 		out = append(out, RefOf(r.Tenant, r.Secret, sc))

@@ -13,7 +13,7 @@ import (
 	"github.com/goccy/go-yaml"
 
 	"github.com/rekey-dev/rekey/handlers"
-	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/configkit"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -129,12 +129,12 @@ func def[T comparable](p *T, v T) {
 // ParseConfig decodes the backends.awssm section (raw, from
 // orchestrator.Config.Backends.AWSSM) strictly over the defaults, adds the
 // tenants and the awssm secrets of rekey, and validates all of it. Errors
-// are *orchestrator.FieldError naming the field, e.g.
+// are *configkit.FieldError naming the field, e.g.
 // "backends.awssm.region" or "tenants.acme.secrets.stripe-key.options.mode";
 // they never quote a value of the file other than names and URLs' hosts.
-func ParseConfig(raw yaml.RawMessage, rekey *orchestrator.Config) (Config, error) {
+func ParseConfig(raw yaml.RawMessage, rekey handlers.RekeyConfig) (Config, error) {
 	cfg := Config{}.Defaults()
-	if err := orchestrator.DecodeSection(Section, raw, &cfg); err != nil {
+	if err := configkit.DecodeSection(Section, raw, &cfg); err != nil {
 		return Config{}, err
 	}
 	if rekey != nil {
@@ -160,7 +160,7 @@ func (c Config) Validate() error {
 	c = c.Defaults()
 	var errs []error
 	add := func(field, format string, args ...any) {
-		errs = append(errs, orchestrator.FieldErrorf(field, format, args...))
+		errs = append(errs, configkit.FieldErrorf(field, format, args...))
 	}
 	switch {
 	case c.Region == "":
@@ -241,16 +241,16 @@ func (c Config) validateSecrets() error {
 		field := "tenants." + ref.Tenant + ".secrets." + ref.Secret
 		loc, err := c.locate(ref)
 		if err != nil {
-			var fe *orchestrator.FieldError
+			var fe *configkit.FieldError
 			if errors.As(err, &fe) {
-				errs = append(errs, orchestrator.FieldErrorf(field+"."+fe.Field, "%s", fe.Reason))
+				errs = append(errs, configkit.FieldErrorf(field+"."+fe.Field, "%s", fe.Reason))
 			} else {
-				errs = append(errs, orchestrator.FieldErrorf(field, "%v", err))
+				errs = append(errs, configkit.FieldErrorf(field, "%v", err))
 			}
 			continue
 		}
 		if other, ok := owner[loc.name]; ok {
-			errs = append(errs, orchestrator.FieldErrorf(field, "resolves to the secret %s, as does %s: two rekey secrets would rotate one AWS secret", loc.name, other))
+			errs = append(errs, configkit.FieldErrorf(field, "resolves to the secret %s, as does %s: two rekey secrets would rotate one AWS secret", loc.name, other))
 			continue
 		}
 		owner[loc.name] = field
@@ -266,7 +266,7 @@ func (c Config) validateSecrets() error {
 		for _, b := range tenants[i+1:] {
 			pa, pb := c.prefix(a), c.prefix(b)
 			if strings.HasPrefix(pa, pb) || strings.HasPrefix(pb, pa) {
-				errs = append(errs, orchestrator.FieldErrorf(Section+".tenant_prefix",
+				errs = append(errs, configkit.FieldErrorf(Section+".tenant_prefix",
 					"tenants %s and %s get overlapping prefixes %q and %q: one tenant's names would pass the other's check; end the prefix with \"/\"", a, b, pa, pb))
 			}
 		}
@@ -299,7 +299,7 @@ func (c Config) locate(ref handlers.SecretRef) (location, error) {
 		return location{}, fmt.Errorf("%w: %w", err, handlers.ErrPermanent)
 	}
 	bad := func(field, format string, args ...any) (location, error) {
-		return location{}, fmt.Errorf("%w: %w", orchestrator.FieldErrorf(field, format, args...), handlers.ErrPermanent)
+		return location{}, fmt.Errorf("%w: %w", configkit.FieldErrorf(field, format, args...), handlers.ErrPermanent)
 	}
 	for k := range ref.Options {
 		if !slices.Contains(knownOptions, k) {

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/rekey-dev/rekey/handlers"
-	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/configkit"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -145,11 +145,11 @@ func (c Config) Defaults() Config {
 // ParseConfig decodes the backends.vault section (raw, from
 // orchestrator.Config.Backends.Vault) strictly over the defaults, adds the
 // tenants and the vault secrets of rekey, and validates all of it. Errors
-// are *orchestrator.FieldError naming the field, e.g.
+// are *configkit.FieldError naming the field, e.g.
 // "backends.vault.auth.method" or "tenants.acme.secrets.db.options.role".
-func ParseConfig(raw []byte, rekey *orchestrator.Config) (Config, error) {
+func ParseConfig(raw []byte, rekey handlers.RekeyConfig) (Config, error) {
 	cfg := Config{}.Defaults()
-	if err := orchestrator.DecodeSection(Section, raw, &cfg); err != nil {
+	if err := configkit.DecodeSection(Section, raw, &cfg); err != nil {
 		return Config{}, err
 	}
 	if rekey != nil {
@@ -174,7 +174,7 @@ func (c Config) Validate() error {
 	c = c.Defaults()
 	var errs []error
 	add := func(field, format string, args ...any) {
-		errs = append(errs, orchestrator.FieldErrorf(field, format, args...))
+		errs = append(errs, configkit.FieldErrorf(field, format, args...))
 	}
 	if u, err := url.Parse(c.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		add("address", "%q must be an http:// or https:// URL", c.Address)
@@ -291,7 +291,7 @@ func (c Config) validateTenants() error {
 	owner := map[string]string{} // Vault location -> field of the secret using it
 	claim := func(key, field string) {
 		if other, ok := owner[key]; ok {
-			errs = append(errs, orchestrator.FieldErrorf(field, "resolves to %s, as does %s: two secrets would overwrite each other", key, other))
+			errs = append(errs, configkit.FieldErrorf(field, "resolves to %s, as does %s: two secrets would overwrite each other", key, other))
 			return
 		}
 		owner[key] = field
@@ -300,16 +300,16 @@ func (c Config) validateTenants() error {
 		field := "tenants." + ref.Tenant + ".secrets." + ref.Secret
 		loc, err := c.locate(ref)
 		if err != nil {
-			var fe *orchestrator.FieldError
+			var fe *configkit.FieldError
 			switch {
 			case !errors.As(err, &fe):
-				errs = append(errs, orchestrator.FieldErrorf(field, "%v", err))
+				errs = append(errs, configkit.FieldErrorf(field, "%v", err))
 			case strings.HasPrefix(fe.Field, "options."):
-				errs = append(errs, orchestrator.FieldErrorf(field+"."+fe.Field, "%s", fe.Reason))
+				errs = append(errs, configkit.FieldErrorf(field+"."+fe.Field, "%s", fe.Reason))
 			case strings.HasPrefix(fe.Field, Section+"."):
-				errs = append(errs, orchestrator.FieldErrorf(fe.Field, "%s (for %s)", fe.Reason, field))
+				errs = append(errs, configkit.FieldErrorf(fe.Field, "%s (for %s)", fe.Reason, field))
 			default:
-				errs = append(errs, orchestrator.FieldErrorf(Section+"."+fe.Field, "%s (for %s)", fe.Reason, field))
+				errs = append(errs, configkit.FieldErrorf(Section+"."+fe.Field, "%s (for %s)", fe.Reason, field))
 			}
 			continue
 		}
@@ -331,7 +331,7 @@ func (c Config) validateTenants() error {
 		for _, b := range tenants[i+1:] {
 			pa, pb := c.roleScope(a), c.roleScope(b)
 			if strings.HasPrefix(pa, pb) || strings.HasPrefix(pb, pa) {
-				errs = append(errs, orchestrator.FieldErrorf(Section+".dynamic_role_template",
+				errs = append(errs, configkit.FieldErrorf(Section+".dynamic_role_template",
 					"tenants %s and %s get overlapping database role prefixes %q and %q: revoking one would revoke the other's leases; end the template with a character tenant IDs cannot contain, e.g. \"{tenant}.\"",
 					a, b, c.fill(c.DynamicRoleTemplate, a, ""), c.fill(c.DynamicRoleTemplate, b, "")))
 			}
@@ -398,7 +398,7 @@ func (c Config) locate(ref handlers.SecretRef) (location, error) {
 		return location{}, fmt.Errorf("%w: %w", err, handlers.ErrPermanent)
 	}
 	bad := func(field, format string, args ...any) (location, error) {
-		return location{}, fmt.Errorf("%w: %w", orchestrator.FieldErrorf(field, format, args...), handlers.ErrPermanent)
+		return location{}, fmt.Errorf("%w: %w", configkit.FieldErrorf(field, format, args...), handlers.ErrPermanent)
 	}
 	loc := location{kind: ref.Options[OptKind], field: DefaultField}
 	if loc.kind == "" {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"testing"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -89,7 +91,7 @@ func (r PropagationResult) Print(w io.Writer) {
 
 // GetResult is the cost of an agent's cached Get.
 type GetResult struct {
-	Serial, Parallel testing.BenchmarkResult
+	Serial, Parallel OpsResult
 }
 
 // BenchGet measures Agent.Get on a cached secret, serially and from all
@@ -107,28 +109,13 @@ func BenchGet(ctx context.Context, log *slog.Logger) (GetResult, error) {
 	if _, err := a.Get(ctx, "openai-key"); err != nil {
 		return GetResult{}, err
 	}
-	var benchErr error
-	serial := testing.Benchmark(func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := a.Get(ctx, "openai-key"); err != nil {
-				benchErr = err
-				b.FailNow()
-			}
-		}
-	})
-	parallel := testing.Benchmark(func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := a.Get(ctx, "openai-key"); err != nil {
-					benchErr = err
-					return
-				}
-			}
-		})
-	})
-	return GetResult{Serial: serial, Parallel: parallel}, benchErr
+	get := func() error { _, err := a.Get(ctx, "openai-key"); return err }
+	serial, err := MeasureOps(1, time.Second, get)
+	if err != nil {
+		return GetResult{Serial: serial}, err
+	}
+	parallel, err := MeasureOps(runtime.GOMAXPROCS(0), time.Second, get)
+	return GetResult{Serial: serial, Parallel: parallel}, err
 }
 
 // Print writes the result as a table.
@@ -138,9 +125,77 @@ func (r GetResult) Print(w io.Writer) {
 	fmt.Fprintln(tw, "mode\titerations\tns/op\tallocs/op\tB/op\t")
 	for _, row := range []struct {
 		name string
-		r    testing.BenchmarkResult
+		r    OpsResult
 	}{{"serial", r.Serial}, {"parallel (all cores)", r.Parallel}} {
 		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%d\t\n", row.name, row.r.N, float64(row.r.T.Nanoseconds())/float64(max(row.r.N, 1)), row.r.AllocsPerOp(), row.r.AllocedBytesPerOp())
 	}
 	tw.Flush()
+}
+
+// OpsResult is what MeasureOps measured, the figures of a
+// testing.BenchmarkResult: rekeyctl and rekeyd do not link package testing.
+type OpsResult struct {
+	N             int           // operations done
+	T             time.Duration // wall time of all of them
+	Allocs, Bytes uint64        // heap allocations and bytes, over all N
+}
+
+// AllocsPerOp is the heap allocations of one operation.
+func (r OpsResult) AllocsPerOp() int64 {
+	if r.N <= 0 {
+		return 0
+	}
+	return int64(r.Allocs) / int64(r.N)
+}
+
+// AllocedBytesPerOp is the heap bytes allocated by one operation.
+func (r OpsResult) AllocedBytesPerOp() int64 {
+	if r.N <= 0 {
+		return 0
+	}
+	return int64(r.Bytes) / int64(r.N)
+}
+
+// MeasureOps calls op from workers goroutines at once for about d, as
+// testing.Benchmark with RunParallel does (b.Loop for one worker), and
+// stops at the first error. Each worker reads the clock once per batch,
+// batches growing to 1024 operations, so the clock costs little per op.
+func MeasureOps(workers int, d time.Duration, op func() error) (OpsResult, error) {
+	workers = max(workers, 1)
+	var (
+		n       atomic.Int64
+		stop    atomic.Bool
+		errOnce sync.Once
+		opErr   error
+		wg      sync.WaitGroup
+		before  runtime.MemStats
+		after   runtime.MemStats
+	)
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	for range workers {
+		wg.Go(func() {
+			for batch := 1; !stop.Load(); batch = min(2*batch, 1024) {
+				for range batch {
+					if err := op(); err != nil {
+						errOnce.Do(func() { opErr = err })
+						stop.Store(true)
+						return
+					}
+				}
+				n.Add(int64(batch))
+				if time.Since(start) >= d {
+					stop.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	return OpsResult{
+		N: int(n.Load()), T: elapsed,
+		Allocs: after.Mallocs - before.Mallocs, Bytes: after.TotalAlloc - before.TotalAlloc,
+	}, opErr
 }

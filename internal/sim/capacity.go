@@ -24,7 +24,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/internal/daemon"
-	"github.com/rekey-dev/rekey/internal/testutil"
+	"github.com/rekey-dev/rekey/internal/natsrun"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -135,7 +135,7 @@ func Capacity(ctx context.Context, cfg CapacityConfig, log *slog.Logger) ([]Capa
 
 // replicaSet is rekeyd replicas on one NATS cluster.
 type replicaSet struct {
-	nats    *testutil.NATSCluster
+	nats    *natsrun.Cluster
 	cancel  context.CancelFunc
 	done    []chan error
 	daemons []*daemon.Daemon
@@ -193,7 +193,7 @@ func startReplicas(ctx context.Context, cfg CapacityConfig, n int, log *slog.Log
 		return nil, err
 	}
 	s := &replicaSet{dir: dir}
-	if s.nats, err = testutil.StartNATSCluster(cfg.Nodes, filepath.Join(dir, "nats")); err != nil {
+	if s.nats, err = natsrun.StartCluster(cfg.Nodes, filepath.Join(dir, "nats")); err != nil {
 		s.close()
 		return nil, err
 	}

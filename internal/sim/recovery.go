@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,7 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/rekey-dev/rekey/internal/testutil"
+	"github.com/rekey-dev/rekey/internal/natsrun"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -174,7 +173,7 @@ func newBenchNode(opts RecoveryOptions, perTenant int) (*benchNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2)
+	ports, err := natsrun.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -415,7 +414,7 @@ func clusterRun(ctx context.Context, opts RecoveryOptions, sig syscall.Signal) (
 		return run, err
 	}
 	defer os.RemoveAll(dir)
-	cl, err := testutil.StartNATSCluster(3, filepath.Join(dir, "nats"))
+	cl, err := natsrun.StartCluster(3, filepath.Join(dir, "nats"))
 	if err != nil {
 		return run, err
 	}
@@ -469,7 +468,7 @@ func newReplicaNode(opts RecoveryOptions, dir, natsURLs, key string) (*benchNode
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(1)
+	ports, err := natsrun.FreePorts(1)
 	if err != nil {
 		return nil, err
 	}
@@ -677,20 +676,6 @@ func (n *benchNode) revoked(client *http.Client) (bool, error) {
 		return false, err
 	}
 	return out.TenantRevoked, nil
-}
-
-// freePorts returns n TCP ports free on 127.0.0.1 now.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // Print writes the figures as tables.

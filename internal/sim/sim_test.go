@@ -3,8 +3,11 @@ package sim_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,4 +112,38 @@ func TestFloodBenchSmall(t *testing.T) {
 	var out bytes.Buffer
 	res.Print(&out)
 	require.Contains(t, out.String(), "during the flood")
+}
+
+// TestMeasureOps holds the loop behind `rekeyctl bench get` (which may not
+// link package testing) to what testing.Benchmark reports: every operation
+// counted, allocations per operation, and a stop at the first error.
+func TestMeasureOps(t *testing.T) {
+	var calls atomic.Int64
+	var sink [][]byte
+	var mu sync.Mutex
+	r, err := sim.MeasureOps(2, 50*time.Millisecond, func() error {
+		calls.Add(1)
+		b := make([]byte, 4096)
+		mu.Lock()
+		sink = append(sink[:0], b)
+		mu.Unlock()
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, calls.Load(), int64(r.N), "every operation counted")
+	require.GreaterOrEqual(t, r.T, 50*time.Millisecond)
+	require.GreaterOrEqual(t, r.AllocsPerOp(), int64(1))
+	require.GreaterOrEqual(t, r.AllocedBytesPerOp(), int64(4096))
+
+	boom := errors.New("boom")
+	calls.Store(0)
+	r, err = sim.MeasureOps(1, time.Minute, func() error {
+		if calls.Add(1) == 10 {
+			return boom
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, boom)
+	require.Equal(t, int64(10), calls.Load(), "no operation after the error")
+	require.Less(t, r.N, 10, "the failed batch is not counted")
 }

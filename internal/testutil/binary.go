@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rekey-dev/rekey/internal/natsrun"
 )
 
 // FindBinary returns a program that tests run as a child process (an
@@ -58,7 +60,7 @@ func repoRoot(marker string) (string, error) {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago,
 // for a child process that must be told its port.
 func FreePort() (int, error) {
-	ports, err := freePorts(1)
+	ports, err := natsrun.FreePorts(1)
 	if err != nil {
 		return 0, err
 	}

@@ -1,86 +1,42 @@
 package httpapi
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
-	"time"
+
+	"github.com/rekey-dev/rekey/orchestrator/apiauth"
 )
 
-// PrincipalKind says who a request acts for.
-type PrincipalKind string
+// The request principal and the tenant-access contract live in
+// orchestrator/apiauth, so that triggers/selfservice implements them
+// without importing this package; these names stay for the API's callers.
+type (
+	// PrincipalKind says who a request acts for.
+	PrincipalKind = apiauth.PrincipalKind
+	// Principal is the authenticated identity behind a request.
+	Principal = apiauth.Principal
+	// Authenticator turns a non-admin request into a tenant principal.
+	Authenticator = apiauth.Authenticator
+	// Limiter spaces out tenant-initiated rotations of one secret.
+	Limiter = apiauth.Limiter
+	// TooSoonError is what a Limiter returns inside the minimum interval.
+	TooSoonError = apiauth.TooSoonError
+)
 
 // Principal kinds.
 const (
-	// PrincipalAdmin holds the admin token: every route, every tenant.
-	PrincipalAdmin PrincipalKind = "admin"
-	// PrincipalTenant holds a tenant token: the self-service routes of
-	// its own tenant only.
-	PrincipalTenant PrincipalKind = "tenant"
+	PrincipalAdmin  = apiauth.PrincipalAdmin
+	PrincipalTenant = apiauth.PrincipalTenant
 )
-
-// Principal is the authenticated identity behind a request. It never holds
-// the token itself, only its id.
-type Principal struct {
-	Kind PrincipalKind
-	// Tenant is the only tenant a tenant principal reaches; empty for admin.
-	Tenant string
-	// TokenID identifies the token in audit records and logs
-	// (orchestrator.TokenID, or the id a tenant token is configured with).
-	TokenID string
-}
-
-// Actor is the principal as audit records name it: "api:<token id>" for
-// the admin token (as before tenant tokens existed), "tenant:<token id>".
-func (p Principal) Actor() string {
-	if p.Kind == PrincipalTenant {
-		return "tenant:" + p.TokenID
-	}
-	return "api:" + p.TokenID
-}
 
 // Sentinels an Authenticator wraps.
 var (
-	// ErrUnknownToken: the bearer token is not one the Authenticator
-	// knows at all (not a configured tenant token, not a JWT it checks).
-	// The API then answers "invalid admin token", as it always has.
-	ErrUnknownToken = errors.New("not a tenant token")
-	// ErrInvalidToken: a tenant token that failed verification (expired,
-	// bad signature, wrong algorithm, missing tenant claim...). Its
-	// message is returned to the client, so it must never hold the token.
-	ErrInvalidToken = errors.New("invalid tenant token")
+	ErrUnknownToken = apiauth.ErrUnknownToken
+	ErrInvalidToken = apiauth.ErrInvalidToken
 )
-
-// Authenticator turns a request that does not carry the admin token into
-// a tenant principal. triggers/selfservice implements it.
-type Authenticator interface {
-	// Authenticate returns a PrincipalTenant, or an error wrapping
-	// ErrUnknownToken or ErrInvalidToken.
-	Authenticate(r *http.Request) (Principal, error)
-}
-
-// TooSoonError is what a Limiter returns when the secret's last
-// tenant-initiated rotation was accepted less than the minimum interval ago.
-type TooSoonError struct {
-	RetryAfter time.Duration
-}
-
-func (e *TooSoonError) Error() string {
-	return fmt.Sprintf("rotated through the self-service API less than the minimum interval ago; retry in %s", e.RetryAfter.Round(time.Second))
-}
-
-// Limiter spaces out tenant-initiated rotations of one secret, across
-// replicas. triggers/selfservice implements it; admin calls are not limited.
-type Limiter interface {
-	// Reserve takes the secret's next rotation slot, or returns a
-	// *TooSoonError. undo gives the slot back when the request could not
-	// be queued after all.
-	Reserve(ctx context.Context, tenant, secret string) (undo func(context.Context), err error)
-}
 
 // SetTenantAccess lets tenant tokens in: auth authenticates them and limit
 // (may be nil: no limit) spaces out their rotations. Call it before Register.

@@ -355,8 +355,8 @@ type Accepted struct {
 	Duplicate bool   `json:"duplicate,omitempty"`
 }
 
-// trigger is what a principal's requests say asked for them.
-func (p Principal) trigger() schemas.Trigger {
+// triggerOf is what a principal's requests say asked for them.
+func triggerOf(p Principal) schemas.Trigger {
 	if p.Kind == PrincipalTenant {
 		return schemas.Trigger{Kind: schemas.TriggerTenant, Source: "selfservice", Actor: p.TokenID}
 	}
@@ -380,7 +380,7 @@ func (a *API) rotate(w http.ResponseWriter, r *http.Request, p Principal) (int, 
 		}
 	}
 	req := schemas.RotationRequested{
-		Tenant: t, Secret: s, Reason: reason, RequestedAt: a.now().UTC(), Trigger: p.trigger(),
+		Tenant: t, Secret: s, Reason: reason, RequestedAt: a.now().UTC(), Trigger: triggerOf(p),
 	}
 	return a.request(w, r, p, outgoing{
 		tenant: t, secret: s, subject: schemas.RotateSubject(t, s), typ: schemas.TypeRotationRequested,
@@ -400,7 +400,7 @@ func (a *API) revocation(action string) handlerFunc {
 			return 0, nil, apiErr
 		}
 		req := schemas.RevocationRequested{
-			Tenant: t, Action: action, Reason: body.Reason, RequestedAt: a.now().UTC(), Trigger: p.trigger(),
+			Tenant: t, Action: action, Reason: body.Reason, RequestedAt: a.now().UTC(), Trigger: triggerOf(p),
 		}
 		return a.request(w, r, p, outgoing{
 			tenant: t, subject: schemas.RevokeSubject(t), typ: schemas.TypeRevocationRequested,

@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/apiauth"
 	"github.com/rekey-dev/rekey/schemas"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
 )
 
 // lastRotation is a BucketLastRotation entry.
@@ -19,10 +19,10 @@ type lastRotation struct {
 	At time.Time `json:"at"`
 }
 
-// Reserve implements httpapi.Limiter: it records now as the secret's last
+// Reserve implements apiauth.Limiter: it records now as the secret's last
 // tenant-initiated rotation, with compare-and-set so that of two replicas
 // racing only one wins, unless the last one was less than MinInterval ago;
-// then it returns an *httpapi.TooSoonError. Replicas compare their own
+// then it returns an *apiauth.TooSoonError. Replicas compare their own
 // clocks with the stored time, so they should be NTP-synchronised.
 func (s *Service) Reserve(ctx context.Context, tenant, secret string) (func(context.Context), error) {
 	if s.kv == nil {
@@ -44,7 +44,7 @@ func (s *Service) Reserve(ctx context.Context, tenant, secret string) (func(cont
 			}
 			if wait := last.At.Add(s.cfg.MinInterval).Sub(now); wait > 0 {
 				s.limited.Inc()
-				return nil, &httpapi.TooSoonError{RetryAfter: wait}
+				return nil, &apiauth.TooSoonError{RetryAfter: wait}
 			}
 			rev = e.Revision()
 		}

@@ -6,8 +6,8 @@
 // a JWT carrying the tenant in a claim, verified with a configured key
 // (HS256, RS256 or ES256: exactly one algorithm is accepted; exp is
 // required, nbf, iss and aud are checked). The Service implements the
-// httpapi.Authenticator that turns such a token into a tenant principal,
-// and the httpapi.Limiter that keeps a minimum interval between
+// apiauth.Authenticator that turns such a token into a tenant principal,
+// and the apiauth.Limiter that keeps a minimum interval between
 // tenant-initiated rotations of one secret, in JetStream KV so that every
 // replica agrees. The routes themselves, and the rule that a tenant token
 // reaches only its own tenant, are in triggers/httpapi.
@@ -34,8 +34,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/apiauth"
 	"github.com/rekey-dev/rekey/schemas"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
 )
 
 // BucketLastRotation keeps, per tenant.secret, when the last
@@ -61,8 +61,8 @@ type Service struct {
 }
 
 var (
-	_ httpapi.Authenticator = (*Service)(nil)
-	_ httpapi.Limiter       = (*Service)(nil)
+	_ apiauth.Authenticator = (*Service)(nil)
+	_ apiauth.Limiter       = (*Service)(nil)
 )
 
 type hashedToken struct {
@@ -123,13 +123,13 @@ func New(ctx context.Context, cfg Config, rekey *orchestrator.Config, bus *orche
 
 // Authenticate returns the tenant principal of the request's bearer
 // token: a configured hashed token, else a JWT when one is configured.
-// Errors wrap httpapi.ErrUnknownToken (neither) or httpapi.ErrInvalidToken
+// Errors wrap apiauth.ErrUnknownToken (neither) or apiauth.ErrInvalidToken
 // (a JWT that failed verification); they never hold the token.
-func (s *Service) Authenticate(r *http.Request) (httpapi.Principal, error) {
+func (s *Service) Authenticate(r *http.Request) (apiauth.Principal, error) {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	tok = strings.TrimSpace(tok)
 	if !ok || tok == "" {
-		return httpapi.Principal{}, httpapi.ErrUnknownToken
+		return apiauth.Principal{}, apiauth.ErrUnknownToken
 	}
 	sum := sha256.Sum256([]byte(tok))
 	match := -1
@@ -141,23 +141,23 @@ func (s *Service) Authenticate(r *http.Request) (httpapi.Principal, error) {
 	if match >= 0 {
 		s.auths.WithLabelValues("hashed", "ok").Inc()
 		t := s.tokens[match]
-		return httpapi.Principal{Kind: httpapi.PrincipalTenant, Tenant: t.tenant, TokenID: t.id}, nil
+		return apiauth.Principal{Kind: apiauth.PrincipalTenant, Tenant: t.tenant, TokenID: t.id}, nil
 	}
 	if s.jwt == nil || !looksLikeJWT(tok) {
-		return httpapi.Principal{}, httpapi.ErrUnknownToken
+		return apiauth.Principal{}, apiauth.ErrUnknownToken
 	}
 	tenant, err := s.jwt.verify(tok)
 	if err == nil {
 		if _, ok := s.rekey.Tenants[tenant]; !ok {
-			err = fmt.Errorf("%w: the %s claim names tenant %q, which is not configured", httpapi.ErrInvalidToken, s.cfg.JWT.TenantClaim, tenant)
+			err = fmt.Errorf("%w: the %s claim names tenant %q, which is not configured", apiauth.ErrInvalidToken, s.cfg.JWT.TenantClaim, tenant)
 		}
 	}
 	if err != nil {
 		s.auths.WithLabelValues("jwt", "invalid").Inc()
-		return httpapi.Principal{}, err
+		return apiauth.Principal{}, err
 	}
 	s.auths.WithLabelValues("jwt", "ok").Inc()
-	return httpapi.Principal{Kind: httpapi.PrincipalTenant, Tenant: tenant, TokenID: orchestrator.TokenID(tok)}, nil
+	return apiauth.Principal{Kind: apiauth.PrincipalTenant, Tenant: tenant, TokenID: orchestrator.TokenID(tok)}, nil
 }
 
 // looksLikeJWT: three base64url segments, the first a JSON object with an
@@ -249,15 +249,15 @@ func (v *verifier) verify(tok string) (string, error) {
 	claims := jwt.MapClaims{}
 	_, err := v.parser.ParseWithClaims(tok, claims, func(*jwt.Token) (any, error) { return v.key, nil })
 	if err != nil {
-		return "", fmt.Errorf("%w: %s", httpapi.ErrInvalidToken, v.reason(tok, err))
+		return "", fmt.Errorf("%w: %s", apiauth.ErrInvalidToken, v.reason(tok, err))
 	}
 	raw, ok := claims[v.cfg.TenantClaim]
 	if !ok {
-		return "", fmt.Errorf("%w: JWT has no %s claim", httpapi.ErrInvalidToken, v.cfg.TenantClaim)
+		return "", fmt.Errorf("%w: JWT has no %s claim", apiauth.ErrInvalidToken, v.cfg.TenantClaim)
 	}
 	tenant, ok := raw.(string)
 	if !ok || schemas.ValidateID("tenant", tenant) != nil {
-		return "", fmt.Errorf("%w: the JWT's %s claim is not a tenant id", httpapi.ErrInvalidToken, v.cfg.TenantClaim)
+		return "", fmt.Errorf("%w: the JWT's %s claim is not a tenant id", apiauth.ErrInvalidToken, v.cfg.TenantClaim)
 	}
 	return tenant, nil
 }
