@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -357,7 +358,7 @@ func (w *RevocationWorker) runItems(ctx context.Context, requestID, tenant strin
 					return
 				}
 				progress(it, attempt, n, err, false, 0)
-				if sleep(ctx, backoff(w.PartBackoff, 30*time.Second, attempt)) != nil {
+				if !retry.Sleep(ctx, retry.Backoff{Initial: w.PartBackoff, Max: 30 * time.Second, Jitter: 0.2}.Delay(attempt)) {
 					progress(it, attempt, n, err, true, time.Since(begin))
 					return
 				}
@@ -381,8 +382,8 @@ func (w *RevocationWorker) rotateForRevocation(ctx context.Context, requestID st
 		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
 			return err
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
-			return err
+		if !retry.Sleep(ctx, 100*time.Millisecond) {
+			return ctx.Err()
 		}
 	}
 }

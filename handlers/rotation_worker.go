@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -344,7 +345,7 @@ func (w *RotationWorker) runBatch(ctx context.Context, kind string, reqs []reque
 		}
 		w.d.Log.Warn("rotation request failed; will retry", "component", "rotation-worker", "kind", kind, "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "failures", n, "err", err)
 		w.finish(reqs, func(m jetstream.Msg) error {
-			return m.NakWithDelay(backoff(time.Second, 30*time.Second, n))
+			return m.NakWithDelay(retry.Backoff{Initial: time.Second, Max: 30 * time.Second, Jitter: 0.2}.Delay(n))
 		})
 	}
 }

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -124,7 +124,7 @@ func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationComplete
 		r.audit(ctx, job, "rotation."+step, schemas.OutcomeRetrying, map[string]string{"attempt": fmt.Sprint(attempt), "error": err.Error()})
 		if attempt < r.cfg.MaxAttempts {
 			log.Warn("rotation attempt failed; retrying", "step", step, "attempt", attempt, "err", err)
-			if err := sleep(ctx, backoff(r.cfg.BackoffInitial, r.cfg.BackoffMax, attempt)); err != nil {
+			if !retry.Sleep(ctx, retry.Backoff{Initial: r.cfg.BackoffInitial, Max: r.cfg.BackoffMax, Jitter: 0.2}.Delay(attempt)) {
 				return schemas.RotationCompleted{}, r.interrupted(ctx, job, fmt.Errorf("rotate %s: %w", ref, lastErr))
 			}
 		}
@@ -506,27 +506,4 @@ func (r *Rotator) streamLastSeq(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("stream %s info: %w", schemas.StreamRotate, err)
 	}
 	return info.State.LastSeq, nil
-}
-
-// backoff returns the exponential delay before retry n (1-based), with
-// +-20% jitter, capped at maxDelay.
-func backoff(initial, maxDelay time.Duration, n int) time.Duration {
-	d := initial
-	for i := 1; i < n && d < maxDelay; i++ {
-		d *= 2
-	}
-	d = min(d, maxDelay)
-	jitter := time.Duration(float64(d) * (rand.Float64()*0.4 - 0.2))
-	return d + jitter
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

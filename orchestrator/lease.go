@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -197,7 +198,7 @@ func (l *Leases) acquire(ctx context.Context, name string) (*holding, error) {
 				warned = true
 			}
 		}
-		if !Sleep(ctx, l.poll) {
+		if !retry.Sleep(ctx, l.poll) {
 			return nil, ctx.Err()
 		}
 	}
@@ -208,14 +209,14 @@ func (l *Leases) acquire(ctx context.Context, name string) (*holding, error) {
 // lost and returns true.
 func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, log *slog.Logger) bool {
 	every := l.ttl / 3
-	retry := max(l.ttl/20, 10*time.Millisecond)
+	retryEvery := max(l.ttl/20, 10*time.Millisecond)
 	giveUp := l.ttl * 4 / 5
 	// The server stored the last write after it was sent: its key expires
 	// at least TTL after renewed.
 	renewed := h.sent
 	wait := every
 	for {
-		if !Sleep(ctx, min(wait, time.Until(renewed.Add(giveUp)))) {
+		if !retry.Sleep(ctx, min(wait, time.Until(renewed.Add(giveUp)))) {
 			return false
 		}
 		if time.Since(renewed) >= giveUp {
@@ -238,7 +239,7 @@ func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, 
 		cancel()
 		switch {
 		case adopted:
-			h.rev, wait = rev, retry
+			h.rev, wait = rev, retryEvery
 		case err == nil:
 			h.rev, renewed, wait = rev, sent, every
 		case ctx.Err() != nil:
@@ -249,7 +250,7 @@ func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, 
 			return true
 		default:
 			log.Debug("lease renewal failed; retrying", "err", err)
-			wait = retry
+			wait = retryEvery
 		}
 	}
 }

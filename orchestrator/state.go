@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -135,7 +136,7 @@ func newTenants(kv jetstream.KeyValue, bus *Bus) *Tenants {
 }
 
 func openKV(ctx context.Context, bus *Bus, bucket string) (jetstream.KeyValue, error) {
-	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
 	kv, err := bus.JS.KeyValue(ctx, bucket)
 	if err != nil {

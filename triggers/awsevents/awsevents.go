@@ -58,6 +58,7 @@ import (
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -179,35 +180,39 @@ func (t *Trigger) Run(ctx context.Context) error {
 			sqstypes.MessageSystemAttributeNameApproximateReceiveCount,
 		},
 	}
-	var delay time.Duration // the retry delay; 0 while all goes well
-	retry := func(msg string, args ...any) {
-		delay = nextDelay(delay)
-		t.log.Warn(msg, append(args, "retry_in", delay)...)
-		orchestrator.Sleep(ctx, delay)
-	}
+	failures := 0 // in a row; 0 while all goes well
 	for ctx.Err() == nil {
 		// Receive nothing while NATS is away: every receive counts toward
 		// the queue's maxReceiveCount, and good messages must not end up in
 		// the dead-letter queue because of an outage here.
 		if !t.bus.NC.IsConnected() {
-			retry("NATS not connected; not receiving")
+			t.retryLater(ctx, &failures, "NATS not connected; not receiving")
 			continue
 		}
 		out, err := t.sqs.ReceiveMessage(ctx, in)
 		switch {
 		case ctx.Err() != nil:
 		case err != nil:
-			retry("receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "err", err)
+			t.retryLater(ctx, &failures, "receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "err", err)
 		default:
 			if why := t.handleBatch(ctx, out.Messages); why != "" {
-				retry(why)
+				t.retryLater(ctx, &failures, why)
 			} else {
-				delay = 0
+				failures = 0
 			}
 		}
 	}
 	t.log.Info("AWS trigger stopped")
 	return nil
+}
+
+// retryLater counts one more failure in a row of an SQS or NATS call,
+// logs msg and waits before the next attempt.
+func (t *Trigger) retryLater(ctx context.Context, failures *int, msg string, args ...any) {
+	*failures++
+	delay := retry.Outage.Delay(*failures)
+	t.log.Warn(msg, append(args, "retry_in", delay)...)
+	retry.Sleep(ctx, delay)
 }
 
 // handleBatch handles the messages received together, deletes those that

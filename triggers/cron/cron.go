@@ -23,6 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -164,7 +165,7 @@ const maxSleep = time.Minute
 // runJob fires one secret's schedule until ctx ends.
 func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 	log := t.log.With("tenant", j.tenant, "secret", j.secret, "schedule", j.sched.String())
-	retry := backoff{}
+	failures := 0 // in a row, for the retry delay
 	var through time.Time
 	for {
 		var err error
@@ -172,11 +173,12 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 			break
 		}
 		log.Warn("read schedule state; retrying", "err", err)
-		if !orchestrator.Sleep(ctx, retry.next()) {
+		failures++
+		if !retry.Sleep(ctx, retry.Outage.Delay(failures)) {
 			return
 		}
 	}
-	retry.reset()
+	failures = 0
 	startup := true // ticks due now were missed while rekey was down
 	for ctx.Err() == nil {
 		now := t.now()
@@ -188,12 +190,13 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 					return
 				}
 				log.Warn("scheduled rotation not requested; retrying", "tick", tick.UTC().Format(time.RFC3339), "err", err)
-				if !orchestrator.Sleep(ctx, retry.next()) {
+				failures++
+				if !retry.Sleep(ctx, retry.Outage.Delay(failures)) {
 					return
 				}
 				continue
 			}
-			retry.reset()
+			failures = 0
 			through, startup = next, false
 			continue
 		}
@@ -204,7 +207,7 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 			return
 		}
 		wait := next.Add(j.jitterOf(next)).Sub(now)
-		if !orchestrator.Sleep(ctx, min(max(wait, time.Millisecond), maxSleep)) {
+		if !retry.Sleep(ctx, min(max(wait, time.Millisecond), maxSleep)) {
 			return
 		}
 	}
@@ -414,20 +417,6 @@ func latest(a, b time.Time) time.Time {
 	}
 	return b
 }
-
-// backoff doubles from 500ms to 30s.
-type backoff struct{ d time.Duration }
-
-func (b *backoff) next() time.Duration {
-	if b.d == 0 {
-		b.d = 500 * time.Millisecond
-	} else {
-		b.d = min(2*b.d, 30*time.Second)
-	}
-	return b.d
-}
-
-func (b *backoff) reset() { b.d = 0 }
 
 // setupFailed is Run's result when setting up failed: nil if that was
 // because ctx ended.
