@@ -46,7 +46,7 @@ func (a *Auditor) RecordWithID(ctx context.Context, id string, rec schemas.Audit
 	}
 	if err != nil {
 		a.log.Error("audit record not written", "component", "audit", "tenant", rec.Tenant, "secret", rec.Secret,
-			"action", rec.Action, "outcome", rec.Outcome, "request_id", rec.RequestID, "err", err)
+			"action", rec.Action, "outcome", rec.Outcome, "request_id", rec.RequestID, "error", err)
 		return fmt.Errorf("audit %s %s: %w", rec.Action, rec.Outcome, err)
 	}
 	return nil

@@ -67,14 +67,14 @@ func Connect(ctx context.Context, natsURL, name string, cfg NATSConfig, log *slo
 			if sub != nil {
 				subject = sub.Subject
 			}
-			log.Error("nats error", "component", "bus", "connection", name, "subscription", subject, "err", err)
+			log.Error("nats error", "component", "bus", "connection", name, "subscription", subject, "error", err)
 		}),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				log.Warn("nats disconnected", "component", "bus", "err", err)
+				log.Warn("nats disconnected", "component", "bus", "error", err)
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {

@@ -125,7 +125,7 @@ func (l *Leases) RunExclusive(ctx context.Context, name string, fn func(context.
 		case ctx.Err() != nil:
 			return nil
 		case lost:
-			log.Warn("lease lost; stopped, waiting to take it again", "err", err)
+			log.Warn("lease lost; stopped, waiting to take it again", "error", err)
 			continue
 		case err != nil && !errors.Is(err, context.Canceled):
 			return err
@@ -194,7 +194,7 @@ func (l *Leases) acquire(ctx context.Context, name string) (*holding, error) {
 			unsure = h
 			if !warned {
 				// NATS unreachable, bucket being moved...: keep trying.
-				l.log.Warn("lease not taken; retrying", "lease", name, "err", err)
+				l.log.Warn("lease not taken; retrying", "lease", name, "error", err)
 				warned = true
 			}
 		}
@@ -249,7 +249,7 @@ func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, 
 			lost()
 			return true
 		default:
-			log.Debug("lease renewal failed; retrying", "err", err)
+			log.Debug("lease renewal failed; retrying", "error", err)
 			wait = retryEvery
 		}
 	}
@@ -278,7 +278,7 @@ func (l *Leases) release(h *holding, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := l.kv.Delete(ctx, h.name, jetstream.LastRevision(h.rev)); err != nil {
-		log.Warn("lease not released; it expires after its TTL", "err", err)
+		log.Warn("lease not released; it expires after its TTL", "error", err)
 		return
 	}
 	log.Info("lease released")

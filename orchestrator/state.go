@@ -243,7 +243,7 @@ func (s *Tenants) TenantState(ctx context.Context, tenant string) (TenantState, 
 // reader fails closed whether or not the record is written (the fetch
 // server's role may not write audit records; it logs).
 func (s *Tenants) auditCorrupt(ctx context.Context, tenant string, rev uint64, err error) {
-	s.log.Error("tenant state unreadable: treated as revoked", "component", "state", "tenant", tenant, "revision", rev, "err", err)
+	s.log.Error("tenant state unreadable: treated as revoked", "component", "state", "tenant", tenant, "revision", rev, "error", err)
 	if s.audit != nil {
 		rec := schemas.AuditRecord{Tenant: tenant, Actor: "rekeyd", Action: "tenant.state_unreadable",
 			Outcome: schemas.OutcomeRefused, Component: "state",

@@ -51,7 +51,7 @@ func (m *StorageMonitor) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		if err := m.Check(ctx); err != nil && ctx.Err() == nil {
-			m.log.Warn("stream sizes unavailable", "err", err)
+			m.log.Warn("stream sizes unavailable", "error", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -193,7 +193,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 		switch {
 		case ctx.Err() != nil:
 		case err != nil:
-			t.retryLater(ctx, &failures, "receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "err", err)
+			t.retryLater(ctx, &failures, "receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "error", err)
 		default:
 			if why := t.handleBatch(ctx, out.Messages); why != "" {
 				t.retryLater(ctx, &failures, why)
@@ -277,7 +277,7 @@ func (t *Trigger) delete(ctx context.Context, msgs []sqstypes.Message) {
 		}),
 	})
 	if err != nil {
-		t.log.Warn("handled messages not deleted; they will be received again as duplicates", "messages", len(msgs), "err", err)
+		t.log.Warn("handled messages not deleted; they will be received again as duplicates", "messages", len(msgs), "error", err)
 		return
 	}
 	for _, f := range out.Failed {
@@ -298,7 +298,7 @@ func (t *Trigger) release(ctx context.Context, msgs []sqstypes.Message) {
 			return sqstypes.ChangeMessageVisibilityBatchRequestEntry{Id: id, ReceiptHandle: handle} // VisibilityTimeout 0
 		}),
 	}); err != nil {
-		t.log.Debug("messages not released; they come back after their visibility timeout", "messages", len(msgs), "err", err)
+		t.log.Debug("messages not released; they come back after their visibility timeout", "messages", len(msgs), "error", err)
 	}
 }
 
@@ -371,7 +371,7 @@ func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
 	}
 	switch seen, err := t.dedup.seen(ctx, d.now, keys...); {
 	case err != nil:
-		t.log.Warn("dedup bucket not readable; the message stays on the queue", "event_id", d.eventID, "err", err)
+		t.log.Warn("dedup bucket not readable; the message stays on the queue", "event_id", d.eventID, "error", err)
 		return OutcomeUnavailable
 	case seen:
 		t.log.Info("AWS event already handled within dedup_window; deleted", "event_id", d.eventID,
@@ -394,7 +394,7 @@ func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
 	}
 	// Handled: the same event again within the window is a duplicate.
 	if err := t.dedup.record(ctx, d.eventID, keys...); err != nil {
-		t.log.Warn("handled event not recorded; the message stays on the queue", "event_id", d.eventID, "err", err)
+		t.log.Warn("handled event not recorded; the message stays on the queue", "event_id", d.eventID, "error", err)
 		return OutcomeUnavailable
 	}
 	return outcome
@@ -457,7 +457,7 @@ func (t *Trigger) publish(ctx context.Context, d *delivery, subject, typ, tenant
 	ack, err := t.bus.Publish(ctx, subject, ev.WithID(id))
 	if err != nil {
 		t.log.Warn("not published; the message stays on the queue", "subject", subject, "id", id,
-			"event_id", d.eventID, "err", err)
+			"event_id", d.eventID, "error", err)
 		return false, err
 	}
 	return ack.Duplicate, nil
@@ -491,7 +491,7 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 		cancel()
 		if err != nil {
 			t.log.Warn("event not confirmed by Secrets Manager; it stays on the queue", "tenant", tenant, "secret", secret,
-				"event_id", d.eventID, "event_name", s.EventName, "err", err)
+				"event_id", d.eventID, "event_name", s.EventName, "error", err)
 			return OutcomeDeferred
 		}
 		if !v.confirmed {

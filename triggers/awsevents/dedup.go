@@ -79,7 +79,7 @@ func (t *Trigger) start(ctx context.Context) error {
 	for ctx.Err() == nil {
 		attrs, err := t.queueAttributes(ctx)
 		if err != nil {
-			t.retryLater(ctx, &failures, "queue attributes not readable; retrying", "queue", t.cfg.QueueURL, "err", err)
+			t.retryLater(ctx, &failures, "queue attributes not readable; retrying", "queue", t.cfg.QueueURL, "error", err)
 			continue
 		}
 		if err := t.checkQueue(attrs); err != nil {
@@ -91,7 +91,7 @@ func (t *Trigger) start(ctx context.Context) error {
 	for ctx.Err() == nil {
 		kv, err := t.bus.KV(ctx, BucketDedup, t.cfg.DedupWindow)
 		if err != nil {
-			t.retryLater(ctx, &failures, "dedup bucket not available; retrying", "bucket", BucketDedup, "err", err)
+			t.retryLater(ctx, &failures, "dedup bucket not available; retrying", "bucket", BucketDedup, "error", err)
 			continue
 		}
 		t.dedup = &dedup{kv: kv, window: t.cfg.DedupWindow}

@@ -142,7 +142,7 @@ func (p *Publisher) handle(ctx context.Context, msg jetstream.Msg) {
 	kind := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
 	ev, err := schemas.Decode(msg.Data())
 	if err != nil {
-		p.log.Warn("unreadable event not sent to EventBridge", "subject", msg.Subject(), "err", err)
+		p.log.Warn("unreadable event not sent to EventBridge", "subject", msg.Subject(), "error", err)
 		p.events.WithLabelValues(kind, PutDropped).Inc()
 		_ = msg.Term()
 		return
@@ -171,7 +171,7 @@ func (p *Publisher) handle(ctx context.Context, msg jetstream.Msg) {
 		p.log.Debug("event sent to EventBridge", "id", ev.ID, "kind", kind, "tenant", ev.Tenant,
 			"eventbridge_id", aws.ToString(out.Entries[0].EventId))
 		if err := msg.Ack(); err != nil {
-			p.log.Warn("event ack failed; it may be sent twice", "id", ev.ID, "err", err)
+			p.log.Warn("event ack failed; it may be sent twice", "id", ev.ID, "error", err)
 		}
 		return
 	}

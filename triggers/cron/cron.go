@@ -172,7 +172,7 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 		if through, err = t.start(ctx, kv, j); err == nil {
 			break
 		}
-		log.Warn("read schedule state; retrying", "err", err)
+		log.Warn("read schedule state; retrying", "error", err)
 		failures++
 		if !retry.Sleep(ctx, retry.Outage.Delay(failures)) {
 			return
@@ -189,7 +189,7 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 				if ctx.Err() != nil {
 					return
 				}
-				log.Warn("scheduled rotation not requested; retrying", "tick", tick.UTC().Format(time.RFC3339), "err", err)
+				log.Warn("scheduled rotation not requested; retrying", "tick", tick.UTC().Format(time.RFC3339), "error", err)
 				failures++
 				if !retry.Sleep(ctx, retry.Outage.Delay(failures)) {
 					return
@@ -290,7 +290,7 @@ func (t *Trigger) fire(ctx context.Context, kv jetstream.KeyValue, j *job, tick 
 	if err != nil {
 		// Published: a retry would only be a duplicate. A restart may
 		// catch this tick up again, with the same id.
-		log.Warn("tick not recorded", "tick", at, "err", err)
+		log.Warn("tick not recorded", "tick", at, "error", err)
 		return tick, nil
 	}
 	return through, nil
