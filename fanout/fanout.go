@@ -198,7 +198,7 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 	ctx = context.WithoutCancel(ctx)
 	ev, err := schemas.Decode(msg.Data())
 	if err != nil {
-		f.log.Warn("malformed event dropped", "subject", msg.Subject(), "err", err)
+		f.log.Warn("malformed event dropped", "subject", msg.Subject(), "error", err)
 		_ = msg.Term()
 		return
 	}
@@ -208,7 +208,7 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if err != nil {
-		f.log.Warn("event dropped", "subject", msg.Subject(), "id", ev.ID, "err", err)
+		f.log.Warn("event dropped", "subject", msg.Subject(), "id", ev.ID, "error", err)
 		_ = msg.Term()
 		return
 	}
@@ -236,7 +236,7 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 		err = f.publishAfter(ctx, subject, out, pos, last)
 	}
 	if err != nil {
-		f.log.Warn("invalidation not published; will retry", "subject", subject, "request_id", inv.RequestID, "err", err)
+		f.log.Warn("invalidation not published; will retry", "subject", subject, "request_id", inv.RequestID, "error", err)
 		_ = msg.NakWithDelay(250 * time.Millisecond)
 		return
 	}
@@ -249,7 +249,7 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 	})
 	f.log.Debug("invalidation published", "tenant", inv.Tenant, "secret", inv.Secret, "kind", inv.Kind, "version", inv.Version, "request_id", inv.RequestID)
 	if err := msg.Ack(); err != nil {
-		f.log.Warn("event ack failed", "err", err)
+		f.log.Warn("event ack failed", "error", err)
 	}
 }
 
@@ -616,7 +616,7 @@ func (f *Fanout) confirm(ctx context.Context, c schemas.InvalidationConfirmed) {
 	ev = ev.WithID("conf-" + c.Tenant + "-" + orTenant(c.Secret) + "-" + c.RequestID)
 	ack, err := f.bus.Publish(ctx, schemas.EventsSubject(c.Tenant, schemas.KindInvalidationConfirmed), ev)
 	if err != nil {
-		f.log.Warn("invalidation_confirmed not published", "tenant", c.Tenant, "secret", c.Secret, "request_id", c.RequestID, "err", err)
+		f.log.Warn("invalidation_confirmed not published", "tenant", c.Tenant, "secret", c.Secret, "request_id", c.RequestID, "error", err)
 		return
 	}
 	if ack.Duplicate {

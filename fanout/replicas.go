@@ -203,12 +203,12 @@ func (f *Fanout) eventPosition(msg jetstream.Msg) eventPos {
 func (f *Fanout) openStreams(ctx context.Context) {
 	events, err := f.bus.JS.Stream(ctx, schemas.StreamEvents)
 	if err != nil {
-		f.log.Warn("events stream unavailable; invalidations not ordered across replicas", "err", err)
+		f.log.Warn("events stream unavailable; invalidations not ordered across replicas", "error", err)
 		return
 	}
 	inv, err := f.bus.JS.Stream(ctx, schemas.StreamInvalidate)
 	if err != nil {
-		f.log.Warn("invalidate stream unavailable; invalidations not ordered across replicas", "err", err)
+		f.log.Warn("invalidate stream unavailable; invalidations not ordered across replicas", "error", err)
 		return
 	}
 	f.eventsEpoch = events.CachedInfo().Created.UnixNano()

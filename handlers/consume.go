@@ -61,7 +61,7 @@ func pull(ctx context.Context, bus *orchestrator.Bus, q queue, log *slog.Logger,
 				iter.Stop()
 				return nil
 			}
-			log.Warn("pull failed", "stream", q.stream, "err", err)
+			log.Warn("pull failed", "stream", q.stream, "error", err)
 			continue
 		}
 		if ctx.Err() != nil {

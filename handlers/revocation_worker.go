@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -129,7 +130,7 @@ func (w *RevocationWorker) handle(ctx, runCtx context.Context, msg jetstream.Msg
 		err = fmt.Errorf("tenant %s is not configured: %w", req.Tenant, ErrNotFound)
 	}
 	if err != nil {
-		log.Warn("revocation request refused", "err", err)
+		log.Warn("revocation request refused", "error", err)
 		w.d.Metrics.RequestsTotal.WithLabelValues("revoke", "refused").Inc()
 		_ = msg.TermWithReason(truncateReason(err.Error()))
 		return
@@ -139,7 +140,7 @@ func (w *RevocationWorker) handle(ctx, runCtx context.Context, msg jetstream.Msg
 		// or it waits to be redelivered (crash, failure).
 		// Looked at again soon: the earlier request of a dead process comes
 		// back after AckWait, and this one must follow it closely.
-		log.Debug("an earlier request of the tenant goes first; will be redelivered", "tenant", req.Tenant, "request_id", ev.ID, "err", err)
+		log.Debug("an earlier request of the tenant goes first; will be redelivered", "tenant", req.Tenant, "request_id", ev.ID, "error", err)
 		_ = msg.NakWithDelay(orderRetry)
 		return
 	}
@@ -155,12 +156,12 @@ func (w *RevocationWorker) handle(ctx, runCtx context.Context, msg jetstream.Msg
 		return
 	}
 	if err != nil {
-		log.Warn("revocation interrupted; will be redelivered", "tenant", req.Tenant, "request_id", ev.ID, "err", err)
+		log.Warn("revocation interrupted; will be redelivered", "tenant", req.Tenant, "request_id", ev.ID, "error", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
 	if err := msg.Ack(); err != nil {
-		log.Warn("ack failed", "err", err)
+		log.Warn("ack failed", "error", err)
 	}
 }
 
@@ -333,7 +334,7 @@ func (w *RevocationWorker) runItems(ctx context.Context, requestID, tenant strin
 		// the order of Done: readers may print it as it arrives.
 		if _, perr := w.d.Bus.PublishEvent(context.WithoutCancel(ctx), schemas.EventsSubject(tenant, schemas.KindRevocationProgress), w.d.Source,
 			schemas.TypeRevocationProgress, tenant, tenant, ev); perr != nil {
-			w.d.Log.Warn("revocation progress not published", "component", "revocation-worker", "tenant", tenant, "err", perr)
+			w.d.Log.Warn("revocation progress not published", "component", "revocation-worker", "tenant", tenant, "error", perr)
 		}
 		mu.Unlock()
 		if err != nil {
@@ -357,7 +358,7 @@ func (w *RevocationWorker) runItems(ctx context.Context, requestID, tenant strin
 					return
 				}
 				progress(it, attempt, n, err, false, 0)
-				if sleep(ctx, backoff(w.PartBackoff, 30*time.Second, attempt)) != nil {
+				if !retry.Sleep(ctx, retry.Backoff{Initial: w.PartBackoff, Max: 30 * time.Second, Jitter: 0.2}.Delay(attempt)) {
 					progress(it, attempt, n, err, true, time.Since(begin))
 					return
 				}
@@ -381,8 +382,8 @@ func (w *RevocationWorker) rotateForRevocation(ctx context.Context, requestID st
 		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
 			return err
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
-			return err
+		if !retry.Sleep(ctx, 100*time.Millisecond) {
+			return ctx.Err()
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -201,7 +202,7 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 	t, s := reqs[0].data.Tenant, reqs[0].data.Secret
 	st, err := w.d.State.SecretStatus(ctx, t, s)
 	if err != nil {
-		w.d.Log.Warn("status unavailable; requests will be retried", "component", "rotation-worker", "tenant", t, "secret", s, "err", err)
+		w.d.Log.Warn("status unavailable; requests will be retried", "component", "rotation-worker", "tenant", t, "secret", s, "error", err)
 		w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(time.Second) })
 		return
 	}
@@ -210,7 +211,7 @@ func (w *RotationWorker) process(ctx context.Context, batch []jetstream.Msg) {
 	if !st.Announced && st.LastRequestID != "" {
 		if err := w.rotator.Reannounce(ctx, st); err != nil {
 			if !errors.Is(err, ErrBusy) { // busy: the replica that rotated is announcing
-				w.d.Log.Warn("announcement failed; requests will be retried", "component", "rotation-worker", "tenant", t, "secret", s, "err", err)
+				w.d.Log.Warn("announcement failed; requests will be retried", "component", "rotation-worker", "tenant", t, "secret", s, "error", err)
 			}
 			w.finish(reqs, func(m jetstream.Msg) error { return m.NakWithDelay(time.Second) })
 			return
@@ -285,7 +286,7 @@ func (w *RotationWorker) sync(ctx context.Context, reqs []request) {
 		}
 		return "synced", err
 	}, func(_ context.Context, job Job, err error, _ uint64) {
-		w.d.Log.Warn("sync request failed", "component", "rotation-worker", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+		w.d.Log.Warn("sync request failed", "component", "rotation-worker", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "error", err)
 	})
 }
 
@@ -342,9 +343,9 @@ func (w *RotationWorker) runBatch(ctx context.Context, kind string, reqs []reque
 			w.finish(reqs, func(m jetstream.Msg) error { return m.TermWithReason("too many failures") })
 			return
 		}
-		w.d.Log.Warn("rotation request failed; will retry", "component", "rotation-worker", "kind", kind, "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "failures", n, "err", err)
+		w.d.Log.Warn("rotation request failed; will retry", "component", "rotation-worker", "kind", kind, "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "failures", n, "error", err)
 		w.finish(reqs, func(m jetstream.Msg) error {
-			return m.NakWithDelay(backoff(time.Second, 30*time.Second, n))
+			return m.NakWithDelay(retry.Backoff{Initial: time.Second, Max: 30 * time.Second, Jitter: 0.2}.Delay(n))
 		})
 	}
 }
@@ -382,7 +383,7 @@ func (w *RotationWorker) decode(msg jetstream.Msg) (request, error) {
 
 // refuse terminates a request that can never succeed and audits it.
 func (w *RotationWorker) refuse(ctx context.Context, msg jetstream.Msg, cause error) {
-	w.d.Log.Warn("rotation request refused", "component", "rotation-worker", "subject", msg.Subject(), "err", cause)
+	w.d.Log.Warn("rotation request refused", "component", "rotation-worker", "subject", msg.Subject(), "error", cause)
 	w.d.Metrics.RequestsTotal.WithLabelValues("rotate", "refused").Inc()
 	parts := strings.Split(msg.Subject(), ".")
 	if len(parts) == 4 && schemas.ValidateID("tenant", parts[2]) == nil {
@@ -415,7 +416,7 @@ func (w *RotationWorker) finish(reqs []request, fn func(jetstream.Msg) error) {
 
 func (w *RotationWorker) finishMsg(msg jetstream.Msg, fn func(jetstream.Msg) error) {
 	if err := fn(msg); err != nil {
-		w.d.Log.Warn("ack failed; the request will be redelivered", "component", "rotation-worker", "subject", msg.Subject(), "err", err)
+		w.d.Log.Warn("ack failed; the request will be redelivered", "component", "rotation-worker", "subject", msg.Subject(), "error", err)
 	}
 	w.held.remove(msg)
 }

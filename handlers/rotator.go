@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -123,8 +123,8 @@ func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationComplete
 		}
 		r.audit(ctx, job, "rotation."+step, schemas.OutcomeRetrying, map[string]string{"attempt": fmt.Sprint(attempt), "error": err.Error()})
 		if attempt < r.cfg.MaxAttempts {
-			log.Warn("rotation attempt failed; retrying", "step", step, "attempt", attempt, "err", err)
-			if err := sleep(ctx, backoff(r.cfg.BackoffInitial, r.cfg.BackoffMax, attempt)); err != nil {
+			log.Warn("rotation attempt failed; retrying", "step", step, "attempt", attempt, "error", err)
+			if !retry.Sleep(ctx, retry.Backoff{Initial: r.cfg.BackoffInitial, Max: r.cfg.BackoffMax, Jitter: 0.2}.Delay(attempt)) {
 				return schemas.RotationCompleted{}, r.interrupted(ctx, job, fmt.Errorf("rotate %s: %w", ref, lastErr))
 			}
 		}
@@ -174,11 +174,11 @@ func (r *Rotator) lock(ctx context.Context, ref SecretRef, log *slog.Logger) (he
 					continue
 				}
 				if orchestrator.IsConflict(err) || time.Since(lastOK) >= r.cfg.LockTTL*2/3 {
-					log.Error("rotation lock lost; stopping this rotation before it can promote", "err", err)
+					log.Error("rotation lock lost; stopping this rotation before it can promote", "error", err)
 					lost(fmt.Errorf("rotation lock of %s lost: %w", ref, err))
 					return
 				}
-				log.Warn("rotation lock refresh failed; retrying", "err", err)
+				log.Warn("rotation lock refresh failed; retrying", "error", err)
 			}
 		}
 	}()
@@ -189,7 +189,7 @@ func (r *Rotator) lock(ctx context.Context, ref SecretRef, log *slog.Logger) (he
 		relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := lock.Release(relCtx); err != nil {
-			log.Warn("rotation lock not released; it will expire", "err", err)
+			log.Warn("rotation lock not released; it will expire", "error", err)
 		}
 	}, nil
 }
@@ -312,7 +312,7 @@ func (r *Rotator) rollback(ctx context.Context, ref SecretRef, b Backend, v Vers
 	defer cancel()
 	detail := map[string]string{"version": v.ID}
 	if err := b.Rollback(rctx, ref, v); err != nil {
-		log.Error("rollback failed; the staged version will be removed by the next rotation", "version", v.ID, "err", err)
+		log.Error("rollback failed; the staged version will be removed by the next rotation", "version", v.ID, "error", err)
 		detail["error"] = err.Error()
 		r.audit(rctx, job, "rotation.rollback", schemas.OutcomeFailed, detail)
 		return
@@ -458,7 +458,7 @@ func (r *Rotator) failed(ctx context.Context, job Job, backend, step string, cau
 		st.InFlightSeq = 0
 		return nil
 	}); err != nil {
-		r.d.Log.Error("status not updated after failed rotation", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+		r.d.Log.Error("status not updated after failed rotation", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "error", err)
 	}
 	ev := schemas.RotationFailed{
 		Tenant: job.Tenant, Secret: job.Secret, Backend: backend, RequestID: job.RequestID,
@@ -467,11 +467,11 @@ func (r *Rotator) failed(ctx context.Context, job Job, backend, step string, cau
 	}
 	if _, err := r.d.Bus.PublishEvent(ctx, schemas.EventsSubject(job.Tenant, schemas.KindRotationFailed), r.d.Source,
 		schemas.TypeRotationFailed, job.Tenant, job.Tenant+"/"+job.Secret, ev); err != nil {
-		r.d.Log.Error("rotation.failed event not published", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "err", err)
+		r.d.Log.Error("rotation.failed event not published", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "error", err)
 	}
 	r.audit(ctx, job, "rotation", schemas.OutcomeFailed, map[string]string{"step": step, "error": msg, "attempts": fmt.Sprint(attempts)})
 	r.d.Metrics.RotationsTotal.WithLabelValues(job.Tenant, "failed").Inc()
-	r.d.Log.Error("rotation failed", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "step", step, "attempts", attempts, "err", cause)
+	r.d.Log.Error("rotation failed", "component", "rotator", "tenant", job.Tenant, "secret", job.Secret, "request_id", job.RequestID, "step", step, "attempts", attempts, "error", cause)
 }
 
 // interrupted marks the status idle again after ctx ended mid-rotation;
@@ -506,27 +506,4 @@ func (r *Rotator) streamLastSeq(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("stream %s info: %w", schemas.StreamRotate, err)
 	}
 	return info.State.LastSeq, nil
-}
-
-// backoff returns the exponential delay before retry n (1-based), with
-// +-20% jitter, capped at maxDelay.
-func backoff(initial, maxDelay time.Duration, n int) time.Duration {
-	d := initial
-	for i := 1; i < n && d < maxDelay; i++ {
-		d *= 2
-	}
-	d = min(d, maxDelay)
-	jitter := time.Duration(float64(d) * (rand.Float64()*0.4 - 0.2))
-	return d + jitter
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -39,13 +40,13 @@ func (a *Auditor) RecordWithID(ctx context.Context, id string, rec schemas.Audit
 	ev, err := a.event(id, rec)
 	if err == nil {
 		// Long enough to outlast a NATS cluster's failover (Publish retries).
-		pctx, cancel := withDefaultTimeout(ctx, 20*time.Second)
+		pctx, cancel := retry.WithDefaultTimeout(ctx, 20*time.Second)
 		_, err = a.bus.Publish(pctx, schemas.AuditSubject(rec.Tenant), ev)
 		cancel()
 	}
 	if err != nil {
 		a.log.Error("audit record not written", "component", "audit", "tenant", rec.Tenant, "secret", rec.Secret,
-			"action", rec.Action, "outcome", rec.Outcome, "request_id", rec.RequestID, "err", err)
+			"action", rec.Action, "outcome", rec.Outcome, "request_id", rec.RequestID, "error", err)
 		return fmt.Errorf("audit %s %s: %w", rec.Action, rec.Outcome, err)
 	}
 	return nil
@@ -63,7 +64,7 @@ type IdentifiedRecord struct {
 // makes a record stored twice one record). It returns the first failure.
 func (a *Auditor) RecordBatch(ctx context.Context, recs []IdentifiedRecord) error {
 	futures := make([]jetstream.PubAckFuture, len(recs))
-	var retry []int
+	var again []int
 	for i, r := range recs {
 		if r.Record.Time.IsZero() {
 			recs[i].Record.Time = time.Now().UTC()
@@ -78,10 +79,10 @@ func (a *Auditor) RecordBatch(ctx context.Context, recs []IdentifiedRecord) erro
 		}
 		futures[i], err = a.bus.JS.PublishAsync(schemas.AuditSubject(r.Record.Tenant), data, jetstream.WithMsgID(ev.ID))
 		if err != nil {
-			retry = append(retry, i)
+			again = append(again, i)
 		}
 	}
-	wait, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	wait, cancel := retry.WithDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for i, f := range futures {
 		if f == nil {
@@ -90,13 +91,13 @@ func (a *Auditor) RecordBatch(ctx context.Context, recs []IdentifiedRecord) erro
 		select {
 		case <-f.Ok():
 		case <-f.Err():
-			retry = append(retry, i)
+			again = append(again, i)
 		case <-wait.Done():
-			retry = append(retry, i)
+			again = append(again, i)
 		}
 	}
 	var first error
-	for _, i := range retry {
+	for _, i := range again {
 		if err := a.RecordWithID(ctx, recs[i].ID, recs[i].Record); err != nil && first == nil {
 			first = err
 		}

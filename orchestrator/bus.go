@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -66,14 +67,14 @@ func Connect(ctx context.Context, natsURL, name string, cfg NATSConfig, log *slo
 			if sub != nil {
 				subject = sub.Subject
 			}
-			log.Error("nats error", "component", "bus", "connection", name, "subscription", subject, "err", err)
+			log.Error("nats error", "component", "bus", "connection", name, "subscription", subject, "error", err)
 		}),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				log.Warn("nats disconnected", "component", "bus", "err", err)
+				log.Warn("nats disconnected", "component", "bus", "error", err)
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
@@ -240,11 +241,10 @@ func (b *Bus) Publish(ctx context.Context, subject string, ev schemas.Event) (*j
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
 	maybeStored := false // an attempt whose outcome is unknown may have stored it
-	wait := 50 * time.Millisecond
-	for {
+	for attempt := 1; ; attempt++ {
 		actx, acancel := context.WithTimeout(ctx, publishAttempt)
 		ack, err := b.JS.Publish(actx, subject, data, jetstream.WithMsgID(ev.ID))
 		acancel()
@@ -254,12 +254,11 @@ func (b *Bus) Publish(ctx context.Context, subject string, ev schemas.Event) (*j
 			}
 			return ack, nil
 		}
-		retry, unknown := publishRetryable(err)
+		again, unknown := publishRetryable(err)
 		maybeStored = maybeStored || unknown
-		if !retry || !Sleep(ctx, wait) {
+		if !again || !retry.Sleep(ctx, publishBackoff.Delay(attempt)) {
 			return nil, fmt.Errorf("publish %s to %s: %w", ev.Type, subject, err)
 		}
-		wait = min(2*wait, time.Second)
 	}
 }
 
@@ -269,6 +268,9 @@ const errCodeDuplicateInProcess jetstream.ErrorCode = 10158
 
 // publishAttempt bounds one attempt of Publish.
 const publishAttempt = 2 * time.Second
+
+// publishBackoff spaces Publish's attempts: 50ms, doubling up to 1s.
+var publishBackoff = retry.Backoff{Initial: 50 * time.Millisecond, Max: time.Second}
 
 // publishRetryable says whether a failed publish may succeed if tried
 // again soon, and whether it may have been stored (no answer came).
@@ -311,19 +313,12 @@ func (b *Bus) Ready(ctx context.Context) error {
 	if !b.NC.IsConnected() {
 		return errors.New("nats not connected")
 	}
-	ctx, cancel := withDefaultTimeout(ctx, 2*time.Second)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if _, err := b.JS.AccountInfo(ctx); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	return nil
-}
-
-func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, d)
 }
 
 // RedactURL hides the password of a URL such as nats://user:pass@host:4222
@@ -350,19 +345,4 @@ func IsConflict(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
-
-// Sleep waits d or until ctx ends; it reports whether ctx is still live.
-func Sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

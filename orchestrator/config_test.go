@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -56,6 +57,57 @@ func TestMalformedConfigNamesTheField(t *testing.T) {
 			_, err := orchestrator.Parse([]byte(tc.yaml))
 			require.Error(t, err)
 			require.Contains(t, err.Error(), tc.field)
+		})
+	}
+}
+
+// TestDecodeErrorNamesTheFieldNotItsText: another field holding the same
+// text, earlier in the document, is not the one named.
+func TestDecodeErrorNamesTheFieldNotItsText(t *testing.T) {
+	base := "tenants:\n  acme:\n    secrets:\n      k: {backend: local}\n"
+	for _, tc := range []struct {
+		name, yaml, field string
+	}{
+		{"bad duration", "data_dir: soon\n" + base + "rotation: {lock_ttl: soon}\n", "rotation.lock_ttl"},
+		{"bad duration quoted", "data_dir: 'soon'\n" + base + "rotation: {backoff_initial: 1s, step_timeout: 'soon'}\n", "rotation.step_timeout"},
+		{"bad duration in a map", "tenants:\n  soon:\n    secrets:\n      soon: {backend: local, policy: {schedule: soon, jitter: soon}}\n", "tenants.soon.secrets.soon.policy.jitter"},
+		{"second of two bad durations", base + "rotation: {lock_ttl: later, step_timeout: soon}\nlog: {level: soon}\n", "rotation."},
+		{"wrong type", "data_dir: many\n" + base + "rotation: {max_attempts: many}\n", "rotation.max_attempts"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := orchestrator.Parse([]byte(tc.yaml))
+			require.Error(t, err)
+			require.Contains(t, err.Error(), tc.field)
+			require.NotContains(t, err.Error(), "data_dir")
+			require.NotContains(t, err.Error(), "log.level")
+		})
+	}
+}
+
+type section struct {
+	Name    string        `yaml:"name"`
+	Timeout time.Duration `yaml:"timeout"`
+	Sources map[string]struct {
+		Label  string          `yaml:"label"`
+		Window []time.Duration `yaml:"window"`
+	} `yaml:"sources"`
+}
+
+func (section) Validate() error { return nil }
+
+func TestDecodeSectionNamesTheFieldNotItsText(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, field string
+	}{
+		{"top", "name: soon\ntimeout: soon\n", "triggers.x.timeout: "},
+		{"nested", "name: soon\nsources:\n  a: {label: soon, window: [1s, soon]}\n", "triggers.x.sources.a.window[1]: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := orchestrator.DecodeSection("triggers.x", []byte(tc.yaml), &section{})
+			var fe *orchestrator.FieldError
+			require.ErrorAs(t, err, &fe)
+			require.ErrorContains(t, err, tc.field)
+			require.ErrorContains(t, err, `"soon" is not a duration`)
 		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -124,7 +125,7 @@ func (l *Leases) RunExclusive(ctx context.Context, name string, fn func(context.
 		case ctx.Err() != nil:
 			return nil
 		case lost:
-			log.Warn("lease lost; stopped, waiting to take it again", "err", err)
+			log.Warn("lease lost; stopped, waiting to take it again", "error", err)
 			continue
 		case err != nil && !errors.Is(err, context.Canceled):
 			return err
@@ -193,11 +194,11 @@ func (l *Leases) acquire(ctx context.Context, name string) (*holding, error) {
 			unsure = h
 			if !warned {
 				// NATS unreachable, bucket being moved...: keep trying.
-				l.log.Warn("lease not taken; retrying", "lease", name, "err", err)
+				l.log.Warn("lease not taken; retrying", "lease", name, "error", err)
 				warned = true
 			}
 		}
-		if !Sleep(ctx, l.poll) {
+		if !retry.Sleep(ctx, l.poll) {
 			return nil, ctx.Err()
 		}
 	}
@@ -208,14 +209,14 @@ func (l *Leases) acquire(ctx context.Context, name string) (*holding, error) {
 // lost and returns true.
 func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, log *slog.Logger) bool {
 	every := l.ttl / 3
-	retry := max(l.ttl/20, 10*time.Millisecond)
+	retryEvery := max(l.ttl/20, 10*time.Millisecond)
 	giveUp := l.ttl * 4 / 5
 	// The server stored the last write after it was sent: its key expires
 	// at least TTL after renewed.
 	renewed := h.sent
 	wait := every
 	for {
-		if !Sleep(ctx, min(wait, time.Until(renewed.Add(giveUp)))) {
+		if !retry.Sleep(ctx, min(wait, time.Until(renewed.Add(giveUp)))) {
 			return false
 		}
 		if time.Since(renewed) >= giveUp {
@@ -238,7 +239,7 @@ func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, 
 		cancel()
 		switch {
 		case adopted:
-			h.rev, wait = rev, retry
+			h.rev, wait = rev, retryEvery
 		case err == nil:
 			h.rev, renewed, wait = rev, sent, every
 		case ctx.Err() != nil:
@@ -248,8 +249,8 @@ func (l *Leases) keep(ctx context.Context, h *holding, lost context.CancelFunc, 
 			lost()
 			return true
 		default:
-			log.Debug("lease renewal failed; retrying", "err", err)
-			wait = retry
+			log.Debug("lease renewal failed; retrying", "error", err)
+			wait = retryEvery
 		}
 	}
 }
@@ -277,7 +278,7 @@ func (l *Leases) release(h *holding, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := l.kv.Delete(ctx, h.name, jetstream.LastRevision(h.rev)); err != nil {
-		log.Warn("lease not released; it expires after its TTL", "err", err)
+		log.Warn("lease not released; it expires after its TTL", "error", err)
 		return
 	}
 	log.Info("lease released")

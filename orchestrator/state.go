@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -135,7 +136,7 @@ func newTenants(kv jetstream.KeyValue, bus *Bus) *Tenants {
 }
 
 func openKV(ctx context.Context, bus *Bus, bucket string) (jetstream.KeyValue, error) {
-	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
 	kv, err := bus.JS.KeyValue(ctx, bucket)
 	if err != nil {
@@ -242,7 +243,7 @@ func (s *Tenants) TenantState(ctx context.Context, tenant string) (TenantState, 
 // reader fails closed whether or not the record is written (the fetch
 // server's role may not write audit records; it logs).
 func (s *Tenants) auditCorrupt(ctx context.Context, tenant string, rev uint64, err error) {
-	s.log.Error("tenant state unreadable: treated as revoked", "component", "state", "tenant", tenant, "revision", rev, "err", err)
+	s.log.Error("tenant state unreadable: treated as revoked", "component", "state", "tenant", tenant, "revision", rev, "error", err)
 	if s.audit != nil {
 		rec := schemas.AuditRecord{Tenant: tenant, Actor: "rekeyd", Action: "tenant.state_unreadable",
 			Outcome: schemas.OutcomeRefused, Component: "state",

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -50,7 +51,7 @@ func (m *StorageMonitor) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		if err := m.Check(ctx); err != nil && ctx.Err() == nil {
-			m.log.Warn("stream sizes unavailable", "err", err)
+			m.log.Warn("stream sizes unavailable", "error", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -62,7 +63,7 @@ func (m *StorageMonitor) Run(ctx context.Context) error {
 
 // Check reads every stream's size once.
 func (m *StorageMonitor) Check(ctx context.Context) error {
-	ctx, cancel := withDefaultTimeout(ctx, 2*time.Second)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, 2*time.Second)
 	defer cancel()
 	for name, lim := range m.limits.ByStream() {
 		s, err := m.bus.JS.Stream(ctx, name)

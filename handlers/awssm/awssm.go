@@ -409,7 +409,7 @@ func (b *Backend) tidy(ctx context.Context, loc location, ref handlers.SecretRef
 			continue
 		}
 		if err := b.removeLabel(ctx, loc, stagedLabel(id), id); err != nil {
-			b.log.WarnContext(ctx, "could not take the staged label off a promoted version", "tenant", ref.Tenant, "secret", ref.Secret, "version", id, "err", err)
+			b.log.WarnContext(ctx, "could not take the staged label off a promoted version", "tenant", ref.Tenant, "secret", ref.Secret, "version", id, "error", err)
 		}
 	}
 }
@@ -503,7 +503,7 @@ func (b *Backend) Finish(ctx context.Context, ref handlers.SecretRef, v handlers
 func (b *Backend) unstageLogged(ctx context.Context, loc location, ref handlers.SecretRef, id string, labels []string) {
 	if err := b.unstage(ctx, loc, id, labels); err != nil {
 		b.log.WarnContext(ctx, "could not take the staging labels off the promoted version; the next rotation does",
-			"tenant", ref.Tenant, "secret", ref.Secret, "version", id, "err", err)
+			"tenant", ref.Tenant, "secret", ref.Secret, "version", id, "error", err)
 	}
 }
 

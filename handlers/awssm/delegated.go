@@ -133,7 +133,7 @@ func (b *Backend) waitRotation(ctx context.Context, loc location, ref handlers.S
 			return err
 		case err != nil:
 			// An outage or throttling: keep waiting; the timeout bounds it.
-			b.log.WarnContext(ctx, "could not describe the secret while waiting for its rotation", "tenant", ref.Tenant, "secret", ref.Secret, "version", v.ID, "err", err)
+			b.log.WarnContext(ctx, "could not describe the secret while waiting for its rotation", "tenant", ref.Tenant, "secret", ref.Secret, "version", v.ID, "error", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -164,7 +164,7 @@ func (b *Backend) rotationDone(ctx context.Context, loc location, ref handlers.S
 	if slices.Contains(labels, StagePending) {
 		if err := b.checkTenant(snap, ref); err != nil {
 			// Promoted by Secrets Manager; rekey writes nothing.
-			b.log.WarnContext(ctx, "AWSPENDING left on the promoted version", "tenant", ref.Tenant, "secret", ref.Secret, "version", v.ID, "err", err)
+			b.log.WarnContext(ctx, "AWSPENDING left on the promoted version", "tenant", ref.Tenant, "secret", ref.Secret, "version", v.ID, "error", err)
 			return true, nil
 		}
 		b.unstageLogged(ctx, loc, ref, v.ID, labels)

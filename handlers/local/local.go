@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -119,7 +120,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logg
 	if err != nil {
 		return nil, fmt.Errorf("local: cipher: %w", err)
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      cfg.Bucket,
@@ -138,7 +139,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logg
 // JetStream, and can only read: the fetch server's, whose NATS user may
 // read the bucket but not write it. The bucket must exist.
 func (b *Backend) Reader(ctx context.Context, js jetstream.JetStream) (*Backend, error) {
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, b.kv.Bucket())
 	if err != nil {
@@ -189,7 +190,7 @@ func (b *Backend) Current(ctx context.Context, ref handlers.SecretRef) (handlers
 	if err := checkRef(ref); err != nil {
 		return handlers.Version{}, fmt.Errorf("local: current %s: %w", ref, err)
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	r, _, err := b.load(ctx, ref)
 	if err != nil {
@@ -207,7 +208,7 @@ func (b *Backend) Staged(ctx context.Context, ref handlers.SecretRef) ([]handler
 	if err := checkRef(ref); err != nil {
 		return nil, fmt.Errorf("local: staged %s: %w", ref, err)
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	r, _, err := b.load(ctx, ref)
 	if err != nil {
@@ -231,7 +232,7 @@ func (b *Backend) Create(ctx context.Context, ref handlers.SecretRef, token stri
 	if token == "" {
 		return handlers.Version{}, fmt.Errorf("local: create %s: empty token: %w", ref, handlers.ErrPermanent)
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 
 	var value []byte
@@ -302,7 +303,7 @@ func (b *Backend) liveOrStaged(ctx context.Context, ref handlers.SecretRef, v ha
 	if err := checkRef(ref); err != nil {
 		return storedVersion{}, err
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	r, _, err := b.load(ctx, ref)
 	if err != nil {
@@ -322,7 +323,7 @@ func (b *Backend) Finish(ctx context.Context, ref handlers.SecretRef, v handlers
 	if err := checkRef(ref); err != nil {
 		return fmt.Errorf("local: finish %s v%s: %w", ref, v.ID, err)
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	var previous string
 	var promoted bool
@@ -360,7 +361,7 @@ func (b *Backend) Rollback(ctx context.Context, ref handlers.SecretRef, v handle
 	if err := checkRef(ref); err != nil {
 		return fmt.Errorf("local: rollback %s v%s: %w", ref, v.ID, err)
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	var removed bool
 	err := b.update(ctx, ref, func(r *record) (bool, error) {
@@ -388,7 +389,7 @@ func (b *Backend) Ensure(ctx context.Context, ref handlers.SecretRef) (handlers.
 	if err := checkRef(ref); err != nil {
 		return handlers.Version{}, false, fmt.Errorf("local: ensure %s: %w", ref, err)
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	var value []byte
 	defer func() { clear(value) }()
@@ -430,7 +431,7 @@ func (b *Backend) Read(ctx context.Context, ref handlers.SecretRef) (string, []b
 	if err := checkRef(ref); err != nil {
 		return "", nil, fmt.Errorf("local: read %s: %w", ref, err)
 	}
-	ctx, cancel := withTimeout(ctx)
+	ctx, cancel := retry.WithDefaultTimeout(ctx, defaultTimeout)
 	defer cancel()
 	r, _, err := b.load(ctx, ref)
 	if err != nil {
@@ -534,36 +535,16 @@ func (b *Backend) update(ctx context.Context, ref handlers.SecretRef, fn func(*r
 		if attempt == maxAttempts {
 			return fmt.Errorf("write %s: gave up after %d conflicting writes: %w", k, attempt, handlers.ErrBusy)
 		}
-		if err := sleep(ctx, backoff(attempt)); err != nil {
-			return fmt.Errorf("write %s: %w", k, err)
+		// Full jitter, so that writers that conflicted spread apart.
+		if !retry.Sleep(ctx, time.Millisecond+mrand.N(writeBackoff.Delay(attempt))) {
+			return fmt.Errorf("write %s: %w", k, ctx.Err())
 		}
 	}
 }
 
-// backoff is a jittered delay growing from 1ms to at most 50ms.
-func backoff(attempt int) time.Duration {
-	d := time.Millisecond << min(attempt, 6)
-	d = min(d, 50*time.Millisecond)
-	return time.Millisecond + mrand.N(d)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-func withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
-	return context.WithTimeout(ctx, defaultTimeout)
-}
+// writeBackoff bounds the delay between conflicting writes: from 1ms
+// plus up to 2ms, growing to 1ms plus up to 50ms.
+var writeBackoff = retry.Backoff{Initial: 2 * time.Millisecond, Max: 50 * time.Millisecond}
 
 // checkRef refuses IDs that are not safe as KV key and subject tokens.
 func checkRef(ref handlers.SecretRef) error {

@@ -158,7 +158,7 @@ func (b *Backend) loginUntilDone(ctx context.Context) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		b.log.WarnContext(ctx, "Vault login failed; retrying", "method", b.cfg.Auth.Method, "retry_in", delay, "err", err)
+		b.log.WarnContext(ctx, "Vault login failed; retrying", "method", b.cfg.Auth.Method, "retry_in", delay, "error", err)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -221,7 +221,7 @@ func (b *Backend) reauthenticate(ctx context.Context, sent string) bool {
 		return false // the token is fine: the policy refused the request
 	}
 	if err := b.login(ctx); err != nil {
-		b.log.WarnContext(ctx, "Vault refused a request and logging in again failed", "err", err)
+		b.log.WarnContext(ctx, "Vault refused a request and logging in again failed", "error", err)
 		return false
 	}
 	b.log.InfoContext(ctx, "Vault token was no longer valid; logged in again")

@@ -82,7 +82,7 @@ func (b *Backend) revokeTenant(ctx context.Context, tenant, endpoint string) (in
 	wg.Wait()
 	d := time.Since(begin)
 	if err := errors.Join(errs...); err != nil {
-		b.log.ErrorContext(ctx, "tenant lease revocation incomplete", "tenant", tenant, "endpoint", endpoint, "roles", nroles, "leases", total, "duration", d, "err", err)
+		b.log.ErrorContext(ctx, "tenant lease revocation incomplete", "tenant", tenant, "endpoint", endpoint, "roles", nroles, "leases", total, "duration", d, "error", err)
 		return total, fmt.Errorf("vault: revoke tenant %s: %w", tenant, err)
 	}
 	b.log.InfoContext(ctx, "revoked tenant leases", "tenant", tenant, "endpoint", endpoint, "roles", nroles, "leases", total, "duration", d)

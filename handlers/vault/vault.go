@@ -156,7 +156,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 		if errors.Is(err, handlers.ErrPermanent) || ctx.Err() != nil {
 			return nil, err
 		}
-		b.log.WarnContext(ctx, "Vault login failed at start; Run retries it", "address", cfg.Address, "err", err)
+		b.log.WarnContext(ctx, "Vault login failed at start; Run retries it", "address", cfg.Address, "error", err)
 		b.mu.Lock()
 		b.needsLogin = true
 		b.mu.Unlock()
@@ -394,7 +394,7 @@ func (b *Backend) Finish(ctx context.Context, ref handlers.SecretRef, v handlers
 		keyVersion: v.ID, keyRequest: str(st.data[keyRequest]), "rekey_kv_version": fmt.Sprint(kvVersion),
 		"rekey_promoted_at": time.Now().UTC().Format(time.RFC3339Nano),
 	}}); err != nil {
-		b.log.WarnContext(ctx, "could not record the rotation in custom_metadata", "tenant", ref.Tenant, "secret", ref.Secret, "version", v.ID, "err", err)
+		b.log.WarnContext(ctx, "could not record the rotation in custom_metadata", "tenant", ref.Tenant, "secret", ref.Secret, "version", v.ID, "error", err)
 	}
 	b.deleteStaged(ctx, lg, loc, ref, v.ID, "")
 	return nil
@@ -533,7 +533,7 @@ func (b *Backend) stagedOrLive(ctx context.Context, lg logical, loc location, re
 // deleteStaged removes a staging entry, logging (not returning) a failure.
 func (b *Backend) deleteStaged(ctx context.Context, lg logical, loc location, ref handlers.SecretRef, id, msg string) {
 	if _, err := lg.DeleteWithContext(ctx, loc.stagedMetadata(id)); err != nil {
-		b.log.WarnContext(ctx, "could not delete a staging entry; the next rotation removes it", "tenant", ref.Tenant, "secret", ref.Secret, "version", id, "err", err)
+		b.log.WarnContext(ctx, "could not delete a staging entry; the next rotation removes it", "tenant", ref.Tenant, "secret", ref.Secret, "version", id, "error", err)
 		return
 	}
 	if msg != "" {

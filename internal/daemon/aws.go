@@ -44,7 +44,7 @@ func (e *externalChanges) Run(ctx context.Context) error {
 		var ch schemas.ExternalChange
 		ev, err := schemas.DecodeAs(m.Data, schemas.TypeExternalChange, &ch)
 		if err != nil || ev.Tenant != ch.Tenant || m.Subject != schemas.EventsSubject(ch.Tenant, schemas.KindExternalChange) {
-			e.log.Warn("external change dropped", "component", "awssm", "subject", m.Subject, "err", err)
+			e.log.Warn("external change dropped", "component", "awssm", "subject", m.Subject, "error", err)
 			return
 		}
 		e.notify(ch)

@@ -63,7 +63,7 @@ func (b *busAccess) apply(ctx context.Context) error {
 	for _, t := range b.all {
 		off, err := b.cutOff(ctx, t)
 		if err != nil {
-			b.log.Error("tenant's access undecidable: its agents stay off the bus", "tenant", t, "err", err)
+			b.log.Error("tenant's access undecidable: its agents stay off the bus", "tenant", t, "error", err)
 			off = true
 		}
 		if off != b.gate.Cut(t) {
@@ -148,7 +148,7 @@ func (b *busAccess) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		if err := b.apply(ctx); err != nil && ctx.Err() == nil {
-			b.log.Error("bus access not applied", "err", err)
+			b.log.Error("bus access not applied", "error", err)
 		}
 	}
 }

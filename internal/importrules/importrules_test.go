@@ -35,6 +35,13 @@ var backendAllowed = map[string]string{
 	module + "/orchestrator/configkit": "strict YAML decoding of the backend's section and FieldError; a leaf",
 }
 
+// serverLeaves are rekey packages any server-side package may import (not
+// the agent, which stays light): they import the standard library only,
+// which the rules check.
+var serverLeaves = map[string]string{
+	module + "/internal/retry": "backoff delays, Sleep(ctx), default timeouts, shared by every retry loop",
+}
+
 // binaries must not link the test framework (nor anything built on it).
 var binaries = []string{module + "/cmd/rekeyd", module + "/cmd/rekeyctl"}
 
@@ -161,7 +168,11 @@ func check(pkgs map[string]*pkg) []string {
 				if _, ok := schemasAllowed[imp]; !ok {
 					fail(p.ImportPath, imp, "schemas imports the standard library only (DESIGN.md), besides schemasAllowed")
 				}
+			case !ours && serverLeaves[p.ImportPath] != "" && !isStd(pkgs, imp):
+				fail(p.ImportPath, imp, "a server-side leaf imports the standard library only")
 			case !ours:
+				continue
+			case serverLeaves[module+"/"+to] != "" && !under(from, "fanout/agent"):
 				continue
 			case isKit(to) && !isKit(from):
 				fail(p.ImportPath, imp, "test kits (internal/testutil, packages named *test) are for tests only; "+

@@ -81,11 +81,11 @@ func (r *Responder) Run(ctx context.Context) error {
 func (r *Responder) handle(m *nats.Msg) {
 	reply, err := r.Respond(context.Background(), m.Data)
 	if err != nil {
-		r.log.Warn("auth callout request not answered", "err", err)
+		r.log.Warn("auth callout request not answered", "error", err)
 		return
 	}
 	if err := m.Respond(reply); err != nil {
-		r.log.Warn("auth callout reply not sent", "err", err)
+		r.log.Warn("auth callout reply not sent", "error", err)
 	}
 }
 

@@ -216,7 +216,7 @@ func (j *jwksKeys) candidates(ctx context.Context, kid string) ([]jose.JSONWebKe
 		if c == nil {
 			return nil, err
 		}
-		j.log.Warn("jwks read failed; keeping the keys read before", "component", "agentauth", "err", err)
+		j.log.Warn("jwks read failed; keeping the keys read before", "component", "agentauth", "error", err)
 		return c.ks.candidates(kid), nil
 	}
 	j.keys.Store(&cachedKeys{ks: ks, at: time.Now()})

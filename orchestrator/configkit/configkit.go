@@ -9,6 +9,8 @@ package configkit
 import (
 	"errors"
 	"fmt"
+	"iter"
+	"reflect"
 	"strings"
 	"time"
 
@@ -39,7 +41,7 @@ func Unmarshal(src []byte, v any) error {
 	err := yaml.UnmarshalWithOptions(src, v, yaml.Strict(), yaml.CustomUnmarshaler[time.Duration](parseDuration))
 	var bd *badDuration
 	if errors.As(err, &bd) {
-		return FieldErrorf(yamlPathOf(src, bd.value), "%q is not a duration (use 500ms, 30s, 2m, 1h)", bd.value)
+		return FieldErrorf(badDurationPath(src, reflect.TypeOf(v), bd.value), "%q is not a duration (use 500ms, 30s, 2m, 1h)", bd.value)
 	}
 	if err != nil {
 		return errors.New(describeYAMLError(src, err))
@@ -99,33 +101,104 @@ func parseDuration(d *time.Duration, b []byte) error {
 	return nil
 }
 
-// yamlPathOf returns the dotted path of the first scalar equal to value,
-// so that a decode error can name its field.
-func yamlPathOf(src []byte, value string) string {
+// badDurationPath returns the dotted path of the field of src that failed
+// to decode as a duration with the text value: the first scalar, in the
+// order of the document, whose destination in t is a time.Duration and
+// that does not parse. The decoder's error does not say where it was (a
+// custom unmarshaler's error carries no token), and the text alone could
+// name another field holding the same text.
+func badDurationPath(src []byte, t reflect.Type, value string) string {
 	f, err := parser.ParseBytes(src, 0)
 	if err != nil {
 		return "(unknown field)"
 	}
-	v := &pathFinder{value: value}
+	var first ast.Node // a bad duration with another text, if none has value
 	for _, doc := range f.Docs {
-		ast.Walk(v, doc)
+		for n := range badDurations(doc.Body, t) {
+			if strings.TrimSpace(n.String()) == value {
+				return strings.TrimPrefix(n.GetPath(), "$.")
+			}
+			if first == nil {
+				first = n
+			}
+		}
 	}
-	if v.path == "" {
+	if first == nil {
 		return "(unknown field)"
 	}
-	return strings.TrimPrefix(v.path, "$.")
+	return strings.TrimPrefix(first.GetPath(), "$.")
 }
 
-type pathFinder struct{ value, path string }
+var durationType = reflect.TypeFor[time.Duration]()
 
-func (p *pathFinder) Visit(n ast.Node) ast.Visitor {
-	if p.path != "" {
-		return nil
+// badDurations yields the scalars under n that decode into a
+// time.Duration of t and do not parse, in the order of the document.
+func badDurations(n ast.Node, t reflect.Type) iter.Seq[ast.Node] {
+	return func(yield func(ast.Node) bool) { walkBadDurations(n, t, yield) }
+}
+
+func walkBadDurations(n ast.Node, t reflect.Type, yield func(ast.Node) bool) bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
 	}
-	if sn, ok := n.(ast.ScalarNode); ok && fmt.Sprint(sn.GetValue()) == p.value {
-		p.path = n.GetPath()
+	switch n := n.(type) {
+	case *ast.AnchorNode:
+		return walkBadDurations(n.Value, t, yield)
+	case *ast.TagNode:
+		return walkBadDurations(n.Value, t, yield)
+	case *ast.MappingNode:
+		for _, mv := range n.Values {
+			if !walkBadDurations(mv, t, yield) {
+				return false
+			}
+		}
+	case *ast.MappingValueNode:
+		if ft, ok := fieldType(t, n.Key); ok {
+			return walkBadDurations(n.Value, ft, yield)
+		}
+	case *ast.AliasNode:
+		// its anchor, earlier in the document, was looked at
+	case *ast.SequenceNode:
+		if t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
+			for _, e := range n.Values {
+				if !walkBadDurations(e, t.Elem(), yield) {
+					return false
+				}
+			}
+		}
+	case ast.ScalarNode:
+		var d time.Duration
+		if t == durationType && parseDuration(&d, []byte(n.String())) != nil {
+			return yield(n)
+		}
 	}
-	return p
+	return true
+}
+
+// fieldType is the type a YAML key decodes into within t: a map's values,
+// or the struct field named by its yaml tag (else its lower-cased name).
+func fieldType(t reflect.Type, key ast.MapKeyNode) (reflect.Type, bool) {
+	switch t.Kind() {
+	case reflect.Map:
+		return t.Elem(), true
+	case reflect.Struct:
+		k, ok := key.(ast.ScalarNode)
+		if !ok {
+			return nil, false
+		}
+		name := fmt.Sprint(k.GetValue())
+		for i := range t.NumField() {
+			f := t.Field(i)
+			tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if tag == "" {
+				tag = strings.ToLower(f.Name)
+			}
+			if tag == name && f.IsExported() {
+				return f.Type, true
+			}
+		}
+	}
+	return nil, false
 }
 
 // describeYAMLError formats a decode error without quoting the source (a
@@ -133,15 +206,16 @@ func (p *pathFinder) Visit(n ast.Node) ast.Visitor {
 // position when it can.
 func describeYAMLError(src []byte, err error) string {
 	msg := yaml.FormatError(err, false, false)
-	var line, col int
-	if _, serr := fmt.Sscanf(msg, "[%d:%d]", &line, &col); serr != nil {
+	var yerr yaml.Error
+	if !errors.As(err, &yerr) || yerr.GetToken() == nil {
 		return msg
 	}
+	pos := yerr.GetToken().Position
 	f, perr := parser.ParseBytes(src, 0)
 	if perr != nil {
 		return msg
 	}
-	v := &positionFinder{line: line, col: col}
+	v := &positionFinder{line: pos.Line, col: pos.Column}
 	for _, doc := range f.Docs {
 		ast.Walk(v, doc)
 	}

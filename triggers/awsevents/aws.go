@@ -54,8 +54,3 @@ func LoadAWSConfig(ctx context.Context, region, endpoint string) (aws.Config, er
 	}
 	return cfg, nil
 }
-
-// nextDelay is the retry delay after d: 500ms at first, doubling up to 30s.
-func nextDelay(d time.Duration) time.Duration {
-	return min(max(2*d, 500*time.Millisecond), 30*time.Second)
-}

@@ -58,6 +58,7 @@ import (
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -179,35 +180,39 @@ func (t *Trigger) Run(ctx context.Context) error {
 			sqstypes.MessageSystemAttributeNameApproximateReceiveCount,
 		},
 	}
-	var delay time.Duration // the retry delay; 0 while all goes well
-	retry := func(msg string, args ...any) {
-		delay = nextDelay(delay)
-		t.log.Warn(msg, append(args, "retry_in", delay)...)
-		orchestrator.Sleep(ctx, delay)
-	}
+	failures := 0 // in a row; 0 while all goes well
 	for ctx.Err() == nil {
 		// Receive nothing while NATS is away: every receive counts toward
 		// the queue's maxReceiveCount, and good messages must not end up in
 		// the dead-letter queue because of an outage here.
 		if !t.bus.NC.IsConnected() {
-			retry("NATS not connected; not receiving")
+			t.retryLater(ctx, &failures, "NATS not connected; not receiving")
 			continue
 		}
 		out, err := t.sqs.ReceiveMessage(ctx, in)
 		switch {
 		case ctx.Err() != nil:
 		case err != nil:
-			retry("receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "err", err)
+			t.retryLater(ctx, &failures, "receive from SQS failed; retrying", "queue", t.cfg.QueueURL, "error", err)
 		default:
 			if why := t.handleBatch(ctx, out.Messages); why != "" {
-				retry(why)
+				t.retryLater(ctx, &failures, why)
 			} else {
-				delay = 0
+				failures = 0
 			}
 		}
 	}
 	t.log.Info("AWS trigger stopped")
 	return nil
+}
+
+// retryLater counts one more failure in a row of an SQS or NATS call,
+// logs msg and waits before the next attempt.
+func (t *Trigger) retryLater(ctx context.Context, failures *int, msg string, args ...any) {
+	*failures++
+	delay := retry.Outage.Delay(*failures)
+	t.log.Warn(msg, append(args, "retry_in", delay)...)
+	retry.Sleep(ctx, delay)
 }
 
 // handleBatch handles the messages received together, deletes those that
@@ -272,7 +277,7 @@ func (t *Trigger) delete(ctx context.Context, msgs []sqstypes.Message) {
 		}),
 	})
 	if err != nil {
-		t.log.Warn("handled messages not deleted; they will be received again as duplicates", "messages", len(msgs), "err", err)
+		t.log.Warn("handled messages not deleted; they will be received again as duplicates", "messages", len(msgs), "error", err)
 		return
 	}
 	for _, f := range out.Failed {
@@ -293,7 +298,7 @@ func (t *Trigger) release(ctx context.Context, msgs []sqstypes.Message) {
 			return sqstypes.ChangeMessageVisibilityBatchRequestEntry{Id: id, ReceiptHandle: handle} // VisibilityTimeout 0
 		}),
 	}); err != nil {
-		t.log.Debug("messages not released; they come back after their visibility timeout", "messages", len(msgs), "err", err)
+		t.log.Debug("messages not released; they come back after their visibility timeout", "messages", len(msgs), "error", err)
 	}
 }
 
@@ -366,7 +371,7 @@ func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
 	}
 	switch seen, err := t.dedup.seen(ctx, d.now, keys...); {
 	case err != nil:
-		t.log.Warn("dedup bucket not readable; the message stays on the queue", "event_id", d.eventID, "err", err)
+		t.log.Warn("dedup bucket not readable; the message stays on the queue", "event_id", d.eventID, "error", err)
 		return OutcomeUnavailable
 	case seen:
 		t.log.Info("AWS event already handled within dedup_window; deleted", "event_id", d.eventID,
@@ -389,7 +394,7 @@ func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
 	}
 	// Handled: the same event again within the window is a duplicate.
 	if err := t.dedup.record(ctx, d.eventID, keys...); err != nil {
-		t.log.Warn("handled event not recorded; the message stays on the queue", "event_id", d.eventID, "err", err)
+		t.log.Warn("handled event not recorded; the message stays on the queue", "event_id", d.eventID, "error", err)
 		return OutcomeUnavailable
 	}
 	return outcome
@@ -452,7 +457,7 @@ func (t *Trigger) publish(ctx context.Context, d *delivery, subject, typ, tenant
 	ack, err := t.bus.Publish(ctx, subject, ev.WithID(id))
 	if err != nil {
 		t.log.Warn("not published; the message stays on the queue", "subject", subject, "id", id,
-			"event_id", d.eventID, "err", err)
+			"event_id", d.eventID, "error", err)
 		return false, err
 	}
 	return ack.Duplicate, nil
@@ -486,7 +491,7 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 		cancel()
 		if err != nil {
 			t.log.Warn("event not confirmed by Secrets Manager; it stays on the queue", "tenant", tenant, "secret", secret,
-				"event_id", d.eventID, "event_name", s.EventName, "err", err)
+				"event_id", d.eventID, "event_name", s.EventName, "error", err)
 			return OutcomeDeferred
 		}
 		if !v.confirmed {

@@ -75,16 +75,11 @@ func (d *dedup) record(ctx context.Context, id string, keys ...string) error {
 // bucket. SQS and NATS errors are retried until ctx ends (then it returns
 // nil); a queue that does not fit the configuration is an error.
 func (t *Trigger) start(ctx context.Context) error {
-	var delay time.Duration
-	retry := func(msg string, args ...any) {
-		delay = nextDelay(delay)
-		t.log.Warn(msg, append(args, "retry_in", delay)...)
-		orchestrator.Sleep(ctx, delay)
-	}
+	failures := 0 // in a row; 0 while all goes well
 	for ctx.Err() == nil {
 		attrs, err := t.queueAttributes(ctx)
 		if err != nil {
-			retry("queue attributes not readable; retrying", "queue", t.cfg.QueueURL, "err", err)
+			t.retryLater(ctx, &failures, "queue attributes not readable; retrying", "queue", t.cfg.QueueURL, "error", err)
 			continue
 		}
 		if err := t.checkQueue(attrs); err != nil {
@@ -92,11 +87,11 @@ func (t *Trigger) start(ctx context.Context) error {
 		}
 		break
 	}
-	delay = 0
+	failures = 0
 	for ctx.Err() == nil {
 		kv, err := t.bus.KV(ctx, BucketDedup, t.cfg.DedupWindow)
 		if err != nil {
-			retry("dedup bucket not available; retrying", "bucket", BucketDedup, "err", err)
+			t.retryLater(ctx, &failures, "dedup bucket not available; retrying", "bucket", BucketDedup, "error", err)
 			continue
 		}
 		t.dedup = &dedup{kv: kv, window: t.cfg.DedupWindow}

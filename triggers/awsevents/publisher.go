@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -141,7 +142,7 @@ func (p *Publisher) handle(ctx context.Context, msg jetstream.Msg) {
 	kind := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
 	ev, err := schemas.Decode(msg.Data())
 	if err != nil {
-		p.log.Warn("unreadable event not sent to EventBridge", "subject", msg.Subject(), "err", err)
+		p.log.Warn("unreadable event not sent to EventBridge", "subject", msg.Subject(), "error", err)
 		p.events.WithLabelValues(kind, PutDropped).Inc()
 		_ = msg.Term()
 		return
@@ -170,7 +171,7 @@ func (p *Publisher) handle(ctx context.Context, msg jetstream.Msg) {
 		p.log.Debug("event sent to EventBridge", "id", ev.ID, "kind", kind, "tenant", ev.Tenant,
 			"eventbridge_id", aws.ToString(out.Entries[0].EventId))
 		if err := msg.Ack(); err != nil {
-			p.log.Warn("event ack failed; it may be sent twice", "id", ev.ID, "err", err)
+			p.log.Warn("event ack failed; it may be sent twice", "id", ev.ID, "error", err)
 		}
 		return
 	}
@@ -180,14 +181,19 @@ func (p *Publisher) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	delay := 2 * time.Second
+	delivery := 1
 	if md, err := msg.Metadata(); err == nil {
-		delay = min(time.Duration(1<<min(md.NumDelivered, 6))*time.Second, time.Minute)
+		delivery = int(md.NumDelivered)
 	}
+	delay := putBackoff.Delay(delivery)
 	p.events.WithLabelValues(kind, PutFailed).Inc()
 	p.log.Warn("event not sent to EventBridge; retrying", "id", ev.ID, "kind", kind, "code", code, "reason", reason, "retry_in", delay)
 	_ = msg.NakWithDelay(delay)
 }
+
+// putBackoff spaces the deliveries of an event EventBridge did not take:
+// 2s after the first, doubling up to a minute.
+var putBackoff = retry.Backoff{Initial: 2 * time.Second, Max: time.Minute}
 
 // permanent reports whether a PutEvents entry error will not go away by
 // sending the same entry again.

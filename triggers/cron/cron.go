@@ -23,6 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -164,19 +165,20 @@ const maxSleep = time.Minute
 // runJob fires one secret's schedule until ctx ends.
 func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 	log := t.log.With("tenant", j.tenant, "secret", j.secret, "schedule", j.sched.String())
-	retry := backoff{}
+	failures := 0 // in a row, for the retry delay
 	var through time.Time
 	for {
 		var err error
 		if through, err = t.start(ctx, kv, j); err == nil {
 			break
 		}
-		log.Warn("read schedule state; retrying", "err", err)
-		if !orchestrator.Sleep(ctx, retry.next()) {
+		log.Warn("read schedule state; retrying", "error", err)
+		failures++
+		if !retry.Sleep(ctx, retry.Outage.Delay(failures)) {
 			return
 		}
 	}
-	retry.reset()
+	failures = 0
 	startup := true // ticks due now were missed while rekey was down
 	for ctx.Err() == nil {
 		now := t.now()
@@ -187,13 +189,14 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 				if ctx.Err() != nil {
 					return
 				}
-				log.Warn("scheduled rotation not requested; retrying", "tick", tick.UTC().Format(time.RFC3339), "err", err)
-				if !orchestrator.Sleep(ctx, retry.next()) {
+				log.Warn("scheduled rotation not requested; retrying", "tick", tick.UTC().Format(time.RFC3339), "error", err)
+				failures++
+				if !retry.Sleep(ctx, retry.Outage.Delay(failures)) {
 					return
 				}
 				continue
 			}
-			retry.reset()
+			failures = 0
 			through, startup = next, false
 			continue
 		}
@@ -204,7 +207,7 @@ func (t *Trigger) runJob(ctx context.Context, kv jetstream.KeyValue, j *job) {
 			return
 		}
 		wait := next.Add(j.jitterOf(next)).Sub(now)
-		if !orchestrator.Sleep(ctx, min(max(wait, time.Millisecond), maxSleep)) {
+		if !retry.Sleep(ctx, min(max(wait, time.Millisecond), maxSleep)) {
 			return
 		}
 	}
@@ -287,7 +290,7 @@ func (t *Trigger) fire(ctx context.Context, kv jetstream.KeyValue, j *job, tick 
 	if err != nil {
 		// Published: a retry would only be a duplicate. A restart may
 		// catch this tick up again, with the same id.
-		log.Warn("tick not recorded", "tick", at, "err", err)
+		log.Warn("tick not recorded", "tick", at, "error", err)
 		return tick, nil
 	}
 	return through, nil
@@ -414,20 +417,6 @@ func latest(a, b time.Time) time.Time {
 	}
 	return b
 }
-
-// backoff doubles from 500ms to 30s.
-type backoff struct{ d time.Duration }
-
-func (b *backoff) next() time.Duration {
-	if b.d == 0 {
-		b.d = 500 * time.Millisecond
-	} else {
-		b.d = min(2*b.d, 30*time.Second)
-	}
-	return b.d
-}
-
-func (b *backoff) reset() { b.d = 0 }
 
 // setupFailed is Run's result when setting up failed: nil if that was
 // because ctx ended.

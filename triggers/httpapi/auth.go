@@ -71,7 +71,7 @@ func (a *API) authenticate(r *http.Request) (Principal, *apiError) {
 	case errors.Is(err, ErrInvalidToken):
 		return Principal{}, errorf(http.StatusUnauthorized, "", "%v", err)
 	case err != nil:
-		a.log.Warn("tenant authentication failed", "err", err)
+		a.log.Warn("tenant authentication failed", "error", err)
 		return Principal{}, errorf(http.StatusUnauthorized, "", "%v", ErrInvalidToken)
 	case p.Kind != PrincipalTenant || p.Tenant == "" || p.TokenID == "":
 		a.log.Error("authenticator returned an incomplete tenant principal", "kind", p.Kind, "tenant", p.Tenant)

@@ -435,7 +435,7 @@ func (a *API) request(w http.ResponseWriter, r *http.Request, p Principal, o out
 		k := idemKey(p, r.Method, r.URL.EscapedPath(), key)
 		rev, old, err := a.idem.claim(r.Context(), k, o.fingerprint, a.now())
 		if err != nil {
-			a.log.Error("idempotency store unavailable", "tenant", o.tenant, "secret", o.secret, "err", err)
+			a.log.Error("idempotency store unavailable", "tenant", o.tenant, "secret", o.secret, "error", err)
 			return 0, nil, errorf(http.StatusServiceUnavailable, "", "request not queued: idempotency store unavailable, retry")
 		}
 		if old != nil {
@@ -447,13 +447,13 @@ func (a *API) request(w http.ResponseWriter, r *http.Request, p Principal, o out
 			defer cancel()
 			if stored.Reply == nil {
 				if err := a.idem.release(ctx, k, rev); err != nil {
-					a.log.Warn("idempotency key not released", "tenant", o.tenant, "secret", o.secret, "err", err)
+					a.log.Warn("idempotency key not released", "tenant", o.tenant, "secret", o.secret, "error", err)
 				}
 				return
 			}
 			if err := a.idem.complete(ctx, k, rev, *stored); err != nil {
 				a.log.Warn("idempotent answer not stored", "tenant", o.tenant, "secret", o.secret,
-					"request_id", stored.Reply.RequestID, "err", err)
+					"request_id", stored.Reply.RequestID, "error", err)
 			}
 		}()
 	}
@@ -475,7 +475,7 @@ func (a *API) request(w http.ResponseWriter, r *http.Request, p Principal, o out
 			return 0, nil, errorf(http.StatusTooManyRequests, "", "secret %q was rotated through the self-service API less than the minimum interval ago; retry in %ds", o.secret, secs)
 		}
 		if err != nil {
-			a.log.Error("rate limiter unavailable", "tenant", o.tenant, "secret", o.secret, "err", err)
+			a.log.Error("rate limiter unavailable", "tenant", o.tenant, "secret", o.secret, "error", err)
 			return 0, nil, errorf(http.StatusServiceUnavailable, "", "request not queued: NATS unavailable, retry")
 		}
 		if undo != nil {
@@ -543,7 +543,7 @@ func (a *API) admit(w http.ResponseWriter, r *http.Request, p Principal, o outgo
 		}
 	}
 	if err != nil {
-		a.log.Error("queued requests unknown", "tenant", o.tenant, "secret", o.secret, "err", err)
+		a.log.Error("queued requests unknown", "tenant", o.tenant, "secret", o.secret, "error", err)
 		return errorf(http.StatusServiceUnavailable, "", "request not queued: NATS unavailable, retry")
 	}
 	var tenant uint64
@@ -612,7 +612,7 @@ func (a *API) publish(r *http.Request, p Principal, o outgoing, idempotencyKey s
 	}
 	ack, err := a.bus.Publish(r.Context(), o.subject, ev)
 	if err != nil {
-		a.log.Error("request not queued", "tenant", o.tenant, "secret", o.secret, "request_id", ev.ID, "err", err)
+		a.log.Error("request not queued", "tenant", o.tenant, "secret", o.secret, "request_id", ev.ID, "error", err)
 		return 0, Accepted{}, errorf(http.StatusServiceUnavailable, "", "request not queued: NATS unavailable, retry")
 	}
 	_ = a.audit.Record(r.Context(), schemas.AuditRecord{

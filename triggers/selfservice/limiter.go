@@ -74,7 +74,7 @@ func (s *Service) Reserve(ctx context.Context, tenant, secret string) (func(cont
 func (s *Service) undo(tenant, secret string, rev uint64) func(context.Context) {
 	return func(ctx context.Context) {
 		if err := s.kv.Delete(ctx, tenant+"."+secret, jetstream.LastRevision(rev)); err != nil {
-			s.log.Warn("self-service rotation slot not given back", "tenant", tenant, "secret", secret, "err", err)
+			s.log.Warn("self-service rotation slot not given back", "tenant", tenant, "secret", secret, "error", err)
 		}
 	}
 }

@@ -80,7 +80,7 @@ func (d *dedup) bucket(ctx context.Context, now time.Time) jetstream.KeyValue {
 	kv, err := d.bus.KV(ctx, BucketDedup, d.ttl)
 	if err != nil {
 		d.kvNext = now.Add(10 * time.Second)
-		d.log.Warn("dedup bucket unavailable; deduplicating in memory only", "err", err)
+		d.log.Warn("dedup bucket unavailable; deduplicating in memory only", "error", err)
 		return nil
 	}
 	d.kv = kv
@@ -102,7 +102,7 @@ func (d *dedup) seen(ctx context.Context, key string, now time.Time, window time
 	entry, err := kv.Get(ctx, key)
 	if err != nil {
 		if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			d.log.Warn("dedup lookup failed", "err", err)
+			d.log.Warn("dedup lookup failed", "error", err)
 		}
 		return "", false
 	}
@@ -119,7 +119,7 @@ func (d *dedup) record(ctx context.Context, key, id string, now time.Time, windo
 	d.remember(key, id, now.Add(window), now)
 	if kv := d.bucket(ctx, now); kv != nil {
 		if _, err := kv.Put(ctx, key, []byte(id)); err != nil {
-			d.log.Warn("dedup record failed", "err", err, "request_id", id)
+			d.log.Warn("dedup record failed", "error", err, "request_id", id)
 		}
 	}
 }

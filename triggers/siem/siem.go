@@ -685,7 +685,7 @@ func (h *Handler) publish(ctx context.Context, src *source, a Alert, r *rule, t 
 	ev = ev.WithID(eventID(key, now, src.window))
 	ack, err := h.bus.Publish(ctx, subject, ev)
 	if err != nil {
-		h.log.Error("request not queued", "source", src.name, "tenant", t.tenant, "secret", t.secret, "request_id", ev.ID, "err", err)
+		h.log.Error("request not queued", "source", src.name, "tenant", t.tenant, "secret", t.secret, "request_id", ev.ID, "error", err)
 		return q, errUnavailable
 	}
 	q.RequestID, q.Duplicate = ev.ID, ack.Duplicate

@@ -260,7 +260,7 @@ func (t *Trigger) Run(ctx context.Context) error {
 	for _, tc := range consumers {
 		tenantsWG.Go(func() {
 			if err := c.consume(ctx, workCtx, tc); err != nil {
-				t.log.Error("use reports of a tenant not counted", "tenant", tc.tenant, "err", err)
+				t.log.Error("use reports of a tenant not counted", "tenant", tc.tenant, "error", err)
 			}
 		})
 	}
@@ -329,7 +329,7 @@ func (c *counter) consume(ctx, workCtx context.Context, tc *tenantConsumer) erro
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
 				break
 			}
-			t.log.Warn("pull failed", "stream", tc.stream, "err", err)
+			t.log.Warn("pull failed", "stream", tc.stream, "error", err)
 			continue
 		}
 		// Reports of one secret go to one worker, in order.
@@ -396,7 +396,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	defer cancel()
 	md, err := msg.Metadata()
 	if err != nil {
-		t.log.Warn("report without JetStream metadata dropped", "subject", msg.Subject(), "err", err)
+		t.log.Warn("report without JetStream metadata dropped", "subject", msg.Subject(), "error", err)
 		_ = msg.Term()
 		return
 	}
@@ -404,11 +404,11 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	switch {
 	case errors.Is(err, ErrRefused):
 		c.refuse(ctx, tc.tenant, refusedSubject, 1)
-		t.log.Debug("use report refused", "subject", msg.Subject(), "seq", md.Sequence.Stream, "err", err)
+		t.log.Debug("use report refused", "subject", msg.Subject(), "seq", md.Sequence.Stream, "error", err)
 		_ = msg.Ack()
 		return
 	case err != nil:
-		t.ignore(msg, md, "malformed", "err", err)
+		t.ignore(msg, md, "malformed", "error", err)
 		return
 	}
 	sc, ok := t.rekey.Secret(rep.Tenant, rep.Secret)
@@ -429,7 +429,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	}
 	if err != nil {
 		t.reports.WithLabelValues("failed").Inc()
-		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "err", err)
+		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "error", err)
 		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
 		return
 	}
@@ -450,7 +450,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	cnt, dup, err := c.count(ctx, rep, pos{seq: md.Sequence.Stream, epoch: tc.epoch, floor: tc.ackFloor.Load()}, sc.Policy.MaxUses, since, log)
 	if err != nil {
 		t.reports.WithLabelValues("failed").Inc()
-		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "err", err)
+		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "error", err)
 		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
 		return
 	}
@@ -458,7 +458,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 		// This report reached max_uses (or the one that did was lost):
 		// publish the request; on failure the redelivery retries it.
 		if err := c.request(ctx, cnt, log); err != nil {
-			log.Warn("rotation not requested; will retry", "request_id", r.RequestID, "err", err)
+			log.Warn("rotation not requested; will retry", "request_id", r.RequestID, "error", err)
 			_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
 			return
 		}
@@ -469,7 +469,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	}
 	t.reports.WithLabelValues(outcome).Inc()
 	if err := msg.Ack(); err != nil {
-		log.Debug("ack failed; the report will be redelivered and recognised", "seq", md.Sequence.Stream, "err", err)
+		log.Debug("ack failed; the report will be redelivered and recognised", "seq", md.Sequence.Stream, "error", err)
 	}
 }
 
@@ -562,7 +562,7 @@ func (c *counter) count(ctx context.Context, rep schemas.UsageReport, at pos, ma
 func (c *counter) superseded(ctx context.Context, rep schemas.UsageReport, log *slog.Logger) bool {
 	st, err := c.state.SecretStatus(ctx, rep.Tenant, rep.Secret)
 	if err != nil {
-		log.Warn("secret status unavailable; treating the version as current", "err", err)
+		log.Warn("secret status unavailable; treating the version as current", "error", err)
 		return false
 	}
 	if st.Version != "" && st.Version != rep.Version {
