@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -98,6 +99,12 @@ func TestReplySubjectInjection(t *testing.T) {
 		}
 	}
 	settle(t, att.Conn)
+	// Every request reached its server before anything is compared (on a
+	// loaded machine the servers may lag the settle pause).
+	want := int64(3 * len(injectionTargets))
+	require.Eventually(t, func() bool {
+		return r.d.FetchServer().Refused()+r.d.ResyncServer().Refused()-refusedBefore >= want
+	}, 15*time.Second, 10*time.Millisecond)
 	after := r.snapshot()
 	allowed := map[string]func(jetstream.RawStreamMsg) bool{
 		schemas.UsageStream("acme"): func(m jetstream.RawStreamMsg) bool { return strings.HasPrefix(m.Subject, "rekey.used.acme.") },
