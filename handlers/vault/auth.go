@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/internal/retry"
 )
 
 // login gets a token (method token: from the environment, looked up for
@@ -147,8 +148,7 @@ func (b *Backend) watch(ctx context.Context, w *api.LifetimeWatcher) (reason str
 
 // loginUntilDone logs in, retrying with backoff; false when ctx ended.
 func (b *Backend) loginUntilDone(ctx context.Context) bool {
-	delay := 500 * time.Millisecond
-	for {
+	for n := 1; ; n++ {
 		lctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 		err := b.login(lctx)
 		cancel()
@@ -158,15 +158,11 @@ func (b *Backend) loginUntilDone(ctx context.Context) bool {
 		if ctx.Err() != nil {
 			return false
 		}
+		delay := retry.Outage.Delay(n)
 		b.log.WarnContext(ctx, "Vault login failed; retrying", "method", b.cfg.Auth.Method, "retry_in", delay, "error", err)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !retry.Sleep(ctx, delay) {
 			return false
-		case <-t.C:
 		}
-		delay = min(2*delay, 30*time.Second)
 	}
 }
 

@@ -71,6 +71,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/internal/retry"
 )
 
 // Name is the backend name used in configuration.
@@ -555,10 +556,7 @@ func (b *Backend) resolve(ref handlers.SecretRef) (location, logical, error) {
 func (b *Backend) logical(ns string) logical { return reauth{b: b, ns: ns} }
 
 func (b *Backend) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
-	return context.WithTimeout(ctx, b.cfg.Timeout)
+	return retry.WithDefaultTimeout(ctx, b.cfg.Timeout)
 }
 
 // idRE is a version id rekey makes: safe as one path segment.
