@@ -178,15 +178,19 @@ func TestDuplicateAlert(t *testing.T) {
 	// Racing deliveries of a new alert to two replicas: one request.
 	race := alertmanager("77aa00bb11cc22dd", map[string]string{"alertname": "LeakedCredential", "tenant": "acme", "secret": "stripe-key", "severity": "critical"})
 	var wg sync.WaitGroup
-	for _, base := range []string{e.url, restarted, e.url, restarted} {
+	bases := []string{e.url, restarted, e.url, restarted}
+	codes := make([]int, len(bases))
+	for i, base := range bases {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			code, _, _ := e.post(base, "am-bearer", race, bearer(bearerToken))
-			require.Equal(t, http.StatusAccepted, code)
+			codes[i], _, _ = e.post(base, "am-bearer", race, bearer(bearerToken))
 		}()
 	}
 	wg.Wait()
+	for i, code := range codes {
+		require.Equal(t, http.StatusAccepted, code, "delivery %d", i)
+	}
 	require.Len(t, e.rotations(), 2)
 
 	// Only one accepted audit record per request.
