@@ -241,7 +241,7 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	f.metrics.InvalidationsTotal.WithLabelValues(inv.Kind).Inc()
-	f.metrics.InvalidationLatency.Observe(time.Since(eventTime).Seconds())
+	f.metrics.InvalidationPublishLatency.Observe(time.Since(eventTime).Seconds())
 	_ = f.audit.Record(ctx, schemas.AuditRecord{
 		Tenant: inv.Tenant, Secret: inv.Secret, Actor: "fanout", Action: "invalidation.publish",
 		Outcome: schemas.OutcomeSucceeded, RequestID: inv.RequestID, Component: "fanout",
@@ -378,7 +378,7 @@ func (f *Fanout) onAck(m *nats.Msg) {
 	d, outcome := f.acks.acked(ack, time.Now())
 	switch outcome {
 	case ackCounted:
-		f.metrics.AgentInvalidationDelay.Observe(d.Seconds())
+		f.metrics.InvalidationLatency.Observe(d.Seconds())
 	case ackDuplicate, ackEarly:
 		return // audited, if ever, as part of its delivery
 	default:

@@ -13,22 +13,22 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	RequestsTotal          *prometheus.CounterVec   // kind, outcome
-	RotationsTotal         *prometheus.CounterVec   // tenant, outcome
-	RotationDuration       *prometheus.HistogramVec // backend
-	RotationAttempts       prometheus.Histogram
-	RevocationsTotal       *prometheus.CounterVec // outcome
-	RevocationDuration     prometheus.Histogram
-	InvalidationsTotal     *prometheus.CounterVec // kind
-	InvalidationLatency    prometheus.Histogram   // event time -> invalidation published
-	HTTPRequestsTotal      *prometheus.CounterVec // route, code
-	AgentAcksTotal         prometheus.Counter
-	AgentInvalidationDelay prometheus.Histogram // invalidation published -> agent ack
-	StreamBytes            *prometheus.GaugeVec // stream
-	StreamMessages         *prometheus.GaugeVec // stream
-	StreamMaxBytes         *prometheus.GaugeVec // stream
-	StreamUsage            *prometheus.GaugeVec // stream: bytes / max_bytes
-	StreamFull             *prometheus.GaugeVec // stream: 1 while new input is refused
+	RequestsTotal              *prometheus.CounterVec   // kind, outcome
+	RotationsTotal             *prometheus.CounterVec   // tenant, outcome
+	RotationDuration           *prometheus.HistogramVec // backend
+	RotationAttempts           prometheus.Histogram
+	RevocationsTotal           *prometheus.CounterVec // action, outcome
+	RevocationDuration         prometheus.Histogram
+	InvalidationsTotal         *prometheus.CounterVec // kind
+	InvalidationPublishLatency prometheus.Histogram   // event time -> invalidation published
+	HTTPRequestsTotal          *prometheus.CounterVec // route, code
+	AgentAcksTotal             prometheus.Counter
+	InvalidationLatency        prometheus.Histogram // invalidation published -> agent ack
+	StreamBytes                *prometheus.GaugeVec // stream
+	StreamMessages             *prometheus.GaugeVec // stream
+	StreamMaxBytes             *prometheus.GaugeVec // stream
+	StreamUsageRatio           *prometheus.GaugeVec // stream: bytes / max_bytes
+	StreamFull                 *prometheus.GaugeVec // stream: 1 while new input is refused
 }
 
 // NewMetrics registers rekey's metrics and the Go runtime collectors on a
@@ -60,7 +60,7 @@ func NewMetrics() *Metrics {
 		InvalidationsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rekey_invalidations_total", Help: "Invalidations published, by kind.",
 		}, []string{"kind"}),
-		InvalidationLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+		InvalidationPublishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "rekey_invalidation_publish_latency_seconds", Help: "Time from a completed rotation or revocation to its invalidation being published.", Buckets: latency,
 		}),
 		HTTPRequestsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -69,7 +69,7 @@ func NewMetrics() *Metrics {
 		AgentAcksTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rekey_agent_acks_total", Help: "Invalidation acks received from agents.",
 		}),
-		AgentInvalidationDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
+		InvalidationLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "rekey_invalidation_latency_seconds", Help: "Time from an invalidation being published to an agent confirming it dropped the old value.", Buckets: latency,
 		}),
 		StreamBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -81,7 +81,7 @@ func NewMetrics() *Metrics {
 		StreamMaxBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "rekey_stream_max_bytes", Help: "Configured byte limit of each JetStream stream (nats.limits).",
 		}, []string{"stream"}),
-		StreamUsage: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		StreamUsageRatio: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "rekey_stream_usage_ratio", Help: "Bytes stored over the byte limit, per stream; a warning is logged at nats.limits.warn_at.",
 		}, []string{"stream"}),
 		StreamFull: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -89,9 +89,9 @@ func NewMetrics() *Metrics {
 		}, []string{"stream"}),
 	}
 	reg.MustRegister(m.RequestsTotal, m.RotationsTotal, m.RotationDuration, m.RotationAttempts,
-		m.RevocationsTotal, m.RevocationDuration, m.InvalidationsTotal, m.InvalidationLatency,
-		m.HTTPRequestsTotal, m.AgentAcksTotal, m.AgentInvalidationDelay,
-		m.StreamBytes, m.StreamMessages, m.StreamMaxBytes, m.StreamUsage, m.StreamFull)
+		m.RevocationsTotal, m.RevocationDuration, m.InvalidationsTotal, m.InvalidationPublishLatency,
+		m.HTTPRequestsTotal, m.AgentAcksTotal, m.InvalidationLatency,
+		m.StreamBytes, m.StreamMessages, m.StreamMaxBytes, m.StreamUsageRatio, m.StreamFull)
 	return m
 }
 

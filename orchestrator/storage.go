@@ -86,7 +86,7 @@ func (m *StorageMonitor) record(name string, bytes, msgs uint64, maxBytes int64,
 		m.metrics.StreamBytes.WithLabelValues(name).Set(float64(bytes))
 		m.metrics.StreamMessages.WithLabelValues(name).Set(float64(msgs))
 		m.metrics.StreamMaxBytes.WithLabelValues(name).Set(float64(maxBytes))
-		m.metrics.StreamUsage.WithLabelValues(name).Set(ratio)
+		m.metrics.StreamUsageRatio.WithLabelValues(name).Set(ratio)
 		f := 0.0
 		if full {
 			f = 1
