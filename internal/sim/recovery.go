@@ -551,6 +551,7 @@ func eachEvent(ctx context.Context, js jetstream.JetStream, stream string, fn fu
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
 	left := info.NumPending
+	empty := 0 // empty batches in a row: an ordered consumer recreated after a node loss may deliver none for a while
 	for left > 0 {
 		batch, err := c.Fetch(int(min(left, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -568,8 +569,12 @@ func eachEvent(ctx context.Context, js jetstream.JetStream, stream string, fn fu
 			}
 		}
 		if got == 0 {
+			if empty++; empty < 4 {
+				continue
+			}
 			return fmt.Errorf("read %s: %d messages not received", stream, left)
 		}
+		empty = 0
 		left -= uint64(got)
 	}
 	return nil
