@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -43,7 +45,12 @@ type Responder struct {
 	account string
 	cut     func(string) bool
 	log     *slog.Logger
+	refused atomic.Int64
 }
+
+// Refused is how many requests were dropped because their reply subject
+// was not one of the server's own response inboxes.
+func (r *Responder) Refused() int64 { return r.refused.Load() }
 
 // NewResponder builds a Responder that answers on nc (a connection of an
 // auth_users user, e.g. orchestrator.CalloutUser) with users signed by
@@ -79,6 +86,15 @@ func (r *Responder) Run(ctx context.Context) error {
 }
 
 func (r *Responder) handle(m *nats.Msg) {
+	// nats-server sends its requests with a reply in its own response
+	// inboxes ($SYS._INBOX.); anything else was published by a client
+	// that chose where the signed answer would go. The callout user's
+	// permissions (no publish, allow_responses) bound it too.
+	if !strings.HasPrefix(m.Reply, server.InboxPrefix) {
+		r.refused.Add(1)
+		r.log.Warn("auth callout request refused: reply subject is not the server's inbox", "reply", m.Reply[:min(len(m.Reply), 200)])
+		return
+	}
 	reply, err := r.Respond(context.Background(), m.Data)
 	if err != nil {
 		r.log.Warn("auth callout request not answered", "error", err)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +29,7 @@ type calloutEnv struct {
 	srv    *server.Server
 	admin  *orchestrator.Bus
 	issuer nkeys.KeyPair
+	r      *agentauth.Responder
 	mu     sync.Mutex
 	cut    map[string]bool
 }
@@ -78,9 +81,9 @@ func startCallout(t *testing.T, iss *issuer) *calloutEnv {
 	nc, err := nats.Connect(e.srv.ClientURL(), nats.UserInfo(orchestrator.CalloutUser, "callout-pw"))
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
-	r, err := agentauth.NewResponder(nc, iss.verifier(t), akp, agentauth.ResponderConfig{Cut: e.isCut})
+	e.r, err = agentauth.NewResponder(nc, iss.verifier(t), akp, agentauth.ResponderConfig{Cut: e.isCut})
 	require.NoError(t, err)
-	testutil.Run(t, r)
+	testutil.Run(t, e.r)
 	require.Eventually(t, func() bool { return e.srv.GlobalAccount().SubscriptionInterest(server.AuthCalloutSubject) },
 		5*time.Second, 10*time.Millisecond)
 	return e
@@ -208,4 +211,74 @@ func TestCalloutResponseSigned(t *testing.T) {
 	}
 	_, err = r.Respond(context.Background(), []byte("garbage"))
 	require.Error(t, err)
+}
+
+// TestCalloutReplyInjection: an authorization request can come only from
+// nats-server: in the printed block no client may publish on the callout
+// subject (rekeyd's admin user included). Behind that, the responder
+// answers only the server's own inboxes: on a server without that
+// restriction, a well-formed, signed request for a valid agent token that
+// names a bucket, an invalidation subject or another tenant's inbox as
+// reply gets no answer there, and nothing is stored.
+func TestCalloutReplyInjection(t *testing.T) {
+	iss := newIssuer(t)
+	e := startCallout(t, iss)
+	apub, _ := e.issuer.PublicKey()
+	skp, err := nkeys.CreateServer()
+	require.NoError(t, err)
+	spub, _ := skp.PublicKey()
+	ukp, err := nkeys.CreateUser()
+	require.NoError(t, err)
+	upub, _ := ukp.PublicKey()
+	req := jwt.NewAuthorizationRequestClaims(apub)
+	req.Audience = "nats-authorization-request"
+	req.UserNkey = upub
+	req.Server = jwt.ServerID{Name: "n1", ID: spub}
+	req.ConnectOptions.Token = rsaToken(t, "acme", "p1")
+	enc, err := req.Encode(skp)
+	require.NoError(t, err)
+
+	// The printed block: no client may publish a request.
+	require.NoError(t, e.admin.NC.PublishRequest(server.AuthCalloutSubject, "$KV.rekey_tenants.acme", []byte(enc)))
+	require.NoError(t, e.admin.NC.Flush())
+	require.Eventually(t, func() bool {
+		err := e.admin.NC.LastError()
+		return err != nil && strings.Contains(err.Error(), `Publish to "`+server.AuthCalloutSubject+`"`)
+	}, 5*time.Second, 10*time.Millisecond)
+	require.Zero(t, e.r.Refused(), "the request never reached the responder")
+
+	// Behind it, the responder's own check.
+	open := testutil.StartNATS(t, -1, t.TempDir())
+	nc, err := nats.Connect(open.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	r, err := agentauth.NewResponder(nc, iss.verifier(t), e.issuer, agentauth.ResponderConfig{})
+	require.NoError(t, err)
+	testutil.Run(t, r)
+	require.Eventually(t, func() bool { return open.GlobalAccount().SubscriptionInterest(server.AuthCalloutSubject) },
+		5*time.Second, 10*time.Millisecond)
+	attacker, err := nats.Connect(open.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(attacker.Close)
+	bus, err := orchestrator.Connect(context.Background(), open.ClientURL(), "admin", orchestrator.NATSConfig{}, nil)
+	require.NoError(t, err)
+	t.Cleanup(bus.Close)
+	require.NoError(t, bus.EnsureStreams(context.Background()))
+	targets := []string{"$KV.rekey_tenants.acme", "rekey.invalidate.acme._tenant", "_INBOX_globex.x", "rekey.audit.acme"}
+	var arrived atomic.Int64
+	for _, target := range targets {
+		sub, err := attacker.Subscribe(target, func(*nats.Msg) { arrived.Add(1) })
+		require.NoError(t, err)
+		defer func() { _ = sub.Unsubscribe() }()
+	}
+	require.NoError(t, attacker.Flush())
+	before := streamStates(t, bus)
+	for _, target := range targets {
+		require.NoError(t, attacker.PublishRequest(server.AuthCalloutSubject, target, []byte(enc)))
+	}
+	require.NoError(t, attacker.Flush())
+	require.Eventually(t, func() bool { return r.Refused() == int64(len(targets)) }, 5*time.Second, 10*time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	require.Zero(t, arrived.Load(), "a signed answer reached an injection target")
+	require.Equal(t, before, streamStates(t, bus))
 }
