@@ -3,15 +3,12 @@ package fanout
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"slices"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/rekey-dev/rekey/internal/agentreq"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -19,13 +16,7 @@ import (
 // answered by one rekeyd replica.
 const ResyncQueue = "rekey-resync"
 
-const (
-	// Per tenant: each subscription has its own goroutine and pending
-	// buffer, so one tenant's flood overflows its own buffer only.
-	resyncSubscriptions = 2
-	resyncPending       = 512
-	resyncTimeout       = 5 * time.Second
-)
+const resyncTimeout = 5 * time.Second
 
 // ResyncServer answers agents' resync requests (schemas.ResyncSubject)
 // with the last invalidation of the subject asked for, read from the
@@ -39,10 +30,9 @@ const (
 // rights, so an agent allowed a direct get could aim the answer at any
 // stream or bucket.
 type ResyncServer struct {
-	nc      *nats.Conn
-	tenants []string
-	log     *slog.Logger
-	refused atomic.Int64
+	srv agentreq.Server // subscriptions and the reply check
+	nc  *nats.Conn
+	log *slog.Logger
 }
 
 // NewResyncServer returns a resync server for the configured tenants on nc
@@ -53,64 +43,30 @@ func NewResyncServer(nc *nats.Conn, tenants []string, log *slog.Logger) *ResyncS
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &ResyncServer{nc: nc, tenants: slices.Clone(tenants), log: log.With("component", "fanout.resync")}
-}
-
-// Refused is how many requests were dropped for their subject or reply.
-func (s *ResyncServer) Refused() int64 { return s.refused.Load() }
-
-// Run serves until ctx ends, then drains its subscriptions.
-func (s *ResyncServer) Run(ctx context.Context) error {
-	reqCtx := context.WithoutCancel(ctx)
-	var subs []*nats.Subscription
-	defer func() {
-		for _, sub := range subs {
-			_ = sub.Unsubscribe() // no-op once drained
-		}
-	}()
+	s := &ResyncServer{nc: nc, log: log.With("component", "fanout.resync")}
 	subjects := []string{schemas.SubjectResyncAll}
-	if s.tenants != nil {
+	if tenants != nil {
 		subjects = subjects[:0]
-		for _, t := range s.tenants {
+		for _, t := range tenants {
 			subjects = append(subjects, schemas.ResyncSubject(t, "*"))
 		}
 	}
-	for _, subject := range subjects {
-		for range resyncSubscriptions {
-			sub, err := s.nc.QueueSubscribe(subject, ResyncQueue, func(m *nats.Msg) { s.handle(reqCtx, m) })
-			if err != nil {
-				return fmt.Errorf("fanout: resync server: subscribe %s: %w", subject, err)
-			}
-			if err := sub.SetPendingLimits(resyncPending, resyncPending*1024); err != nil {
-				return fmt.Errorf("fanout: resync server: pending limits: %w", err)
-			}
-			subs = append(subs, sub)
-		}
-	}
-	if err := s.nc.FlushTimeout(resyncTimeout); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("fanout: resync server: flush subscriptions: %w", err)
-	}
-	s.log.InfoContext(ctx, "resync server started", "subject", schemas.SubjectResyncAll, "queue", ResyncQueue)
-	<-ctx.Done()
-	for _, sub := range subs {
-		if err := sub.Drain(); err != nil {
-			s.log.Warn("resync server: drain", "error", err)
-		}
-	}
-	return nil
+	s.srv = agentreq.Server{NC: nc, Name: "resync server", Queue: ResyncQueue, Subjects: subjects, Handle: s.handle, Log: s.log}
+	return s
 }
 
-func (s *ResyncServer) handle(ctx context.Context, m *nats.Msg) {
-	if m.Reply == "" {
-		return
-	}
-	tenant, token, ok := strings.Cut(strings.TrimPrefix(m.Subject, "rekey.resync."), ".")
-	validToken := token == schemas.TenantToken || schemas.ValidateID("secret", token) == nil
-	knownTenant := schemas.ValidateID("tenant", tenant) == nil && (s.tenants == nil || slices.Contains(s.tenants, tenant))
-	if !ok || !knownTenant || !validToken || !schemas.ReplyAllowed(tenant, m.Reply) {
-		s.refused.Add(1)
-		s.log.WarnContext(ctx, "resync refused: unknown subject or reply subject not an inbox of the tenant's agents",
-			"subject", m.Subject[:min(len(m.Subject), 200)], "reply", m.Reply[:min(len(m.Reply), 200)])
+// Refused is how many requests were dropped for their reply subject.
+func (s *ResyncServer) Refused() int64 { return s.srv.Refused() }
+
+// Run serves until ctx ends, then drains its subscriptions.
+func (s *ResyncServer) Run(ctx context.Context) error { return s.srv.Run(ctx) }
+
+// handle answers one request whose reply subject agentreq has checked
+// (and whose tenant the subscription subjects already limit).
+func (s *ResyncServer) handle(ctx context.Context, tenant string, m *nats.Msg) {
+	token := m.Subject[len(schemas.ResyncSubject(tenant, "")):]
+	if token != schemas.TenantToken && schemas.ValidateID("secret", token) != nil {
+		s.log.WarnContext(ctx, "resync refused: not a secret of the tenant", "subject", m.Subject[:min(len(m.Subject), 200)])
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, resyncTimeout)

@@ -4,16 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/internal/agentreq"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -21,36 +19,22 @@ import (
 // answered by one rekeyd replica.
 const FetchQueue = "rekey-local-fetch"
 
-const (
-	// fetchSubscriptions is how many queue subscriptions one Server holds
-	// per tenant; each has its own callback goroutine and pending buffer,
-	// so one tenant's flood fills and overflows its own buffers only.
-	fetchSubscriptions = 2
-	// fetchPending bounds the requests one subscription holds; beyond, the
-	// client library drops them (the requester times out and retries).
-	fetchPending = 512
-	// fetchTimeout bounds the work for one request.
-	fetchTimeout = 5 * time.Second
-	// drainTimeout bounds the wait for in-flight requests at shutdown.
-	drainTimeout = 10 * time.Second
-)
+// fetchTimeout bounds the work for one request.
+const fetchTimeout = 5 * time.Second
 
 // Server answers agents' fetch requests (schemas.FetchSubject) with the
 // current value of a local secret.
 type Server struct {
-	nc      *nats.Conn
-	tenants []string // nil: one set of subscriptions for all (tests)
+	srv     agentreq.Server // subscriptions and the reply check
 	b       *Backend
 	resolve func(tenant, secret string) (handlers.SecretRef, bool)
 	revoked func(ctx context.Context, tenant string) (bool, error)
 	log     *slog.Logger
-	// refused counts requests dropped for their reply subject.
-	refused atomic.Int64
 }
 
 // Refused is how many requests were dropped because their reply subject
 // was not an inbox of the tenant they asked about.
-func (s *Server) Refused() int64 { return s.refused.Load() }
+func (s *Server) Refused() int64 { return s.srv.Refused() }
 
 // NewServer returns a fetch server for b. Each of tenants gets its own
 // subscriptions (nil tenants: shared ones, for tests). resolve maps the IDs in a request
@@ -67,83 +51,24 @@ func NewServer(nc *nats.Conn, tenants []string, b *Backend, resolve func(tenant,
 	if revoked == nil {
 		revoked = func(context.Context, string) (bool, error) { return false, nil }
 	}
-	return &Server{nc: nc, tenants: slices.Clone(tenants), b: b, resolve: resolve, revoked: revoked, log: log.With("component", "backend.local.fetch")}
+	s := &Server{b: b, resolve: resolve, revoked: revoked, log: log.With("component", "backend.local.fetch")}
+	subjects := []string{schemas.SubjectFetchAll}
+	if tenants != nil {
+		subjects = subjects[:0]
+		for _, t := range tenants {
+			subjects = append(subjects, schemas.FetchSubject(t, "*"))
+		}
+	}
+	s.srv = agentreq.Server{NC: nc, Name: "fetch server", Queue: FetchQueue, Subjects: subjects, Handle: s.handle, Log: s.log}
+	return s
 }
 
 // Run serves until ctx ends, then drains its subscriptions (requests already
 // received are answered) and returns nil.
-func (s *Server) Run(ctx context.Context) error {
-	// In-flight requests finish even when ctx ends; each has its own timeout.
-	reqCtx := context.WithoutCancel(ctx)
-	var subs []*nats.Subscription
-	var closed []<-chan nats.SubStatus
-	defer func() {
-		for _, sub := range subs {
-			_ = sub.Unsubscribe() // no-op once drained
-		}
-	}()
-	subjects := []string{schemas.SubjectFetchAll}
-	if s.tenants != nil {
-		subjects = subjects[:0]
-		for _, t := range s.tenants {
-			subjects = append(subjects, schemas.FetchSubject(t, "*"))
-		}
-	}
-	for _, subject := range subjects {
-		for range fetchSubscriptions {
-			sub, err := s.nc.QueueSubscribe(subject, FetchQueue, func(m *nats.Msg) { s.handle(reqCtx, m) })
-			if err != nil {
-				return fmt.Errorf("local: fetch server: subscribe %s: %w", subject, err)
-			}
-			if err := sub.SetPendingLimits(fetchPending, fetchPending*4096); err != nil {
-				return fmt.Errorf("local: fetch server: pending limits: %w", err)
-			}
-			subs = append(subs, sub)
-			closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
-		}
-	}
-	if err := s.nc.FlushTimeout(fetchTimeout); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("local: fetch server: flush subscriptions: %w", err)
-	}
-	s.log.InfoContext(ctx, "fetch server started", "subject", schemas.SubjectFetchAll, "queue", FetchQueue)
+func (s *Server) Run(ctx context.Context) error { return s.srv.Run(ctx) }
 
-	<-ctx.Done()
-
-	// Stop taking work, then wait for what was taken.
-	for _, sub := range subs {
-		if err := sub.Drain(); err != nil {
-			s.log.Warn("fetch server: drain", "error", err)
-		}
-	}
-	deadline := time.NewTimer(drainTimeout)
-	defer deadline.Stop()
-	for _, ch := range closed {
-		select {
-		case <-ch:
-		case <-deadline.C:
-			s.log.Warn("fetch server: drain timed out", "timeout", drainTimeout)
-			return nil
-		}
-	}
-	s.log.Info("fetch server stopped")
-	return nil
-}
-
-func (s *Server) handle(ctx context.Context, m *nats.Msg) {
-	if m.Reply == "" {
-		return
-	}
-	// Reply only to an inbox of the tenant named in the subject: NATS does
-	// not check the reply subject against the requester's permissions, so
-	// anything else would publish the tenant's value, with this
-	// connection's rights, wherever the requester chose.
-	tenant, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, "rekey.fetch."), ".")
-	if schemas.ValidateID("tenant", tenant) != nil || !schemas.ReplyAllowed(tenant, m.Reply) {
-		s.log.WarnContext(ctx, "fetch refused: reply subject is not an inbox of the tenant's agents",
-			"subject", m.Subject, "reply", m.Reply[:min(len(m.Reply), 200)])
-		s.refused.Add(1)
-		return
-	}
+// handle answers one request whose reply subject agentreq has checked.
+func (s *Server) handle(ctx context.Context, _ string, m *nats.Msg) {
 	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
 
