@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"crypto/subtle"
-	"slices"
 	"strings"
 	"sync"
 
@@ -27,27 +26,29 @@ type AgentLogin func(opts *server.ClientOpts) (user *server.User, tenant string,
 // its state has been read (Open).
 type LoginGate struct {
 	service map[string]*server.User // rekeyd's users by name
-	agents  map[string]*server.User // tenant-wide agent users by name
-	tenant  map[string]string       // agent user -> tenant
+	agents  map[string]agentUser    // tenant-wide agent users by name
 	extra   AgentLogin
 
 	mu  sync.RWMutex
 	cut map[string]bool
 }
 
+type agentUser struct {
+	user   *server.User
+	tenant string
+}
+
 // NewLoginGate builds the gate of an embedded server for tenants, with
 // passwords derived by auth. extra, if not nil, verifies other logins
 // (per-agent identities).
 func NewLoginGate(auth *NATSAuth, tenants []string, extra AgentLogin) *LoginGate {
-	g := &LoginGate{service: map[string]*server.User{}, agents: map[string]*server.User{},
-		tenant: map[string]string{}, extra: extra, cut: map[string]bool{}}
+	g := &LoginGate{service: map[string]*server.User{}, agents: map[string]agentUser{}, extra: extra, cut: map[string]bool{}}
 	for _, u := range auth.ServiceUsers(tenants) {
 		g.service[u.Username] = u
 	}
 	for _, t := range tenants {
 		u := &server.User{Username: AgentUser(t), Password: auth.Password(AgentUser(t)), Permissions: AgentPermissions(t)}
-		g.agents[u.Username] = u
-		g.tenant[u.Username] = t
+		g.agents[u.Username] = agentUser{user: u, tenant: t}
 		g.cut[t] = true
 	}
 	return g
@@ -69,11 +70,11 @@ func (g *LoginGate) Check(c server.ClientAuthentication) bool {
 		c.RegisterUser(&server.User{Username: u.Username, Permissions: u.Permissions})
 		return true
 	}
-	if u, ok := g.agents[o.Username]; ok {
-		if !passwordMatch(o.Password, u.Password) || g.Cut(g.tenant[o.Username]) {
+	if a, ok := g.agents[o.Username]; ok {
+		if !passwordMatch(o.Password, a.user.Password) || g.Cut(a.tenant) {
 			return false
 		}
-		c.RegisterUser(&server.User{Username: u.Username, Permissions: u.Permissions})
+		c.RegisterUser(&server.User{Username: a.user.Username, Permissions: a.user.Permissions})
 		return true
 	}
 	if g.extra == nil {
@@ -107,20 +108,6 @@ func (g *LoginGate) Cut(tenant string) bool {
 	defer g.mu.RUnlock()
 	cut, known := g.cut[tenant]
 	return cut || !known
-}
-
-// CutTenants lists the tenants whose agents are refused, sorted.
-func (g *LoginGate) CutTenants() []string {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	var out []string
-	for t, cut := range g.cut {
-		if cut {
-			out = append(out, t)
-		}
-	}
-	slices.Sort(out)
-	return out
 }
 
 // IsAgentOf reports whether a connection's user is one of tenant's agents

@@ -167,7 +167,7 @@ func NATSConfigBlock(tenants []string) string {
 func serviceUsersBlock(b *strings.Builder, tenants []string) {
 	fmt.Fprintf(b, "    { user: %q, password: $REKEYD_NATS_PASSWORD }\n", RekeydUser)
 	for _, r := range Roles {
-		fmt.Fprintf(b, "    { user: %q, password: $%s,\n", RoleUser(r), roleEnv(r))
+		fmt.Fprintf(b, "    { user: %q, password: $%s,\n", RoleUser(r), RolePasswordEnv(r))
 		permissionBlock(b, RolePermissions(r, tenants))
 	}
 }

@@ -214,15 +214,11 @@ func dedupe(list []string) []string {
 	})
 }
 
-// roleEnv is the environment variable holding a role's password on an
-// external NATS.
-func roleEnv(r Role) string {
-	return "REKEYD_" + strings.ToUpper(string(r)) + "_NATS_PASSWORD"
-}
-
 // RolePasswordEnv is the environment variable from which rekeyd reads a
 // role's password on an external NATS (see NATSConfigBlock).
-func RolePasswordEnv(r Role) string { return roleEnv(r) }
+func RolePasswordEnv(r Role) string {
+	return "REKEYD_" + strings.ToUpper(string(r)) + "_NATS_PASSWORD"
+}
 
 func permissionBlock(b *strings.Builder, p *server.Permissions) {
 	fmt.Fprintf(b, "      permissions: {\n")

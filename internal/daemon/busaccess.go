@@ -59,9 +59,18 @@ func newBusAccess(emb *orchestrator.EmbeddedServer, gate *orchestrator.LoginGate
 func (b *busAccess) apply(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// One stream handle for every tenant's look-up (each Stream call is a
+	// JetStream API request).
+	stream, serr := b.bus.JS.Stream(ctx, schemas.StreamInvalidate)
+	if serr != nil {
+		serr = fmt.Errorf("stream %s: %w", schemas.StreamInvalidate, serr)
+	}
 	var errs []error
 	for _, t := range b.all {
-		off, err := b.cutOff(ctx, t)
+		off, err := true, serr
+		if serr == nil {
+			off, err = b.cutOff(ctx, stream, t)
+		}
 		if err != nil {
 			b.log.Error("tenant's access undecidable: its agents stay off the bus", "tenant", t, "error", err)
 			off = true
@@ -85,15 +94,11 @@ func (b *busAccess) apply(ctx context.Context) error {
 }
 
 // cutOff reports whether tenant's agents must stay off the bus.
-func (b *busAccess) cutOff(ctx context.Context, tenant string) (bool, error) {
+func (b *busAccess) cutOff(ctx context.Context, stream jetstream.Stream, tenant string) (bool, error) {
 	// Unreadable state fails closed; a revoked state whose invalidation is
 	// not out yet waits for it (the agents must get it first).
 	if _, err := b.tenants.IsRevoked(ctx, tenant); err != nil {
 		return true, err
-	}
-	stream, err := b.bus.JS.Stream(ctx, schemas.StreamInvalidate)
-	if err != nil {
-		return true, fmt.Errorf("stream %s: %w", schemas.StreamInvalidate, err)
 	}
 	m, err := stream.GetLastMsgForSubject(ctx, schemas.InvalidateSubject(tenant, schemas.TenantToken))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
