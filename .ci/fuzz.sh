@@ -28,7 +28,7 @@ targets=(
   "FuzzParsePagerDuty ./triggers/siem"
   "FuzzParseGeneric ./triggers/siem"
   "FuzzParseReport ./triggers/usage"
-  "FuzzAuthenticate ./triggers/selfservice"
+  "FuzzAuthenticate ./triggers/api/tenantauth"
   "FuzzParseMessage ./triggers/awsevents"
   "FuzzIdentityFromClaims ./orchestrator/agentauth"
   "FuzzParseJWKS ./orchestrator/agentauth"

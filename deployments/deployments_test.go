@@ -568,7 +568,7 @@ func TestNATSValues(t *testing.T) {
 	}
 }
 
-// triggerMetrics are registered by the triggers (siem, usage, selfservice)
+// triggerMetrics are registered by the triggers (siem, usage, api/tenantauth)
 // on rekeyd's registry; README.md lists them under GET /metrics.
 var triggerMetrics = []string{
 	"rekey_siem_alerts_total",

@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/rekey-dev/rekey/internal/sim"
+	"github.com/rekey-dev/rekey/internal/bench"
 	"github.com/rekey-dev/rekey/orchestrator"
 )
 
@@ -27,7 +27,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 			ctx, stop := signalContext(cmd)
 			defer stop()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
-			res, err := sim.Propagation(ctx, agents, rotations, log)
+			res, err := bench.Propagation(ctx, agents, rotations, log)
 			if err != nil {
 				return err
 			}
@@ -45,7 +45,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 			ctx, stop := signalContext(cmd)
 			defer stop()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
-			res, err := sim.BenchGet(ctx, log)
+			res, err := bench.BenchGet(ctx, log)
 			if err != nil {
 				return err
 			}
@@ -67,15 +67,15 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 			ctx, stop := signalContext(cmd)
 			defer stop()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
-			var results []sim.FanoutResult
+			var results []bench.FanoutResult
 			for _, n := range sizes {
-				res, err := sim.Fanout(ctx, sim.FanoutOptions{Agents: n, Rotations: fanRotations, CollectBetween: fanGC, CPUProfile: fanProfile}, log)
+				res, err := bench.Fanout(ctx, bench.FanoutOptions{Agents: n, Rotations: fanRotations, CollectBetween: fanGC, CPUProfile: fanProfile}, log)
 				if err != nil {
 					return fmt.Errorf("%d agents: %w", n, err)
 				}
 				results = append(results, res)
 			}
-			sim.PrintFanout(cmd.OutOrStdout(), results)
+			bench.PrintFanout(cmd.OutOrStdout(), results)
 			return nil
 		},
 	}
@@ -93,7 +93,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 			ctx, stop := signalContext(cmd)
 			defer stop()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
-			res, err := sim.Webhook(ctx, clients, dur, samples, hookAgents, log)
+			res, err := bench.Webhook(ctx, clients, dur, samples, hookAgents, log)
 			if err != nil {
 				return err
 			}
@@ -105,7 +105,7 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 	hook.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long to send")
 	hook.Flags().IntVar(&samples, "samples", 50, "latency samples, one webhook at a time")
 	hook.Flags().IntVar(&hookAgents, "agents", 10, "agents of the tenant")
-	capCfg := sim.CapacityConfig{}
+	capCfg := bench.CapacityConfig{}
 	capacity := &cobra.Command{
 		Use:   "capacity",
 		Short: "rotations/s, invalidations/s and agents at 1 and 3 rekeyd replicas on a 3-node NATS cluster",
@@ -118,11 +118,11 @@ and invalidations (fanout from completion events) per second.`,
 			ctx, stop := signalContext(cmd)
 			defer stop()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
-			rows, err := sim.Capacity(ctx, capCfg, log)
+			rows, err := bench.Capacity(ctx, capCfg, log)
 			if err != nil {
 				return err
 			}
-			sim.PrintCapacity(cmd.OutOrStdout(), capCfg, rows)
+			bench.PrintCapacity(cmd.OutOrStdout(), capCfg, rows)
 			return nil
 		},
 	}
@@ -132,7 +132,7 @@ and invalidations (fanout from completion events) per second.`,
 	capacity.Flags().IntVar(&capCfg.Rounds, "rounds", 3, "rotations of every secret")
 	capacity.Flags().IntVar(&capCfg.Invalidations, "invalidations", 2000, "completion events for fanout")
 	capacity.Flags().IntVar(&capCfg.Agents, "agents", 200, "agents, half per tenant, each on its own connection")
-	floodOpts := sim.FloodOptions{}
+	floodOpts := bench.FloodOptions{}
 	flood := &cobra.Command{
 		Use:   "flood",
 		Short: "one tenant floods use reports; another tenant's max_uses rotation p50/p99/max before and during",
@@ -141,7 +141,7 @@ and invalidations (fanout from completion events) per second.`,
 			ctx, stop := signalContext(cmd)
 			defer stop()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
-			res, err := sim.Flood(ctx, floodOpts, log)
+			res, err := bench.Flood(ctx, floodOpts, log)
 			if err != nil {
 				return err
 			}
@@ -149,7 +149,7 @@ and invalidations (fanout from completion events) per second.`,
 			return nil
 		},
 	}
-	var rec sim.RecoveryOptions
+	var rec bench.RecoveryOptions
 	recovery := &cobra.Command{
 		Use:   "recovery",
 		Short: "kill -9 and SIGTERM a real rekeyd mid-burst: ready -> every held request handled (p50/p99/max), and a restore after a kill mid-revocation",
@@ -166,7 +166,7 @@ restore accepted at once takes effect.`,
 			ctx, stop := signalContext(cmd)
 			defer stop()
 			rec.Progress = cmd.ErrOrStderr()
-			res, err := sim.Recovery(ctx, rec)
+			res, err := bench.Recovery(ctx, rec)
 			if err != nil {
 				return err
 			}

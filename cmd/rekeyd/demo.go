@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/rekey-dev/rekey/internal/sim"
+	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/orchestrator"
 )
 
@@ -30,7 +30,7 @@ old value. It never prints a value, only its version and a hash prefix.`,
 				level = "info"
 			}
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: level, Format: "text"}, os.Stderr)
-			return sim.Demo(ctx, cmd.OutOrStdout(), log)
+			return demo.Demo(ctx, cmd.OutOrStdout(), log)
 		},
 	}
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show rekeyd's logs")

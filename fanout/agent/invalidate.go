@@ -412,6 +412,9 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
+			case <-a.kick: // a new reconnect: try again now, from the first wait
+				wait = 500 * time.Millisecond
+				continue
 			case <-time.After(wait):
 			}
 			wait = min(2*wait, 30*time.Second)

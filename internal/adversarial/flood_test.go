@@ -16,7 +16,7 @@ import (
 // publish to (use reports, acks, presence, fetches, resyncs) while globex
 // rotates and its agent fetches. globex's work completes and nothing of
 // globex is touched by the flood. (How much the flood delays globex is a
-// benchmark, internal/sim, not an assertion here.)
+// benchmark, internal/bench, not an assertion here.)
 func TestFloodFromOneTenant(t *testing.T) {
 	r := newRig(t)
 	r.rotate("globex", "openai-key")

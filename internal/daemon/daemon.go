@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -23,8 +24,8 @@ import (
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/orchestrator/agentauth"
 	"github.com/rekey-dev/rekey/schemas"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
-	"github.com/rekey-dev/rekey/triggers/selfservice"
+	"github.com/rekey-dev/rekey/triggers/api"
+	"github.com/rekey-dev/rekey/triggers/api/tenantauth"
 )
 
 // Options are what New needs besides the config.
@@ -257,27 +258,27 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	selfCfg, err := selfservice.ParseConfig(cfg.Triggers["selfservice"], &d.cfg)
+	selfCfg, err := tenantauth.ParseConfig(cfg.Triggers["selfservice"], &d.cfg)
 	if err != nil {
 		return nil, err
 	}
-	api, err := httpapi.New(httpapi.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+	apiHandler, err := api.New(api.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
 		IdempotencyTTL: selfCfg.IdempotencyTTL, QueuedPerTenant: cfg.NATS.Limits.QueuedPerTenant,
 		QueuedPerSecret: cfg.NATS.Limits.QueuedPerSecret}, &d.cfg, apiBus, apiState, apiAudit, d.metrics, log)
 	if err != nil {
 		return nil, err
 	}
 	storage := orchestrator.NewStorageMonitor(apiBus, cfg.NATS.Limits, d.metrics, 0, log)
-	api.SetStorage(storage)
-	api.SetDeliveries(deliveries{d.fanout.Acks()})
+	apiHandler.SetStorage(storage)
+	apiHandler.SetDeliveries(deliveries{d.fanout.Acks()})
 	if selfCfg.Enabled() {
-		self, err := selfservice.New(ctx, selfCfg, &d.cfg, apiBus, d.metrics, log)
+		self, err := tenantauth.New(ctx, selfCfg, &d.cfg, apiBus, d.metrics, log)
 		if err != nil {
 			return nil, err
 		}
-		api.SetTenantAccess(self, self)
+		apiHandler.SetTenantAccess(self, self)
 	}
-	api.Register(d.http.Mux)
+	apiHandler.Register(d.http.Mux)
 
 	if opts.Worker.AckWait == 0 {
 		opts.Worker.AckWait = cfg.NATS.AckWait
@@ -491,13 +492,13 @@ func WaitReady(ctx context.Context, timeout time.Duration, fn func(context.Conte
 // deliveries adapts fanout's ack tracker to what the HTTP API shows.
 type deliveries struct{ acks *fanout.AckTracker }
 
-func (d deliveries) LatestInvalidation(tenant, secret string) (httpapi.InvalidationStatus, bool) {
+func (d deliveries) LatestInvalidation(tenant, secret string) (api.InvalidationStatus, bool) {
 	del, err := d.acks.Latest(tenant, secret)
 	if err != nil {
-		return httpapi.InvalidationStatus{}, false
+		return api.InvalidationStatus{}, false
 	}
 	now := time.Now()
-	out := httpapi.InvalidationStatus{
+	out := api.InvalidationStatus{
 		RequestID: del.Invalidation.RequestID, Kind: del.Invalidation.Kind, Version: del.Invalidation.Version,
 		PublishedAt: del.Invalidation.PublishedAt, LiveAgents: len(del.Live),
 		Acked: []string{}, Missing: del.Missing(func(a string) bool { return d.acks.Alive(tenant, a, now) }),
@@ -512,4 +513,23 @@ func (d deliveries) LatestInvalidation(tenant, secret string) (httpapi.Invalidat
 		out.Missing = []string{}
 	}
 	return out, true
+}
+
+// HTTPReady checks rekeyd's /readyz at addr.
+func HTTPReady(addr string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("readyz: %s", resp.Status)
+		}
+		return nil
+	}
 }

@@ -101,31 +101,32 @@ func TestImportRulesCatch(t *testing.T) {
 		own("orchestrator", "schemas"),
 		own("orchestrator/configkit"),
 		own("internal/testutil", "testing"),
-		own("internal/sim", "internal/testutil"),
-		own("triggers/httpapi", "orchestrator"),
-		own("triggers/selfservice", "triggers/httpapi"),
+		own("internal/bench", "internal/testutil"),
+		own("triggers/api", "orchestrator"),
+		own("triggers/api/tenantauth", "triggers/api"),
+		own("triggers/siem", "triggers/api/tenantauth"),
 		own("handlers", "orchestrator"),
 		own("handlers/vault", "handlers", "orchestrator", "orchestrator/configkit"),
 		own("fanout", "handlers"),
-		own("cmd/rekeyd", "internal/sim"),
+		own("cmd/rekeyd", "internal/bench"),
 	} {
 		pkgs[p.ImportPath] = p
 	}
-	pkgs[module+"/cmd/rekeyd"].Deps = []string{module + "/internal/sim", module + "/internal/testutil", "testing"}
+	pkgs[module+"/cmd/rekeyd"].Deps = []string{module + "/internal/bench", module + "/internal/testutil", "testing"}
 	got := strings.Join(check(pkgs), "\n")
 	for _, want := range []string{
 		"schemas imports github.com/goccy/go-yaml",
-		"triggers/selfservice imports triggers/httpapi",
+		"triggers/siem imports triggers/api/tenantauth",
 		"handlers/vault imports orchestrator:",
 		"fanout imports handlers",
-		"internal/sim imports internal/testutil",
+		"internal/bench imports internal/testutil",
 		"cmd/rekeyd links testing (internal/testutil imports it)",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("check did not report %q; it reported:\n%s", want, got)
 		}
 	}
-	for _, allowed := range []string{"github.com/goccy/go-json", "imports orchestrator/configkit", "handlers imports orchestrator"} {
+	for _, allowed := range []string{"github.com/goccy/go-json", "triggers/api/tenantauth imports triggers/api", "imports orchestrator/configkit", "handlers imports orchestrator"} {
 		if strings.Contains(got, allowed) {
 			t.Errorf("check reported an allowed import (%s):\n%s", allowed, got)
 		}

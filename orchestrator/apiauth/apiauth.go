@@ -1,5 +1,5 @@
-// Package apiauth is the contract between the HTTP API (triggers/httpapi)
-// and what lets tenant tokens in (triggers/selfservice): the principal a
+// Package apiauth is the contract between the HTTP API (triggers/api)
+// and what lets tenant tokens in (triggers/api/tenantauth): the principal a
 // request acts for, the Authenticator and Limiter interfaces and the errors
 // they return. It is a leaf (standard library only), so that the two
 // trigger packages meet here instead of importing each other.
@@ -58,7 +58,7 @@ var (
 )
 
 // Authenticator turns a request that does not carry the admin token into
-// a tenant principal. triggers/selfservice implements it; triggers/httpapi
+// a tenant principal. triggers/api/tenantauth implements it; triggers/api
 // calls it.
 type Authenticator interface {
 	// Authenticate returns a PrincipalTenant, or an error wrapping
@@ -77,7 +77,7 @@ func (e *TooSoonError) Error() string {
 }
 
 // Limiter spaces out tenant-initiated rotations of one secret, across
-// replicas. triggers/selfservice implements it; triggers/httpapi calls it;
+// replicas. triggers/api/tenantauth implements it; triggers/api calls it;
 // admin calls are not limited.
 type Limiter interface {
 	// Reserve takes the secret's next rotation slot, or returns a

@@ -1,6 +1,7 @@
-// Package selfservice lets tenant admins rotate their own secrets and see
-// their status through rekeyd's HTTP API, with tenant tokens instead of
-// the admin token.
+// Package tenantauth authenticates tenant tokens for rekeyd's HTTP API and
+// spaces out the rotations they ask for, so that tenant admins can rotate
+// their own secrets and see their status without the admin token. It is
+// configured by the triggers.selfservice section.
 //
 // A tenant token is either an opaque token whose SHA-256 is configured, or
 // a JWT carrying the tenant in a claim, verified with a configured key
@@ -10,8 +11,8 @@
 // and the apiauth.Limiter that keeps a minimum interval between
 // tenant-initiated rotations of one secret, in JetStream KV so that every
 // replica agrees. The routes themselves, and the rule that a tenant token
-// reaches only its own tenant, are in triggers/httpapi.
-package selfservice
+// reaches only its own tenant, are in triggers/api.
+package tenantauth
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package httpapi_test
+package api_test
 
 import (
 	"context"
@@ -13,21 +13,21 @@ import (
 
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
+	"github.com/rekey-dev/rekey/triggers/api"
 )
 
 // fakeAuth knows a few tenant tokens; "expired" fails verification.
-type fakeAuth map[string]httpapi.Principal
+type fakeAuth map[string]api.Principal
 
-func (f fakeAuth) Authenticate(r *http.Request) (httpapi.Principal, error) {
+func (f fakeAuth) Authenticate(r *http.Request) (api.Principal, error) {
 	tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if tok == "expired" {
-		return httpapi.Principal{}, fmt.Errorf("%w: JWT is expired", httpapi.ErrInvalidToken)
+		return api.Principal{}, fmt.Errorf("%w: JWT is expired", api.ErrInvalidToken)
 	}
 	if p, ok := f[tok]; ok {
 		return p, nil
 	}
-	return httpapi.Principal{}, httpapi.ErrUnknownToken
+	return api.Principal{}, api.ErrUnknownToken
 }
 
 // fakeLimiter refuses every reservation after the first per secret, and
@@ -42,7 +42,7 @@ func (l *fakeLimiter) Reserve(_ context.Context, tenant, secret string) (func(co
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.taken[tenant+"/"+secret] {
-		return nil, &httpapi.TooSoonError{RetryAfter: 1500 * time.Millisecond}
+		return nil, &api.TooSoonError{RetryAfter: 1500 * time.Millisecond}
 	}
 	l.taken[tenant+"/"+secret] = true
 	return func(context.Context) {
@@ -54,8 +54,8 @@ func (l *fakeLimiter) Reserve(_ context.Context, tenant, secret string) (func(co
 }
 
 var tenantTokens = fakeAuth{
-	"acme-token":   {Kind: httpapi.PrincipalTenant, Tenant: "acme", TokenID: "acme-ci"},
-	"globex-token": {Kind: httpapi.PrincipalTenant, Tenant: "globex", TokenID: "globex-ci"},
+	"acme-token":   {Kind: api.PrincipalTenant, Tenant: "acme", TokenID: "acme-ci"},
+	"globex-token": {Kind: api.PrincipalTenant, Tenant: "globex", TokenID: "globex-ci"},
 }
 
 // TestAdminBehaviour: the admin API's 400/401/404/413 cases are what they
@@ -63,7 +63,7 @@ var tenantTokens = fakeAuth{
 func TestAdminBehaviour(t *testing.T) {
 	for _, withTenants := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tenants=%v", withTenants), func(t *testing.T) {
-			e := newEnv(t, orchestrator.NATSConfig{}, func(a *httpapi.API, _ *orchestrator.State) {
+			e := newEnv(t, orchestrator.NATSConfig{}, func(a *api.API, _ *orchestrator.State) {
 				if withTenants {
 					a.SetTenantAccess(tenantTokens, &fakeLimiter{taken: map[string]bool{}})
 				}
@@ -126,7 +126,7 @@ func TestAdminBehaviour(t *testing.T) {
 // and audited as refused in its own tenant's trail.
 func TestTenantScope(t *testing.T) {
 	lim := &fakeLimiter{taken: map[string]bool{}}
-	e := newEnv(t, orchestrator.NATSConfig{}, func(a *httpapi.API, _ *orchestrator.State) {
+	e := newEnv(t, orchestrator.NATSConfig{}, func(a *api.API, _ *orchestrator.State) {
 		a.SetTenantAccess(tenantTokens, lim)
 	})
 	for _, tc := range []struct {

@@ -1,4 +1,4 @@
-package sim
+package bench
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/goccy/go-yaml"
 
+	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/triggers/siem"
 )
@@ -67,7 +68,7 @@ sources:
     rules:
       - {match: {alertname: LeakedCredential}, tenant_label: tenant, secret_label: secret, min_severity: warning}
 `)
-	c, err := StartCluster(ctx, log, func(cfg *orchestrator.Config) {
+	c, err := demo.StartCluster(ctx, log, func(cfg *orchestrator.Config) {
 		cfg.Rotation.MinInterval = 0
 		cfg.HTTP.WriteTimeout = time.Minute
 		if cfg.Triggers == nil {
@@ -165,6 +166,6 @@ func (r WebhookResult) Print(w io.Writer) {
 	s := SortDurations(append([]time.Duration(nil), r.ToDropped...))
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "measure\tsamples\tp50\tp99\tmax\t")
-	fmt.Fprintf(tw, "webhook accepted -> all %d agents dropped\t%d\t%s\t%s\t%s\t\n", r.Agents, len(s), ms(Percentile(s, 50)), ms(Percentile(s, 99)), ms(Percentile(s, 100)))
+	fmt.Fprintf(tw, "webhook accepted -> all %d agents dropped\t%d\t%s\t%s\t%s\t\n", r.Agents, len(s), demo.Millis(Percentile(s, 50)), demo.Millis(Percentile(s, 99)), demo.Millis(Percentile(s, 100)))
 	tw.Flush()
 }

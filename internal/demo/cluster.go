@@ -1,7 +1,7 @@
-// Package sim runs rekeyd together with simulated agents in one process:
-// the demo (`rekeyd demo`) and the propagation benchmark
-// (`rekeyctl bench propagation`) are built on it.
-package sim
+// Package demo runs rekeyd together with agents in one process (a
+// Cluster) and tells the story of `rekeyd demo` on it. The benchmarks of
+// internal/bench start the same Cluster.
+package demo
 
 import (
 	"bytes"
@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -83,7 +82,7 @@ func StartCluster(ctx context.Context, log *slog.Logger, tweaks ...func(*orchest
 		done: make(chan error, 1), dir: dir, drops: map[string][]Drop{}, want: map[string]int{}}
 	c.cond = sync.NewCond(&c.mu)
 	go func() { c.done <- d.Run(runCtx) }()
-	if err := daemon.WaitReady(ctx, 10*time.Second, httpReady(d.HTTPAddr())); err != nil {
+	if err := daemon.WaitReady(ctx, 10*time.Second, daemon.HTTPReady(d.HTTPAddr())); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -101,8 +100,8 @@ func (c *Cluster) Close() error {
 	return err
 }
 
-// agentUsageInterval is the UsageInterval of the agents NewAgent starts.
-const agentUsageInterval = time.Second
+// AgentUsageInterval is the UsageInterval of the agents NewAgent starts.
+const AgentUsageInterval = time.Second
 
 // NewAgent connects a new agent of tenant, on its own NATS connection, and
 // records its drops.
@@ -116,7 +115,7 @@ func (c *Cluster) NewAgent(ctx context.Context, tenant, instance string) (*agent
 	c.agents++
 	c.mu.Unlock()
 	a, err := agent.New(nc, agent.NewNATSFetcher(nc, instance), agent.Config{
-		Tenant: tenant, Instance: instance, UsageInterval: agentUsageInterval,
+		Tenant: tenant, Instance: instance, UsageInterval: AgentUsageInterval,
 		OnInvalidate: func(ev agent.Invalidated) {
 			id := ev.Invalidation.RequestID
 			c.mu.Lock()
@@ -220,21 +219,6 @@ func (c *Cluster) WaitDrops(ctx context.Context, requestID string, n int) ([]Dro
 	return out, nil
 }
 
-// Percentile returns the p-th percentile (0..100) of sorted durations.
-func Percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(float64(len(sorted)-1) * p / 100)
-	return sorted[i]
-}
-
-// SortDurations sorts in place and returns d.
-func SortDurations(d []time.Duration) []time.Duration {
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	return d
-}
-
 // ErrTimeout is returned when agents did not all drop in time.
 var ErrTimeout = errors.New("timed out")
 
@@ -260,7 +244,7 @@ func (c *Cluster) Events(tenant, kind string) (<-chan schemas.Event, func(), err
 func (c *Cluster) WaitIdle(ctx context.Context, tenant, secret string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if c.consumerDrained(ctx, schemas.StreamRotate, orchestrator.ConsumerRotation) {
+		if c.ConsumerDrained(ctx, schemas.StreamRotate, orchestrator.ConsumerRotation) {
 			st, err := c.Daemon.State().SecretStatus(ctx, tenant, secret)
 			if err == nil && st.State != orchestrator.SecretRotating {
 				return nil
@@ -271,9 +255,9 @@ func (c *Cluster) WaitIdle(ctx context.Context, tenant, secret string, timeout t
 	return fmt.Errorf("rotations still pending after %s", timeout)
 }
 
-// consumerDrained reports whether a durable consumer has no message left to
+// ConsumerDrained reports whether a durable consumer has no message left to
 // deliver and none delivered but unacked.
-func (c *Cluster) consumerDrained(ctx context.Context, stream, durable string) bool {
+func (c *Cluster) ConsumerDrained(ctx context.Context, stream, durable string) bool {
 	cons, err := c.Daemon.Bus().JS.Consumer(ctx, stream, durable)
 	if err != nil {
 		return false

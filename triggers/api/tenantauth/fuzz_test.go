@@ -1,4 +1,4 @@
-package selfservice_test
+package tenantauth_test
 
 import (
 	"context"
@@ -12,8 +12,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/rekey-dev/rekey/orchestrator"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
-	"github.com/rekey-dev/rekey/triggers/selfservice"
+	"github.com/rekey-dev/rekey/triggers/api"
+	"github.com/rekey-dev/rekey/triggers/api/tenantauth"
 )
 
 // FuzzAuthenticate: whatever the bearer token, Authenticate does not
@@ -25,11 +25,11 @@ func FuzzAuthenticate(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	cfg, err := selfservice.ParseConfig([]byte(tokensYAML()+"min_interval: 0s\njwt: {algorithm: HS256, hs256_key_env: "+hsKeyEnv+"}\n"), &rekey)
+	cfg, err := tenantauth.ParseConfig([]byte(tokensYAML()+"min_interval: 0s\njwt: {algorithm: HS256, hs256_key_env: "+hsKeyEnv+"}\n"), &rekey)
 	if err != nil {
 		f.Fatal(err)
 	}
-	svc, err := selfservice.New(context.Background(), cfg, &rekey, nil, orchestrator.NewMetrics(), slog.New(slog.DiscardHandler))
+	svc, err := tenantauth.New(context.Background(), cfg, &rekey, nil, orchestrator.NewMetrics(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -48,13 +48,13 @@ func FuzzAuthenticate(f *testing.F) {
 		p, err := svc.Authenticate(r)
 		switch {
 		case err == nil:
-			if p.Kind != httpapi.PrincipalTenant || p.Tenant == "" || p.TokenID == "" {
+			if p.Kind != api.PrincipalTenant || p.Tenant == "" || p.TokenID == "" {
 				t.Fatalf("incomplete principal %+v", p)
 			}
 			if strings.TrimSpace(tok) != acmeToken && strings.TrimSpace(tok) != globexToken && strings.Count(tok, ".") != 2 {
 				t.Fatalf("let in a token that is neither configured nor a JWT")
 			}
-		case errors.Is(err, httpapi.ErrUnknownToken), errors.Is(err, httpapi.ErrInvalidToken):
+		case errors.Is(err, api.ErrUnknownToken), errors.Is(err, api.ErrInvalidToken):
 			if len(tok) >= 8 && strings.Contains(err.Error(), tok) {
 				t.Fatalf("error quotes the token: %v", err)
 			}

@@ -1,4 +1,4 @@
-package sim
+package bench
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/usage"
@@ -76,7 +77,7 @@ type FanoutOptions struct {
 func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutResult, error) {
 	n, rotations := opts.Agents, opts.Rotations
 	res := FanoutResult{Agents: n, Rotations: rotations, CollectBetween: opts.CollectBetween}
-	c, err := StartCluster(ctx, log, func(cfg *orchestrator.Config) {
+	c, err := demo.StartCluster(ctx, log, func(cfg *orchestrator.Config) {
 		cfg.Rotation.MinInterval = 0
 		cfg.Log.Level = "error"
 	})
@@ -123,7 +124,7 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		return res, fmt.Errorf("start agents: %w", err)
 	}
 	res.ConnectTime = time.Since(began)
-	if err := settleUsage(ctx, c, agentUsageInterval); err != nil {
+	if err := settleUsage(ctx, c, demo.AgentUsageInterval); err != nil {
 		return res, err
 	}
 	runtime.GC()
@@ -203,13 +204,13 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 // published (within interval) and counted by rekeyd: 5,000 of them cost
 // rekeyd's usage trigger most of a second of CPU, which would otherwise
 // fall on the first samples and nowhere in the raw rounds.
-func settleUsage(ctx context.Context, c *Cluster, interval time.Duration) error {
+func settleUsage(ctx context.Context, c *demo.Cluster, interval time.Duration) error {
 	select {
 	case <-time.After(interval + interval/5): // the reports' jitter is 10%
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	for deadline := time.Now().Add(60 * time.Second); !c.consumerDrained(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme")); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); !c.ConsumerDrained(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme")); time.Sleep(50 * time.Millisecond) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -267,7 +268,7 @@ func waitEvent[T any](ctx context.Context, events <-chan schemas.Event, typ, id 
 // until the last received it.
 // stopProfile is called after the last round, before the subscribers
 // are closed.
-func rawBaseline(ctx context.Context, c *Cluster, n, rounds, size int, collect bool, stopProfile func()) ([]time.Duration, error) {
+func rawBaseline(ctx context.Context, c *demo.Cluster, n, rounds, size int, collect bool, stopProfile func()) ([]time.Duration, error) {
 	goroutines := runtime.NumGoroutine()
 	raw, err := newRawSubscribers(ctx, c, n, size)
 	if err != nil {
@@ -309,7 +310,7 @@ type rawSubscribers struct {
 	last    map[int]time.Time // by round: the last receipt
 }
 
-func newRawSubscribers(ctx context.Context, c *Cluster, n, size int) (*rawSubscribers, error) {
+func newRawSubscribers(ctx context.Context, c *demo.Cluster, n, size int) (*rawSubscribers, error) {
 	r := &rawSubscribers{n: n, size: size, got: map[int]int{}, last: map[int]time.Time{}}
 	r.cond = sync.NewCond(&r.mu)
 	url, opts := c.Daemon.NATSURL(), c.Daemon.AdminNATSOptions()
@@ -391,7 +392,7 @@ func (r *rawSubscribers) close() {
 
 // invalidationSize rotates secret once and returns the size of the
 // invalidation an agent received for it: data and headers.
-func invalidationSize(ctx context.Context, c *Cluster, tenant, secret string) (int, error) {
+func invalidationSize(ctx context.Context, c *demo.Cluster, tenant, secret string) (int, error) {
 	got := make(chan *nats.Msg, 16)
 	sub, err := c.Daemon.Bus().NC.ChanSubscribe(schemas.InvalidateSubject(tenant, secret), got)
 	if err != nil {
@@ -499,7 +500,7 @@ func PrintFanout(w io.Writer, results []FanoutResult) {
 			{"invalidation published -> last ack at rekeyd", r.PublishToLastAck},
 		} {
 			s := SortDurations(append([]time.Duration(nil), row.d...))
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t\n", r.Agents, row.name, len(s), ms(Percentile(s, 50)), ms(Percentile(s, 99)), ms(Percentile(s, 100)))
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t\n", r.Agents, row.name, len(s), demo.Millis(Percentile(s, 50)), demo.Millis(Percentile(s, 99)), demo.Millis(Percentile(s, 100)))
 		}
 	}
 	tw.Flush()

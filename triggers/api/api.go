@@ -1,13 +1,13 @@
-// Package httpapi is the HTTP API of rekeyd: it turns authenticated
+// Package api is the HTTP API of rekeyd: it turns authenticated
 // requests into rotation and revocation requests on NATS and reports a
 // secret's status. It never calls a backend and never returns a value.
 //
 // Every request is authenticated into a Principal: the admin token reaches
 // every route; a tenant token (checked by an Authenticator, see
-// triggers/selfservice) reaches only the self-service routes of its own
+// triggers/api/tenantauth) reaches only the self-service routes of its own
 // tenant (rotate, list, status), and its rotations are spaced out by a
 // Limiter. Anything else is 403 and audited as refused.
-package httpapi
+package api
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package httpapi_test
+package api_test
 
 import (
 	"bufio"
@@ -18,16 +18,16 @@ import (
 
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
+	"github.com/rekey-dev/rekey/triggers/api"
 )
 
 // serveWith serves a second API on e's bus with cfg's caps, and the
 // storage gate g (nil: none).
-func serveWith(t *testing.T, e *env, cfg httpapi.Config, g httpapi.StorageGate) string {
+func serveWith(t *testing.T, e *env, cfg api.Config, g api.StorageGate) string {
 	t.Helper()
 	cfg.AdminToken = adminToken
 	log := slog.New(slog.NewJSONHandler(e.logs, nil))
-	api, err := httpapi.New(cfg, e.rekey, e.bus, e.state, orchestrator.NewAuditor(e.bus, "test", log), orchestrator.NewMetrics(), log)
+	api, err := api.New(cfg, e.rekey, e.bus, e.state, orchestrator.NewAuditor(e.bus, "test", log), orchestrator.NewMetrics(), log)
 	require.NoError(t, err)
 	if g != nil {
 		api.SetStorage(g)
@@ -56,7 +56,7 @@ func post(t *testing.T, url, body string) (int, http.Header) {
 // is not affected.
 func TestQueuedRequestsAreCapped(t *testing.T) {
 	e := newEnv(t, orchestrator.NATSConfig{}, nil)
-	url := serveWith(t, e, httpapi.Config{QueuedPerTenant: 8, QueuedPerSecret: 5}, nil)
+	url := serveWith(t, e, api.Config{QueuedPerTenant: 8, QueuedPerSecret: 5}, nil)
 	rot := func(tenant, secret string) string {
 		return url + "/v1/tenants/" + tenant + "/secrets/" + secret + "/rotate"
 	}
@@ -97,7 +97,7 @@ func (g fullGate) Refuses(string) (string, bool) { return g.stream, true }
 // 503 with Retry-After and nothing is queued.
 func TestStorageFullRefuses(t *testing.T) {
 	e := newEnv(t, orchestrator.NATSConfig{}, nil)
-	url := serveWith(t, e, httpapi.Config{}, fullGate{schemas.StreamAudit})
+	url := serveWith(t, e, api.Config{}, fullGate{schemas.StreamAudit})
 	code, hdr := post(t, url+"/v1/tenants/acme/secrets/openai-key/rotate", "")
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.NotEmpty(t, hdr.Get("Retry-After"))
@@ -122,7 +122,7 @@ func TestFloodIsBounded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = mon.Run(ctx) }()
-	url := serveWith(t, e, httpapi.Config{QueuedPerTenant: 1 << 20, QueuedPerSecret: 1 << 20}, mon)
+	url := serveWith(t, e, api.Config{QueuedPerTenant: 1 << 20, QueuedPerSecret: 1 << 20}, mon)
 
 	reason := strings.Repeat("r", 400) // about 1 KiB per stored request
 	var accepted, refused, other atomic.Int64

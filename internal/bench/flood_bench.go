@@ -1,4 +1,4 @@
-package sim
+package bench
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/usage"
@@ -54,7 +55,7 @@ const globexMaxUses = 10
 // (use-count trigger -> rotation worker -> fanout -> agent, and its ack).
 func Flood(ctx context.Context, opts FloodOptions, log *slog.Logger) (FloodResult, error) {
 	res := FloodResult{Options: opts}
-	c, err := StartCluster(ctx, log, func(cfg *orchestrator.Config) {
+	c, err := demo.StartCluster(ctx, log, func(cfg *orchestrator.Config) {
 		cfg.Rotation.MinInterval = 0
 		s := cfg.Tenants["globex"].Secrets["openai-key"]
 		s.Policy.MaxUses = globexMaxUses
@@ -81,7 +82,7 @@ func Flood(ctx context.Context, opts FloodOptions, log *slog.Logger) (FloodResul
 		return res, err
 	}
 	for range opts.Samples {
-		d, resent, err := c.maxUsesRotation(ctx, reporter)
+		d, resent, err := maxUsesRotation(ctx, c, reporter)
 		if err != nil {
 			return res, fmt.Errorf("before the flood: %w", err)
 		}
@@ -105,11 +106,11 @@ func Flood(ctx context.Context, opts FloodOptions, log *slog.Logger) (FloodResul
 		defer nc.Close()
 		wg.Go(func() { flood(floodCtx, nc, acme.Version, i, opts, &sent) })
 	}
-	handled0 := c.usageHandled(ctx, "acme")
+	handled0 := usageHandled(ctx, c, "acme")
 	start := time.Now()
 	time.Sleep(time.Second) // the flood is on
 	for range opts.Samples {
-		d, resent, err := c.maxUsesRotation(ctx, reporter)
+		d, resent, err := maxUsesRotation(ctx, c, reporter)
 		if err != nil {
 			stopFlood()
 			wg.Wait()
@@ -122,7 +123,7 @@ func Flood(ctx context.Context, opts FloodOptions, log *slog.Logger) (FloodResul
 	wg.Wait()
 	res.FloodDuration = time.Since(start)
 	res.FloodSent = sent.Load()
-	res.FloodHandled = c.usageHandled(ctx, "acme") - handled0
+	res.FloodHandled = usageHandled(ctx, c, "acme") - handled0
 	return res, nil
 }
 
@@ -171,7 +172,7 @@ func flood(ctx context.Context, nc *nats.Conn, version string, conn int, opts Fl
 // globexMaxUses times and waits until globex's agent dropped it. The
 // report is published as an agent does, and again (same message id) when
 // it is not stored within a second; resent counts those.
-func (c *Cluster) maxUsesRotation(ctx context.Context, reporter jetstream.JetStream) (d time.Duration, resent int, err error) {
+func maxUsesRotation(ctx context.Context, c *demo.Cluster, reporter jetstream.JetStream) (d time.Duration, resent int, err error) {
 	st, err := c.Daemon.State().SecretStatus(ctx, "globex", "openai-key")
 	if err != nil {
 		return 0, 0, err
@@ -195,7 +196,7 @@ func (c *Cluster) maxUsesRotation(ctx context.Context, reporter jetstream.JetStr
 		m.Header.Set(nats.MsgIdHdr, ev.ID)
 		err := reporter.Conn().PublishMsg(m)
 		if err == nil {
-			err = c.stored(ctx, subject, ev.ID)
+			err = stored(ctx, c, subject, ev.ID)
 		}
 		if err == nil {
 			break
@@ -226,14 +227,14 @@ func (c *Cluster) maxUsesRotation(ctx context.Context, reporter jetstream.JetStr
 			}
 		}
 		return 0, resent, fmt.Errorf("%w (count of v%s: %d uses, rotation %+v; status: version %s, state %s; globex reports handled %d, pending %d, unacked %d, stored %d)",
-			err, st.Version, cnt.Uses, cnt.Rotation, now.Version, now.State, c.usageHandled(ctx, "globex"), pending, unacked, stored)
+			err, st.Version, cnt.Uses, cnt.Rotation, now.Version, now.State, usageHandled(ctx, c, "globex"), pending, unacked, stored)
 	}
 	return drops[0].Dropped.Sub(t0), resent, c.WaitIdle(ctx, "globex", "openai-key", 30*time.Second)
 }
 
 // stored waits up to a second until the last message on subject is the
 // one with message id id.
-func (c *Cluster) stored(ctx context.Context, subject, id string) error {
+func stored(ctx context.Context, c *demo.Cluster, subject, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	st, err := c.Daemon.Bus().JS.Stream(ctx, schemas.UsageStream("globex"))
@@ -254,7 +255,7 @@ func (c *Cluster) stored(ctx context.Context, subject, id string) error {
 }
 
 // usageHandled is how many of tenant's use reports rekeyd handled (acked).
-func (c *Cluster) usageHandled(ctx context.Context, tenant string) uint64 {
+func usageHandled(ctx context.Context, c *demo.Cluster, tenant string) uint64 {
 	cons, err := c.Daemon.Bus().JS.Consumer(ctx, schemas.UsageStream(tenant), usage.DurableFor(tenant))
 	if err != nil {
 		return 0
@@ -280,7 +281,7 @@ func (r FloodResult) Print(w io.Writer) {
 		resent int
 	}{{"before the flood", r.Before, r.ResentBefore}, {"during the flood", r.During, r.ResentDuring}} {
 		s := SortDurations(append([]time.Duration(nil), row.d...))
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t\n", row.name, len(s), ms(Percentile(s, 50)), ms(Percentile(s, 99)), ms(Percentile(s, 100)), row.resent)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t\n", row.name, len(s), demo.Millis(Percentile(s, 50)), demo.Millis(Percentile(s, 99)), demo.Millis(Percentile(s, 100)), row.resent)
 	}
 	tw.Flush()
 }

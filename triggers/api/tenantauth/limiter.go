@@ -1,4 +1,4 @@
-package selfservice
+package tenantauth
 
 import (
 	"context"

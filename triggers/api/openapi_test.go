@@ -1,4 +1,4 @@
-package httpapi_test
+package api_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/orchestrator"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
+	"github.com/rekey-dev/rekey/triggers/api"
 )
 
 // otherRoutes are the routes rekeyd serves that other packages register:
@@ -41,7 +41,7 @@ type openAPIDoc struct {
 func loadDoc(t *testing.T) openAPIDoc {
 	t.Helper()
 	var doc openAPIDoc
-	require.NoError(t, json.Unmarshal(httpapi.OpenAPI(), &doc), "openapi.json is not JSON")
+	require.NoError(t, json.Unmarshal(api.OpenAPI(), &doc), "openapi.json is not JSON")
 	return doc
 }
 
@@ -68,7 +68,7 @@ func TestOpenAPIDocument(t *testing.T) {
 
 	// Every $ref points at something that exists.
 	var whole map[string]any
-	require.NoError(t, json.Unmarshal(httpapi.OpenAPI(), &whole))
+	require.NoError(t, json.Unmarshal(api.OpenAPI(), &whole))
 	var walk func(v any)
 	walk = func(v any) {
 		switch v := v.(type) {
@@ -165,12 +165,12 @@ func TestOpenAPIRoutes(t *testing.T) {
 func TestOpenAPISchemas(t *testing.T) {
 	doc := loadDoc(t)
 	for name, v := range map[string]any{
-		"Accepted":           httpapi.Accepted{},
-		"SecretStatus":       httpapi.SecretStatus{},
-		"SecretList":         httpapi.SecretList{},
-		"TenantStatus":       httpapi.TenantStatus{},
-		"LastRotation":       httpapi.LastRotation{},
-		"InvalidationStatus": httpapi.InvalidationStatus{},
+		"Accepted":           api.Accepted{},
+		"SecretStatus":       api.SecretStatus{},
+		"SecretList":         api.SecretList{},
+		"TenantStatus":       api.TenantStatus{},
+		"LastRotation":       api.LastRotation{},
+		"InvalidationStatus": api.InvalidationStatus{},
 	} {
 		var fields []string
 		typ := reflect.TypeOf(v)

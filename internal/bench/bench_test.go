@@ -1,11 +1,10 @@
-package sim_test
+package bench_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,33 +12,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/rekey-dev/rekey/internal/sim"
+	"github.com/rekey-dev/rekey/internal/bench"
 )
-
-// TestDemo runs the README's demo command end to end.
-func TestDemo(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	require.NoError(t, sim.Demo(ctx, &out, nil))
-	s := out.String()
-	for _, want := range []string{
-		"== rotate acme/openai-key",
-		"agents now read acme/openai-key at version 2",
-		"== rotate globex/billing-db",
-		"globex agents now fail closed: Get -> agent: tenant revoked",
-		"revocation report after",
-		"globex agents serve again: globex/openai-key at version 2",
-	} {
-		require.Contains(t, s, want)
-	}
-	require.Equal(t, 4, strings.Count(s, "all 4 "), "every event reached all four agents of its tenant:\n%s", s)
-}
 
 func TestPropagationSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res, err := sim.Propagation(ctx, 5, 3, nil)
+	res, err := bench.Propagation(ctx, 5, 3, nil)
 	require.NoError(t, err)
 	require.Len(t, res.AllDropped, 3)
 	require.Len(t, res.EachDropped, 15)
@@ -53,7 +32,7 @@ func TestPropagationSmall(t *testing.T) {
 func TestFanoutBenchSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res, err := sim.Fanout(ctx, sim.FanoutOptions{Agents: 20, Rotations: 4, CollectBetween: true}, slog.New(slog.DiscardHandler))
+	res, err := bench.Fanout(ctx, bench.FanoutOptions{Agents: 20, Rotations: 4, CollectBetween: true}, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	require.Len(t, res.RawBaseline, 4)
 	require.Len(t, res.PublishToLastDrop, 4)
@@ -65,7 +44,7 @@ func TestFanoutBenchSmall(t *testing.T) {
 	require.Positive(t, res.HeapPerAgent)
 	require.Greater(t, res.MessageBytes, 300, "the raw baseline sends messages as large as an invalidation")
 	var out bytes.Buffer
-	sim.PrintFanout(&out, []sim.FanoutResult{res})
+	bench.PrintFanout(&out, []bench.FanoutResult{res})
 	require.Contains(t, out.String(), "invalidation published -> last agent dropped")
 	require.Contains(t, out.String(), "garbage collected between samples once")
 }
@@ -73,7 +52,7 @@ func TestFanoutBenchSmall(t *testing.T) {
 func TestWebhookBenchSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res, err := sim.Webhook(ctx, 2, 300*time.Millisecond, 2, 2, nil)
+	res, err := bench.Webhook(ctx, 2, 300*time.Millisecond, 2, 2, nil)
 	require.NoError(t, err)
 	require.Positive(t, res.Accepted)
 	require.Empty(t, res.Other, "every signed webhook is accepted")
@@ -85,8 +64,8 @@ func TestWebhookBenchSmall(t *testing.T) {
 func TestCapacitySmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := sim.CapacityConfig{Replicas: []int{2}, Nodes: 3, Secrets: 3, Rounds: 2, Invalidations: 20, Agents: 4}
-	rows, err := sim.Capacity(ctx, cfg, nil)
+	cfg := bench.CapacityConfig{Replicas: []int{2}, Nodes: 3, Secrets: 3, Rounds: 2, Invalidations: 20, Agents: 4}
+	rows, err := bench.Capacity(ctx, cfg, nil)
 	require.NoError(t, err)
 	require.Len(t, rows, 1)
 	require.Equal(t, 12, rows[0].Rotations.N)
@@ -94,7 +73,7 @@ func TestCapacitySmall(t *testing.T) {
 	require.Equal(t, 5, rows[0].InvalidationsToAgents.N)
 	require.EqualValues(t, 5*2, rows[0].Acks, "each of the 2 agents of a tenant acks its tenant's invalidations")
 	var out bytes.Buffer
-	sim.PrintCapacity(&out, cfg, rows)
+	bench.PrintCapacity(&out, cfg, rows)
 	require.Contains(t, out.String(), "rotations/s")
 }
 
@@ -104,7 +83,7 @@ func TestCapacitySmall(t *testing.T) {
 func TestFloodBenchSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := sim.Flood(ctx, sim.FloodOptions{Samples: 3, Conns: 1, Instances: 5, Rate: 5000}, slog.New(slog.DiscardHandler))
+	res, err := bench.Flood(ctx, bench.FloodOptions{Samples: 3, Conns: 1, Instances: 5, Rate: 5000}, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	require.Len(t, res.Before, 3)
 	require.Len(t, res.During, 3)
@@ -121,7 +100,7 @@ func TestMeasureOps(t *testing.T) {
 	var calls atomic.Int64
 	var sink [][]byte
 	var mu sync.Mutex
-	r, err := sim.MeasureOps(2, 50*time.Millisecond, func() error {
+	r, err := bench.MeasureOps(2, 50*time.Millisecond, func() error {
 		calls.Add(1)
 		b := make([]byte, 4096)
 		mu.Lock()
@@ -137,7 +116,7 @@ func TestMeasureOps(t *testing.T) {
 
 	boom := errors.New("boom")
 	calls.Store(0)
-	r, err = sim.MeasureOps(1, time.Minute, func() error {
+	r, err = bench.MeasureOps(1, time.Minute, func() error {
 		if calls.Add(1) == 10 {
 			return boom
 		}

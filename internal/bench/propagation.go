@@ -1,4 +1,8 @@
-package sim
+// Package bench holds the measurements behind `rekeyctl bench`:
+// propagation, Agent.Get, fanout against raw NATS, webhook to agents,
+// capacity of several replicas, an agent flood, and recovery after a crash.
+// Each returns a result that prints a table; none of them asserts a speed.
+package bench
 
 import (
 	"context"
@@ -6,11 +10,13 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
+	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/orchestrator"
 )
 
@@ -32,7 +38,7 @@ type PropagationResult struct {
 func Propagation(ctx context.Context, agents, rotations int, log *slog.Logger) (PropagationResult, error) {
 	res := PropagationResult{Agents: agents, Rotations: rotations}
 	// Back-to-back rotations of one secret: no minimum interval.
-	c, err := StartCluster(ctx, log, func(cfg *orchestrator.Config) { cfg.Rotation.MinInterval = 0 })
+	c, err := demo.StartCluster(ctx, log, func(cfg *orchestrator.Config) { cfg.Rotation.MinInterval = 0 })
 	if err != nil {
 		return res, err
 	}
@@ -84,7 +90,7 @@ func (r PropagationResult) Print(w io.Writer) {
 		{"invalidation published -> each agent dropped", r.PublishToDrop},
 	} {
 		s := SortDurations(append([]time.Duration(nil), row.d...))
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t\n", row.name, len(s), ms(Percentile(s, 50)), ms(Percentile(s, 99)), ms(Percentile(s, 100)))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t\n", row.name, len(s), demo.Millis(Percentile(s, 50)), demo.Millis(Percentile(s, 99)), demo.Millis(Percentile(s, 100)))
 	}
 	tw.Flush()
 }
@@ -97,7 +103,7 @@ type GetResult struct {
 // BenchGet measures Agent.Get on a cached secret, serially and from all
 // cores at once.
 func BenchGet(ctx context.Context, log *slog.Logger) (GetResult, error) {
-	c, err := StartCluster(ctx, log)
+	c, err := demo.StartCluster(ctx, log)
 	if err != nil {
 		return GetResult{}, err
 	}
@@ -198,4 +204,19 @@ func MeasureOps(workers int, d time.Duration, op func() error) (OpsResult, error
 		N: int(n.Load()), T: elapsed,
 		Allocs: after.Mallocs - before.Mallocs, Bytes: after.TotalAlloc - before.TotalAlloc,
 	}, opErr
+}
+
+// Percentile returns the p-th percentile (0..100) of sorted durations.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * p / 100)
+	return sorted[i]
+}
+
+// SortDurations sorts in place and returns d.
+func SortDurations(d []time.Duration) []time.Duration {
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d
 }

@@ -1,4 +1,4 @@
-package selfservice_test
+package tenantauth_test
 
 import (
 	"context"
@@ -17,20 +17,20 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/orchestrator"
-	"github.com/rekey-dev/rekey/triggers/selfservice"
+	"github.com/rekey-dev/rekey/triggers/api/tenantauth"
 )
 
 func TestParseConfig(t *testing.T) {
 	rekey, err := orchestrator.Parse([]byte(rekeyYAML))
 	require.NoError(t, err)
 
-	cfg, err := selfservice.ParseConfig(nil, &rekey)
+	cfg, err := tenantauth.ParseConfig(nil, &rekey)
 	require.NoError(t, err)
 	require.False(t, cfg.Enabled(), "no section, no tenant tokens")
 	require.Equal(t, time.Minute, cfg.MinInterval)
 	require.Equal(t, 24*time.Hour, cfg.IdempotencyTTL)
 
-	cfg, err = selfservice.ParseConfig([]byte(tokensYAML()+`
+	cfg, err = tenantauth.ParseConfig([]byte(tokensYAML()+`
 min_interval: 30s
 idempotency_ttl: 1h
 jwt:
@@ -75,7 +75,7 @@ jwt:
 			[]string{"triggers.selfservice", "tokenz"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := selfservice.ParseConfig([]byte(tc.yaml), &rekey)
+			_, err := tenantauth.ParseConfig([]byte(tc.yaml), &rekey)
 			require.Error(t, err)
 			for _, w := range tc.want {
 				require.Contains(t, err.Error(), w)
@@ -83,7 +83,7 @@ jwt:
 		})
 	}
 
-	cfg, err = selfservice.ParseConfig([]byte(`{min_interval: 0s, tokens: [{id: a, tenant: acme, sha256: `+ok+`}]}`), &rekey)
+	cfg, err = tenantauth.ParseConfig([]byte(`{min_interval: 0s, tokens: [{id: a, tenant: acme, sha256: `+ok+`}]}`), &rekey)
 	require.NoError(t, err)
 	require.Zero(t, cfg.MinInterval, "0 turns the minimum interval off")
 }
@@ -121,9 +121,9 @@ func TestNewKeyErrors(t *testing.T) {
 		{"p384 for es256", `{algorithm: ES256, public_key_file: ` + writePEM("p384.pem", &p384.PublicKey) + `}`, "ES256 needs a P-256 key, not P-384"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := selfservice.ParseConfig([]byte("min_interval: 0s\njwt: "+tc.jwt), &rekey)
+			cfg, err := tenantauth.ParseConfig([]byte("min_interval: 0s\njwt: "+tc.jwt), &rekey)
 			require.NoError(t, err)
-			_, err = selfservice.New(context.Background(), cfg, &rekey, nil, orchestrator.NewMetrics(), slog.New(slog.DiscardHandler))
+			_, err = tenantauth.New(context.Background(), cfg, &rekey, nil, orchestrator.NewMetrics(), slog.New(slog.DiscardHandler))
 			require.ErrorContains(t, err, tc.want)
 			require.NotContains(t, err.Error(), "too-short")
 		})

@@ -1,4 +1,4 @@
-package sim
+package bench
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/internal/daemon"
+	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/internal/natsrun"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -94,25 +94,6 @@ func cpuTime() time.Duration {
 func encoded(ev schemas.Event) []byte {
 	b, _ := ev.Encode()
 	return b
-}
-
-// httpReady checks rekeyd's /readyz at addr.
-func httpReady(addr string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz: %s", resp.Status)
-		}
-		return nil
-	}
 }
 
 // Capacity measures rotations/s, invalidations/s and agents at each
@@ -217,7 +198,7 @@ func startReplicas(ctx context.Context, cfg CapacityConfig, n int, log *slog.Log
 		s.daemons, s.done = append(s.daemons, d), append(s.done, done)
 	}
 	for _, d := range s.daemons {
-		if err := daemon.WaitReady(ctx, 30*time.Second, httpReady(d.HTTPAddr())); err != nil {
+		if err := daemon.WaitReady(ctx, 30*time.Second, daemon.HTTPReady(d.HTTPAddr())); err != nil {
 			s.close()
 			return nil, err
 		}
@@ -474,9 +455,9 @@ func PrintCapacity(w io.Writer, cfg CapacityConfig, rows []CapacityRow) {
 		rot, inv, invA := r.Rotations, r.Invalidations, r.InvalidationsToAgents
 		acks := float64(r.Acks) / max(invA.Took.Seconds(), 1e-9)
 		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%s\t%.0f\t%.0f\t%s\t%.0f\t%.0f\t%s\t%d\t%d\t%s\t\n", r.Replicas,
-			rot.PerSecond(), rot.PerSecond()/float64(r.Replicas), ms(rot.CPUPer()),
-			inv.PerSecond(), inv.PerSecond()/float64(r.Replicas), ms(inv.CPUPer()),
-			invA.PerSecond(), acks, ms(invA.CPU/time.Duration(max(r.Acks, 1))),
+			rot.PerSecond(), rot.PerSecond()/float64(r.Replicas), demo.Millis(rot.CPUPer()),
+			inv.PerSecond(), inv.PerSecond()/float64(r.Replicas), demo.Millis(inv.CPUPer()),
+			invA.PerSecond(), acks, demo.Millis(invA.CPU/time.Duration(max(r.Acks, 1))),
 			r.Agents, (r.Agents+r.Nodes-1)/r.Nodes, r.ConnectTime.Round(time.Millisecond))
 	}
 	tw.Flush()

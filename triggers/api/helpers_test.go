@@ -1,4 +1,4 @@
-package httpapi_test
+package api_test
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ import (
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
+	"github.com/rekey-dev/rekey/triggers/api"
 )
 
 const adminToken = "test-admin-token-0123456789"
@@ -40,7 +40,7 @@ type env struct {
 	bus   *orchestrator.Bus
 	state *orchestrator.State
 	rekey *orchestrator.Config
-	api   *httpapi.API
+	api   *api.API
 	mux   *http.ServeMux
 	url   string
 	logs  *testutil.SyncBuffer
@@ -48,7 +48,7 @@ type env struct {
 
 // newEnv starts nats-server and the streams, and serves the API on an
 // httptest server. setup, if set, runs before Register (SetTenantAccess).
-func newEnv(t *testing.T, natsCfg orchestrator.NATSConfig, setup func(*httpapi.API, *orchestrator.State)) *env {
+func newEnv(t *testing.T, natsCfg orchestrator.NATSConfig, setup func(*api.API, *orchestrator.State)) *env {
 	t.Helper()
 	srv := testutil.StartNATS(t, -1, "")
 	ctx := context.Background()
@@ -62,7 +62,7 @@ func newEnv(t *testing.T, natsCfg orchestrator.NATSConfig, setup func(*httpapi.A
 	require.NoError(t, err)
 	rekey, err := orchestrator.Parse([]byte(rekeyYAML))
 	require.NoError(t, err)
-	api, err := httpapi.New(httpapi.Config{AdminToken: adminToken, MaxBodyBytes: 4096}, &rekey, bus, state,
+	api, err := api.New(api.Config{AdminToken: adminToken, MaxBodyBytes: 4096}, &rekey, bus, state,
 		orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), log)
 	require.NoError(t, err)
 	if setup != nil {

@@ -1,4 +1,4 @@
-package selfservice_test
+package tenantauth_test
 
 import (
 	"bytes"
@@ -21,8 +21,8 @@ import (
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
-	"github.com/rekey-dev/rekey/triggers/selfservice"
+	"github.com/rekey-dev/rekey/triggers/api"
+	"github.com/rekey-dev/rekey/triggers/api/tenantauth"
 )
 
 // Tokens of the tests. Each test that serves requests checks at the end
@@ -99,12 +99,12 @@ func newEnv(t *testing.T, selfYAML string) *env {
 func (e *env) serve(selfYAML string) string {
 	t, log := e.t, e.log
 	t.Helper()
-	cfg, err := selfservice.ParseConfig([]byte(selfYAML), e.rekey)
+	cfg, err := tenantauth.ParseConfig([]byte(selfYAML), e.rekey)
 	require.NoError(t, err)
 	metrics := orchestrator.NewMetrics()
-	svc, err := selfservice.New(context.Background(), cfg, e.rekey, e.bus, metrics, log)
+	svc, err := tenantauth.New(context.Background(), cfg, e.rekey, e.bus, metrics, log)
 	require.NoError(t, err)
-	api, err := httpapi.New(httpapi.Config{AdminToken: adminToken, IdempotencyTTL: cfg.IdempotencyTTL}, e.rekey, e.bus, e.state,
+	api, err := api.New(api.Config{AdminToken: adminToken, IdempotencyTTL: cfg.IdempotencyTTL}, e.rekey, e.bus, e.state,
 		orchestrator.NewAuditor(e.bus, "test", log), metrics, log)
 	require.NoError(t, err)
 	api.SetTenantAccess(svc, svc)
@@ -210,7 +210,7 @@ func (e *env) checkNoLeaks() {
 	e.t.Helper()
 	hay := e.logs.String()
 	for _, stream := range []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.StreamAudit,
-		"KV_" + httpapi.BucketIdempotency} {
+		"KV_" + api.BucketIdempotency} {
 		for _, m := range e.msgs(stream) {
 			hay += m.Subject + string(m.Data)
 			for k, v := range m.Header {

@@ -1,4 +1,4 @@
-package httpapi
+package api
 
 import (
 	"crypto/sha256"
@@ -11,7 +11,7 @@ import (
 )
 
 // The request principal and the tenant-access contract live in
-// orchestrator/apiauth, so that triggers/selfservice implements them
+// orchestrator/apiauth, so that triggers/api/tenantauth implements them
 // without importing this package; these names stay for the API's callers.
 type (
 	// PrincipalKind says who a request acts for.

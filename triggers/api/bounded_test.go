@@ -1,4 +1,4 @@
-package httpapi_test
+package api_test
 
 import (
 	"fmt"
@@ -8,15 +8,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/orchestrator"
-	"github.com/rekey-dev/rekey/triggers/httpapi"
+	"github.com/rekey-dev/rekey/triggers/api"
 )
 
 // manyAgents is a delivery as fanout would report it after a flood of
 // 100,000 fake heartbeats with names of the longest allowed length.
 type manyAgents struct{ n int }
 
-func (m manyAgents) LatestInvalidation(tenant, secret string) (httpapi.InvalidationStatus, bool) {
-	s := httpapi.InvalidationStatus{RequestID: "r", Kind: "rotated", LiveAgents: 2 * m.n}
+func (m manyAgents) LatestInvalidation(tenant, secret string) (api.InvalidationStatus, bool) {
+	s := api.InvalidationStatus{RequestID: "r", Kind: "rotated", LiveAgents: 2 * m.n}
 	for i := range m.n {
 		s.Acked = append(s.Acked, fmt.Sprintf("%s-%d", strings.Repeat("a", 100), i))
 		s.Missing = append(s.Missing, fmt.Sprintf("%s-%d", strings.Repeat("m", 100), i))
@@ -28,19 +28,19 @@ func (m manyAgents) LatestInvalidation(tenant, secret string) (httpapi.Invalidat
 // MaxListedAgents acked and missing agents, with the full counts, so the
 // reply stays small (it was 21.9 MB after a presence flood).
 func TestAttackStatusReplyBounded(t *testing.T) {
-	e := newEnv(t, orchestrator.NATSConfig{}, func(a *httpapi.API, _ *orchestrator.State) { a.SetDeliveries(manyAgents{n: 100000}) })
+	e := newEnv(t, orchestrator.NATSConfig{}, func(a *api.API, _ *orchestrator.State) { a.SetDeliveries(manyAgents{n: 100000}) })
 	r := e.call("GET", "/v1/tenants/acme/secrets/openai-key", adminToken, "", nil)
 	require.Equal(t, 200, r.code, "%s", r.raw)
 	require.Less(t, len(r.raw), 512<<10)
 	inv := r.body["invalidation"].(map[string]any)
-	require.Len(t, inv["acked"], httpapi.MaxListedAgents)
-	require.Len(t, inv["missing"], httpapi.MaxListedAgents)
+	require.Len(t, inv["acked"], api.MaxListedAgents)
+	require.Len(t, inv["missing"], api.MaxListedAgents)
 	require.EqualValues(t, 100000, inv["acked_count"])
 	require.EqualValues(t, 100000, inv["missing_count"])
 	require.Equal(t, true, inv["acked_truncated"])
 	require.Equal(t, true, inv["missing_truncated"])
 
-	small := newEnv(t, orchestrator.NATSConfig{}, func(a *httpapi.API, _ *orchestrator.State) { a.SetDeliveries(manyAgents{n: 3}) })
+	small := newEnv(t, orchestrator.NATSConfig{}, func(a *api.API, _ *orchestrator.State) { a.SetDeliveries(manyAgents{n: 3}) })
 	r = small.call("GET", "/v1/tenants/acme/secrets/openai-key", adminToken, "", nil)
 	require.Equal(t, 200, r.code, "%s", r.raw)
 	inv = r.body["invalidation"].(map[string]any)

@@ -1,4 +1,4 @@
-package selfservice_test
+package tenantauth_test
 
 import (
 	"context"

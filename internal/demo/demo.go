@@ -1,4 +1,4 @@
-package sim
+package demo
 
 import (
 	"context"
@@ -109,10 +109,10 @@ func Demo(ctx context.Context, out io.Writer, log *slog.Logger) error {
 		for _, d := range drops {
 			fromReq := d.Dropped.Sub(t0)
 			worst = max(worst, fromReq)
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", d.Agent, d.Kind, orDash(d.Version), ms(fromReq), ms(d.Dropped.Sub(d.Published)))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", d.Agent, d.Kind, orDash(d.Version), Millis(fromReq), Millis(d.Dropped.Sub(d.Published)))
 		}
 		tw.Flush()
-		fmt.Fprintf(out, "all %d %s agents applied it %s after the request\n", len(drops), st.tenant, ms(worst))
+		fmt.Fprintf(out, "all %d %s agents applied it %s after the request\n", len(drops), st.tenant, Millis(worst))
 		switch st.title {
 		case "revoke tenant globex (kill switch)":
 			_, gerr := agents["globex"][0].Get(ctx, "openai-key")
@@ -123,7 +123,7 @@ func Demo(ctx context.Context, out io.Writer, log *slog.Logger) error {
 				if err := ev.DecodeData(schemas.TypeRevocationCompleted, &rep); err != nil {
 					return err
 				}
-				fmt.Fprintf(out, "revocation report after %s: ", ms(rep.CompletedAt.Sub(rep.StartedAt)))
+				fmt.Fprintf(out, "revocation report after %s: ", Millis(rep.CompletedAt.Sub(rep.StartedAt)))
 				for _, p := range rep.Parts {
 					fmt.Fprintf(out, "%s: %d done, %d failed in %.2f ms; ", p.Part, p.Succeeded, p.Failed, p.DurationMS)
 				}
@@ -149,4 +149,6 @@ func orDash(s string) string {
 	return s
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+// Millis formats d in milliseconds with two decimals, as the demo and the
+// benchmarks print latencies.
+func Millis(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
