@@ -5,6 +5,7 @@
 package fanout
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -32,12 +33,8 @@ type Fanout struct {
 	log     *slog.Logger
 	source  string
 	acks    *AckTracker
-	// ConfirmTimeout is how long fanout waits for every live agent's ack
-	// before it publishes an incomplete invalidation_confirmed event.
-	ConfirmTimeout time.Duration
-	// Leases, when set, runs the confirmations on one replica at a time
-	// (see replicas.go); nil: this one decides them.
-	Leases Exclusive
+	cfg     Config
+	leases  Exclusive
 
 	started atomic.Bool
 	// deciding is set while this replica decides confirmations and
@@ -55,8 +52,35 @@ type Fanout struct {
 	// refused tallies the agents' messages refused, per tenant, for the
 	// audit trail (at most one record a minute per tenant).
 	refused *orchestrator.Refusals
-	// tenants, when set, get a subscription each (SetTenants).
-	tenants []string
+}
+
+// Config configures fanout (rekey.yaml's fanout section).
+type Config struct {
+	// ConfirmTimeout is how long fanout waits for every live agent's ack
+	// before it publishes an incomplete invalidation_confirmed event
+	// (default 10s).
+	ConfirmTimeout time.Duration
+	// Limits bound what each tenant's agents can make fanout hold; zero
+	// fields keep their defaults (DefaultLimits).
+	Limits Limits
+	// Tenants get a subscription each for their agents' acks and
+	// heartbeats: nats.go delivers each subscription on its own goroutine
+	// from its own bounded queue, so one tenant's flood neither delays
+	// another's acks nor pushes them out of a full queue. Empty: one
+	// subscription hears them all.
+	Tenants []string
+	// Source is the CloudEvents source of the invalidations fanout
+	// publishes (required).
+	Source string
+}
+
+// Deps are what fanout is built with: rekeyd's common dependencies (Bus
+// and Audit required) and, with several replicas, the leases that run
+// the confirmations on one replica at a time (replicas.go); with Leases
+// nil this replica decides them.
+type Deps struct {
+	orchestrator.Deps
+	Leases Exclusive
 }
 
 // ackRecord is an agent ack and the delay fanout measured for it, or,
@@ -78,22 +102,22 @@ const (
 // Started reports whether fanout consumes events and hears acks (for readiness).
 func (f *Fanout) Started() bool { return f.started.Load() }
 
-// New returns a Fanout. source is the CloudEvents source of invalidations.
-func New(bus *orchestrator.Bus, audit *orchestrator.Auditor, metrics *orchestrator.Metrics, source string, log *slog.Logger) *Fanout {
-	return &Fanout{bus: bus, audit: audit, metrics: metrics, log: log.With("component", "fanout"), source: source,
-		acks: NewAckTracker(10000), ConfirmTimeout: 10 * time.Second, ackAudit: make(chan ackRecord, ackAuditQueue),
-		auditShare: map[string]int{}, refused: orchestrator.NewRefusals(audit, "fanout", "fanout.refused", time.Minute)}
+// New returns a Fanout.
+func New(cfg Config, deps Deps) (*Fanout, error) {
+	if err := deps.Check("fanout", "bus", "audit"); err != nil {
+		return nil, err
+	}
+	if cfg.Source == "" {
+		return nil, errors.New("fanout: config: source is required")
+	}
+	cfg.ConfirmTimeout = cmp.Or(cfg.ConfirmTimeout, 10*time.Second)
+	cfg.Tenants = slices.Clone(cfg.Tenants)
+	f := &Fanout{bus: deps.Bus, audit: deps.Audit, metrics: deps.Metrics, log: deps.Log.With("component", "fanout"), source: cfg.Source,
+		cfg: cfg, leases: deps.Leases, acks: NewAckTracker(10000), ackAudit: make(chan ackRecord, ackAuditQueue),
+		auditShare: map[string]int{}, refused: orchestrator.NewRefusals(deps.Audit, "fanout", "fanout.refused", time.Minute)}
+	f.acks.SetLimits(cfg.Limits)
+	return f, nil
 }
-
-// SetLimits bounds what each tenant's agents can make fanout hold.
-func (f *Fanout) SetLimits(l Limits) { f.acks.SetLimits(l) }
-
-// SetTenants has fanout hear each tenant's acks and heartbeats on a
-// subscription of its own (before Run): nats.go delivers each
-// subscription on its own goroutine from its own bounded queue, so one
-// tenant's flood neither delays another's acks nor pushes them out of a
-// full queue. Without tenants, one subscription hears them all.
-func (f *Fanout) SetTenants(tenants []string) { f.tenants = slices.Clone(tenants) }
 
 // agentQueueMsgs and agentQueueBytes bound the queue of one tenant's
 // subscription (a flood beyond is dropped by the client, for that tenant).
@@ -120,9 +144,9 @@ func (f *Fanout) subscribeAgents() (stop func(), err error) {
 		return sub.SetPendingLimits(agentQueueMsgs, agentQueueBytes)
 	}
 	subjects := [][2]string{{schemas.SubjectAckAll, schemas.SubjectPresenceAll}}
-	if len(f.tenants) > 0 {
+	if len(f.cfg.Tenants) > 0 {
 		subjects = subjects[:0]
-		for _, t := range f.tenants {
+		for _, t := range f.cfg.Tenants {
 			subjects = append(subjects, [2]string{schemas.AckSubject(t, "*", "*"), schemas.PresenceSubject(t, "*")})
 		}
 	}
@@ -593,7 +617,7 @@ func (f *Fanout) confirmLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			due := f.acks.due(now, f.ConfirmTimeout)
+			due := f.acks.due(now, f.cfg.ConfirmTimeout)
 			if len(due) > 0 {
 				f.flushAckAudit(ctx)
 			}

@@ -30,8 +30,9 @@ func startBus(t *testing.T) *orchestrator.Bus {
 func runFanout(t *testing.T, bus *orchestrator.Bus, tenants ...string) *fanout.Fanout {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
-	f := fanout.New(bus, orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), "test/fanout", log)
-	f.SetTenants(tenants)
+	f, err := fanout.New(fanout.Config{Tenants: tenants, Source: "test/fanout"}, fanout.Deps{Deps: orchestrator.Deps{
+		Bus: bus, Audit: orchestrator.NewAuditor(bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log}})
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()

@@ -87,11 +87,11 @@ func (f *Fanout) runConfirm(ctx context.Context) {
 		wg.Wait()
 		return ctx.Err()
 	}
-	if f.Leases == nil {
+	if f.leases == nil {
 		_ = decide(ctx)
 		return
 	}
-	_ = f.Leases.RunExclusive(ctx, LeaseConfirm, decide)
+	_ = f.leases.RunExclusive(ctx, LeaseConfirm, decide)
 }
 
 // followReplicas subscribes to the invalidations and confirmations every

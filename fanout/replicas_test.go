@@ -26,9 +26,9 @@ func replicaFanout(t *testing.T, url, name string) (*fanout.Fanout, *orchestrato
 	t.Cleanup(bus.Close)
 	leases, err := orchestrator.NewLeases(context.Background(), bus, name, time.Second, nil, log)
 	require.NoError(t, err)
-	f := fanout.New(bus, orchestrator.NewAuditor(bus, name, log), orchestrator.NewMetrics(), name+"/fanout", log)
-	f.Leases = leases
-	f.ConfirmTimeout = time.Second
+	f, err := fanout.New(fanout.Config{ConfirmTimeout: time.Second, Source: name + "/fanout"}, fanout.Deps{Deps: orchestrator.Deps{
+		Bus: bus, Audit: orchestrator.NewAuditor(bus, name, log), Metrics: orchestrator.NewMetrics(), Log: log}, Leases: leases})
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()

@@ -105,6 +105,7 @@ func (t *AckTracker) SetLimits(l Limits) {
 	l.PresenceIntervalMin = cmp.Or(l.PresenceIntervalMin, d.PresenceIntervalMin)
 	l.PresenceIntervalMax = cmp.Or(l.PresenceIntervalMax, d.PresenceIntervalMax)
 	l.MaxListedAgents = cmp.Or(l.MaxListedAgents, d.MaxListedAgents)
+	l.MaxEarlyAcksPerTenant = cmp.Or(l.MaxEarlyAcksPerTenant, d.MaxEarlyAcksPerTenant)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.lim = l

@@ -14,16 +14,16 @@ import (
 
 // Deps are what the workers share.
 type Deps struct {
-	Bus     *orchestrator.Bus
+	orchestrator.Deps
 	State   *orchestrator.State
-	Audit   *orchestrator.Auditor
-	Metrics *orchestrator.Metrics
 	Catalog *Catalog
-	Log     *slog.Logger
 	// Owner identifies this process in locks (hostname-pid-random).
 	Owner string
 	// Source is the CloudEvents source of events this process publishes.
 	Source string
+	// StepHook, when set, runs after each successful saga step; an error
+	// it returns fails the step. For fault-injection tests.
+	StepHook func(ctx context.Context, step string) error
 }
 
 // Job is one rotation to run.
@@ -43,18 +43,12 @@ type Job struct {
 type Rotator struct {
 	d   Deps
 	cfg orchestrator.RotationConfig
-	// hookAfterStep, when set (tests only), runs after each successful step.
-	hookAfterStep func(ctx context.Context, step string) error
 }
 
 // NewRotator returns a Rotator.
 func NewRotator(d Deps, cfg orchestrator.RotationConfig) *Rotator {
 	return &Rotator{d: d, cfg: cfg}
 }
-
-// SetStepHook installs a function called after every successful saga step;
-// an error it returns fails the step. For fault-injection tests.
-func (r *Rotator) SetStepHook(fn func(ctx context.Context, step string) error) { r.hookAfterStep = fn }
 
 // Rotate runs one rotation. It returns ErrBusy when another rotation of the
 // secret holds the lock, an error wrapping ErrPermanent when the rotation
@@ -289,8 +283,8 @@ func (r *Rotator) step(ctx context.Context, job Job, b Backend, ref SecretRef, n
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	err := fn(sctx)
-	if err == nil && r.hookAfterStep != nil {
-		err = r.hookAfterStep(sctx, name)
+	if err == nil && r.d.StepHook != nil {
+		err = r.d.StepHook(sctx, name)
 	}
 	detail := map[string]string{"step": name}
 	if version != "" {

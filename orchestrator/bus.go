@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -163,12 +164,56 @@ func (b *Bus) Limits() LimitsConfig { return b.cfg.Limits }
 // EnsureStreams creates or updates every stream; safe to call at each start.
 func (b *Bus) EnsureStreams(ctx context.Context) error {
 	for _, sc := range b.StreamConfigs() {
-		if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		if err := b.ensureStream(ctx, sc); err != nil {
+			return err
 		}
 	}
 	return nil
 }
+
+// ensureStream creates or updates a stream, waiting for a forming cluster.
+func (b *Bus) ensureStream(ctx context.Context, sc jetstream.StreamConfig) error {
+	return b.whileForming(ctx, "stream "+sc.Name, func() error {
+		_, err := b.JS.CreateOrUpdateStream(ctx, sc)
+		return err
+	})
+}
+
+// whileForming runs create (a stream's or a bucket's) and, while a NATS
+// cluster is still forming or busy electing (no peer for placement yet,
+// JetStream temporarily unavailable, the API request timed out while ctx
+// is live), which happens when rekeyd starts beside it, runs it again with
+// backoff for up to streamPlacementWait.
+func (b *Bus) whileForming(ctx context.Context, what string, create func() error) error {
+	deadline := time.Now().Add(streamPlacementWait)
+	for n := 1; ; n++ {
+		err := create()
+		if err == nil {
+			return nil
+		}
+		var apiErr *jetstream.APIError
+		forming := (errors.As(err, &apiErr) && slices.Contains(clusterFormingCodes, apiErr.ErrorCode)) ||
+			(ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)))
+		if !forming || time.Now().After(deadline) {
+			return fmt.Errorf("ensure %s: %w", what, err)
+		}
+		b.log.Warn("NATS cluster not ready yet; retrying", "component", "bus", "create", what, "error", err)
+		if !retry.Sleep(ctx, streamPlacementBackoff.Delay(n)) {
+			return fmt.Errorf("ensure %s: %w", what, errors.Join(ctx.Err(), err))
+		}
+	}
+}
+
+// streamPlacementWait bounds how long a stream or bucket waits for a
+// forming cluster.
+const streamPlacementWait = 30 * time.Second
+
+var streamPlacementBackoff = retry.Backoff{Initial: 100 * time.Millisecond, Max: 2 * time.Second}
+
+// clusterFormingCodes are JetStream error codes of a cluster that is still
+// forming: no suitable peers for placement (10005), JetStream temporarily
+// unavailable (10008).
+var clusterFormingCodes = []jetstream.ErrorCode{10005, 10008}
 
 // UsageStreamMaxBytes bounds the use reports one tenant's stream keeps; a
 // flood beyond pushes out the tenant's own oldest reports, never another
@@ -205,9 +250,8 @@ func (b *Bus) EnsureUsageStreams(ctx context.Context, tenants []string) error {
 		return fmt.Errorf("delete the shared stream %s: %w", schemas.StreamUsage, err)
 	}
 	for _, t := range tenants {
-		sc := b.UsageStreamConfig(t)
-		if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		if err := b.ensureStream(ctx, b.UsageStreamConfig(t)); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -215,17 +259,19 @@ func (b *Bus) EnsureUsageStreams(ctx context.Context, tenants []string) error {
 
 // KV creates (or opens) a key-value bucket.
 func (b *Bus) KV(ctx context.Context, bucket string, ttl time.Duration) (jetstream.KeyValue, error) {
-	kv, err := b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:   bucket,
-		Storage:  jetstream.FileStorage,
-		Replicas: b.cfg.Replicas,
-		TTL:      ttl,
-		History:  1,
+	var kv jetstream.KeyValue
+	err := b.whileForming(ctx, "kv "+bucket, func() error {
+		var err error
+		kv, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:   bucket,
+			Storage:  jetstream.FileStorage,
+			Replicas: b.cfg.Replicas,
+			TTL:      ttl,
+			History:  1,
+		})
+		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("ensure kv %s: %w", bucket, err)
-	}
-	return kv, nil
+	return kv, err
 }
 
 // Publish sends an event to a JetStream subject with the event ID as

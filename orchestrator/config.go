@@ -34,8 +34,30 @@ type Config struct {
 	Tenants  map[string]TenantConfig `yaml:"tenants"`
 	// Triggers holds one section per trigger kind (cron, usage, siem,
 	// selfservice...). Each trigger package decodes its own section with
-	// DecodeSection; cmd/ registers the known kinds and refuses others.
+	// DecodeSection; internal/daemon's table of triggers names the known
+	// kinds and refuses others. Whether one runs: TriggerOn.
 	Triggers map[string]yaml.RawMessage `yaml:"triggers"`
+}
+
+// TriggerOn is the one rule for whether the trigger of a section runs: as
+// its section's enabled key says when it has one; else on when the
+// section is present, and when it is absent as defaultOn (cron and usage,
+// whose work is set on each secret, are on without a section).
+func (c *Config) TriggerOn(name string, defaultOn bool) (bool, error) {
+	raw, ok := c.Triggers[name]
+	if !ok {
+		return defaultOn, nil
+	}
+	var s struct {
+		Enabled *bool `yaml:"enabled"`
+	}
+	if err := yaml.Unmarshal(raw, &s); err != nil {
+		return false, FieldErrorf("triggers."+name+".enabled", "%v", err)
+	}
+	if s.Enabled == nil {
+		return true, nil
+	}
+	return *s.Enabled, nil
 }
 
 // LogConfig selects the slog handler.

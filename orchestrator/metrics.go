@@ -52,7 +52,7 @@ func NewMetrics() *Metrics {
 			Name: "rekey_rotation_attempts", Help: "Attempts a rotation needed.", Buckets: []float64{1, 2, 3, 5, 8, 13},
 		}),
 		RevocationsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rekey_revocations_total", Help: "Tenant revocations and restores, by outcome.",
+			Name: "rekey_revocations_total", Help: "Tenant revocations and restores, by action (revoke, restore) and outcome.",
 		}, []string{"action", "outcome"}),
 		RevocationDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "rekey_revocation_duration_seconds", Help: "Time to complete a tenant revocation.", Buckets: latency,

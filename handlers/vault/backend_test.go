@@ -243,7 +243,7 @@ func TestFailedTestRollsBack(t *testing.T) {
 	_, value, err := b.Read(ctx, ref)
 	require.NoError(t, err)
 
-	rot, _ := newRotator(t, ref, failingTest{b})
+	rot, _ := newRotator(t, ref, failingTest{b}, nil)
 	_, err = rot.Rotate(ctx, handlers.Job{Tenant: ref.Tenant, Secret: ref.Secret, RequestID: schemas.NewULID(), Delivery: 1})
 	require.ErrorIs(t, err, handlers.ErrPermanent)
 
@@ -262,7 +262,7 @@ func TestRotatorPromotes(t *testing.T) {
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
 	ref := kvRef("acme", uniq("rotator"))
-	rot, _ := newRotator(t, ref, b)
+	rot, _ := newRotator(t, ref, b, nil)
 	done, err := rot.Rotate(ctx, handlers.Job{Tenant: ref.Tenant, Secret: ref.Secret, RequestID: schemas.NewULID(), Delivery: 1})
 	require.NoError(t, err)
 	cur, err := b.Current(ctx, ref)
@@ -273,7 +273,10 @@ func TestRotatorPromotes(t *testing.T) {
 
 // newRotator builds a handlers.Rotator on an embedded NATS with a catalog
 // holding ref (backend vault), for tests of the real saga.
-func newRotator(t *testing.T, ref handlers.SecretRef, b handlers.Backend) (*handlers.Rotator, *orchestrator.Bus) {
+// newRotator returns a rotator of b's secret ref; hook, if set, runs after
+// each successful saga step.
+func newRotator(t *testing.T, ref handlers.SecretRef, b handlers.Backend,
+	hook func(ctx context.Context, step string) error) (*handlers.Rotator, *orchestrator.Bus) {
 	t.Helper()
 	ctx := t.Context()
 	s := testutil.StartNATS(t, -1, "")
@@ -296,8 +299,9 @@ func newRotator(t *testing.T, ref handlers.SecretRef, b handlers.Backend) (*hand
 	require.NoError(t, err)
 	log := slog.New(slog.DiscardHandler)
 	return handlers.NewRotator(handlers.Deps{
-		Bus: bus, State: state, Audit: orchestrator.NewAuditor(bus, "vault-test", log), Metrics: orchestrator.NewMetrics(),
-		Catalog: cat, Log: log, Owner: "vault-test", Source: "vault-test",
+		Deps: orchestrator.Deps{Rekey: &rcfg, Bus: bus, Audit: orchestrator.NewAuditor(bus, "vault-test", log),
+			Metrics: orchestrator.NewMetrics(), Log: log},
+		State: state, Catalog: cat, Owner: "vault-test", Source: "vault-test", StepHook: hook,
 	}, rcfg.Rotation), bus
 }
 

@@ -93,10 +93,9 @@ func TestVaultOutageDuringRotation(t *testing.T) {
 	require.NoError(t, err)
 	kvBefore := md.CurrentVersion
 
-	rot, bus := newRotator(t, ref, b)
 	var once sync.Once
 	restored := make(chan struct{})
-	rot.SetStepHook(func(_ context.Context, step string) error {
+	rot, bus := newRotator(t, ref, b, func(_ context.Context, step string) error {
 		if step == handlers.StepCreate {
 			once.Do(func() {
 				p.Cut()
@@ -135,7 +134,6 @@ func TestVaultOutageDuringRotation(t *testing.T) {
 		require.NotEqual(t, done.Version, s.ID)
 	}
 	t.Logf("%d staged leftovers after the outage (rollback failed while Vault was cut)", len(left))
-	rot.SetStepHook(nil)
 	_, err = rot.Rotate(ctx, handlers.Job{Tenant: ref.Tenant, Secret: ref.Secret, RequestID: schemas.NewULID(), Delivery: 1})
 	require.NoError(t, err)
 	left, err = b.Staged(ctx, ref)

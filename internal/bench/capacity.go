@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -197,8 +198,22 @@ func startReplicas(ctx context.Context, cfg CapacityConfig, n int, log *slog.Log
 		go func() { done <- d.Run(runCtx) }()
 		s.daemons, s.done = append(s.daemons, d), append(s.done, done)
 	}
-	for _, d := range s.daemons {
-		if err := daemon.WaitReady(ctx, 30*time.Second, daemon.HTTPReady(d.HTTPAddr())); err != nil {
+	for i, d := range s.daemons {
+		waitCtx, stop := context.WithCancelCause(ctx)
+		go func() { // a replica whose Run returned is not waited for: say why
+			select {
+			case err := <-s.done[i]:
+				s.done[i] <- err // for close, which waits for every Run
+				stop(fmt.Errorf("replica %d stopped: %w", i, err))
+			case <-waitCtx.Done():
+			}
+		}()
+		err := daemon.WaitReady(waitCtx, 30*time.Second, daemon.HTTPReady(d.HTTPAddr()))
+		if cause := context.Cause(waitCtx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause
+		}
+		stop(nil)
+		if err != nil {
 			s.close()
 			return nil, err
 		}

@@ -56,31 +56,42 @@ func (e *externalChanges) Run(ctx context.Context) error {
 	return sub.Unsubscribe()
 }
 
-// buildAWSEvents builds the SQS/EventBridge trigger and, when enabled, the
-// EventBridge outcome publisher from triggers.awsevents.
-func (d *Daemon) buildAWSEvents(raw []byte, audit *orchestrator.Auditor, log *slog.Logger) ([]orchestrator.Named, error) {
+// buildAWSEvents builds the SQS/EventBridge trigger.
+func buildAWSEvents(_ context.Context, d *Daemon, raw []byte, deps orchestrator.Deps) ([]orchestrator.Named, error) {
+	cfg, err := awsevents.ParseConfig(raw, deps.Rekey)
+	if err != nil {
+		return nil, err
+	}
+	if d.awssm == nil {
+		return nil, orchestrator.FieldErrorf(awsevents.Section, "needs backends.awssm: its secrets are how AWS events map to tenants")
+	}
+	cfg.SecretsManager = awsevents.SecretsManagerTarget{Region: d.awssm.Config().Region, Endpoint: d.awssm.Config().Endpoint}
+	t, err := awsevents.New(cfg, d.awssm.Config(), deps)
+	if err != nil {
+		return nil, err
+	}
+	return []orchestrator.Named{{Name: "awsevents", Component: t}}, nil
+}
+
+// buildExporters builds what sends rekey's outcomes out: the EventBridge
+// outcome publisher, on when triggers.awsevents.eventbridge.enabled is set
+// (whether or not the SQS trigger of that section runs).
+func (d *Daemon) buildExporters() ([]orchestrator.Named, error) {
+	raw, ok := d.cfg.Triggers["awsevents"]
+	if !ok {
+		return nil, nil
+	}
 	cfg, err := awsevents.ParseConfig(raw, &d.cfg)
 	if err != nil {
 		return nil, err
 	}
-	var comps []orchestrator.Named
-	if cfg.Enabled {
-		if d.awssm == nil {
-			return nil, orchestrator.FieldErrorf(awsevents.Section, "needs backends.awssm: its secrets are how AWS events map to tenants")
-		}
-		cfg.SecretsManager = awsevents.SecretsManagerTarget{Region: d.awssm.Config().Region, Endpoint: d.awssm.Config().Endpoint}
-		t, err := awsevents.New(cfg, d.awssm.Config(), d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
-		if err != nil {
-			return nil, err
-		}
-		comps = append(comps, orchestrator.Named{Name: "awsevents", Component: t})
+	if !cfg.EventBridge.Enabled {
+		return nil, nil
 	}
-	if cfg.EventBridge.Enabled {
-		p, err := awsevents.NewPublisher(cfg, d.roles[orchestrator.RoleAPI], d.metrics, log)
-		if err != nil {
-			return nil, err
-		}
-		comps = append(comps, orchestrator.Named{Name: "awsevents-eventbridge", Component: p})
+	deps := d.deps(orchestrator.RoleAPI)
+	p, err := awsevents.NewPublisher(cfg, deps.Bus, deps.Metrics, deps.Log)
+	if err != nil {
+		return nil, err
 	}
-	return comps, nil
+	return []orchestrator.Named{{Name: "awsevents-eventbridge", Component: p}}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,25 +43,27 @@ type Options struct {
 
 // Daemon is one running rekeyd.
 type Daemon struct {
-	cfg        orchestrator.Config
-	log        *slog.Logger
-	embedded   *orchestrator.EmbeddedServer
-	natsAuth   *orchestrator.NATSAuth
-	gate       *orchestrator.LoginGate // who may log in to the embedded server
-	bus        *orchestrator.Bus       // admin: streams and buckets at start, Ready
-	roles      map[orchestrator.Role]*orchestrator.Bus
-	state      *orchestrator.State
-	metrics    *orchestrator.Metrics
-	http       *orchestrator.HTTPServer
-	fanout     *fanout.Fanout
-	fetch      *local.Server
-	resync     *fanout.ResyncServer
-	leases     *orchestrator.Leases // what runs on one replica at a time
-	local      *local.Backend
-	catalog    *handlers.Catalog
-	awssm      *awssm.Backend
-	adminToken string
-	comps      []orchestrator.Named
+	cfg         orchestrator.Config
+	log         *slog.Logger
+	embedded    *orchestrator.EmbeddedServer
+	natsAuth    *orchestrator.NATSAuth
+	gate        *orchestrator.LoginGate // who may log in to the embedded server
+	bus         *orchestrator.Bus       // admin: streams and buckets at start, Ready
+	roles       map[orchestrator.Role]*orchestrator.Bus
+	state       *orchestrator.State
+	metrics     *orchestrator.Metrics
+	http        *orchestrator.HTTPServer
+	fanout      *fanout.Fanout
+	fetch       *local.Server
+	resync      *fanout.ResyncServer
+	leases      *orchestrator.Leases // what runs on one replica at a time
+	rotations   *handlers.RotationWorker
+	revocations *handlers.RevocationWorker
+	local       *local.Backend
+	catalog     *handlers.Catalog
+	awssm       *awssm.Backend
+	adminToken  string
+	comps       []orchestrator.Named
 }
 
 // New starts the bus (embedded or external), creates streams and buckets,
@@ -80,27 +83,73 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	d = &Daemon{cfg: cfg, log: log}
+	built := &Daemon{cfg: cfg, log: log, metrics: orchestrator.NewMetrics()}
 	defer func() {
 		if err != nil {
-			d.close()
+			built.close()
 		}
 	}()
+	d = built
+	if d.adminToken, err = orchestrator.AdminToken(opts.AdminToken, cfg.DataDir); err != nil {
+		return nil, err
+	}
+	busComps, err := d.startBus(ctx)
+	if err != nil {
+		return nil, err
+	}
+	backendComps, err := d.buildBackends(ctx)
+	if err != nil {
+		return nil, err
+	}
+	coreComps, err := d.buildCore(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	apiComps, err := d.buildAPI(ctx)
+	if err != nil {
+		return nil, err
+	}
+	triggerComps, err := d.buildTriggers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	exporterComps, err := d.buildExporters()
+	if err != nil {
+		return nil, err
+	}
+	d.comps = slices.Concat(coreComps, apiComps, busComps, triggerComps, exporterComps, backendComps)
+	return d, nil
+}
 
+// deps are the common dependencies of a component running on role's
+// connection, auditing through that connection.
+func (d *Daemon) deps(role orchestrator.Role) orchestrator.Deps {
+	bus := d.roles[role]
+	return orchestrator.Deps{Rekey: &d.cfg, Bus: bus, Audit: orchestrator.NewAuditor(bus, "rekeyd", d.log),
+		Metrics: d.metrics, Log: d.log}
+}
+
+// startBus starts the embedded server (or connects to nats.url), creates
+// the streams, opens one connection per role, and returns the components
+// that guard agents' access to the bus: the kill switch's cut on the
+// embedded server, or the auth callout responder for an external one
+// with nats.agent_auth.
+func (d *Daemon) startBus(ctx context.Context) ([]orchestrator.Named, error) {
+	cfg, log := &d.cfg, d.log
 	url := cfg.NATS.URL
 	var natsOpts []nats.Option
 	var identities *agentauth.Verifier // agents' workload identities (nats.agent_auth)
 	if cfg.NATS.AgentAuth != nil {
-		identities, err = agentauth.New(*cfg.NATS.AgentAuth, cfg.TenantNames(), agentauth.WithLogger(log))
-		if err != nil {
+		var err error
+		if identities, err = agentauth.New(*cfg.NATS.AgentAuth, cfg.TenantNames(), agentauth.WithLogger(log)); err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
 	}
 	if url == "" {
 		// Embedded: rekeyd's own privileged user and one user per tenant
 		// whose permissions reach that tenant's subjects only.
-		d.natsAuth, err = orchestrator.LoadNATSAuth(cfg.DataDir)
-		if err != nil {
+		var err error
+		if d.natsAuth, err = orchestrator.LoadNATSAuth(cfg.DataDir); err != nil {
 			return nil, err
 		}
 		// Agents log in with their tenant's derived password, or, with
@@ -110,15 +159,14 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 			agentLogin = identities.Login
 		}
 		d.gate = orchestrator.NewLoginGate(d.natsAuth, cfg.TenantNames(), agentLogin)
-		d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.gate, log)
-		if err != nil {
+		if d.embedded, err = orchestrator.StartEmbedded(cfg.NATS.Embedded.Addr, cfg.StoreDir(), d.gate, log); err != nil {
 			return nil, err
 		}
 		url = d.embedded.ClientURL()
 		natsOpts = append(natsOpts, nats.UserInfo(orchestrator.RekeydUser, d.natsAuth.Password(orchestrator.RekeydUser)))
 	}
-	d.bus, err = orchestrator.Connect(ctx, url, "rekeyd", cfg.NATS, log, natsOpts...)
-	if err != nil {
+	var err error
+	if d.bus, err = orchestrator.Connect(ctx, url, "rekeyd", cfg.NATS, log, natsOpts...); err != nil {
 		return nil, err
 	}
 	if err := d.bus.EnsureStreams(ctx); err != nil {
@@ -132,63 +180,50 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err := d.connectRoles(ctx, url, log); err != nil {
 		return nil, err
 	}
-	workers, fanoutBus, fetchBus, apiBus := d.roles[orchestrator.RoleWorkers], d.roles[orchestrator.RoleFanout],
-		d.roles[orchestrator.RoleFetch], d.roles[orchestrator.RoleAPI]
-	d.state, err = orchestrator.NewState(ctx, workers, cfg.Rotation.LockTTL)
-	if err != nil {
+	// The shared state's buckets (the tenants' revocation marks among
+	// them) exist from here on.
+	if d.state, err = orchestrator.NewState(ctx, d.roles[orchestrator.RoleWorkers], cfg.Rotation.LockTTL); err != nil {
 		return nil, err
 	}
-	apiState, err := orchestrator.OpenState(ctx, apiBus)
-	if err != nil {
-		return nil, err
-	}
-	var access *busAccess
-	if d.embedded != nil {
+	fanoutBus := d.roles[orchestrator.RoleFanout]
+	switch {
+	case d.embedded != nil:
 		tenants, err := orchestrator.OpenTenants(ctx, fanoutBus)
 		if err != nil {
 			return nil, err
 		}
-		access = newBusAccess(d.embedded, d.gate, fanoutBus, tenants, cfg.TenantNames(), log)
+		access := newBusAccess(d.embedded, d.gate, fanoutBus, tenants, cfg.TenantNames(), log)
 		if err := access.Start(ctx); err != nil {
 			return nil, err
 		}
-	}
-	var callout *agentCallout
-	if d.embedded == nil && identities != nil {
-		if callout, err = newAgentCallout(ctx, url, cfg.NATS, identities, fanoutBus, log); err != nil {
+		return []orchestrator.Named{{Name: "bus-access", Component: access}}, nil
+	case identities != nil:
+		callout, err := newAgentCallout(ctx, url, cfg.NATS, identities, fanoutBus, log)
+		if err != nil {
 			return nil, err
 		}
+		return []orchestrator.Named{{Name: "agent-auth-callout", Component: callout}}, nil
 	}
-	d.metrics = orchestrator.NewMetrics()
-	audit := orchestrator.NewAuditor(workers, "rekeyd", log)
-	apiAudit := orchestrator.NewAuditor(apiBus, "rekeyd", log)
+	return nil, nil
+}
 
-	d.adminToken, err = orchestrator.AdminToken(opts.AdminToken, cfg.DataDir)
+// buildBackends builds the local backend and, when configured, Vault and
+// Secrets Manager, and the catalog of secrets over them; it returns the
+// backends' own components (Vault's login renewal, Secrets Manager's
+// external changes).
+func (d *Daemon) buildBackends(ctx context.Context) ([]orchestrator.Named, error) {
+	cfg, log := &d.cfg, d.log
+	key, err := localKey(*cfg)
 	if err != nil {
 		return nil, err
 	}
-
-	// Backends: registered here, by name.
-	key, err := localKey(cfg)
-	if err != nil {
-		return nil, err
-	}
-	d.local, err = local.New(ctx, workers.JS, local.Config{Key: key, Replicas: cfg.NATS.Replicas}, log)
-	if err != nil {
-		return nil, err
-	}
-	localReader, err := d.local.Reader(ctx, fetchBus.JS)
-	if err != nil {
-		return nil, err
-	}
-	fetchTenants, err := orchestrator.OpenTenants(ctx, fetchBus)
-	if err != nil {
+	if d.local, err = local.New(ctx, d.roles[orchestrator.RoleWorkers].JS, local.Config{Key: key, Replicas: cfg.NATS.Replicas}, log); err != nil {
 		return nil, err
 	}
 	backends := []handlers.Backend{d.local}
-	var backendComps []orchestrator.Named
+	var comps []orchestrator.Named
 	if len(cfg.Backends.Vault) > 0 {
-		vcfg, err := vault.ParseConfig(cfg.Backends.Vault, &d.cfg)
+		vcfg, err := vault.ParseConfig(cfg.Backends.Vault, cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -197,7 +232,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 			return nil, fmt.Errorf("backends.vault: %w", err)
 		}
 		backends = append(backends, vb)
-		backendComps = append(backendComps, orchestrator.Named{Name: "vault-auth", Component: vb})
+		comps = append(comps, orchestrator.Named{Name: "vault-auth", Component: vb})
 	}
 	if len(cfg.Backends.AWSSM) > 0 {
 		ab, comp, err := d.buildAWSSM(ctx, log)
@@ -206,110 +241,116 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		}
 		d.awssm = ab
 		backends = append(backends, ab)
-		backendComps = append(backendComps, comp)
+		comps = append(comps, comp)
 	}
-	catalog, err := handlers.NewCatalog(&d.cfg, backends...)
-	if err != nil {
+	if d.catalog, err = handlers.NewCatalog(cfg, backends...); err != nil {
 		return nil, err
 	}
-	d.catalog = catalog
+	return comps, nil
+}
 
+// buildCore builds the workers (rotation, revocation), fanout and the
+// agents' fetch and resync servers.
+func (d *Daemon) buildCore(ctx context.Context, opts Options) ([]orchestrator.Named, error) {
+	cfg, log := &d.cfg, d.log
+	fanoutBus, fetchBus := d.roles[orchestrator.RoleFanout], d.roles[orchestrator.RoleFetch]
 	owner := fmt.Sprintf("%s-%d-%s", hostname(), os.Getpid(), schemas.NewULID()[20:])
-	deps := handlers.Deps{
-		Bus: workers, State: d.state, Audit: audit, Metrics: d.metrics, Catalog: catalog,
-		Log: log, Owner: owner, Source: "rekeyd/" + owner,
+	var err error
+	if d.leases, err = orchestrator.NewLeases(ctx, fanoutBus, owner, cfg.NATS.LeaseTTL, d.metrics, log); err != nil {
+		return nil, err
 	}
-	d.leases, err = orchestrator.NewLeases(ctx, fanoutBus, owner, cfg.NATS.LeaseTTL, d.metrics, log)
+	deps := handlers.Deps{Deps: d.deps(orchestrator.RoleWorkers), State: d.state, Catalog: d.catalog,
+		Owner: owner, Source: "rekeyd/" + owner, StepHook: opts.StepHook}
+	rotator := handlers.NewRotator(deps, cfg.Rotation)
+	if opts.Worker.AckWait == 0 {
+		opts.Worker.AckWait = cfg.NATS.AckWait
+	}
+	d.rotations = handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, cfg.Rotation.MinInterval, opts.Worker)
+	if err := d.rotations.Provision(ctx); err != nil {
+		return nil, err
+	}
+	d.revocations = handlers.NewRevocationWorker(deps, rotator, opts.Worker)
+
+	d.fanout, err = fanout.New(fanout.Config{ConfirmTimeout: cfg.Fanout.ConfirmTimeout, Tenants: cfg.TenantNames(), Source: "rekeyd/fanout",
+		Limits: fanout.Limits{MaxAgentsPerTenant: cfg.Fanout.MaxAgentsPerTenant,
+			PresenceIntervalMin: cfg.Fanout.PresenceIntervalMin, PresenceIntervalMax: cfg.Fanout.PresenceIntervalMax,
+			MaxEarlyAcksPerTenant: cfg.Fanout.MaxEarlyAcksPerTenant, MaxListedAgents: cfg.Fanout.MaxListedAgents}},
+		fanout.Deps{Deps: d.deps(orchestrator.RoleFanout), Leases: d.leases})
 	if err != nil {
 		return nil, err
 	}
-	rotator := handlers.NewRotator(deps, cfg.Rotation)
-	if opts.StepHook != nil {
-		rotator.SetStepHook(opts.StepHook)
-	}
-	d.fanout = fanout.New(fanoutBus, orchestrator.NewAuditor(fanoutBus, "rekeyd", log), d.metrics, "rekeyd/fanout", log)
-	d.fanout.ConfirmTimeout = cfg.Fanout.ConfirmTimeout
-	d.fanout.SetLimits(fanout.Limits{MaxAgentsPerTenant: cfg.Fanout.MaxAgentsPerTenant,
-		PresenceIntervalMin: cfg.Fanout.PresenceIntervalMin, PresenceIntervalMax: cfg.Fanout.PresenceIntervalMax,
-		MaxEarlyAcksPerTenant: cfg.Fanout.MaxEarlyAcksPerTenant, MaxListedAgents: cfg.Fanout.MaxListedAgents})
-	d.fanout.SetTenants(cfg.TenantNames())
-	d.fanout.Leases = d.leases
-	d.fetch = local.NewServer(fetchBus.NC, cfg.TenantNames(), localReader, catalog.Ref, fetchTenants.IsRevoked, log)
-	d.resync = fanout.NewResyncServer(fetchBus.NC, cfg.TenantNames(), log)
 
-	// Ready once NATS answers and the consuming components are running.
-	var revocations *handlers.RevocationWorker
-	var rotations *handlers.RotationWorker
+	localReader, err := d.local.Reader(ctx, fetchBus.JS)
+	if err != nil {
+		return nil, err
+	}
+	fetchTenants, err := orchestrator.OpenTenants(ctx, fetchBus)
+	if err != nil {
+		return nil, err
+	}
+	d.fetch = local.NewServer(fetchBus.NC, cfg.TenantNames(), localReader, d.catalog.Ref, fetchTenants.IsRevoked, log)
+	d.resync = fanout.NewResyncServer(fetchBus.NC, cfg.TenantNames(), log)
+	return []orchestrator.Named{
+		{Name: "rotation-worker", Component: d.rotations},
+		{Name: "revocation-worker", Component: d.revocations},
+		{Name: "fanout", Component: d.fanout},
+		{Name: "local-fetch", Component: d.fetch},
+		{Name: "resync", Component: d.resync},
+	}, nil
+}
+
+// buildAPI builds the HTTP server (ready once NATS answers and the
+// consuming components run), the HTTP API with its tenant tokens
+// (triggers.selfservice) and the storage monitor that makes it refuse new
+// requests when a stream is full.
+func (d *Daemon) buildAPI(ctx context.Context) ([]orchestrator.Named, error) {
+	cfg, log := &d.cfg, d.log
 	ready := func(ctx context.Context) error {
 		if err := d.bus.Ready(ctx); err != nil {
 			return err
 		}
 		switch {
-		case !rotations.Started():
+		case !d.rotations.Started():
 			return errors.New("rotation worker not consuming yet")
-		case !revocations.Started():
+		case !d.revocations.Started():
 			return errors.New("revocation worker not consuming yet")
 		case !d.fanout.Started():
 			return errors.New("fanout not consuming yet")
 		}
 		return nil
 	}
-	d.http, err = orchestrator.NewHTTPServer(cfg.HTTP, d.metrics, ready, log)
+	var err error
+	if d.http, err = orchestrator.NewHTTPServer(cfg.HTTP, d.metrics, ready, log); err != nil {
+		return nil, err
+	}
+	common := d.deps(orchestrator.RoleAPI)
+	apiState, err := orchestrator.OpenState(ctx, common.Bus)
 	if err != nil {
 		return nil, err
 	}
-	selfCfg, err := tenantauth.ParseConfig(cfg.Triggers["selfservice"], &d.cfg)
+	storage := orchestrator.NewStorageMonitor(common.Bus, cfg.NATS.Limits, d.metrics, 0, log)
+	deps := api.Deps{Deps: common, State: apiState, Storage: storage, Deliveries: deliveries{d.fanout.Acks()}}
+	selfCfg, err := tenantauth.ParseConfig(cfg.Triggers["selfservice"], cfg)
 	if err != nil {
 		return nil, err
 	}
-	apiHandler, err := api.New(api.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
-		IdempotencyTTL: selfCfg.IdempotencyTTL, QueuedPerTenant: cfg.NATS.Limits.QueuedPerTenant,
-		QueuedPerSecret: cfg.NATS.Limits.QueuedPerSecret}, &d.cfg, apiBus, apiState, apiAudit, d.metrics, log)
-	if err != nil {
+	if on, err := cfg.TriggerOn("selfservice", false); err != nil {
 		return nil, err
-	}
-	storage := orchestrator.NewStorageMonitor(apiBus, cfg.NATS.Limits, d.metrics, 0, log)
-	apiHandler.SetStorage(storage)
-	apiHandler.SetDeliveries(deliveries{d.fanout.Acks()})
-	if selfCfg.Enabled() {
-		self, err := tenantauth.New(ctx, selfCfg, &d.cfg, apiBus, d.metrics, log)
+	} else if on {
+		self, err := tenantauth.New(ctx, selfCfg, common)
 		if err != nil {
 			return nil, err
 		}
-		apiHandler.SetTenantAccess(self, self)
+		deps.Tenants, deps.Limiter = self, self
 	}
-	apiHandler.Register(d.http.Mux)
-
-	if opts.Worker.AckWait == 0 {
-		opts.Worker.AckWait = cfg.NATS.AckWait
-	}
-	rotations = handlers.NewRotationWorker(deps, rotator, cfg.Rotation.Concurrency, cfg.Rotation.MinInterval, opts.Worker)
-	if err := rotations.Provision(ctx); err != nil {
-		return nil, err
-	}
-	triggers, err := d.buildTriggers(apiAudit, log)
+	routes, err := api.New(api.Config{AdminToken: d.adminToken, MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		IdempotencyTTL: selfCfg.IdempotencyTTL, QueuedPerTenant: cfg.NATS.Limits.QueuedPerTenant,
+		QueuedPerSecret: cfg.NATS.Limits.QueuedPerSecret}, deps)
 	if err != nil {
 		return nil, err
 	}
-	revocations = handlers.NewRevocationWorker(deps, rotator, opts.Worker)
-	d.comps = []orchestrator.Named{
-		{Name: "rotation-worker", Component: rotations},
-		{Name: "revocation-worker", Component: revocations},
-		{Name: "fanout", Component: d.fanout},
-		{Name: "local-fetch", Component: d.fetch},
-		{Name: "resync", Component: d.resync},
-		{Name: "http", Component: d.http},
-		{Name: "storage-monitor", Component: storage},
-	}
-	if access != nil {
-		d.comps = append(d.comps, orchestrator.Named{Name: "bus-access", Component: access})
-	}
-	if callout != nil {
-		d.comps = append(d.comps, orchestrator.Named{Name: "agent-auth-callout", Component: callout})
-	}
-	d.comps = append(d.comps, triggers...)
-	d.comps = append(d.comps, backendComps...)
-	return d, nil
+	routes.Register(d.http.Mux)
+	return []orchestrator.Named{{Name: "http", Component: d.http}, {Name: "storage-monitor", Component: storage}}, nil
 }
 
 // Run runs every component until ctx ends, then drains the NATS connection

@@ -1,8 +1,8 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
-	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -13,68 +13,103 @@ import (
 	"github.com/rekey-dev/rekey/triggers/usage"
 )
 
-// knownTriggers are the sections rekey.yaml may have under triggers:.
-var knownTriggers = []string{"awsevents", "cron", "selfservice", "siem", "usage"}
+// triggerKind builds the trigger of one section under triggers: of
+// rekey.yaml. Whether it runs is one rule for all (Config.TriggerOn);
+// build is called only when it does, with the section (nil when absent)
+// and the common dependencies on the API role's connection.
+type triggerKind struct {
+	name string
+	// defaultOn: on without a section (its work is set on each secret).
+	defaultOn bool
+	build     func(ctx context.Context, d *Daemon, raw []byte, deps orchestrator.Deps) ([]orchestrator.Named, error)
+}
+
+// triggerKinds are the triggers this build has. selfservice (tenant
+// tokens) is a section too, read by the HTTP API (buildAPI).
+var triggerKinds = []triggerKind{
+	{name: "cron", defaultOn: true, build: buildCron},
+	{name: "usage", defaultOn: true, build: buildUsage},
+	{name: "siem", build: buildSIEM},
+	{name: "awsevents", build: buildAWSEvents},
+}
+
+// sectionsOutsideTable are the sections under triggers: read by another
+// component than a trigger.
+var sectionsOutsideTable = []string{"selfservice"}
 
 // checkTriggerSections refuses a section of a trigger this build lacks.
 func checkTriggerSections(cfg *orchestrator.Config) error {
+	known := slices.Clone(sectionsOutsideTable)
+	for _, k := range triggerKinds {
+		known = append(known, k.name)
+	}
+	slices.Sort(known)
 	for _, name := range slices.Sorted(maps.Keys(cfg.Triggers)) {
-		if !slices.Contains(knownTriggers, name) {
-			return orchestrator.FieldErrorf("triggers."+name, "unknown trigger (known: %s)", strings.Join(knownTriggers, ", "))
+		if !slices.Contains(known, name) {
+			return orchestrator.FieldErrorf("triggers."+name, "unknown trigger (known: %s)", strings.Join(known, ", "))
 		}
 	}
 	return nil
 }
 
-// buildTriggers builds the cron, use-count and SIEM triggers from their
-// sections; the SIEM webhook routes are mounted on the HTTP server.
-func (d *Daemon) buildTriggers(audit *orchestrator.Auditor, log *slog.Logger) ([]orchestrator.Named, error) {
-	cfg := &d.cfg
+// buildTriggers builds every trigger that is on, each on the API role's
+// connection.
+func (d *Daemon) buildTriggers(ctx context.Context) ([]orchestrator.Named, error) {
 	var comps []orchestrator.Named
-
-	cronCfg, err := cron.ParseConfig(cfg.Triggers["cron"])
-	if err != nil {
-		return nil, err
-	}
-	if cronCfg.Enabled {
-		t, err := cron.New(cronCfg, cfg, d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
+	for _, k := range triggerKinds {
+		on, err := d.cfg.TriggerOn(k.name, k.defaultOn)
 		if err != nil {
 			return nil, err
 		}
-		// One scheduler for all replicas: one request and audit record per tick.
-		comps = append(comps, orchestrator.Named{Name: "cron", Component: d.leases.Exclusive("cron", t)})
-	}
-
-	usageCfg, err := usage.ParseConfig(cfg.Triggers["usage"])
-	if err != nil {
-		return nil, err
-	}
-	if usageCfg.Enabled {
-		t, err := usage.New(usageCfg, cfg, d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
+		if !on {
+			d.log.Info("trigger off", "trigger", k.name)
+			continue
+		}
+		c, err := k.build(ctx, d, d.cfg.Triggers[k.name], d.deps(orchestrator.RoleAPI))
 		if err != nil {
 			return nil, err
 		}
-		comps = append(comps, orchestrator.Named{Name: "usage", Component: t})
-	}
-
-	if raw, ok := cfg.Triggers["siem"]; ok {
-		siemCfg, err := siem.ParseConfig(raw, cfg)
-		if err != nil {
-			return nil, err
-		}
-		h, err := siem.New(siemCfg, cfg, d.roles[orchestrator.RoleAPI], audit, d.metrics, log)
-		if err != nil {
-			return nil, fmt.Errorf("triggers.siem: %w", err)
-		}
-		h.Register(d.http.Mux)
-	}
-
-	if raw, ok := cfg.Triggers["awsevents"]; ok {
-		aws, err := d.buildAWSEvents(raw, audit, log)
-		if err != nil {
-			return nil, err
-		}
-		comps = append(comps, aws...)
+		comps = append(comps, c...)
 	}
 	return comps, nil
+}
+
+func buildCron(_ context.Context, d *Daemon, raw []byte, deps orchestrator.Deps) ([]orchestrator.Named, error) {
+	cfg, err := cron.ParseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	t, err := cron.New(cfg, deps)
+	if err != nil {
+		return nil, err
+	}
+	// One scheduler for all replicas: one request and audit record per tick.
+	return []orchestrator.Named{{Name: "cron", Component: d.leases.Exclusive("cron", t)}}, nil
+}
+
+func buildUsage(_ context.Context, _ *Daemon, raw []byte, deps orchestrator.Deps) ([]orchestrator.Named, error) {
+	cfg, err := usage.ParseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	t, err := usage.New(cfg, deps)
+	if err != nil {
+		return nil, err
+	}
+	return []orchestrator.Named{{Name: "usage", Component: t}}, nil
+}
+
+// buildSIEM mounts the webhook routes on the HTTP server; it has no
+// component of its own.
+func buildSIEM(_ context.Context, d *Daemon, raw []byte, deps orchestrator.Deps) ([]orchestrator.Named, error) {
+	cfg, err := siem.ParseConfig(raw, deps.Rekey)
+	if err != nil {
+		return nil, err
+	}
+	h, err := siem.New(cfg, deps)
+	if err != nil {
+		return nil, fmt.Errorf("triggers.siem: %w", err)
+	}
+	h.Register(d.http.Mux)
+	return nil, nil
 }

@@ -92,13 +92,27 @@ type StorageGate interface {
 	Refuses(stream string) (full string, refused bool)
 }
 
-// SetStorage makes the API refuse new requests (503) while their stream
-// or the audit stream is full.
-func (a *API) SetStorage(g StorageGate) { a.storage = g }
+// Deps are what the API is built with: rekeyd's common dependencies
+// (Rekey, Bus and Audit required) and what its routes read or consult.
+type Deps struct {
+	orchestrator.Deps
+	// State is read by the status routes (required).
+	State *orchestrator.State
+	// Storage makes the API refuse new requests (503) while their stream
+	// or the audit stream is full; nil refuses nothing.
+	Storage StorageGate
+	// Deliveries reports the agents' acks of a secret's last
+	// invalidation in its status; nil leaves it out.
+	Deliveries Deliveries
+	// Tenants turns a tenant token into a principal of its tenant, and
+	// Limiter spaces out the rotations tenants ask for; with Tenants nil
+	// only the admin token gets in.
+	Tenants Authenticator
+	Limiter Limiter
+}
 
 // New returns the API.
-func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, state *orchestrator.State,
-	audit *orchestrator.Auditor, metrics *orchestrator.Metrics, log *slog.Logger) (*API, error) {
+func New(cfg Config, deps Deps) (*API, error) {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 1 << 20
 	}
@@ -111,12 +125,16 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, state *o
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.Default()
+	if err := deps.Check("httpapi", "rekey", "bus", "audit"); err != nil {
+		return nil, err
 	}
-	return &API{cfg: cfg, rekey: rekey, bus: bus, state: state, audit: audit, metrics: metrics,
-		log: log.With("component", "httpapi"), tokenID: orchestrator.TokenID(cfg.AdminToken),
-		idem: &idempotency{bus: bus, ttl: cfg.IdempotencyTTL}, now: time.Now}, nil
+	if deps.State == nil {
+		return nil, errors.New("httpapi: deps: state is required")
+	}
+	return &API{cfg: cfg, rekey: deps.Rekey, bus: deps.Bus, state: deps.State, audit: deps.Audit, metrics: deps.Metrics,
+		log: deps.Log.With("component", "httpapi"), tokenID: orchestrator.TokenID(cfg.AdminToken),
+		idem: &idempotency{bus: deps.Bus, ttl: cfg.IdempotencyTTL}, now: time.Now,
+		storage: deps.Storage, deliveries: deps.Deliveries, tenantAuth: deps.Tenants, limiter: deps.Limiter}, nil
 }
 
 // scope says which principals reach a route.
@@ -668,10 +686,6 @@ func (s InvalidationStatus) bounded() InvalidationStatus {
 type Deliveries interface {
 	LatestInvalidation(tenant, secret string) (InvalidationStatus, bool)
 }
-
-// SetDeliveries makes secret status replies include who confirmed the
-// latest invalidation.
-func (a *API) SetDeliveries(d Deliveries) { a.deliveries = d }
 
 // SecretStatus is the reply of GET /v1/tenants/{t}/secrets/{s}.
 type SecretStatus struct {

@@ -63,9 +63,9 @@ var tenantTokens = fakeAuth{
 func TestAdminBehaviour(t *testing.T) {
 	for _, withTenants := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tenants=%v", withTenants), func(t *testing.T) {
-			e := newEnv(t, orchestrator.NATSConfig{}, func(a *api.API, _ *orchestrator.State) {
+			e := newEnv(t, orchestrator.NATSConfig{}, func(d *api.Deps) {
 				if withTenants {
-					a.SetTenantAccess(tenantTokens, &fakeLimiter{taken: map[string]bool{}})
+					d.Tenants, d.Limiter = tenantTokens, &fakeLimiter{taken: map[string]bool{}}
 				}
 			})
 			rot := "/v1/tenants/acme/secrets/openai-key/rotate"
@@ -126,8 +126,8 @@ func TestAdminBehaviour(t *testing.T) {
 // and audited as refused in its own tenant's trail.
 func TestTenantScope(t *testing.T) {
 	lim := &fakeLimiter{taken: map[string]bool{}}
-	e := newEnv(t, orchestrator.NATSConfig{}, func(a *api.API, _ *orchestrator.State) {
-		a.SetTenantAccess(tenantTokens, lim)
+	e := newEnv(t, orchestrator.NATSConfig{}, func(d *api.Deps) {
+		d.Tenants, d.Limiter = tenantTokens, lim
 	})
 	for _, tc := range []struct {
 		name, method, path, token string

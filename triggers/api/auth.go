@@ -38,13 +38,6 @@ var (
 	ErrInvalidToken = apiauth.ErrInvalidToken
 )
 
-// SetTenantAccess lets tenant tokens in: auth authenticates them and limit
-// (may be nil: no limit) spaces out their rotations. Call it before Register.
-func (a *API) SetTenantAccess(auth Authenticator, limit Limiter) {
-	a.tenantAuth = auth
-	a.limiter = limit
-}
-
 // authenticate returns the request's principal. The admin token is
 // checked first; anything else goes to the tenant Authenticator, if any.
 func (a *API) authenticate(r *http.Request) (Principal, *apiError) {

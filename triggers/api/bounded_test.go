@@ -28,7 +28,7 @@ func (m manyAgents) LatestInvalidation(tenant, secret string) (api.InvalidationS
 // MaxListedAgents acked and missing agents, with the full counts, so the
 // reply stays small (it was 21.9 MB after a presence flood).
 func TestAttackStatusReplyBounded(t *testing.T) {
-	e := newEnv(t, orchestrator.NATSConfig{}, func(a *api.API, _ *orchestrator.State) { a.SetDeliveries(manyAgents{n: 100000}) })
+	e := newEnv(t, orchestrator.NATSConfig{}, func(d *api.Deps) { d.Deliveries = (manyAgents{n: 100000}) })
 	r := e.call("GET", "/v1/tenants/acme/secrets/openai-key", adminToken, "", nil)
 	require.Equal(t, 200, r.code, "%s", r.raw)
 	require.Less(t, len(r.raw), 512<<10)
@@ -40,7 +40,7 @@ func TestAttackStatusReplyBounded(t *testing.T) {
 	require.Equal(t, true, inv["acked_truncated"])
 	require.Equal(t, true, inv["missing_truncated"])
 
-	small := newEnv(t, orchestrator.NATSConfig{}, func(a *api.API, _ *orchestrator.State) { a.SetDeliveries(manyAgents{n: 3}) })
+	small := newEnv(t, orchestrator.NATSConfig{}, func(d *api.Deps) { d.Deliveries = (manyAgents{n: 3}) })
 	r = small.call("GET", "/v1/tenants/acme/secrets/openai-key", adminToken, "", nil)
 	require.Equal(t, 200, r.code, "%s", r.raw)
 	inv = r.body["invalidation"].(map[string]any)

@@ -47,8 +47,9 @@ type env struct {
 }
 
 // newEnv starts nats-server and the streams, and serves the API on an
-// httptest server. setup, if set, runs before Register (SetTenantAccess).
-func newEnv(t *testing.T, natsCfg orchestrator.NATSConfig, setup func(*api.API, *orchestrator.State)) *env {
+// httptest server. setup, if set, completes the API's dependencies (tenant
+// tokens, deliveries) before it is built.
+func newEnv(t *testing.T, natsCfg orchestrator.NATSConfig, setup func(*api.Deps)) *env {
 	t.Helper()
 	srv := testutil.StartNATS(t, -1, "")
 	ctx := context.Background()
@@ -62,12 +63,13 @@ func newEnv(t *testing.T, natsCfg orchestrator.NATSConfig, setup func(*api.API, 
 	require.NoError(t, err)
 	rekey, err := orchestrator.Parse([]byte(rekeyYAML))
 	require.NoError(t, err)
-	api, err := api.New(api.Config{AdminToken: adminToken, MaxBodyBytes: 4096}, &rekey, bus, state,
-		orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), log)
-	require.NoError(t, err)
+	deps := api.Deps{Deps: orchestrator.Deps{Rekey: &rekey, Bus: bus, Audit: orchestrator.NewAuditor(bus, "test", log),
+		Metrics: orchestrator.NewMetrics(), Log: log}, State: state}
 	if setup != nil {
-		setup(api, state)
+		setup(&deps)
 	}
+	api, err := api.New(api.Config{AdminToken: adminToken, MaxBodyBytes: 4096}, deps)
+	require.NoError(t, err)
 	mux := http.NewServeMux()
 	api.Register(mux)
 	hs := httptest.NewServer(mux)

@@ -27,11 +27,13 @@ func serveWith(t *testing.T, e *env, cfg api.Config, g api.StorageGate) string {
 	t.Helper()
 	cfg.AdminToken = adminToken
 	log := slog.New(slog.NewJSONHandler(e.logs, nil))
-	api, err := api.New(cfg, e.rekey, e.bus, e.state, orchestrator.NewAuditor(e.bus, "test", log), orchestrator.NewMetrics(), log)
-	require.NoError(t, err)
+	deps := api.Deps{Deps: orchestrator.Deps{Rekey: e.rekey, Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", log),
+		Metrics: orchestrator.NewMetrics(), Log: log}, State: e.state}
 	if g != nil {
-		api.SetStorage(g)
+		deps.Storage = g
 	}
+	api, err := api.New(cfg, deps)
+	require.NoError(t, err)
 	mux := http.NewServeMux()
 	api.Register(mux)
 	hs := httptest.NewServer(mux)

@@ -314,7 +314,7 @@ func TestAttackReplayAfterDuplicateWindow(t *testing.T) {
 // stops it.
 func (e *env) startStoppable() func() {
 	e.t.Helper()
-	tr, err := awsevents.New(e.cfg, secrets, e.bus, orchestrator.NewAuditor(e.bus, "test", e.log), e.metrics, e.log)
+	tr, err := awsevents.New(e.cfg, secrets, orchestrator.Deps{Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", e.log), Metrics: e.metrics, Log: e.log})
 	require.NoError(e.t, err)
 	return testutil.Run(e.t, tr)
 }
@@ -344,7 +344,7 @@ func TestQueueMustFitDedupWindow(t *testing.T) {
 			cfg := e.cfg
 			cfg.QueueURL = tc.queue
 			tc.edit(&cfg)
-			tr, err := awsevents.New(cfg, secrets, e.bus, orchestrator.NewAuditor(e.bus, "test", e.log), orchestrator.NewMetrics(), e.log)
+			tr, err := awsevents.New(cfg, secrets, orchestrator.Deps{Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", e.log), Metrics: orchestrator.NewMetrics(), Log: e.log})
 			require.NoError(t, err)
 			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 			defer cancel()

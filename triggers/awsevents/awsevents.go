@@ -116,25 +116,25 @@ type Trigger struct {
 // New validates cfg and builds the trigger and its SQS client (region and
 // endpoint from cfg, credentials from the SDK's default chain). A
 // disabled trigger needs none of its dependencies; its Run returns at once.
-func New(cfg Config, resolver SecretResolver, bus *orchestrator.Bus, audit *orchestrator.Auditor,
-	metrics *orchestrator.Metrics, log *slog.Logger) (*Trigger, error) {
+func New(cfg Config, resolver SecretResolver, deps orchestrator.Deps) (*Trigger, error) {
 	cfg = cfg.withDefaults()
 	if err := orchestrator.DecodeSection(Section, nil, &cfg); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.Default()
+	if deps.Log == nil {
+		deps.Log = slog.Default()
 	}
-	t := &Trigger{cfg: cfg, log: log.With("component", Component)}
+	t := &Trigger{cfg: cfg, log: deps.Log.With("component", Component)}
 	if !cfg.Enabled {
 		return t, nil
 	}
-	if resolver == nil || bus == nil || audit == nil {
-		return nil, errors.New("awsevents: resolver, bus and auditor are required")
+	if resolver == nil {
+		return nil, errors.New("awsevents: the secret resolver is required")
 	}
-	if metrics == nil {
-		metrics = orchestrator.NewMetrics()
+	if err := deps.Check("awsevents", "bus", "audit"); err != nil {
+		return nil, err
 	}
+	metrics := deps.Metrics
 	awsCfg, err := LoadAWSConfig(context.Background(), cmp.Or(cfg.Region, regionOf(cfg.QueueURL)), cfg.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", Section, err)
@@ -145,7 +145,7 @@ func New(cfg Config, resolver SecretResolver, bus *orchestrator.Bus, audit *orch
 		return nil, fmt.Errorf("%s: secrets manager: %w", Section, err)
 	}
 	t.confirm = newConfirmer(secretsmanager.NewFromConfig(smCfg), smRegion, cfg.ConfirmTPS)
-	t.sqs, t.resolver, t.bus, t.audit, t.metrics = sqs.NewFromConfig(awsCfg), resolver, bus, audit, metrics
+	t.sqs, t.resolver, t.bus, t.audit, t.metrics = sqs.NewFromConfig(awsCfg), resolver, deps.Bus, deps.Audit, metrics
 	t.rules = compileRules(cfg.GuardDuty.Rules)
 	t.allowed, t.accounts = set(cfg.Tenants), set(cfg.Accounts)
 	if t.received, err = orchestrator.Register(metrics, prometheus.NewCounter(prometheus.CounterOpts{

@@ -123,24 +123,26 @@ func TestParseSeverity(t *testing.T) {
 func TestNew(t *testing.T) {
 	cfg := awsevents.Defaults()
 	cfg.QueueURL = queueURL
-	_, err := awsevents.New(cfg, secrets, &orchestrator.Bus{}, &orchestrator.Auditor{}, nil, nil)
+	_, err := awsevents.New(cfg, secrets, orchestrator.Deps{Bus: &orchestrator.Bus{}, Audit: &orchestrator.Auditor{}})
 	require.NoError(t, err, "region eu-west-1 from the queue URL")
 
 	cfg.QueueURL = "http://localhost:4566/000000000000/rekey-events"
-	_, err = awsevents.New(cfg, secrets, &orchestrator.Bus{}, &orchestrator.Auditor{}, nil, nil)
+	_, err = awsevents.New(cfg, secrets, orchestrator.Deps{Bus: &orchestrator.Bus{}, Audit: &orchestrator.Auditor{}})
 	require.ErrorContains(t, err, "no AWS region")
 	cfg.Region = "us-east-1"
-	_, err = awsevents.New(cfg, secrets, &orchestrator.Bus{}, &orchestrator.Auditor{}, nil, nil)
+	_, err = awsevents.New(cfg, secrets, orchestrator.Deps{Bus: &orchestrator.Bus{}, Audit: &orchestrator.Auditor{}})
 	require.NoError(t, err)
 
-	_, err = awsevents.New(cfg, nil, &orchestrator.Bus{}, &orchestrator.Auditor{}, nil, nil)
-	require.ErrorContains(t, err, "resolver, bus and auditor are required")
+	_, err = awsevents.New(cfg, nil, orchestrator.Deps{Bus: &orchestrator.Bus{}, Audit: &orchestrator.Auditor{}})
+	require.ErrorContains(t, err, "the secret resolver is required")
+	_, err = awsevents.New(cfg, secrets, orchestrator.Deps{Bus: &orchestrator.Bus{}})
+	require.ErrorContains(t, err, "awsevents: deps: audit is required")
 
 	cfg.MaxMessages = 20
-	_, err = awsevents.New(cfg, secrets, &orchestrator.Bus{}, &orchestrator.Auditor{}, nil, nil)
+	_, err = awsevents.New(cfg, secrets, orchestrator.Deps{Bus: &orchestrator.Bus{}, Audit: &orchestrator.Auditor{}})
 	require.ErrorContains(t, err, "triggers.awsevents.max_messages")
 
-	off, err := awsevents.New(awsevents.Config{}, nil, nil, nil, nil, nil)
+	off, err := awsevents.New(awsevents.Config{}, nil, orchestrator.Deps{})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

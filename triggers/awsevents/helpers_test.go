@@ -206,7 +206,7 @@ func newEnv(t *testing.T) *env {
 // start runs the trigger until the test ends.
 func (e *env) start() *awsevents.Trigger {
 	e.t.Helper()
-	tr, err := awsevents.New(e.cfg, secrets, e.bus, orchestrator.NewAuditor(e.bus, "test", e.log), e.metrics, e.log)
+	tr, err := awsevents.New(e.cfg, secrets, orchestrator.Deps{Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", e.log), Metrics: e.metrics, Log: e.log})
 	require.NoError(e.t, err)
 	testutil.Run(e.t, tr)
 	return tr

@@ -97,24 +97,18 @@ func (j *job) jitterOf(tick time.Time) time.Duration {
 
 // New checks every secret's schedule (errors name the field, e.g.
 // tenants.acme.secrets.db.policy.schedule) and returns the trigger.
-func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *orchestrator.Auditor,
-	metrics *orchestrator.Metrics, log *slog.Logger) (*Trigger, error) {
+func New(cfg Config, deps orchestrator.Deps) (*Trigger, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("triggers.cron: %w", err)
 	}
-	if rekey == nil || bus == nil || audit == nil {
-		return nil, errors.New("cron: config, bus and auditor are required")
+	if err := deps.Check("cron", "rekey", "bus", "audit"); err != nil {
+		return nil, err
 	}
+	rekey := deps.Rekey
 	if err := ValidateSchedules(rekey); err != nil {
 		return nil, err
 	}
-	if metrics == nil {
-		metrics = orchestrator.NewMetrics()
-	}
-	if log == nil {
-		log = slog.Default()
-	}
-	t := &Trigger{Now: time.Now, cfg: cfg, bus: bus, audit: audit, metrics: metrics, log: log.With("component", "cron")}
+	t := &Trigger{Now: time.Now, cfg: cfg, bus: deps.Bus, audit: deps.Audit, metrics: deps.Metrics, log: deps.Log.With("component", "cron")}
 	for _, tn := range rekey.TenantNames() {
 		for _, s := range rekey.TenantSecrets(tn) {
 			sc, _ := rekey.Secret(tn, s)

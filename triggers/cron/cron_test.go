@@ -66,7 +66,7 @@ func TestInvalidScheduleNamesTheField(t *testing.T) {
 			require.Equal(t, "tenants.acme.secrets.db.policy.schedule", fe.Field)
 			require.NotContains(t, err.Error(), "secrets.ok")
 
-			_, err = cron.New(cron.Defaults(), rekey, &orchestrator.Bus{}, &orchestrator.Auditor{}, nil, nil)
+			_, err = cron.New(cron.Defaults(), orchestrator.Deps{Rekey: rekey, Bus: &orchestrator.Bus{}, Audit: &orchestrator.Auditor{}})
 			require.ErrorContains(t, err, "tenants.acme.secrets.db.policy.schedule")
 		})
 	}
@@ -327,7 +327,7 @@ func (e *env) trigger(t *testing.T, cfg cron.Config, rekey *orchestrator.Config,
 	t.Helper()
 	bus := e.connect(t)
 	log := slog.New(slog.DiscardHandler)
-	tr, err := cron.New(cfg, rekey, bus, orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), log)
+	tr, err := cron.New(cfg, orchestrator.Deps{Rekey: rekey, Bus: bus, Audit: orchestrator.NewAuditor(bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log})
 	require.NoError(t, err)
 	if now != nil {
 		tr.Now = now

@@ -51,7 +51,7 @@ sources:
 	if err := bus.EnsureStreams(context.Background()); err != nil {
 		b.Fatal(err)
 	}
-	h, err := siem.New(cfg, &rekey, bus, orchestrator.NewAuditor(bus, "bench", log), orchestrator.NewMetrics(), log)
+	h, err := siem.New(cfg, orchestrator.Deps{Rekey: &rekey, Bus: bus, Audit: orchestrator.NewAuditor(bus, "bench", log), Metrics: orchestrator.NewMetrics(), Log: log})
 	if err != nil {
 		b.Fatal(err)
 	}

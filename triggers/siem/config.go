@@ -36,6 +36,9 @@ const (
 
 // Config is the triggers.siem section of rekey.yaml.
 type Config struct {
+	// Enabled: false turns the webhooks off while keeping the section
+	// (default true; rekeyd reads it through orchestrator.Config.TriggerOn).
+	Enabled *bool `yaml:"enabled"`
 	// Sources are the webhook senders, by name: POST /v1/hooks/{name}.
 	Sources map[string]SourceConfig `yaml:"sources"`
 	// MaxBodyBytes bounds a webhook body (default 1 MiB); larger get 413.

@@ -127,17 +127,17 @@ sources:
 	audit := orchestrator.NewAuditor(bus, "test", log)
 
 	t.Setenv(envSecretVar, "")
-	_, err = siem.New(cfg, rekey, bus, audit, orchestrator.NewMetrics(), log)
+	_, err = siem.New(cfg, orchestrator.Deps{Rekey: rekey, Bus: bus, Audit: audit, Metrics: orchestrator.NewMetrics(), Log: log})
 	require.ErrorContains(t, err, "triggers.siem.sources.gen.auth.hmac.secret_env: environment variable "+envSecretVar+" is empty or unset")
 	t.Setenv(envSecretVar, "short")
-	_, err = siem.New(cfg, rekey, bus, audit, orchestrator.NewMetrics(), log)
+	_, err = siem.New(cfg, orchestrator.Deps{Rekey: rekey, Bus: bus, Audit: audit, Metrics: orchestrator.NewMetrics(), Log: log})
 	require.ErrorContains(t, err, "at least 16 bytes")
 	require.NotContains(t, err.Error(), "short")
 	t.Setenv(envSecretVar, hmacSecret)
 	metrics := orchestrator.NewMetrics()
-	_, err = siem.New(cfg, rekey, bus, audit, metrics, log)
+	_, err = siem.New(cfg, orchestrator.Deps{Rekey: rekey, Bus: bus, Audit: audit, Metrics: metrics, Log: log})
 	require.NoError(t, err)
-	_, err = siem.New(cfg, rekey, bus, audit, metrics, log) // a second handler shares the metrics
+	_, err = siem.New(cfg, orchestrator.Deps{Rekey: rekey, Bus: bus, Audit: audit, Metrics: metrics, Log: log}) // a second handler shares the metrics
 	require.NoError(t, err)
 
 	// However the config is printed, the token stays hidden.

@@ -281,7 +281,7 @@ func newEnv(t *testing.T, dupWindow time.Duration) *env {
 func (e *env) serve() string {
 	e.t.Helper()
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h, err := siem.New(e.cfg, e.rekey, e.bus, orchestrator.NewAuditor(e.bus, "test", log), orchestrator.NewMetrics(), log)
+	h, err := siem.New(e.cfg, orchestrator.Deps{Rekey: e.rekey, Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log})
 	require.NoError(e.t, err)
 	mux := http.NewServeMux()
 	h.Register(mux)

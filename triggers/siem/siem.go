@@ -91,11 +91,11 @@ type rule struct {
 
 // New compiles cfg: it validates it again, checks it against rekey's
 // tenants, and reads secrets given as environment variables.
-func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *orchestrator.Auditor,
-	metrics *orchestrator.Metrics, log *slog.Logger) (*Handler, error) {
-	if log == nil {
-		log = slog.Default()
+func New(cfg Config, deps orchestrator.Deps) (*Handler, error) {
+	if err := deps.Check("siem", "rekey", "bus", "audit"); err != nil {
+		return nil, err
 	}
+	rekey, log := deps.Rekey, deps.Log
 	if err := cfg.Validate(); err != nil {
 		return nil, prefixed(err)
 	}
@@ -112,7 +112,7 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *o
 		cfg.MaxAlerts = DefaultMaxAlerts
 	}
 	h := &Handler{
-		rekey: rekey, bus: bus, audit: audit, metrics: metrics,
+		rekey: rekey, bus: deps.Bus, audit: deps.Audit, metrics: deps.Metrics,
 		log: log.With("component", "siem"), sources: map[string]*source{}, now: time.Now,
 	}
 	longest := cfg.DedupWindow
@@ -124,12 +124,12 @@ func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *o
 		h.sources[name] = s
 		longest = max(longest, s.window)
 	}
-	h.dedup = newDedup(bus, longest, h.log)
+	h.dedup = newDedup(deps.Bus, longest, h.log)
 	h.alerts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rekey_siem_alerts_total", Help: "Alerts received by the SIEM webhook trigger, by source and outcome.",
 	}, []string{"source", "outcome"})
 	var err error
-	if h.alerts, err = orchestrator.Register(metrics, h.alerts); err != nil {
+	if h.alerts, err = orchestrator.Register(deps.Metrics, h.alerts); err != nil {
 		return nil, fmt.Errorf("siem: %w", err)
 	}
 	return h, nil

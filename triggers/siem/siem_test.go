@@ -392,7 +392,7 @@ func TestNATSUnavailable(t *testing.T) {
 	bus, err := orchestrator.Connect(t.Context(), e.bus.NC.ConnectedUrl(), "siem-down", orchestrator.NATSConfig{}, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(e.logs, nil))
-	h, err := siem.New(e.cfg, e.rekey, bus, orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), log)
+	h, err := siem.New(e.cfg, orchestrator.Deps{Rekey: e.rekey, Bus: bus, Audit: orchestrator.NewAuditor(bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log})
 	require.NoError(t, err)
 	bus.NC.Close()
 	mux := http.NewServeMux()

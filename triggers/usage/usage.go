@@ -175,30 +175,23 @@ type Trigger struct {
 }
 
 // New returns the trigger.
-func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *orchestrator.Auditor,
-	metrics *orchestrator.Metrics, log *slog.Logger) (*Trigger, error) {
+func New(cfg Config, deps orchestrator.Deps) (*Trigger, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("triggers.usage: %w", err)
 	}
-	if rekey == nil || bus == nil || audit == nil {
-		return nil, errors.New("usage: config, bus and auditor are required")
-	}
-	if metrics == nil {
-		metrics = orchestrator.NewMetrics()
-	}
-	if log == nil {
-		log = slog.Default()
+	if err := deps.Check("usage", "rekey", "bus", "audit"); err != nil {
+		return nil, err
 	}
 	reports := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rekey_usage_reports_total",
 		Help: "Use reports handled by the use-count trigger, by outcome (counted, duplicate, ignored, refused, failed).",
 	}, []string{"outcome"})
-	reports, err := orchestrator.Register(metrics, reports)
+	reports, err := orchestrator.Register(deps.Metrics, reports)
 	if err != nil {
 		return nil, fmt.Errorf("usage: %w", err)
 	}
-	return &Trigger{cfg: cfg, rekey: rekey, bus: bus, audit: audit, metrics: metrics,
-		log: log.With("component", "usage"), reports: reports}, nil
+	return &Trigger{cfg: cfg, rekey: deps.Rekey, bus: deps.Bus, audit: deps.Audit, metrics: deps.Metrics,
+		log: deps.Log.With("component", "usage"), reports: reports}, nil
 }
 
 // DurableFor names the durable consumer of one tenant's use-report

@@ -287,11 +287,11 @@ func TestDisabledOrNoPolicyReturns(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	cfg := usage.Defaults()
 	cfg.Enabled = false
-	tr, err := usage.New(cfg, env.rekey, env.bus, orchestrator.NewAuditor(env.bus, "test", log), nil, log)
+	tr, err := usage.New(cfg, orchestrator.Deps{Rekey: env.rekey, Bus: env.bus, Audit: orchestrator.NewAuditor(env.bus, "test", log), Log: log})
 	require.NoError(t, err)
 	require.NoError(t, tr.Run(context.Background()))
 
-	_, err = usage.New(usage.Config{}, env.rekey, env.bus, orchestrator.NewAuditor(env.bus, "test", log), nil, log)
+	_, err = usage.New(usage.Config{}, orchestrator.Deps{Rekey: env.rekey, Bus: env.bus, Audit: orchestrator.NewAuditor(env.bus, "test", log), Log: log})
 	require.ErrorContains(t, err, "concurrency")
 }
 
@@ -376,7 +376,7 @@ func (e *env) trigger(t *testing.T, bus *orchestrator.Bus, tune ...func(*usage.C
 		f(&cfg)
 	}
 	log := slog.New(slog.DiscardHandler)
-	tr, err := usage.New(cfg, e.rekey, bus, orchestrator.NewAuditor(bus, "test", log), orchestrator.NewMetrics(), log)
+	tr, err := usage.New(cfg, orchestrator.Deps{Rekey: e.rekey, Bus: bus, Audit: orchestrator.NewAuditor(bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log})
 	require.NoError(t, err)
 	return tr
 }

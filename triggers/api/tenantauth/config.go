@@ -30,6 +30,9 @@ const (
 
 // Config is the triggers.selfservice section of rekey.yaml.
 type Config struct {
+	// Enabled: false turns tenant tokens off while keeping the section
+	// (default true; rekeyd reads it through orchestrator.Config.TriggerOn).
+	Enabled *bool `yaml:"enabled"`
 	// Tokens are opaque tenant tokens, stored as their SHA-256.
 	Tokens []TokenConfig `yaml:"tokens"`
 	// JWT, when set, accepts JWTs that carry the tenant in a claim.
@@ -75,8 +78,8 @@ func Defaults() Config {
 	return Config{MinInterval: DefaultMinInterval, IdempotencyTTL: DefaultIdempotencyTTL}
 }
 
-// Enabled reports whether any tenant token is configured.
-func (c Config) Enabled() bool { return len(c.Tokens) > 0 || c.JWT != nil }
+// HasTokens reports whether any tenant token is configured.
+func (c Config) HasTokens() bool { return len(c.Tokens) > 0 || c.JWT != nil }
 
 // ParseConfig decodes the raw triggers.selfservice section over the
 // defaults, validates it and checks every token's tenant is configured.
@@ -87,7 +90,7 @@ func ParseConfig(raw []byte, rekey *orchestrator.Config) (Config, error) {
 	if err := orchestrator.DecodeSection(Section, raw, &cfg); err != nil {
 		return Config{}, err
 	}
-	if len(raw) > 0 && !cfg.Enabled() {
+	if len(raw) > 0 && (cfg.Enabled == nil || *cfg.Enabled) && !cfg.HasTokens() {
 		return Config{}, orchestrator.FieldErrorf(Section+".tokens", "set tokens or jwt (or remove the section)")
 	}
 	if cfg.JWT != nil && cfg.JWT.TenantClaim == "" {

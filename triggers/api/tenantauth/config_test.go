@@ -26,7 +26,7 @@ func TestParseConfig(t *testing.T) {
 
 	cfg, err := tenantauth.ParseConfig(nil, &rekey)
 	require.NoError(t, err)
-	require.False(t, cfg.Enabled(), "no section, no tenant tokens")
+	require.False(t, cfg.HasTokens(), "no section, no tenant tokens")
 	require.Equal(t, time.Minute, cfg.MinInterval)
 	require.Equal(t, 24*time.Hour, cfg.IdempotencyTTL)
 
@@ -40,7 +40,7 @@ jwt:
   audience: rekey
 `), &rekey)
 	require.NoError(t, err)
-	require.True(t, cfg.Enabled())
+	require.True(t, cfg.HasTokens())
 	require.Len(t, cfg.Tokens, 2)
 	require.Equal(t, 30*time.Second, cfg.MinInterval)
 	require.Equal(t, time.Hour, cfg.IdempotencyTTL)
@@ -123,7 +123,7 @@ func TestNewKeyErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := tenantauth.ParseConfig([]byte("min_interval: 0s\njwt: "+tc.jwt), &rekey)
 			require.NoError(t, err)
-			_, err = tenantauth.New(context.Background(), cfg, &rekey, nil, orchestrator.NewMetrics(), slog.New(slog.DiscardHandler))
+			_, err = tenantauth.New(context.Background(), cfg, orchestrator.Deps{Rekey: &rekey, Metrics: orchestrator.NewMetrics(), Log: slog.New(slog.DiscardHandler)})
 			require.ErrorContains(t, err, tc.want)
 			require.NotContains(t, err.Error(), "too-short")
 		})

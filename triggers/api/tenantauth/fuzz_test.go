@@ -29,7 +29,7 @@ func FuzzAuthenticate(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	svc, err := tenantauth.New(context.Background(), cfg, &rekey, nil, orchestrator.NewMetrics(), slog.New(slog.DiscardHandler))
+	svc, err := tenantauth.New(context.Background(), cfg, orchestrator.Deps{Rekey: &rekey, Metrics: orchestrator.NewMetrics(), Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -102,12 +102,12 @@ func (e *env) serve(selfYAML string) string {
 	cfg, err := tenantauth.ParseConfig([]byte(selfYAML), e.rekey)
 	require.NoError(t, err)
 	metrics := orchestrator.NewMetrics()
-	svc, err := tenantauth.New(context.Background(), cfg, e.rekey, e.bus, metrics, log)
+	svc, err := tenantauth.New(context.Background(), cfg, orchestrator.Deps{Rekey: e.rekey, Bus: e.bus, Metrics: metrics, Log: log})
 	require.NoError(t, err)
-	api, err := api.New(api.Config{AdminToken: adminToken, IdempotencyTTL: cfg.IdempotencyTTL}, e.rekey, e.bus, e.state,
-		orchestrator.NewAuditor(e.bus, "test", log), metrics, log)
+	api, err := api.New(api.Config{AdminToken: adminToken, IdempotencyTTL: cfg.IdempotencyTTL}, api.Deps{
+		Deps:  orchestrator.Deps{Rekey: e.rekey, Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", log), Metrics: metrics, Log: log},
+		State: e.state, Tenants: svc, Limiter: svc})
 	require.NoError(t, err)
-	api.SetTenantAccess(svc, svc)
 	mux := http.NewServeMux()
 	api.Register(mux)
 	hs := httptest.NewServer(mux)

@@ -74,11 +74,11 @@ type hashedToken struct {
 // New checks cfg again (as ParseConfig does), reads the JWT key (from the
 // environment or a PEM file) and opens the KV bucket of the minimum
 // interval. cfg should come from ParseConfig or Defaults.
-func New(ctx context.Context, cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus,
-	metrics *orchestrator.Metrics, log *slog.Logger) (*Service, error) {
-	if log == nil {
-		log = slog.Default()
+func New(ctx context.Context, cfg Config, deps orchestrator.Deps) (*Service, error) {
+	if err := deps.Check("selfservice", "rekey"); err != nil {
+		return nil, err
 	}
+	rekey, bus, metrics, log := deps.Rekey, deps.Bus, deps.Metrics, deps.Log
 	if err := orchestrator.DecodeSection(Section, nil, cfg); err != nil {
 		return nil, err
 	}
@@ -100,6 +100,9 @@ func New(ctx context.Context, cfg Config, rekey *orchestrator.Config, bus *orche
 		s.jwt = v
 	}
 	if cfg.MinInterval > 0 {
+		if bus == nil {
+			return nil, errors.New("selfservice: deps: bus is required for min_interval")
+		}
 		kv, err := bus.KV(ctx, BucketLastRotation, max(2*cfg.MinInterval, time.Minute))
 		if err != nil {
 			return nil, err
