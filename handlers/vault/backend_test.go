@@ -27,7 +27,7 @@ func TestBackendSuite(t *testing.T) {
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	read := backendtest.ReadsNotLogged(t, logs, b.Read)
-	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
+	backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
 		return backendtest.Fixture{Backend: b, Ref: kvRef("acme", uniq("suite")), Read: read}
 	})
 }
@@ -45,7 +45,7 @@ func TestBackendSuiteOptions(t *testing.T) {
 	cfg.KVMount = "kv-{tenant}"
 	cfg.PathTemplate = "{secret}"
 	b := newBackend(t, cfg, nil)
-	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
+	backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
 		ref := kvRef("globex", uniq("opt"))
 		ref.Options = map[string]string{vault.OptPath: "llm/{secret}/key", vault.OptField: "api_key"}
 		ref.Generator = handlers.Generator{Style: handlers.StyleAPIKey, Length: 40, Prefix: "sk-globex-"}.Defaults()
