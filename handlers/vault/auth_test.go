@@ -30,7 +30,7 @@ func rekeyPolicy(t *testing.T, name string, cfg vault.Config) {
 func TestAuthToken(t *testing.T) {
 	t.Parallel()
 	v := needVault(t)
-	ref := kvRef("acme", uniq("tokenauth"))
+	ref := kvRef("acme", testutil.Uniq("tokenauth"))
 	cfg := baseConfig(t, "")
 	cfg.Secrets = []handlers.SecretRef{ref}
 	cfg.Tenants = []string{"acme"}
@@ -83,7 +83,7 @@ func approle(t *testing.T, ref handlers.SecretRef, ttl, maxTTL string) (cfg vaul
 	cfg = baseConfig(t, "")
 	cfg.Secrets = []handlers.SecretRef{ref}
 	cfg.Tenants = []string{"acme", "globex"}
-	role = uniq("rekey")
+	role = testutil.Uniq("rekey")
 	rekeyPolicy(t, role, cfg)
 	_, err := v.Client.Logical().WriteWithContext(ctx, "auth/approle/role/"+role, map[string]any{
 		"token_policies": role, "token_ttl": ttl, "token_max_ttl": maxTTL,
@@ -108,7 +108,7 @@ func TestReloginAfterRevokedToken(t *testing.T) {
 	t.Parallel()
 	v := needVault(t)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("revoked"))
+	ref := kvRef("acme", testutil.Uniq("revoked"))
 	cfg, _, role := approle(t, ref, "1h", "2h")
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, cfg, logs.Logger())
@@ -140,7 +140,7 @@ func TestReloginAfterRevokedToken(t *testing.T) {
 func TestAuthAppRole(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("approle"))
+	ref := kvRef("acme", testutil.Uniq("approle"))
 	cfg, secretID, _ := approle(t, ref, "2s", "4s")
 
 	logs := &backendtest.LogBuffer{}
@@ -188,7 +188,7 @@ func TestStartWithoutVault(t *testing.T) {
 	cfg.Timeout = 2 * time.Second
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, cfg, logs.Logger())
-	ref := kvRef("acme", uniq("late"))
+	ref := kvRef("acme", testutil.Uniq("late"))
 	_, err := b.Create(t.Context(), ref, "tok-late")
 	require.Error(t, err)
 	require.NotErrorIs(t, err, handlers.ErrPermanent, "an unreachable Vault is temporary")

@@ -28,7 +28,7 @@ func TestBackendSuite(t *testing.T) {
 	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	read := backendtest.ReadsNotLogged(t, logs, b.Read)
 	backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
-		return backendtest.Fixture{Backend: b, Ref: kvRef("acme", uniq("suite")), Read: read}
+		return backendtest.Fixture{Backend: b, Ref: kvRef("acme", testutil.Uniq("suite")), Read: read}
 	})
 }
 
@@ -46,7 +46,7 @@ func TestBackendSuiteOptions(t *testing.T) {
 	cfg.PathTemplate = "{secret}"
 	b := newBackend(t, cfg, nil)
 	backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
-		ref := kvRef("globex", uniq("opt"))
+		ref := kvRef("globex", testutil.Uniq("opt"))
 		ref.Options = map[string]string{vault.OptPath: "llm/{secret}/key", vault.OptField: "api_key"}
 		ref.Generator = handlers.Generator{Style: handlers.StyleAPIKey, Length: 40, Prefix: "sk-globex-"}.Defaults()
 		return backendtest.Fixture{Backend: b, Ref: ref, Read: b.Read}
@@ -62,7 +62,7 @@ func TestKVLayout(t *testing.T) {
 	v := needVault(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("layout"))
+	ref := kvRef("acme", testutil.Uniq("layout"))
 	kv := v.Client.KVv2("secret")
 	path := "tenants/acme/" + ref.Secret
 
@@ -130,7 +130,7 @@ func TestFinishCheckAndSet(t *testing.T) {
 	v := needVault(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("cas"))
+	ref := kvRef("acme", testutil.Uniq("cas"))
 	rotate(t, ctx, b, ref)
 	path := "tenants/acme/" + ref.Secret
 
@@ -184,7 +184,7 @@ func TestTenantMismatch(t *testing.T) {
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
 
-	globex := kvRef("globex", uniq("key"))
+	globex := kvRef("globex", testutil.Uniq("key"))
 	rotate(t, ctx, b, globex)
 	_, before, err := b.Read(ctx, globex)
 	require.NoError(t, err)
@@ -200,7 +200,7 @@ func TestTenantMismatch(t *testing.T) {
 
 	// A value at acme's path that says it is globex's (copied by hand):
 	// acme's Finish refuses to overwrite it.
-	acme := kvRef("acme", uniq("copied"))
+	acme := kvRef("acme", testutil.Uniq("copied"))
 	_, err = v.Client.KVv2("secret").Put(ctx, "tenants/acme/"+acme.Secret, map[string]any{
 		"value": "globex-value", "rekey_version": "x", "rekey_tenant": "globex",
 	})
@@ -238,7 +238,7 @@ func TestFailedTestRollsBack(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("failtest"))
+	ref := kvRef("acme", testutil.Uniq("failtest"))
 	before := rotate(t, ctx, b, ref)
 	_, value, err := b.Read(ctx, ref)
 	require.NoError(t, err)
@@ -261,7 +261,7 @@ func TestRotatorPromotes(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("rotator"))
+	ref := kvRef("acme", testutil.Uniq("rotator"))
 	rot, _ := newRotator(t, ref, b)
 	done, err := rot.Rotate(ctx, handlers.Job{Tenant: ref.Tenant, Secret: ref.Secret, RequestID: schemas.NewULID(), Delivery: 1})
 	require.NoError(t, err)

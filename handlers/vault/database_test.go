@@ -13,6 +13,8 @@ import (
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/vault"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -21,10 +23,10 @@ import (
 func staticRole(t testing.TB, tenant string) handlers.SecretRef {
 	t.Helper()
 	v, pg := needDatabase(t)
-	secret := uniq("app-db")
+	secret := testutil.Uniq("app-db")
 	role := tenant + "-" + secret
 	user := strings.ReplaceAll(role, "-", "_")
-	pgExec(t, pg, `CREATE ROLE "`+user+`" LOGIN PASSWORD 'not-the-password-yet'`)
+	pg.Exec(t, `CREATE ROLE "`+user+`" LOGIN PASSWORD 'not-the-password-yet'`)
 	_, err := v.Client.Logical().WriteWithContext(t.Context(), "database/static-roles/"+role, map[string]any{
 		"db_name": dbConnection, "username": user, "rotation_period": "24h",
 	})
@@ -45,7 +47,7 @@ func TestStaticRoleRotation(t *testing.T) {
 
 	before, err := b.StaticCredentials(ctx, ref)
 	require.NoError(t, err)
-	require.NoError(t, pgLogin(ctx, pg, before.Username, before.Password), "login with the password Vault set")
+	require.NoError(t, pg.Login(ctx, before.Username, before.Password), "login with the password Vault set")
 	cur, err := b.Current(ctx, ref)
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(cur.ID, "vault-"), "version of a password Vault set itself: %s", cur.ID)
@@ -74,9 +76,9 @@ func TestStaticRoleRotation(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, v.ID, cur.ID)
 
-	err = pgLogin(ctx, pg, before.Username, before.Password)
-	require.True(t, isAuthFailure(err), "old password still logs in (err %v)", err)
-	require.NoError(t, pgLogin(ctx, pg, after.Username, after.Password), "new password does not log in")
+	err = pg.Login(ctx, before.Username, before.Password)
+	require.True(t, vaulttest.IsAuthFailure(err), "old password still logs in (err %v)", err)
+	require.NoError(t, pg.Login(ctx, after.Username, after.Password), "new password does not log in")
 
 	// Finish again, and a whole retried saga with the same token: no
 	// second rotation.
@@ -126,7 +128,7 @@ func TestStaticRoleMissing(t *testing.T) {
 	t.Parallel()
 	needDatabase(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
-	ref := handlers.SecretRef{Tenant: "acme", Secret: uniq("nope"), Backend: vault.Name, Options: map[string]string{vault.OptKind: vault.KindStaticRole}}
+	ref := handlers.SecretRef{Tenant: "acme", Secret: testutil.Uniq("nope"), Backend: vault.Name, Options: map[string]string{vault.OptKind: vault.KindStaticRole}}
 	_, err := b.Create(t.Context(), ref, schemas.NewULID())
 	require.ErrorIs(t, err, handlers.ErrPermanent)
 	require.ErrorContains(t, err, "does not exist")
@@ -183,7 +185,7 @@ func logins(t testing.TB, creds []dbCreds) []error {
 			defer func() { <-sem; wg.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			errs[i] = pgLogin(ctx, pg, c.user, c.password)
+			errs[i] = pg.Login(ctx, c.user, c.password)
 		}()
 	}
 	wg.Wait()
@@ -201,7 +203,7 @@ func TestRevokeTenantLeases(t *testing.T) {
 	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	ctx := t.Context()
 	// Tenants of their own, so that other tests' roles do not count.
-	victim, bystander := uniq("tv"), uniq("tb")
+	victim, bystander := testutil.Uniq("tv"), testutil.Uniq("tb")
 	dynamicRole(t, victim+"-readonly")
 	dynamicRole(t, victim+"-writer")
 	dynamicRole(t, bystander+"-readonly")
@@ -214,7 +216,7 @@ func TestRevokeTenantLeases(t *testing.T) {
 		require.NoError(t, err, "credential %d does not log in before the revocation", i)
 	}
 	countUsers := func(tenant string) int {
-		return pgCount(t, pg, `SELECT count(*) FROM pg_roles WHERE rolname LIKE $1`, "%"+tenant+"-%")
+		return pg.Count(t, `SELECT count(*) FROM pg_roles WHERE rolname LIKE $1`, "%"+tenant+"-%")
 	}
 	require.Equal(t, 200, countUsers(victim))
 
@@ -226,7 +228,7 @@ func TestRevokeTenantLeases(t *testing.T) {
 	t.Logf("RevokeTenant(%s): %d leases over 2 roles revoked in %s (revoke-prefix, then until Vault lists no lease)", victim, n, elapsed)
 
 	for i, err := range logins(t, creds) {
-		require.True(t, isAuthFailure(err), "revoked credential %d (%s) still logs in, or failed otherwise: %v", i, creds[i].user, err)
+		require.True(t, vaulttest.IsAuthFailure(err), "revoked credential %d (%s) still logs in, or failed otherwise: %v", i, creds[i].user, err)
 	}
 	require.Equal(t, 0, countUsers(victim), "revoked users left in PostgreSQL")
 	for i, err := range logins(t, others) {
@@ -250,7 +252,7 @@ func TestForceRevokeTenant(t *testing.T) {
 	t.Parallel()
 	v, _ := needDatabase(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
-	tenant := uniq("tf")
+	tenant := testutil.Uniq("tf")
 	dynamicRole(t, tenant+"-ro")
 	issue(t, tenant+"-ro", 5)
 	n, err := b.ForceRevokeTenant(t.Context(), tenant)

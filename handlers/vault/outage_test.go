@@ -27,7 +27,7 @@ func TestVaultUnreachableSteps(t *testing.T) {
 	cfg.Timeout = 2 * time.Second
 	b := newBackend(t, cfg, nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("outage"))
+	ref := kvRef("acme", testutil.Uniq("outage"))
 	before := rotate(t, ctx, b, ref)
 	_, value, err := b.Read(ctx, ref)
 	require.NoError(t, err)
@@ -85,7 +85,7 @@ func TestVaultOutageDuringRotation(t *testing.T) {
 	cfg.Timeout = time.Second
 	b := newBackend(t, cfg, nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("outage-saga"))
+	ref := kvRef("acme", testutil.Uniq("outage-saga"))
 	rotate(t, ctx, b, ref)
 	kv := v.Client.KVv2("secret")
 	path := "tenants/acme/" + ref.Secret

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -19,7 +20,7 @@ func TestPolicyIsolation(t *testing.T) {
 	t.Parallel()
 	v, _ := needDatabase(t)
 	ctx := t.Context()
-	a, bt := uniq("pa"), uniq("pb")
+	a, bt := testutil.Uniq("pa"), testutil.Uniq("pb")
 	dynamicRole(t, a+"-ro")
 	dynamicRole(t, bt+"-ro")
 	refs := []handlers.SecretRef{kvRef(a, "openai-key"), kvRef(a, "search-key"), kvRef(bt, "openai-key")}
@@ -103,13 +104,13 @@ func TestRekeyPolicySufficesForStaticRoles(t *testing.T) {
 	v, _ := needDatabase(t)
 	ctx := t.Context()
 	ref := staticRole(t, "acme")
-	tenant := uniq("tr")
+	tenant := testutil.Uniq("tr")
 	dynamicRole(t, tenant+"-ro")
 	issue(t, tenant+"-ro", 3)
 	cfg := baseConfig(t, "")
 	cfg.Secrets = []handlers.SecretRef{ref}
 	cfg.Tenants = []string{"acme", tenant}
-	name := uniq("rekey-static")
+	name := testutil.Uniq("rekey-static")
 	require.NoError(t, v.Client.Sys().PutPolicyWithContext(ctx, name, cfg.RekeyPolicy()))
 	c := tokenClient(t, v.Client, name)
 	setenv(t, "REKEY_TEST_POLICY_TOKEN", c.Token())

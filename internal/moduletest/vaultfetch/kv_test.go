@@ -43,7 +43,7 @@ func newKV(t testing.TB, cfg vaultfetch.KVConfig) *vaultfetch.KV {
 func TestKVFetch(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	secret := uniq("openai-key")
+	secret := testutil.Uniq("openai-key")
 	kv := newKV(t, vaultfetch.KVConfig{})
 	require.Equal(t, "secret/data/tenants/acme/"+secret, kv.Path("acme", secret))
 
@@ -72,7 +72,7 @@ func TestKVFetch(t *testing.T) {
 	require.ErrorIs(t, err, agent.ErrNotFound)
 
 	// Per-secret path and field.
-	other := uniq("legacy")
+	other := testutil.Uniq("legacy")
 	writeKV(t, "apps/acme/"+other, map[string]any{"api_key": "VALUE-legacy-s3cr3t", "rekey_version": "r7", "rekey_tenant": "acme"})
 	kv2 := newKV(t, vaultfetch.KVConfig{
 		Paths:  map[string]string{other: "apps/{tenant}/{secret}"},
@@ -86,7 +86,7 @@ func TestKVFetch(t *testing.T) {
 	require.ErrorIs(t, err, agent.ErrNotFound)
 
 	// Missing field.
-	nofield := uniq("nofield")
+	nofield := testutil.Uniq("nofield")
 	writeKV(t, "tenants/acme/"+nofield, map[string]any{"other": "x", "rekey_version": "v1", "rekey_tenant": "acme"})
 	_, err = kv.Fetch(ctx, "acme", nofield)
 	require.ErrorIs(t, err, agent.ErrNotFound)
@@ -95,7 +95,7 @@ func TestKVFetch(t *testing.T) {
 
 func TestKVNotFound(t *testing.T) {
 	t.Parallel()
-	_, err := newKV(t, vaultfetch.KVConfig{}).Fetch(t.Context(), "acme", uniq("never-written"))
+	_, err := newKV(t, vaultfetch.KVConfig{}).Fetch(t.Context(), "acme", testutil.Uniq("never-written"))
 	require.ErrorIs(t, err, agent.ErrNotFound)
 }
 
@@ -103,7 +103,7 @@ func TestKVNotFound(t *testing.T) {
 // refused, and the error does not hold the value.
 func TestKVWrongTenant(t *testing.T) {
 	t.Parallel()
-	secret := uniq("shared")
+	secret := testutil.Uniq("shared")
 	writeKV(t, "shared/"+secret, rekeyData("globex", "v1", "VALUE-globex-s3cr3t"))
 	kv := newKV(t, vaultfetch.KVConfig{PathTemplate: "shared/{secret}"})
 	_, err := kv.Fetch(t.Context(), "acme", secret)
@@ -120,10 +120,10 @@ func TestKVPermissionDenied(t *testing.T) {
 	t.Parallel()
 	v := needVault(t)
 	ctx := t.Context()
-	secret := uniq("denied")
+	secret := testutil.Uniq("denied")
 	writeKV(t, "tenants/globex/"+secret, rekeyData("globex", "v1", "VALUE-denied-s3cr3t"))
 	writeKV(t, "tenants/acme/"+secret, rekeyData("acme", "v1", "VALUE-allowed-s3cr3t"))
-	policy := uniq("acme-read")
+	policy := testutil.Uniq("acme-read")
 	require.NoError(t, v.Client.Sys().PutPolicyWithContext(ctx, policy, `path "secret/data/tenants/acme/*" { capabilities = ["read"] }`))
 	tok, err := v.Client.Auth().Token().CreateWithContext(ctx, &api.TokenCreateRequest{Policies: []string{policy}, TTL: "10m"})
 	require.NoError(t, err)
@@ -172,7 +172,7 @@ func TestKVConfigValidate(t *testing.T) {
 func TestAgentReadsVaultKV(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	secret := uniq("api-key")
+	secret := testutil.Uniq("api-key")
 	writeKV(t, "tenants/acme/"+secret, rekeyData("acme", "v1", "VALUE-agent-1-s3cr3t"))
 
 	srv := testutil.StartNATS(t, -1, t.TempDir())

@@ -1,14 +1,9 @@
 package vaultfetch_test
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"sync"
 	"testing"
 
 	"github.com/hashicorp/vault/api"
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
@@ -19,11 +14,7 @@ import (
 // get it (vaulttest says), never skips.
 var servers vaulttest.Servers
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	servers.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { servers.Main(m) }
 
 func needVault(t testing.TB) *vaulttest.Vault { t.Helper(); return servers.Vault(t) }
 
@@ -47,41 +38,4 @@ func clientWithToken(t testing.TB, token string) *api.Client {
 	require.NoError(t, err)
 	c.SetToken(token)
 	return c
-}
-
-var uniqN struct {
-	sync.Mutex
-	n int
-}
-
-// uniq makes a name no other test uses.
-func uniq(prefix string) string {
-	uniqN.Lock()
-	defer uniqN.Unlock()
-	uniqN.n++
-	return fmt.Sprintf("%s-%d", prefix, uniqN.n)
-}
-
-// pgLogin opens and closes a connection as user/password; nil when the
-// login worked.
-func pgLogin(ctx context.Context, pg *vaulttest.Postgres, user, password string) error {
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://%s:%d/postgres?sslmode=disable&connect_timeout=10", pg.Host, pg.Port))
-	if err != nil {
-		return err
-	}
-	cfg.User, cfg.Password = user, password
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	return conn.Close(ctx)
-}
-
-func pgExec(t testing.TB, pg *vaulttest.Postgres, sql string) {
-	t.Helper()
-	conn, err := pgx.Connect(t.Context(), pg.URL("postgres"))
-	require.NoError(t, err)
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(t.Context(), sql)
-	require.NoError(t, err, "sql: %s", sql)
 }
