@@ -184,8 +184,8 @@ func TestInputGaps(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.lastSeq(schemas.StreamRotate)
 			r := e.call("POST", rot, adminToken, tc.body, tc.hdr)
-			require.Equal(t, tc.code, r.code, "body %s", r.raw)
-			require.Equal(t, tc.field, r.body["field"], "body %s", r.raw)
+			require.Equal(t, tc.code, r.Code, "body %s", r.Raw)
+			require.Equal(t, tc.field, r.Body["field"], "body %s", r.Raw)
 			require.Equal(t, before, e.lastSeq(schemas.StreamRotate), "nothing queued")
 		})
 	}
