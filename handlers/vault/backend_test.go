@@ -15,6 +15,7 @@ import (
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/vault"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -36,7 +37,7 @@ func TestBackendSuite(t *testing.T) {
 // field, in a tenant-per-mount layout.
 func TestBackendSuiteOptions(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	// The dev server lives as long as the test binary (-count=2 runs this twice).
 	if err := v.Client.Sys().MountWithContext(t.Context(), "kv-globex", &api.MountInput{Type: "kv", Options: map[string]string{"version": "2"}}); err != nil {
 		require.ErrorContains(t, err, "path is already in use")
@@ -59,7 +60,7 @@ func TestBackendSuiteOptions(t *testing.T) {
 // request, and the staging entry is gone after Finish.
 func TestKVLayout(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
 	ref := kvRef("acme", testutil.Uniq("layout"))
@@ -127,7 +128,7 @@ func TestKVLayout(t *testing.T) {
 // temporary error instead of overwriting it, and the next attempt promotes.
 func TestFinishCheckAndSet(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
 	ref := kvRef("acme", testutil.Uniq("cas"))
@@ -180,7 +181,7 @@ func (w *beforeWrite) WriteWithContext(ctx context.Context, path string, data ma
 // never overwritten.
 func TestTenantMismatch(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
 

@@ -22,13 +22,13 @@ import (
 // <tenant>-<secret> as the backend's default; Vault sets a password at once.
 func staticRole(t testing.TB, tenant string) handlers.SecretRef {
 	t.Helper()
-	v, pg := needDatabase(t)
+	v, pg := vaulttest.NeedDatabase(t)
 	secret := testutil.Uniq("app-db")
 	role := tenant + "-" + secret
 	user := strings.ReplaceAll(role, "-", "_")
 	pg.Exec(t, `CREATE ROLE "`+user+`" LOGIN PASSWORD 'not-the-password-yet'`)
 	_, err := v.Client.Logical().WriteWithContext(t.Context(), "database/static-roles/"+role, map[string]any{
-		"db_name": dbConnection, "username": user, "rotation_period": "24h",
+		"db_name": vaulttest.DBConnection, "username": user, "rotation_period": "24h",
 	})
 	require.NoError(t, err)
 	return handlers.SecretRef{Tenant: tenant, Secret: secret, Backend: vault.Name, Options: map[string]string{vault.OptKind: vault.KindStaticRole}}
@@ -39,7 +39,7 @@ func staticRole(t testing.TB, tenant string) handlers.SecretRef {
 // and the new one does. Finish is idempotent through last_vault_rotation.
 func TestStaticRoleRotation(t *testing.T) {
 	t.Parallel()
-	_, pg := needDatabase(t)
+	_, pg := vaulttest.NeedDatabase(t)
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	ctx := t.Context()
@@ -95,7 +95,7 @@ func TestStaticRoleRotation(t *testing.T) {
 	// the retry sees last_vault_rotation moved and does not rotate again.
 	v2, err := b.Create(ctx, ref, schemas.NewULID())
 	require.NoError(t, err)
-	_, err = needVault(t).Client.Logical().WriteWithContext(ctx, "database/rotate-role/acme-"+ref.Secret, nil)
+	_, err = vaulttest.NeedVault(t).Client.Logical().WriteWithContext(ctx, "database/rotate-role/acme-"+ref.Secret, nil)
 	require.NoError(t, err)
 	rotated, err := b.StaticCredentials(ctx, ref)
 	require.NoError(t, err)
@@ -126,7 +126,7 @@ func TestStaticRoleRotation(t *testing.T) {
 // fails for good at Create.
 func TestStaticRoleMissing(t *testing.T) {
 	t.Parallel()
-	needDatabase(t)
+	vaulttest.NeedDatabase(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ref := handlers.SecretRef{Tenant: "acme", Secret: testutil.Uniq("nope"), Backend: vault.Name, Options: map[string]string{vault.OptKind: vault.KindStaticRole}}
 	_, err := b.Create(t.Context(), ref, schemas.NewULID())
@@ -137,9 +137,9 @@ func TestStaticRoleMissing(t *testing.T) {
 // dynamicRole makes a Vault dynamic role that creates PostgreSQL users.
 func dynamicRole(t testing.TB, name string) {
 	t.Helper()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	_, err := v.Client.Logical().WriteWithContext(t.Context(), "database/roles/"+name, map[string]any{
-		"db_name":             dbConnection,
+		"db_name":             vaulttest.DBConnection,
 		"creation_statements": []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`},
 		"default_ttl":         "1h",
 		"max_ttl":             "2h",
@@ -152,7 +152,7 @@ type dbCreds struct{ user, password string }
 // issue reads n dynamic credentials of role, 8 at a time.
 func issue(t testing.TB, role string, n int) []dbCreds {
 	t.Helper()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	out := make([]dbCreds, n)
 	g, ctx := errgroup.WithContext(t.Context())
 	g.SetLimit(8)
@@ -174,7 +174,7 @@ func issue(t testing.TB, role string, n int) []dbCreds {
 // logged in) per credential.
 func logins(t testing.TB, creds []dbCreds) []error {
 	t.Helper()
-	_, pg := needDatabase(t)
+	_, pg := vaulttest.NeedDatabase(t)
 	errs := make([]error, len(creds))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
@@ -198,7 +198,7 @@ func logins(t testing.TB, creds []dbCreds) []error {
 // other tenant's working.
 func TestRevokeTenantLeases(t *testing.T) {
 	t.Parallel()
-	_, pg := needDatabase(t)
+	_, pg := vaulttest.NeedDatabase(t)
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	ctx := t.Context()
@@ -250,7 +250,7 @@ func TestRevokeTenantLeases(t *testing.T) {
 // Vault (its last resort when the database cannot be reached).
 func TestForceRevokeTenant(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	tenant := testutil.Uniq("tf")
 	dynamicRole(t, tenant+"-ro")

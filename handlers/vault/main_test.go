@@ -15,23 +15,11 @@ import (
 	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
-// The servers are started by the first test that needs them and stopped
-// by TestMain, so `go test -run TestConfig` needs neither. A test that
-// needs one that cannot be found fails with how to get it.
-var servers vaulttest.Servers
-
-func TestMain(m *testing.M) { servers.Main(m) }
-
-func needVault(t testing.TB) *vaulttest.Vault { t.Helper(); return servers.Vault(t) }
-
-const dbConnection = vaulttest.DBConnection
-
-// needDatabase mounts the database secrets engine at "database" with a
-// connection to the shared PostgreSQL.
-func needDatabase(t testing.TB) (*vaulttest.Vault, *vaulttest.Postgres) {
-	t.Helper()
-	return servers.Database(t)
-}
+// The servers are started by the first test that needs them
+// (vaulttest.NeedVault, NeedDatabase) and stopped by TestMain, so
+// `go test -run TestConfig` needs neither. A test that needs one that
+// cannot be found fails with how to get it, never skips.
+func TestMain(m *testing.M) { vaulttest.Main(m) }
 
 // rootEnv is the environment variable the tests put the root token in.
 const rootEnv = "REKEY_TEST_VAULT_ROOT_TOKEN"
@@ -39,7 +27,7 @@ const rootEnv = "REKEY_TEST_VAULT_ROOT_TOKEN"
 // baseConfig is a token-auth config for the dev server (root token).
 func baseConfig(t testing.TB, addr string) vault.Config {
 	t.Helper()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	// os.Setenv, not t.Setenv, which parallel tests cannot use; every test
 	// sets the same value.
 	require.NoError(t, os.Setenv(rootEnv, v.RootToken))

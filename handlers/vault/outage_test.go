@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -21,7 +22,7 @@ import (
 // succeed, and the live value was never touched in between.
 func TestVaultUnreachableSteps(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	p := testutil.StartProxy(t, strings.TrimPrefix(v.Addr, "http://"))
 	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = 2 * time.Second
@@ -79,7 +80,7 @@ func TestVaultUnreachableSteps(t *testing.T) {
 // reach Vault) nothing is staged.
 func TestVaultOutageDuringRotation(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	p := testutil.StartProxy(t, strings.TrimPrefix(v.Addr, "http://"))
 	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = time.Second

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -18,7 +19,7 @@ import (
 // staged (not yet live) versions.
 func TestPolicyIsolation(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
 	a, bt := testutil.Uniq("pa"), testutil.Uniq("pb")
 	dynamicRole(t, a+"-ro")
@@ -101,7 +102,7 @@ func requireDenied(t *testing.T, err error, what string) {
 // a tenant with a token that has only RekeyPolicy.
 func TestRekeyPolicySufficesForStaticRoles(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
 	ref := staticRole(t, "acme")
 	tenant := testutil.Uniq("tr")

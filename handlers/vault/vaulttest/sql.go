@@ -10,13 +10,26 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Main runs the tests of a package that uses s, stops what they started,
-// and exits; call it from TestMain.
-func (s *Servers) Main(m *testing.M) {
+// shared are the servers of this test binary, for the packages whose
+// TestMain is Main.
+var shared Servers
+
+// Main runs the tests of a package, then stops the servers NeedVault and
+// NeedDatabase started, and exits; call it from TestMain.
+func Main(m *testing.M) {
 	code := m.Run()
-	s.Stop()
+	shared.Stop()
 	os.Exit(code)
 }
+
+// NeedVault returns the test binary's Vault dev server, starting it on
+// first use; see Servers.Vault.
+func NeedVault(t testing.TB) *Vault { t.Helper(); return shared.Vault(t) }
+
+// NeedDatabase returns the test binary's Vault and PostgreSQL with the
+// database secrets engine mounted at "database" and the connection
+// DBConnection; see Servers.Database.
+func NeedDatabase(t testing.TB) (*Vault, *Postgres) { t.Helper(); return shared.Database(t) }
 
 // Login opens and closes a connection as user/password; nil when the
 // login worked.

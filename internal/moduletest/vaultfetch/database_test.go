@@ -10,6 +10,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/fanout/agent/vaultfetch"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -17,9 +18,9 @@ import (
 // dynamicRole makes a Vault dynamic role that creates PostgreSQL users.
 func dynamicRole(t testing.TB, name, ttl, maxTTL string) {
 	t.Helper()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	_, err := v.Client.Logical().WriteWithContext(t.Context(), "database/roles/"+name, map[string]any{
-		"db_name":             dbConnection,
+		"db_name":             vaulttest.DBConnection,
 		"creation_statements": []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`},
 		"default_ttl":         ttl,
 		"max_ttl":             maxTTL,
@@ -52,7 +53,7 @@ func credentials(t testing.TB, s agent.Secret) vaultfetch.Credentials {
 // fetch supersedes the first lease, and an invalidation stops renewing.
 func TestDynamicCredentialsRenewed(t *testing.T) {
 	t.Parallel()
-	v, pg := needDatabase(t)
+	v, pg := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
 	role := testutil.Uniq("acme-ro")
 	dynamicRole(t, role, "3s", "30s")
@@ -115,7 +116,7 @@ func TestDynamicCredentialsRenewed(t *testing.T) {
 // (the lease reached its max TTL); the lease then expires.
 func TestDynamicLeaseMaxTTL(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	role := testutil.Uniq("acme-short")
 	dynamicRole(t, role, "3s", "4s")
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{DynamicRoles: map[string]string{"short-db": "{tenant}-" + strings.TrimPrefix(role, "acme-")}})
@@ -135,7 +136,7 @@ func TestDynamicLeaseMaxTTL(t *testing.T) {
 // TestHoldFor: a lease is not renewed longer than HoldFor after its fetch.
 func TestHoldFor(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	role := testutil.Uniq("acme-hold")
 	dynamicRole(t, role, "3s", "60s")
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{
@@ -153,13 +154,13 @@ func TestHoldFor(t *testing.T) {
 // last_vault_rotation and changes with rotate-role.
 func TestStaticCredentials(t *testing.T) {
 	t.Parallel()
-	v, pg := needDatabase(t)
+	v, pg := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
 	role := testutil.Uniq("acme-app-db")
 	user := strings.ReplaceAll(role, "-", "_")
 	pg.Exec(t, `CREATE ROLE "`+user+`" LOGIN PASSWORD 'not-the-password-yet'`)
 	_, err := v.Client.Logical().WriteWithContext(ctx, "database/static-roles/"+role, map[string]any{
-		"db_name": dbConnection, "username": user, "rotation_period": "24h",
+		"db_name": vaulttest.DBConnection, "username": user, "rotation_period": "24h",
 	})
 	require.NoError(t, err)
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{StaticRoles: map[string]string{"app-db": role}})
@@ -188,7 +189,7 @@ func TestStaticCredentials(t *testing.T) {
 
 func TestDatabaseErrors(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{
 		StaticRoles:  map[string]string{"gone-static": testutil.Uniq("no-such-static")},
 		DynamicRoles: map[string]string{"gone-dynamic": testutil.Uniq("no-such-dynamic")},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/fanout/agent/vaultfetch"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -22,7 +23,7 @@ import (
 // the value next to rekey_version and rekey_tenant.
 func writeKV(t testing.TB, path string, data map[string]any) {
 	t.Helper()
-	_, err := needVault(t).Client.Logical().WriteWithContext(t.Context(), "secret/data/"+path, map[string]any{"data": data})
+	_, err := vaulttest.NeedVault(t).Client.Logical().WriteWithContext(t.Context(), "secret/data/"+path, map[string]any{"data": data})
 	require.NoError(t, err)
 }
 
@@ -32,7 +33,7 @@ func rekeyData(tenant, version, value string) map[string]any {
 
 func newKV(t testing.TB, cfg vaultfetch.KVConfig) *vaultfetch.KV {
 	t.Helper()
-	kv, err := vaultfetch.NewKV(needVault(t).Client, cfg)
+	kv, err := vaultfetch.NewKV(vaulttest.NeedVault(t).Client, cfg)
 	require.NoError(t, err)
 	return kv
 }
@@ -66,7 +67,7 @@ func TestKVFetch(t *testing.T) {
 	require.Equal(t, "kv-3", s.Version)
 
 	// Deleted live version.
-	_, err = needVault(t).Client.Logical().DeleteWithContext(ctx, "secret/data/tenants/acme/"+secret)
+	_, err = vaulttest.NeedVault(t).Client.Logical().DeleteWithContext(ctx, "secret/data/tenants/acme/"+secret)
 	require.NoError(t, err)
 	_, err = kv.Fetch(ctx, "acme", secret)
 	require.ErrorIs(t, err, agent.ErrNotFound)
@@ -118,7 +119,7 @@ func TestKVWrongTenant(t *testing.T) {
 // refused with ErrPermissionDenied, without the value.
 func TestKVPermissionDenied(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	ctx := t.Context()
 	secret := testutil.Uniq("denied")
 	writeKV(t, "tenants/globex/"+secret, rekeyData("globex", "v1", "VALUE-denied-s3cr3t"))

@@ -9,28 +9,16 @@ import (
 	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 )
 
-// The servers are started by the first test that needs them and stopped by
-// TestMain. A test that needs one that cannot be found fails with how to
-// get it (vaulttest says), never skips.
-var servers vaulttest.Servers
-
-func TestMain(m *testing.M) { servers.Main(m) }
-
-func needVault(t testing.TB) *vaulttest.Vault { t.Helper(); return servers.Vault(t) }
-
-const dbConnection = vaulttest.DBConnection
-
-// needDatabase mounts the database secrets engine at "database" with a
-// connection to the shared PostgreSQL.
-func needDatabase(t testing.TB) (*vaulttest.Vault, *vaulttest.Postgres) {
-	t.Helper()
-	return servers.Database(t)
-}
+// The servers are started by the first test that needs them
+// (vaulttest.NeedVault, NeedDatabase) and stopped by TestMain, so
+// `go test -run TestConfig` needs neither. A test that needs one that
+// cannot be found fails with how to get it, never skips.
+func TestMain(m *testing.M) { vaulttest.Main(m) }
 
 // clientWithToken is a new client on the dev server with token.
 func clientWithToken(t testing.TB, token string) *api.Client {
 	t.Helper()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	conf := api.DefaultConfig()
 	conf.Address = v.Addr
 	conf.MaxRetries = 0

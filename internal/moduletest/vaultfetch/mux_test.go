@@ -9,6 +9,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/fanout/agent/vaultfetch"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
@@ -35,7 +36,7 @@ func (localFetcher) Fetch(_ context.Context, tenant, secret string) (agent.Secre
 // and everything else from another fetcher.
 func TestMux(t *testing.T) {
 	t.Parallel()
-	v, pg := needDatabase(t)
+	v, pg := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
 	kvSecret := testutil.Uniq("kv-key")
 	writeKV(t, "tenants/acme/"+kvSecret, rekeyData("acme", "v9", "VALUE-mux-s3cr3t"))
