@@ -37,7 +37,8 @@ type Source struct {
 	// get Tenant's values.
 	Other string
 	// New makes a secret of Tenant that has a live version and returns
-	// its name; each call makes a secret no other subtest uses.
+	// its name; each call makes a secret no other subtest uses. Values
+	// must be long enough not to appear in an error by chance.
 	New func(t testing.TB) string
 	// Missing is a secret of Tenant without a live version (never
 	// written, or deleted); fetching it is agent.ErrNotFound.
