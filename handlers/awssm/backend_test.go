@@ -32,7 +32,7 @@ func TestBackendSuite(t *testing.T) {
 	logs := &backendtest.LogBuffer{}
 	s, b := start(t, logs.Logger(), nil)
 	read := backendtest.ReadsNotLogged(t, logs, b.Read)
-	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
+	backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
 		ref, _ := seed(t, s, "acme", uniq("suite"))
 		return backendtest.Fixture{Backend: b, Ref: ref, Read: read}
 	})
@@ -43,7 +43,7 @@ func TestBackendSuite(t *testing.T) {
 func TestBackendSuiteNameOption(t *testing.T) {
 	t.Parallel()
 	s, b := start(t, nil, nil)
-	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
+	backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
 		secret := uniq("opt")
 		ref, _ := seedNamed(t, s, "globex", secret, "/tenants/globex/llm/"+secret+"/key")
 		ref.Options = map[string]string{awssm.OptName: "/tenants/{tenant}/llm/{secret}/key"}

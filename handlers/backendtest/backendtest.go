@@ -1,10 +1,12 @@
 // Package backendtest is the one test suite that every handlers.Backend must
 // pass. A backend's own test calls Run with a function that makes a fresh
-// fixture (a distinct secret) for each subtest:
+// fixture (a distinct secret) for each subtest, and declares the optional
+// features the backend has; the subtests of an undeclared feature do not
+// run, and a declared feature the fixture cannot serve fails them:
 //
 //	func TestBackend(t *testing.T) {
 //		b := newBackend(t)
-//		backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
+//		backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
 //			return backendtest.Fixture{Backend: b, Ref: uniqueRef(t), Read: b.Read}
 //		})
 //	}
@@ -34,44 +36,75 @@ type Fixture struct {
 	// version already; if not, the suite makes one with Ensure (when the
 	// backend is a handlers.Provisioner) or with a first rotation.
 	Ref handlers.SecretRef
-	// Read returns the live version and value; nil when the backend cannot
-	// read values, and then the value checks are skipped.
+	// Read returns the live version and value; required when Features.Read
+	// is declared, and left nil otherwise.
 	Read func(ctx context.Context, ref handlers.SecretRef) (version string, value []byte, err error)
+}
+
+// Features are what a backend can do beyond handlers.Backend. The suite
+// runs the subtests (and the checks inside shared subtests) of the
+// declared ones only, and fails when a declared one is missing.
+type Features struct {
+	// Read: the fixture's Read returns the live value, so the suite checks
+	// values as well as version ids.
+	Read bool
+	// Ensure: the backend is a handlers.Provisioner.
+	Ensure bool
+}
+
+// check fails t when f does not serve a declared feature, or has a Read
+// that no feature declares (its value checks would silently not run).
+func (fs Features) check(t *testing.T, f Fixture) {
+	t.Helper()
+	if fs.Read != (f.Read != nil) {
+		t.Fatalf("backendtest: Features.Read is %v but the fixture's Read is set: %v", fs.Read, f.Read != nil)
+	}
+	if _, ok := f.Backend.(handlers.Provisioner); ok != fs.Ensure {
+		t.Fatalf("backendtest: Features.Ensure is %v but %s is a handlers.Provisioner: %v", fs.Ensure, f.Backend.Name(), ok)
+	}
 }
 
 // Timeout bounds each subtest.
 var Timeout = 60 * time.Second
 
-// Run runs the suite. Subtests run in parallel, each with its own fixture,
-// so newFixture must be safe to call concurrently.
-func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
+// Run runs the suite for a backend with features. Subtests run in
+// parallel, each with its own fixture, so newFixture must be safe to call
+// concurrently.
+func Run(t *testing.T, features Features, newFixture func(t *testing.T) Fixture) {
 	t.Helper()
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, ctx context.Context, f Fixture)
+		// need is the feature the subtest is about; nil: every backend.
+		need func(Features) bool
 	}{
-		{"FullSagaPromotes", testFullSagaPromotes},
-		{"NewValueDiffers", testNewValueDiffers},
-		{"CreateIsIdempotent", testCreateIsIdempotent},
-		{"ConcurrentCreateSameToken", testConcurrentCreateSameToken},
-		{"RetryAfterFinish", testRetryAfterFinish},
-		{"RollbackRemovesStaged", testRollbackRemovesStaged},
-		{"RollbackGoneIsNotAnError", testRollbackGone},
-		{"FinishTwiceIsIdempotent", testFinishTwice},
-		{"FinishUnknownFails", testFinishUnknown},
-		{"StagedListsExactlyStaged", testStagedListsExactly},
-		{"ConcurrentCreatesThenFinishOne", testConcurrentCreates},
-		{"CrashedRotationRecovered", testCrashedRotation},
-		{"SuccessiveRotations", testSuccessiveRotations},
-		{"EnsureIsIdempotent", testEnsure},
-		{"ConcurrentEnsure", testConcurrentEnsure},
+		{"FullSagaPromotes", testFullSagaPromotes, nil},
+		{"NewValueDiffers", testNewValueDiffers, func(fs Features) bool { return fs.Read }},
+		{"CreateIsIdempotent", testCreateIsIdempotent, nil},
+		{"ConcurrentCreateSameToken", testConcurrentCreateSameToken, nil},
+		{"RetryAfterFinish", testRetryAfterFinish, nil},
+		{"RollbackRemovesStaged", testRollbackRemovesStaged, nil},
+		{"RollbackGoneIsNotAnError", testRollbackGone, nil},
+		{"FinishTwiceIsIdempotent", testFinishTwice, nil},
+		{"FinishUnknownFails", testFinishUnknown, nil},
+		{"StagedListsExactlyStaged", testStagedListsExactly, nil},
+		{"ConcurrentCreatesThenFinishOne", testConcurrentCreates, nil},
+		{"CrashedRotationRecovered", testCrashedRotation, nil},
+		{"SuccessiveRotations", testSuccessiveRotations, nil},
+		{"EnsureIsIdempotent", testEnsure, func(fs Features) bool { return fs.Ensure }},
+		{"ConcurrentEnsure", testConcurrentEnsure, func(fs Features) bool { return fs.Ensure }},
 	}
 	for _, tc := range tests {
+		if tc.need != nil && !tc.need(features) {
+			continue
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx, cancel := context.WithTimeout(t.Context(), Timeout)
 			defer cancel()
-			tc.fn(t, ctx, newFixture(t))
+			f := newFixture(t)
+			features.check(t, f)
+			tc.fn(t, ctx, f)
 		})
 	}
 }
@@ -167,9 +200,6 @@ func testFullSagaPromotes(t *testing.T, ctx context.Context, f Fixture) {
 }
 
 func testNewValueDiffers(t *testing.T, ctx context.Context, f Fixture) {
-	if f.Read == nil {
-		t.Skip("fixture has no Read: backend cannot read values")
-	}
 	before := baseline(t, ctx, f)
 	oldVersion, oldValue := read(t, ctx, f)
 	require.Equal(t, before.ID, oldVersion, "Read and Current disagree")
@@ -429,10 +459,7 @@ func testSuccessiveRotations(t *testing.T, ctx context.Context, f Fixture) {
 }
 
 func testEnsure(t *testing.T, ctx context.Context, f Fixture) {
-	p, ok := f.Backend.(handlers.Provisioner)
-	if !ok {
-		t.Skipf("%s is not a handlers.Provisioner", f.Backend.Name())
-	}
+	p := f.Backend.(handlers.Provisioner) // Features.check made sure
 	first, created, err := p.Ensure(ctx, f.Ref)
 	require.NoError(t, err, "Ensure")
 	require.NotEmpty(t, first.ID)
@@ -460,10 +487,7 @@ func testEnsure(t *testing.T, ctx context.Context, f Fixture) {
 // testConcurrentEnsure: replicas starting together all Ensure the same
 // secret; at most one creates it and all agree on the version.
 func testConcurrentEnsure(t *testing.T, ctx context.Context, f Fixture) {
-	p, ok := f.Backend.(handlers.Provisioner)
-	if !ok {
-		t.Skipf("%s is not a handlers.Provisioner", f.Backend.Name())
-	}
+	p := f.Backend.(handlers.Provisioner) // Features.check made sure
 	const n = 6
 	versions := make([]handlers.Version, n)
 	created := make([]bool, n)

@@ -74,7 +74,7 @@ func TestBackendSuite(t *testing.T) {
 	b := newBackend(t, js, newKey(t), logs.Logger())
 	read := backendtest.ReadsNotLogged(t, logs, b.Read)
 	var n atomic.Int64
-	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
+	backendtest.Run(t, backendtest.Features{Read: true, Ensure: true}, func(t *testing.T) backendtest.Fixture {
 		return backendtest.Fixture{Backend: b, Ref: ref("acme", fmt.Sprintf("suite-%d", n.Add(1))), Read: read}
 	})
 }
@@ -135,7 +135,7 @@ func TestBackendSuiteReplicas(t *testing.T) {
 
 	r := &replicas{bs: []*local.Backend{b1, b2}}
 	var n atomic.Int64
-	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
+	backendtest.Run(t, backendtest.Features{Read: true, Ensure: true}, func(t *testing.T) backendtest.Fixture {
 		return backendtest.Fixture{Backend: r, Ref: ref("acme", fmt.Sprintf("replica-%d", n.Add(1))), Read: r.Read}
 	})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/vault"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
@@ -21,7 +22,7 @@ var approleOnce sync.Once
 // rekeyPolicy installs cfg.RekeyPolicy() as policy name.
 func rekeyPolicy(t *testing.T, name string, cfg vault.Config) {
 	t.Helper()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	require.NoError(t, v.Client.Sys().PutPolicyWithContext(t.Context(), name, cfg.RekeyPolicy()))
 }
 
@@ -29,8 +30,8 @@ func rekeyPolicy(t *testing.T, name string, cfg vault.Config) {
 // renews it, so the backend keeps working after several TTLs.
 func TestAuthToken(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
-	ref := kvRef("acme", uniq("tokenauth"))
+	v := vaulttest.NeedVault(t)
+	ref := kvRef("acme", testutil.Uniq("tokenauth"))
 	cfg := baseConfig(t, "")
 	cfg.Secrets = []handlers.SecretRef{ref}
 	cfg.Tenants = []string{"acme"}
@@ -75,7 +76,7 @@ func TestAuthTokenRefused(t *testing.T) {
 // a role with those token TTLs, and returns a config logging in with it.
 func approle(t *testing.T, ref handlers.SecretRef, ttl, maxTTL string) (cfg vault.Config, secretID, role string) {
 	t.Helper()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	ctx := t.Context()
 	approleOnce.Do(func() {
 		require.NoError(t, v.Client.Sys().EnableAuthWithOptionsWithContext(ctx, "approle", &api.EnableAuthOptions{Type: "approle"}))
@@ -83,7 +84,7 @@ func approle(t *testing.T, ref handlers.SecretRef, ttl, maxTTL string) (cfg vaul
 	cfg = baseConfig(t, "")
 	cfg.Secrets = []handlers.SecretRef{ref}
 	cfg.Tenants = []string{"acme", "globex"}
-	role = uniq("rekey")
+	role = testutil.Uniq("rekey")
 	rekeyPolicy(t, role, cfg)
 	_, err := v.Client.Logical().WriteWithContext(ctx, "auth/approle/role/"+role, map[string]any{
 		"token_policies": role, "token_ttl": ttl, "token_max_ttl": maxTTL,
@@ -106,9 +107,9 @@ func approle(t *testing.T, ref handlers.SecretRef, ttl, maxTTL string) (cfg vaul
 // request is refused, the backend logs in again and the request succeeds.
 func TestReloginAfterRevokedToken(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("revoked"))
+	ref := kvRef("acme", testutil.Uniq("revoked"))
 	cfg, _, role := approle(t, ref, "1h", "2h")
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, cfg, logs.Logger())
@@ -140,7 +141,7 @@ func TestReloginAfterRevokedToken(t *testing.T) {
 func TestAuthAppRole(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("approle"))
+	ref := kvRef("acme", testutil.Uniq("approle"))
 	cfg, secretID, _ := approle(t, ref, "2s", "4s")
 
 	logs := &backendtest.LogBuffer{}
@@ -181,14 +182,14 @@ func TestAuthAppRole(t *testing.T) {
 // (only when credentials are refused); Run logs in once Vault answers.
 func TestStartWithoutVault(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	p := testutil.StartProxy(t, strings.TrimPrefix(v.Addr, "http://"))
 	p.Cut()
 	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = 2 * time.Second
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, cfg, logs.Logger())
-	ref := kvRef("acme", uniq("late"))
+	ref := kvRef("acme", testutil.Uniq("late"))
 	_, err := b.Create(t.Context(), ref, "tok-late")
 	require.Error(t, err)
 	require.NotErrorIs(t, err, handlers.ErrPermanent, "an unreachable Vault is temporary")

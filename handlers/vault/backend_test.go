@@ -15,6 +15,7 @@ import (
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/vault"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -27,8 +28,8 @@ func TestBackendSuite(t *testing.T) {
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	read := backendtest.ReadsNotLogged(t, logs, b.Read)
-	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
-		return backendtest.Fixture{Backend: b, Ref: kvRef("acme", uniq("suite")), Read: read}
+	backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
+		return backendtest.Fixture{Backend: b, Ref: kvRef("acme", testutil.Uniq("suite")), Read: read}
 	})
 }
 
@@ -36,7 +37,7 @@ func TestBackendSuite(t *testing.T) {
 // field, in a tenant-per-mount layout.
 func TestBackendSuiteOptions(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	// The dev server lives as long as the test binary (-count=2 runs this twice).
 	if err := v.Client.Sys().MountWithContext(t.Context(), "kv-globex", &api.MountInput{Type: "kv", Options: map[string]string{"version": "2"}}); err != nil {
 		require.ErrorContains(t, err, "path is already in use")
@@ -45,8 +46,8 @@ func TestBackendSuiteOptions(t *testing.T) {
 	cfg.KVMount = "kv-{tenant}"
 	cfg.PathTemplate = "{secret}"
 	b := newBackend(t, cfg, nil)
-	backendtest.Run(t, func(t *testing.T) backendtest.Fixture {
-		ref := kvRef("globex", uniq("opt"))
+	backendtest.Run(t, backendtest.Features{Read: true}, func(t *testing.T) backendtest.Fixture {
+		ref := kvRef("globex", testutil.Uniq("opt"))
 		ref.Options = map[string]string{vault.OptPath: "llm/{secret}/key", vault.OptField: "api_key"}
 		ref.Generator = handlers.Generator{Style: handlers.StyleAPIKey, Length: 40, Prefix: "sk-globex-"}.Defaults()
 		return backendtest.Fixture{Backend: b, Ref: ref, Read: b.Read}
@@ -59,10 +60,10 @@ func TestBackendSuiteOptions(t *testing.T) {
 // request, and the staging entry is gone after Finish.
 func TestKVLayout(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("layout"))
+	ref := kvRef("acme", testutil.Uniq("layout"))
 	kv := v.Client.KVv2("secret")
 	path := "tenants/acme/" + ref.Secret
 
@@ -127,10 +128,10 @@ func TestKVLayout(t *testing.T) {
 // temporary error instead of overwriting it, and the next attempt promotes.
 func TestFinishCheckAndSet(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("cas"))
+	ref := kvRef("acme", testutil.Uniq("cas"))
 	rotate(t, ctx, b, ref)
 	path := "tenants/acme/" + ref.Secret
 
@@ -180,11 +181,11 @@ func (w *beforeWrite) WriteWithContext(ctx context.Context, path string, data ma
 // never overwritten.
 func TestTenantMismatch(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
 
-	globex := kvRef("globex", uniq("key"))
+	globex := kvRef("globex", testutil.Uniq("key"))
 	rotate(t, ctx, b, globex)
 	_, before, err := b.Read(ctx, globex)
 	require.NoError(t, err)
@@ -200,7 +201,7 @@ func TestTenantMismatch(t *testing.T) {
 
 	// A value at acme's path that says it is globex's (copied by hand):
 	// acme's Finish refuses to overwrite it.
-	acme := kvRef("acme", uniq("copied"))
+	acme := kvRef("acme", testutil.Uniq("copied"))
 	_, err = v.Client.KVv2("secret").Put(ctx, "tenants/acme/"+acme.Secret, map[string]any{
 		"value": "globex-value", "rekey_version": "x", "rekey_tenant": "globex",
 	})
@@ -238,7 +239,7 @@ func TestFailedTestRollsBack(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("failtest"))
+	ref := kvRef("acme", testutil.Uniq("failtest"))
 	before := rotate(t, ctx, b, ref)
 	_, value, err := b.Read(ctx, ref)
 	require.NoError(t, err)
@@ -261,7 +262,7 @@ func TestRotatorPromotes(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, baseConfig(t, ""), nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("rotator"))
+	ref := kvRef("acme", testutil.Uniq("rotator"))
 	rot, _ := newRotator(t, ref, b, nil)
 	done, err := rot.Rotate(ctx, handlers.Job{Tenant: ref.Tenant, Secret: ref.Secret, RequestID: schemas.NewULID(), Delivery: 1})
 	require.NoError(t, err)

@@ -3,6 +3,8 @@ package vault_test
 import (
 	"fmt"
 	"testing"
+
+	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
 // Benchmarks against the dev server (and PostgreSQL); they print the
@@ -17,7 +19,7 @@ import (
 // secret per op.
 func BenchmarkKVRotation(b *testing.B) {
 	be := newBackend(b, baseConfig(b, ""), nil)
-	ref := kvRef("acme", uniq("bench-kv"))
+	ref := kvRef("acme", testutil.Uniq("bench-kv"))
 	ctx := b.Context()
 	rotate(b, ctx, be, ref)
 	b.ResetTimer()
@@ -47,7 +49,7 @@ func BenchmarkRevokeTenant(b *testing.B) {
 			be := newBackend(b, baseConfig(b, ""), nil)
 			for b.Loop() {
 				b.StopTimer()
-				tenant := uniq("bench")
+				tenant := testutil.Uniq("bench")
 				dynamicRole(b, tenant+"-ro")
 				issue(b, tenant+"-ro", n)
 				b.StartTimer()

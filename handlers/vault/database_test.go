@@ -13,6 +13,8 @@ import (
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/backendtest"
 	"github.com/rekey-dev/rekey/handlers/vault"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -20,13 +22,13 @@ import (
 // <tenant>-<secret> as the backend's default; Vault sets a password at once.
 func staticRole(t testing.TB, tenant string) handlers.SecretRef {
 	t.Helper()
-	v, pg := needDatabase(t)
-	secret := uniq("app-db")
+	v, pg := vaulttest.NeedDatabase(t)
+	secret := testutil.Uniq("app-db")
 	role := tenant + "-" + secret
 	user := strings.ReplaceAll(role, "-", "_")
-	pgExec(t, pg, `CREATE ROLE "`+user+`" LOGIN PASSWORD 'not-the-password-yet'`)
+	pg.Exec(t, `CREATE ROLE "`+user+`" LOGIN PASSWORD 'not-the-password-yet'`)
 	_, err := v.Client.Logical().WriteWithContext(t.Context(), "database/static-roles/"+role, map[string]any{
-		"db_name": dbConnection, "username": user, "rotation_period": "24h",
+		"db_name": vaulttest.DBConnection, "username": user, "rotation_period": "24h",
 	})
 	require.NoError(t, err)
 	return handlers.SecretRef{Tenant: tenant, Secret: secret, Backend: vault.Name, Options: map[string]string{vault.OptKind: vault.KindStaticRole}}
@@ -37,7 +39,7 @@ func staticRole(t testing.TB, tenant string) handlers.SecretRef {
 // and the new one does. Finish is idempotent through last_vault_rotation.
 func TestStaticRoleRotation(t *testing.T) {
 	t.Parallel()
-	_, pg := needDatabase(t)
+	_, pg := vaulttest.NeedDatabase(t)
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	ctx := t.Context()
@@ -45,7 +47,7 @@ func TestStaticRoleRotation(t *testing.T) {
 
 	before, err := b.StaticCredentials(ctx, ref)
 	require.NoError(t, err)
-	require.NoError(t, pgLogin(ctx, pg, before.Username, before.Password), "login with the password Vault set")
+	require.NoError(t, pg.Login(ctx, before.Username, before.Password), "login with the password Vault set")
 	cur, err := b.Current(ctx, ref)
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(cur.ID, "vault-"), "version of a password Vault set itself: %s", cur.ID)
@@ -74,9 +76,9 @@ func TestStaticRoleRotation(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, v.ID, cur.ID)
 
-	err = pgLogin(ctx, pg, before.Username, before.Password)
-	require.True(t, isAuthFailure(err), "old password still logs in (err %v)", err)
-	require.NoError(t, pgLogin(ctx, pg, after.Username, after.Password), "new password does not log in")
+	err = pg.Login(ctx, before.Username, before.Password)
+	require.True(t, vaulttest.IsAuthFailure(err), "old password still logs in (err %v)", err)
+	require.NoError(t, pg.Login(ctx, after.Username, after.Password), "new password does not log in")
 
 	// Finish again, and a whole retried saga with the same token: no
 	// second rotation.
@@ -93,7 +95,7 @@ func TestStaticRoleRotation(t *testing.T) {
 	// the retry sees last_vault_rotation moved and does not rotate again.
 	v2, err := b.Create(ctx, ref, schemas.NewULID())
 	require.NoError(t, err)
-	_, err = needVault(t).Client.Logical().WriteWithContext(ctx, "database/rotate-role/acme-"+ref.Secret, nil)
+	_, err = vaulttest.NeedVault(t).Client.Logical().WriteWithContext(ctx, "database/rotate-role/acme-"+ref.Secret, nil)
 	require.NoError(t, err)
 	rotated, err := b.StaticCredentials(ctx, ref)
 	require.NoError(t, err)
@@ -124,9 +126,9 @@ func TestStaticRoleRotation(t *testing.T) {
 // fails for good at Create.
 func TestStaticRoleMissing(t *testing.T) {
 	t.Parallel()
-	needDatabase(t)
+	vaulttest.NeedDatabase(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
-	ref := handlers.SecretRef{Tenant: "acme", Secret: uniq("nope"), Backend: vault.Name, Options: map[string]string{vault.OptKind: vault.KindStaticRole}}
+	ref := handlers.SecretRef{Tenant: "acme", Secret: testutil.Uniq("nope"), Backend: vault.Name, Options: map[string]string{vault.OptKind: vault.KindStaticRole}}
 	_, err := b.Create(t.Context(), ref, schemas.NewULID())
 	require.ErrorIs(t, err, handlers.ErrPermanent)
 	require.ErrorContains(t, err, "does not exist")
@@ -135,9 +137,9 @@ func TestStaticRoleMissing(t *testing.T) {
 // dynamicRole makes a Vault dynamic role that creates PostgreSQL users.
 func dynamicRole(t testing.TB, name string) {
 	t.Helper()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	_, err := v.Client.Logical().WriteWithContext(t.Context(), "database/roles/"+name, map[string]any{
-		"db_name":             dbConnection,
+		"db_name":             vaulttest.DBConnection,
 		"creation_statements": []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`},
 		"default_ttl":         "1h",
 		"max_ttl":             "2h",
@@ -150,7 +152,7 @@ type dbCreds struct{ user, password string }
 // issue reads n dynamic credentials of role, 8 at a time.
 func issue(t testing.TB, role string, n int) []dbCreds {
 	t.Helper()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	out := make([]dbCreds, n)
 	g, ctx := errgroup.WithContext(t.Context())
 	g.SetLimit(8)
@@ -172,7 +174,7 @@ func issue(t testing.TB, role string, n int) []dbCreds {
 // logged in) per credential.
 func logins(t testing.TB, creds []dbCreds) []error {
 	t.Helper()
-	_, pg := needDatabase(t)
+	_, pg := vaulttest.NeedDatabase(t)
 	errs := make([]error, len(creds))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
@@ -183,7 +185,7 @@ func logins(t testing.TB, creds []dbCreds) []error {
 			defer func() { <-sem; wg.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			errs[i] = pgLogin(ctx, pg, c.user, c.password)
+			errs[i] = pg.Login(ctx, c.user, c.password)
 		}()
 	}
 	wg.Wait()
@@ -196,12 +198,12 @@ func logins(t testing.TB, creds []dbCreds) []error {
 // other tenant's working.
 func TestRevokeTenantLeases(t *testing.T) {
 	t.Parallel()
-	_, pg := needDatabase(t)
+	_, pg := vaulttest.NeedDatabase(t)
 	logs := &backendtest.LogBuffer{}
 	b := newBackend(t, baseConfig(t, ""), logs.Logger())
 	ctx := t.Context()
 	// Tenants of their own, so that other tests' roles do not count.
-	victim, bystander := uniq("tv"), uniq("tb")
+	victim, bystander := testutil.Uniq("tv"), testutil.Uniq("tb")
 	dynamicRole(t, victim+"-readonly")
 	dynamicRole(t, victim+"-writer")
 	dynamicRole(t, bystander+"-readonly")
@@ -214,7 +216,7 @@ func TestRevokeTenantLeases(t *testing.T) {
 		require.NoError(t, err, "credential %d does not log in before the revocation", i)
 	}
 	countUsers := func(tenant string) int {
-		return pgCount(t, pg, `SELECT count(*) FROM pg_roles WHERE rolname LIKE $1`, "%"+tenant+"-%")
+		return pg.Count(t, `SELECT count(*) FROM pg_roles WHERE rolname LIKE $1`, "%"+tenant+"-%")
 	}
 	require.Equal(t, 200, countUsers(victim))
 
@@ -226,7 +228,7 @@ func TestRevokeTenantLeases(t *testing.T) {
 	t.Logf("RevokeTenant(%s): %d leases over 2 roles revoked in %s (revoke-prefix, then until Vault lists no lease)", victim, n, elapsed)
 
 	for i, err := range logins(t, creds) {
-		require.True(t, isAuthFailure(err), "revoked credential %d (%s) still logs in, or failed otherwise: %v", i, creds[i].user, err)
+		require.True(t, vaulttest.IsAuthFailure(err), "revoked credential %d (%s) still logs in, or failed otherwise: %v", i, creds[i].user, err)
 	}
 	require.Equal(t, 0, countUsers(victim), "revoked users left in PostgreSQL")
 	for i, err := range logins(t, others) {
@@ -248,9 +250,9 @@ func TestRevokeTenantLeases(t *testing.T) {
 // Vault (its last resort when the database cannot be reached).
 func TestForceRevokeTenant(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	b := newBackend(t, baseConfig(t, ""), nil)
-	tenant := uniq("tf")
+	tenant := testutil.Uniq("tf")
 	dynamicRole(t, tenant+"-ro")
 	issue(t, tenant+"-ro", 5)
 	n, err := b.ForceRevokeTenant(t.Context(), tenant)

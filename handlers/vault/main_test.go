@@ -2,43 +2,24 @@ package vault_test
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
 	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
+	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
-// The servers are started by the first test that needs them and stopped
-// by TestMain, so `go test -run TestConfig` needs neither. A test that
-// needs one that cannot be found fails with how to get it.
-var servers vaulttest.Servers
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	servers.Stop()
-	os.Exit(code)
-}
-
-func needVault(t testing.TB) *vaulttest.Vault { t.Helper(); return servers.Vault(t) }
-
-const dbConnection = vaulttest.DBConnection
-
-// needDatabase mounts the database secrets engine at "database" with a
-// connection to the shared PostgreSQL.
-func needDatabase(t testing.TB) (*vaulttest.Vault, *vaulttest.Postgres) {
-	t.Helper()
-	return servers.Database(t)
-}
+// The servers are started by the first test that needs them
+// (vaulttest.NeedVault, NeedDatabase) and stopped by TestMain, so
+// `go test -run TestConfig` needs neither. A test that needs one that
+// cannot be found fails with how to get it, never skips.
+func TestMain(m *testing.M) { vaulttest.Main(m) }
 
 // rootEnv is the environment variable the tests put the root token in.
 const rootEnv = "REKEY_TEST_VAULT_ROOT_TOKEN"
@@ -46,7 +27,7 @@ const rootEnv = "REKEY_TEST_VAULT_ROOT_TOKEN"
 // baseConfig is a token-auth config for the dev server (root token).
 func baseConfig(t testing.TB, addr string) vault.Config {
 	t.Helper()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	// os.Setenv, not t.Setenv, which parallel tests cannot use; every test
 	// sets the same value.
 	require.NoError(t, os.Setenv(rootEnv, v.RootToken))
@@ -75,19 +56,6 @@ func newBackend(t testing.TB, cfg vault.Config, log *slog.Logger) *vault.Backend
 	return b
 }
 
-// uniq makes a secret or role name that no other test uses.
-var uniqN struct {
-	sync.Mutex
-	n int
-}
-
-func uniq(prefix string) string {
-	uniqN.Lock()
-	defer uniqN.Unlock()
-	uniqN.n++
-	return fmt.Sprintf("%s-%d", prefix, uniqN.n)
-}
-
 // kvRef is a kv secret of tenant.
 func kvRef(tenant, secret string) handlers.SecretRef {
 	return handlers.SecretRef{Tenant: tenant, Secret: secret, Backend: vault.Name, Generator: handlers.Generator{}.Defaults()}
@@ -96,56 +64,10 @@ func kvRef(tenant, secret string) handlers.SecretRef {
 // rotate runs the whole saga with a fresh token.
 func rotate(t testing.TB, ctx context.Context, b handlers.Backend, ref handlers.SecretRef) handlers.Version {
 	t.Helper()
-	v, err := b.Create(ctx, ref, uniq("tok"))
+	v, err := b.Create(ctx, ref, testutil.Uniq("tok"))
 	require.NoError(t, err, "Create")
 	require.NoError(t, b.Set(ctx, ref, v), "Set")
 	require.NoError(t, b.Test(ctx, ref, v), "Test")
 	require.NoError(t, b.Finish(ctx, ref, v), "Finish")
 	return v
-}
-
-// pgLogin opens and closes a connection as user/password; nil when the
-// login worked.
-func pgLogin(ctx context.Context, pg *vaulttest.Postgres, user, password string) error {
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://%s:%d/postgres?sslmode=disable&connect_timeout=10", pg.Host, pg.Port))
-	if err != nil {
-		return err
-	}
-	cfg.User, cfg.Password = user, password
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	return conn.Close(ctx)
-}
-
-// pgExec runs SQL as the superuser.
-func pgExec(t testing.TB, pg *vaulttest.Postgres, sql string, args ...any) {
-	t.Helper()
-	conn, err := pgx.Connect(t.Context(), pg.URL("postgres"))
-	require.NoError(t, err)
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(t.Context(), sql, args...)
-	require.NoError(t, err, "sql: %s", sql)
-}
-
-// pgCount runs a count query as the superuser.
-func pgCount(t testing.TB, pg *vaulttest.Postgres, sql string, args ...any) int {
-	t.Helper()
-	conn, err := pgx.Connect(t.Context(), pg.URL("postgres"))
-	require.NoError(t, err)
-	defer conn.Close(context.Background())
-	var n int
-	require.NoError(t, conn.QueryRow(t.Context(), sql, args...).Scan(&n))
-	return n
-}
-
-// isAuthFailure reports whether err is PostgreSQL refusing the login
-// (invalid password, or the role does not exist any more).
-func isAuthFailure(err error) bool {
-	if err == nil {
-		return false
-	}
-	s := err.Error()
-	return strings.Contains(s, "28P01") || strings.Contains(s, "password authentication failed") || strings.Contains(s, "28000")
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -21,13 +22,13 @@ import (
 // succeed, and the live value was never touched in between.
 func TestVaultUnreachableSteps(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	p := testutil.StartProxy(t, strings.TrimPrefix(v.Addr, "http://"))
 	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = 2 * time.Second
 	b := newBackend(t, cfg, nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("outage"))
+	ref := kvRef("acme", testutil.Uniq("outage"))
 	before := rotate(t, ctx, b, ref)
 	_, value, err := b.Read(ctx, ref)
 	require.NoError(t, err)
@@ -79,13 +80,13 @@ func TestVaultUnreachableSteps(t *testing.T) {
 // reach Vault) nothing is staged.
 func TestVaultOutageDuringRotation(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	p := testutil.StartProxy(t, strings.TrimPrefix(v.Addr, "http://"))
 	cfg := baseConfig(t, "http://"+p.Addr())
 	cfg.Timeout = time.Second
 	b := newBackend(t, cfg, nil)
 	ctx := t.Context()
-	ref := kvRef("acme", uniq("outage-saga"))
+	ref := kvRef("acme", testutil.Uniq("outage-saga"))
 	rotate(t, ctx, b, ref)
 	kv := v.Client.KVv2("secret")
 	path := "tenants/acme/" + ref.Secret

@@ -8,6 +8,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
+	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -17,9 +19,9 @@ import (
 // staged (not yet live) versions.
 func TestPolicyIsolation(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
-	a, bt := uniq("pa"), uniq("pb")
+	a, bt := testutil.Uniq("pa"), testutil.Uniq("pb")
 	dynamicRole(t, a+"-ro")
 	dynamicRole(t, bt+"-ro")
 	refs := []handlers.SecretRef{kvRef(a, "openai-key"), kvRef(a, "search-key"), kvRef(bt, "openai-key")}
@@ -100,16 +102,16 @@ func requireDenied(t *testing.T, err error, what string) {
 // a tenant with a token that has only RekeyPolicy.
 func TestRekeyPolicySufficesForStaticRoles(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
 	ref := staticRole(t, "acme")
-	tenant := uniq("tr")
+	tenant := testutil.Uniq("tr")
 	dynamicRole(t, tenant+"-ro")
 	issue(t, tenant+"-ro", 3)
 	cfg := baseConfig(t, "")
 	cfg.Secrets = []handlers.SecretRef{ref}
 	cfg.Tenants = []string{"acme", tenant}
-	name := uniq("rekey-static")
+	name := testutil.Uniq("rekey-static")
 	require.NoError(t, v.Client.Sys().PutPolicyWithContext(ctx, name, cfg.RekeyPolicy()))
 	c := tokenClient(t, v.Client, name)
 	setenv(t, "REKEY_TEST_POLICY_TOKEN", c.Token())

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,7 +48,13 @@ func TestConfirmedInvalidation(t *testing.T) {
 	ghost(false)
 	confirmed, unsub := subscribeEvents(t, d, "acme", schemas.KindInvalidationConfirmed)
 	defer unsub()
-	time.Sleep(100 * time.Millisecond) // presence reaches fanout
+	live := func(want ...string) { // presence reaches fanout
+		t.Helper()
+		require.Eventually(t, func() bool {
+			return slices.Equal(want, d.Fanout().Acks().Live("acme", time.Now()))
+		}, 10*time.Second, 10*time.Millisecond, "live agents of acme: want %v, have %v", want, d.Fanout().Acks().Live("acme", time.Now()))
+	}
+	live("acme-0", "acme-1", "acme-2", "ghost")
 
 	next := func(requestID string) schemas.InvalidationConfirmed {
 		deadline := time.After(10 * time.Second)
@@ -72,7 +79,7 @@ func TestConfirmedInvalidation(t *testing.T) {
 	require.False(t, c.Complete)
 
 	ghost(true) // it leaves: no longer waited for
-	time.Sleep(100 * time.Millisecond)
+	live("acme-0", "acme-1", "acme-2")
 	id = rotate(t, d, "acme", "billing-db")
 	c = next(id)
 	require.Equal(t, 3, c.LiveAgents)

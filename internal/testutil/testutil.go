@@ -5,7 +5,9 @@ package testutil
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,3 +85,9 @@ func Run(t testing.TB, c interface{ Run(context.Context) error }) func() {
 	t.Cleanup(stop)
 	return stop
 }
+
+var uniqN atomic.Int64
+
+// Uniq returns prefix with a number no other call in this test binary
+// got: a secret, queue or role name that no other test uses.
+func Uniq(prefix string) string { return fmt.Sprintf("%s-%d", prefix, uniqN.Add(1)) }

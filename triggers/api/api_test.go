@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -93,10 +94,10 @@ func TestAdminBehaviour(t *testing.T) {
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					r := e.call(tc.method, tc.path, tc.token, tc.body, nil)
-					require.Equal(t, tc.code, r.code, "%s", r.raw)
-					require.Contains(t, r.body["error"], tc.contains)
+					require.Equal(t, tc.code, r.Code, "%s", r.Raw)
+					require.Contains(t, r.Body["error"], tc.contains)
 					if tc.code == 401 {
-						require.Equal(t, `Bearer realm="rekey"`, r.header.Get("WWW-Authenticate"))
+						require.Equal(t, `Bearer realm="rekey"`, r.Header.Get("WWW-Authenticate"))
 					}
 				})
 			}
@@ -106,14 +107,14 @@ func TestAdminBehaviour(t *testing.T) {
 			// The admin token reaches every route, and is never limited.
 			for range 2 {
 				r := e.call("POST", rot, adminToken, `{"reason":"admin"}`, nil)
-				require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
+				require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
 			}
 			for _, path := range []string{"/v1/tenants/acme", "/v1/tenants/acme/secrets", "/v1/tenants/globex/secrets/openai-key"} {
 				r := e.call("GET", path, adminToken, "", nil)
-				require.Equal(t, http.StatusOK, r.code, "%s: %s", path, r.raw)
+				require.Equal(t, http.StatusOK, r.Code, "%s: %s", path, r.Raw)
 			}
 			r := e.call("POST", "/v1/tenants/globex/revoke", adminToken, `{"reason":"drill"}`, nil)
-			require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
+			require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
 			recs := e.audit("globex")
 			require.NotEmpty(t, recs)
 			require.Equal(t, "api:"+orchestrator.TokenID(adminToken), recs[len(recs)-1].Actor)
@@ -151,9 +152,9 @@ func TestTenantScope(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := e.call(tc.method, tc.path, tc.token, "", nil)
-			require.Equal(t, tc.code, r.code, "%s", r.raw)
+			require.Equal(t, tc.code, r.Code, "%s", r.Raw)
 			if tc.contains != "" {
-				require.Contains(t, r.body["error"], tc.contains)
+				require.Contains(t, r.Body["error"], tc.contains)
 			}
 		})
 	}
@@ -178,22 +179,22 @@ func TestTenantScope(t *testing.T) {
 	// The limiter: a second tenant rotation is 429 with Retry-After
 	// (rounded up), audited; the admin is not limited.
 	r := e.call("POST", "/v1/tenants/acme/secrets/openai-key/rotate", "acme-token", "", nil)
-	require.Equal(t, http.StatusTooManyRequests, r.code, "%s", r.raw)
-	require.Equal(t, "2", r.header.Get("Retry-After"))
-	require.Contains(t, r.body["error"], "minimum interval")
+	require.Equal(t, http.StatusTooManyRequests, r.Code, "%s", r.Raw)
+	require.Equal(t, "2", r.Header.Get("Retry-After"))
+	require.Contains(t, r.Body["error"], "minimum interval")
 	recs := e.audit("acme")
 	require.Equal(t, schemas.OutcomeRateLimited, recs[len(recs)-1].Outcome)
 	r = e.call("POST", "/v1/tenants/acme/secrets/openai-key/rotate", adminToken, "", nil)
-	require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
+	require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
 	require.Zero(t, lim.undone)
 
 	// A revoked tenant's tokens fail closed.
 	require.NoError(t, e.state.SetTenantState(context.Background(), orchestrator.TenantState{Tenant: "acme", Revoked: true}))
 	r = e.call("GET", "/v1/tenants/acme/secrets", "acme-token", "", nil)
-	require.Equal(t, http.StatusForbidden, r.code, "%s", r.raw)
-	require.Contains(t, r.body["error"], `tenant "acme" is revoked`)
+	require.Equal(t, http.StatusForbidden, r.Code, "%s", r.Raw)
+	require.Contains(t, r.Body["error"], `tenant "acme" is revoked`)
 	r = e.call("GET", "/v1/tenants/globex/secrets", "globex-token", "", nil)
-	require.Equal(t, http.StatusOK, r.code, "%s", r.raw)
+	require.Equal(t, http.StatusOK, r.Code, "%s", r.Raw)
 }
 
 // TestIdempotency: a retried call with the same Idempotency-Key gets the
@@ -207,56 +208,58 @@ func TestIdempotency(t *testing.T) {
 
 	// An error first: not kept, the retry runs.
 	r := e.call("POST", rot, adminToken, "{not json", key)
-	require.Equal(t, http.StatusBadRequest, r.code)
+	require.Equal(t, http.StatusBadRequest, r.Code)
 
 	first := e.call("POST", rot, adminToken, `{"reason":"leak"}`, key)
-	require.Equal(t, http.StatusAccepted, first.code, "%s", first.raw)
-	require.Nil(t, first.body["duplicate"])
-	require.Empty(t, first.header.Get("Idempotent-Replayed"))
+	require.Equal(t, http.StatusAccepted, first.Code, "%s", first.Raw)
+	require.Nil(t, first.Body["duplicate"])
+	require.Empty(t, first.Header.Get("Idempotent-Replayed"))
 
 	time.Sleep(1500 * time.Millisecond) // past JetStream's duplicate window
 	second := e.call("POST", rot, adminToken, `{"reason":"leak"}`, key)
-	require.Equal(t, first.code, second.code)
-	require.Equal(t, "true", second.header.Get("Idempotent-Replayed"))
-	require.Equal(t, first.body["request_id"], second.body["request_id"])
-	require.Equal(t, first.body["subject"], second.body["subject"])
-	require.Equal(t, true, second.body["duplicate"])
+	require.Equal(t, first.Code, second.Code)
+	require.Equal(t, "true", second.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, first.Body["request_id"], second.Body["request_id"])
+	require.Equal(t, first.Body["subject"], second.Body["subject"])
+	require.Equal(t, true, second.Body["duplicate"])
 	require.EqualValues(t, 1, e.lastSeq(schemas.StreamRotate), "the retry queued a second request")
 
 	// Same key, another body: refused. Another path or key: a new request.
 	r = e.call("POST", rot, adminToken, `{"reason":"other"}`, key)
-	require.Equal(t, http.StatusUnprocessableEntity, r.code, "%s", r.raw)
-	require.Equal(t, "Idempotency-Key", r.body["field"])
+	require.Equal(t, http.StatusUnprocessableEntity, r.Code, "%s", r.Raw)
+	require.Equal(t, "Idempotency-Key", r.Body["field"])
 	r = e.call("POST", "/v1/tenants/acme/secrets/billing-db/rotate", adminToken, `{"reason":"leak"}`, key)
-	require.Equal(t, http.StatusAccepted, r.code)
-	require.NotEqual(t, first.body["request_id"], r.body["request_id"])
+	require.Equal(t, http.StatusAccepted, r.Code)
+	require.NotEqual(t, first.Body["request_id"], r.Body["request_id"])
 	r = e.call("POST", rot, adminToken, `{"reason":"leak"}`, map[string]string{"Idempotency-Key": "ticket-4712"})
-	require.Equal(t, http.StatusAccepted, r.code)
-	require.NotEqual(t, first.body["request_id"], r.body["request_id"])
+	require.Equal(t, http.StatusAccepted, r.Code)
+	require.NotEqual(t, first.Body["request_id"], r.Body["request_id"])
 	require.EqualValues(t, 3, e.lastSeq(schemas.StreamRotate))
 
 	r = e.call("POST", rot, adminToken, "", map[string]string{"Idempotency-Key": strings.Repeat("k", 201)})
-	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, r.code)
-	require.Equal(t, "Idempotency-Key", r.body["field"])
+	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, r.Code)
+	require.Equal(t, "Idempotency-Key", r.Body["field"])
 
 	// Concurrent retries: one request queued, every answer carries its id.
 	replies := make([]reply, 8)
+	errs := make([]error, len(replies))
 	var wg sync.WaitGroup
 	for i := range replies {
 		wg.Go(func() {
 			for range 500 {
-				replies[i] = e.call("POST", "/v1/tenants/globex/revoke", adminToken, `{"reason":"storm"}`, map[string]string{"Idempotency-Key": "storm"})
-				if replies[i].code != http.StatusConflict || replies[i].header.Get("Retry-After") != "1" {
+				replies[i], errs[i] = e.Do(e.url, "POST", "/v1/tenants/globex/revoke", adminToken, `{"reason":"storm"}`, map[string]string{"Idempotency-Key": "storm"})
+				if errs[i] != nil || replies[i].Code != http.StatusConflict || replies[i].Header.Get("Retry-After") != "1" {
 					return
 				}
-				time.Sleep(10 * time.Millisecond) // the first one is still running
+				time.Sleep(10 * time.Millisecond) // the first one is still running: ask again
 			}
 		})
 	}
 	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
 	for _, r := range replies {
-		require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
-		require.Equal(t, replies[0].body["request_id"], r.body["request_id"])
+		require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
+		require.Equal(t, replies[0].Body["request_id"], r.Body["request_id"])
 	}
 	require.EqualValues(t, 1, e.lastSeq(schemas.StreamRevoke))
 }

@@ -30,9 +30,9 @@ func (m manyAgents) LatestInvalidation(tenant, secret string) (api.InvalidationS
 func TestAttackStatusReplyBounded(t *testing.T) {
 	e := newEnv(t, orchestrator.NATSConfig{}, func(d *api.Deps) { d.Deliveries = (manyAgents{n: 100000}) })
 	r := e.call("GET", "/v1/tenants/acme/secrets/openai-key", adminToken, "", nil)
-	require.Equal(t, 200, r.code, "%s", r.raw)
-	require.Less(t, len(r.raw), 512<<10)
-	inv := r.body["invalidation"].(map[string]any)
+	require.Equal(t, 200, r.Code, "%s", r.Raw)
+	require.Less(t, len(r.Raw), 512<<10)
+	inv := r.Body["invalidation"].(map[string]any)
 	require.Len(t, inv["acked"], api.MaxListedAgents)
 	require.Len(t, inv["missing"], api.MaxListedAgents)
 	require.EqualValues(t, 100000, inv["acked_count"])
@@ -42,8 +42,8 @@ func TestAttackStatusReplyBounded(t *testing.T) {
 
 	small := newEnv(t, orchestrator.NATSConfig{}, func(d *api.Deps) { d.Deliveries = (manyAgents{n: 3}) })
 	r = small.call("GET", "/v1/tenants/acme/secrets/openai-key", adminToken, "", nil)
-	require.Equal(t, 200, r.code, "%s", r.raw)
-	inv = r.body["invalidation"].(map[string]any)
+	require.Equal(t, 200, r.Code, "%s", r.Raw)
+	inv = r.Body["invalidation"].(map[string]any)
 	require.Len(t, inv["acked"], 3)
 	require.EqualValues(t, 3, inv["missing_count"])
 	require.Nil(t, inv["missing_truncated"])

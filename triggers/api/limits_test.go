@@ -134,11 +134,15 @@ func TestFloodIsBounded(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 250 {
-				code, hdr := post(t, url+"/v1/tenants/acme/secrets/openai-key/rotate", fmt.Sprintf(`{"reason":"%d-%d %s"}`, c, i, reason))
+				// Do, not post: require only on the test's goroutine.
+				r, err := e.Do(url, http.MethodPost, "/v1/tenants/acme/secrets/openai-key/rotate", adminToken, fmt.Sprintf(`{"reason":"%d-%d %s"}`, c, i, reason), nil)
 				switch {
-				case code == http.StatusAccepted:
+				case err != nil:
+					t.Errorf("flood request: %v", err)
+					other.Add(1)
+				case r.Code == http.StatusAccepted:
 					accepted.Add(1)
-				case (code == http.StatusServiceUnavailable || code == http.StatusTooManyRequests) && hdr.Get("Retry-After") != "":
+				case (r.Code == http.StatusServiceUnavailable || r.Code == http.StatusTooManyRequests) && r.Header.Get("Retry-After") != "":
 					refused.Add(1)
 				default:
 					other.Add(1)
@@ -186,8 +190,8 @@ func TestInputGaps(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.lastSeq(schemas.StreamRotate)
 			r := e.call("POST", rot, adminToken, tc.body, tc.hdr)
-			require.Equal(t, tc.code, r.code, "body %s", r.raw)
-			require.Equal(t, tc.field, r.body["field"], "body %s", r.raw)
+			require.Equal(t, tc.code, r.Code, "body %s", r.Raw)
+			require.Equal(t, tc.field, r.Body["field"], "body %s", r.Raw)
 			require.Equal(t, before, e.lastSeq(schemas.StreamRotate), "nothing queued")
 		})
 	}

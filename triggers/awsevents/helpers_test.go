@@ -3,7 +3,6 @@ package awsevents_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,7 +19,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/handlers/awssm/awssmtest"
@@ -30,6 +27,7 @@ import (
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/awsevents"
 	"github.com/rekey-dev/rekey/triggers/awsevents/kumotest"
+	"github.com/rekey-dev/rekey/triggers/triggertest"
 )
 
 // The emulator is started by the first test that needs it and stopped by
@@ -134,12 +132,12 @@ eventbridge:
   bus_name: %s
 `
 
-var n atomic.Int64
-
-func uniq(prefix string) string { return fmt.Sprintf("%s-%d", prefix, n.Add(1)) }
+// uniq makes a queue or bus name no other test uses.
+var uniq = testutil.Uniq
 
 // env is one test's emulator queue and bus, NATS server and bus.
 type env struct {
+	*triggertest.Env
 	t        *testing.T
 	kumo     *kumotest.Kumo
 	queue    kumotest.Queue
@@ -166,8 +164,9 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	e := &env{t: t, kumo: servers.Kumo(t), ebBus: uniq("bus"), logs: &testutil.SyncBuffer{}, metrics: orchestrator.NewMetrics()}
-	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	te := triggertest.Start(t, triggertest.Options{Name: "awsevents-test"})
+	e := &env{Env: te, t: t, kumo: servers.Kumo(t), ebBus: uniq("bus"), logs: te.Logs, log: te.Log, metrics: orchestrator.NewMetrics(),
+		nats: te.Server, natsDir: te.Dir, natsPort: te.Server.Addr().(*net.TCPAddr).Port, bus: te.Bus}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s\nkumo:\n%s", e.logs.String(), e.kumo.Log())
@@ -192,21 +191,13 @@ func newEnv(t *testing.T) *env {
 		require.NoError(t, err)
 	}
 	e.cfg.SecretsManager = awsevents.SecretsManagerTarget{Region: awssmtest.Region, Endpoint: e.sm.Endpoint()}
-
-	e.natsDir = t.TempDir()
-	e.nats = testutil.StartNATS(t, -1, e.natsDir)
-	e.natsPort = e.nats.Addr().(*net.TCPAddr).Port
-	e.bus, err = orchestrator.Connect(ctx, e.nats.ClientURL(), "awsevents-test", orchestrator.NATSConfig{}, e.log)
-	require.NoError(t, err)
-	t.Cleanup(e.bus.Close)
-	require.NoError(t, e.bus.EnsureStreams(ctx))
 	return e
 }
 
 // start runs the trigger until the test ends.
 func (e *env) start() *awsevents.Trigger {
 	e.t.Helper()
-	tr, err := awsevents.New(e.cfg, secrets, orchestrator.Deps{Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", e.log), Metrics: e.metrics, Log: e.log})
+	tr, err := awsevents.New(e.cfg, secrets, orchestrator.Deps{Bus: e.bus, Audit: e.Auditor(), Metrics: e.metrics, Log: e.log})
 	require.NoError(e.t, err)
 	testutil.Run(e.t, tr)
 	return tr
@@ -320,42 +311,17 @@ func (e *env) metric(name, label, value string) float64 {
 }
 
 // events reads a stream (the subjects matching filter; all when it is
-// empty) message by message, without consuming the work queues, and
-// decodes every event.
+// empty) without consuming the work queues, and decodes every event.
 func (e *env) events(stream, filter string) []schemas.Event {
 	e.t.Helper()
-	ctx := context.Background()
-	s, err := e.bus.JS.Stream(ctx, stream)
-	require.NoError(e.t, err)
-	if filter == "" {
-		filter = ">"
-	}
-	var out []schemas.Event
-	for next := uint64(1); ; {
-		m, err := s.GetMsg(ctx, next, jetstream.WithGetMsgSubject(filter))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return out
-		}
-		require.NoError(e.t, err)
-		ev, err := schemas.Decode(m.Data)
-		require.NoError(e.t, err)
-		require.Equal(e.t, ev.ID, m.Header.Get("Nats-Msg-Id"), "the event id is JetStream's message id")
-		out = append(out, ev)
-		next = m.Sequence + 1
-	}
+	return e.Events(stream, filter)
 }
 
 // decoded decodes the data of every event of a stream (matching filter).
 func decoded[T any](e *env, stream, filter, typ string) ([]T, []schemas.Event) {
 	e.t.Helper()
 	evs := e.events(stream, filter)
-	out := make([]T, 0, len(evs))
-	for _, ev := range evs {
-		var v T
-		require.NoError(e.t, ev.DecodeData(typ, &v))
-		out = append(out, v)
-	}
-	return out, evs
+	return triggertest.Data[T](e.t, evs, typ), evs
 }
 
 func (e *env) rotations() ([]schemas.RotationRequested, []schemas.Event) {

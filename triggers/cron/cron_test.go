@@ -10,13 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/cron"
+	"github.com/rekey-dev/rekey/triggers/triggertest"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -301,25 +301,19 @@ func rekeyConfig(t *testing.T, policies map[string]string) *orchestrator.Config 
 }
 
 type env struct {
-	url string
+	*triggertest.Env
 	bus *orchestrator.Bus
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	srv := testutil.StartNATS(t, -1, "")
-	e := &env{url: srv.ClientURL()}
-	e.bus = e.connect(t)
-	require.NoError(t, e.bus.EnsureStreams(context.Background()))
-	return e
+	te := triggertest.Start(t, triggertest.Options{Name: "cron-test"})
+	return &env{Env: te, bus: te.Bus}
 }
 
 func (e *env) connect(t *testing.T) *orchestrator.Bus {
 	t.Helper()
-	bus, err := orchestrator.Connect(context.Background(), e.url, "cron-test", orchestrator.NATSConfig{}, slog.New(slog.DiscardHandler))
-	require.NoError(t, err)
-	t.Cleanup(bus.Close)
-	return bus
+	return e.Connect()
 }
 
 // trigger returns a trigger on its own connection, as a replica would be.
@@ -355,26 +349,9 @@ type stored struct {
 // requests returns every rotation request stored for tenant/secret.
 func (e *env) requests(t *testing.T, tenant, secret string) []stored {
 	t.Helper()
-	ctx := context.Background()
-	st, err := e.bus.JS.Stream(ctx, schemas.StreamRotate)
-	require.NoError(t, err)
-	info, err := st.Info(ctx)
-	require.NoError(t, err)
 	var out []stored
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		require.NoError(t, err)
-		if m.Subject != schemas.RotateSubject(tenant, secret) {
-			continue
-		}
-		ev, err := schemas.Decode(m.Data)
-		require.NoError(t, err)
-		require.Equal(t, ev.ID, m.Header.Get("Nats-Msg-Id"))
-		var req schemas.RotationRequested
-		require.NoError(t, ev.DecodeData(schemas.TypeRotationRequested, &req))
+	for _, ev := range e.Events(schemas.StreamRotate, schemas.RotateSubject(tenant, secret)) {
+		req := triggertest.Data[schemas.RotationRequested](t, []schemas.Event{ev}, schemas.TypeRotationRequested)[0]
 		out = append(out, stored{ev, req})
 	}
 	return out
@@ -383,22 +360,8 @@ func (e *env) requests(t *testing.T, tenant, secret string) []stored {
 // audits returns the audit records of tenant with the given outcome.
 func (e *env) audits(t *testing.T, tenant, outcome string) []schemas.AuditRecord {
 	t.Helper()
-	ctx := context.Background()
-	st, err := e.bus.JS.Stream(ctx, schemas.StreamAudit)
-	require.NoError(t, err)
-	info, err := st.Info(ctx)
-	require.NoError(t, err)
 	var out []schemas.AuditRecord
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		require.NoError(t, err)
-		if m.Subject != schemas.AuditSubject(tenant) {
-			continue
-		}
-		ev, err := schemas.Decode(m.Data)
-		require.NoError(t, err)
-		var rec schemas.AuditRecord
-		require.NoError(t, ev.DecodeData(schemas.TypeAuditRecord, &rec))
+	for _, rec := range e.Audits(tenant) {
 		if rec.Outcome == outcome {
 			out = append(out, rec)
 		}

@@ -2,12 +2,10 @@ package siem_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,6 +20,7 @@ import (
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/siem"
+	"github.com/rekey-dev/rekey/triggers/triggertest"
 )
 
 // The credentials of the test sources. A test at the end of each
@@ -242,6 +241,7 @@ sources:
 `
 
 type env struct {
+	*triggertest.Env
 	t     *testing.T
 	bus   *orchestrator.Bus
 	rekey *orchestrator.Config
@@ -262,15 +262,8 @@ func newEnv(t *testing.T, dupWindow time.Duration) *env {
 	cfg, err := siem.ParseConfig([]byte(siemYAML), &rekey)
 	require.NoError(t, err)
 
-	srv := testutil.StartNATS(t, -1, "")
-	logs := &testutil.SyncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	bus, err := orchestrator.Connect(context.Background(), srv.ClientURL(), "siem-test", orchestrator.NATSConfig{DuplicateWindow: dupWindow}, log)
-	require.NoError(t, err)
-	t.Cleanup(bus.Close)
-	require.NoError(t, bus.EnsureStreams(context.Background()))
-
-	e := &env{t: t, bus: bus, rekey: &rekey, cfg: cfg, logs: logs, bodies: &testutil.SyncBuffer{}}
+	te := triggertest.Start(t, triggertest.Options{Name: "siem-test", NATS: orchestrator.NATSConfig{DuplicateWindow: dupWindow}})
+	e := &env{Env: te, t: t, bus: te.Bus, rekey: &rekey, cfg: cfg, logs: te.Logs, bodies: te.Replies}
 	e.url = e.serve()
 	t.Cleanup(e.checkNoSecrets)
 	return e
@@ -280,8 +273,7 @@ func newEnv(t *testing.T, dupWindow time.Duration) *env {
 // same bus and returns its base URL.
 func (e *env) serve() string {
 	e.t.Helper()
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h, err := siem.New(e.cfg, orchestrator.Deps{Rekey: e.rekey, Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log})
+	h, err := siem.New(e.cfg, orchestrator.Deps{Rekey: e.rekey, Bus: e.bus, Audit: e.Auditor(), Metrics: orchestrator.NewMetrics(), Log: e.Log})
 	require.NoError(e.t, err)
 	mux := http.NewServeMux()
 	h.Register(mux)
@@ -365,82 +357,16 @@ func load(t *testing.T, name string) []byte {
 }
 
 // events returns every message of a stream, decoded.
-func (e *env) events(stream string) []schemas.Event {
-	e.t.Helper()
-	ctx := context.Background()
-	s, err := e.bus.JS.Stream(ctx, stream)
-	require.NoError(e.t, err)
-	info, err := s.Info(ctx)
-	require.NoError(e.t, err)
-	var out []schemas.Event
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		require.NoError(e.t, err)
-		ev, err := schemas.Decode(m.Data)
-		require.NoError(e.t, err)
-		require.Equal(e.t, ev.ID, m.Header.Get("Nats-Msg-Id"))
-		out = append(out, ev)
-	}
-	return out
-}
+func (e *env) events(stream string) []schemas.Event { e.t.Helper(); return e.Events(stream, "") }
 
-func (e *env) rotations() []schemas.RotationRequested {
-	e.t.Helper()
-	var out []schemas.RotationRequested
-	for _, ev := range e.events(schemas.StreamRotate) {
-		var r schemas.RotationRequested
-		require.NoError(e.t, ev.DecodeData(schemas.TypeRotationRequested, &r))
-		out = append(out, r)
-	}
-	return out
-}
+func (e *env) rotations() []schemas.RotationRequested { e.t.Helper(); return e.Rotations() }
 
-func (e *env) revocations() []schemas.RevocationRequested {
-	e.t.Helper()
-	var out []schemas.RevocationRequested
-	for _, ev := range e.events(schemas.StreamRevoke) {
-		var r schemas.RevocationRequested
-		require.NoError(e.t, ev.DecodeData(schemas.TypeRevocationRequested, &r))
-		out = append(out, r)
-	}
-	return out
-}
+func (e *env) revocations() []schemas.RevocationRequested { e.t.Helper(); return e.Revocations() }
 
-func (e *env) audits() []schemas.AuditRecord {
-	e.t.Helper()
-	var out []schemas.AuditRecord
-	for _, ev := range e.events(schemas.StreamAudit) {
-		var r schemas.AuditRecord
-		require.NoError(e.t, ev.DecodeData(schemas.TypeAuditRecord, &r))
-		out = append(out, r)
-	}
-	return out
-}
+func (e *env) audits() []schemas.AuditRecord { e.t.Helper(); return e.Audits("") }
 
 // checkNoSecrets greps logs, replies and every stream for the credentials.
-func (e *env) checkNoSecrets() {
-	var all bytes.Buffer
-	all.WriteString(e.logs.String())
-	all.WriteString(e.bodies.String())
-	ctx := context.Background()
-	for _, name := range []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.StreamAudit} {
-		s, err := e.bus.JS.Stream(ctx, name)
-		if err != nil {
-			e.t.Errorf("stream %s: %v", name, err)
-			return
-		}
-		info, err := s.Info(ctx)
-		require.NoError(e.t, err)
-		for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-			if m, err := s.GetMsg(ctx, seq); err == nil {
-				all.Write(m.Data)
-			}
-		}
-	}
-	for _, v := range secretValues {
-		require.NotContains(e.t, all.String(), v, "a credential leaked")
-	}
-}
+func (e *env) checkNoSecrets() { e.RequireNoLeak(secretValues) }
 
 // alertmanager returns an Alertmanager v4 payload with one firing alert.
 func alertmanager(fingerprint string, labels map[string]string) []byte {

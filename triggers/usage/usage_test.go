@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -21,6 +20,7 @@ import (
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
+	"github.com/rekey-dev/rekey/triggers/triggertest"
 	"github.com/rekey-dev/rekey/triggers/usage"
 )
 
@@ -118,10 +118,8 @@ func TestOneRotationPerVersionOverLimit(t *testing.T) {
 // new one carries on, NATS itself restarts; no use is lost or counted
 // twice, and each version is still requested once.
 func TestCountsSurviveRestarts(t *testing.T) {
-	dir := t.TempDir()
-	srv := testutil.StartNATS(t, -1, dir)
-	port := srv.Addr().(*net.TCPAddr).Port
-	env := newEnvOn(t, srv, orchestrator.NATSConfig{})
+	env := newEnv(t, orchestrator.NATSConfig{})
+	dir, port := env.Dir, env.Server.Addr().(*net.TCPAddr).Port
 
 	reports := split(uses, 3)
 	third := len(reports) / 3
@@ -133,10 +131,9 @@ func TestCountsSurviveRestarts(t *testing.T) {
 	stop()
 
 	// NATS restarts on the same files.
-	srv.Shutdown()
-	srv.WaitForShutdown()
-	srv = testutil.StartNATS(t, port, dir)
-	env = newEnvOn(t, srv, orchestrator.NATSConfig{})
+	env.Server.Shutdown()
+	env.Server.WaitForShutdown()
+	env = newEnvWith(t, triggertest.Options{Name: "usage-test", Dir: dir, Port: port})
 
 	// Second counter, stopped while the second third is being published.
 	stop = run(t, env.trigger(t, env.connect(t)))
@@ -309,19 +306,19 @@ func TestRequestIDAndKey(t *testing.T) {
 // --- helpers ---
 
 type env struct {
+	*triggertest.Env
 	state *orchestrator.State
-	url   string
 	bus   *orchestrator.Bus
 	rekey *orchestrator.Config
-	nats  orchestrator.NATSConfig
 }
 
 func newEnv(t *testing.T, nc orchestrator.NATSConfig) *env {
 	t.Helper()
-	return newEnvOn(t, testutil.StartNATS(t, -1, ""), nc)
+	return newEnvWith(t, triggertest.Options{Name: "usage-test", NATS: nc})
 }
 
-func newEnvOn(t *testing.T, srv *server.Server, nc orchestrator.NATSConfig) *env {
+// newEnvWith starts the environment with o (o.Dir and o.Port: a restart).
+func newEnvWith(t *testing.T, o triggertest.Options) *env {
 	t.Helper()
 	rekey, err := orchestrator.Parse([]byte(`
 tenants:
@@ -331,9 +328,8 @@ tenants:
       db: {backend: local}
 `))
 	require.NoError(t, err)
-	e := &env{url: srv.ClientURL(), rekey: &rekey, nats: nc}
-	e.bus = e.connect(t)
-	require.NoError(t, e.bus.EnsureStreams(context.Background()))
+	te := triggertest.Start(t, o)
+	e := &env{Env: te, bus: te.Bus, rekey: &rekey}
 	require.NoError(t, e.bus.EnsureUsageStreams(context.Background(), rekey.TenantNames()))
 	// The state buckets are the workers'; the counter only opens them.
 	state, err := orchestrator.NewState(context.Background(), e.bus, time.Minute)
@@ -359,10 +355,7 @@ func (e *env) setVersions(t *testing.T, current, previous string) {
 
 func (e *env) connect(t *testing.T) *orchestrator.Bus {
 	t.Helper()
-	bus, err := orchestrator.Connect(context.Background(), e.url, "usage-test", e.nats, slog.New(slog.DiscardHandler))
-	require.NoError(t, err)
-	t.Cleanup(bus.Close)
-	return bus
+	return e.Connect()
 }
 
 // trigger returns a counter on bus (its own connection, as a replica),
@@ -526,12 +519,8 @@ type stored struct {
 func (e *env) requests(t *testing.T) []stored {
 	t.Helper()
 	var out []stored
-	for _, m := range e.messages(t, schemas.StreamRotate) {
-		ev, err := schemas.Decode(m.Data)
-		require.NoError(t, err)
-		require.Equal(t, ev.ID, m.Header.Get("Nats-Msg-Id"))
-		var req schemas.RotationRequested
-		require.NoError(t, ev.DecodeData(schemas.TypeRotationRequested, &req))
+	for _, ev := range e.Events(schemas.StreamRotate, "") {
+		req := triggertest.Data[schemas.RotationRequested](t, []schemas.Event{ev}, schemas.TypeRotationRequested)[0]
 		out = append(out, stored{ev, req})
 	}
 	slices.SortFunc(out, func(a, b stored) int { return strings.Compare(a.ev.ID, b.ev.ID) })
@@ -540,20 +529,12 @@ func (e *env) requests(t *testing.T) []stored {
 
 func (e *env) audits(t *testing.T) []schemas.AuditRecord {
 	t.Helper()
-	var out []schemas.AuditRecord
-	for _, m := range e.messages(t, schemas.StreamAudit) {
-		ev, err := schemas.Decode(m.Data)
-		require.NoError(t, err)
-		var rec schemas.AuditRecord
-		require.NoError(t, ev.DecodeData(schemas.TypeAuditRecord, &rec))
-		out = append(out, rec)
-	}
-	return out
+	return e.Audits("")
 }
 
 func (e *env) messages(t *testing.T, stream string) []*jetstream.RawStreamMsg {
 	t.Helper()
-	return testutil.StreamMessages(t, e.bus.JS, stream)
+	return e.Messages(stream, "")
 }
 
 // TestUsageStreamsPerTenant: the stream all tenants shared before is

@@ -10,8 +10,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/fanout/agent"
+	"github.com/rekey-dev/rekey/fanout/agent/agenttest"
 	"github.com/rekey-dev/rekey/fanout/agent/awsfetch"
 	"github.com/rekey-dev/rekey/handlers/awssm/awssmtest"
+	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
 func newFetcher(t *testing.T, s *awssmtest.Server, cfg awsfetch.Config) *awsfetch.Fetcher {
@@ -23,7 +25,7 @@ func newFetcher(t *testing.T, s *awssmtest.Server, cfg awsfetch.Config) *awsfetc
 
 // put creates the secret, or adds a version with stages (nil: AWSCURRENT),
 // and returns the version id.
-func put(t *testing.T, s *awssmtest.Server, name, value string, stages ...string) string {
+func put(t testing.TB, s *awssmtest.Server, name, value string, stages ...string) string {
 	t.Helper()
 	c := s.Client(t)
 	ctx := context.Background()
@@ -145,4 +147,25 @@ func TestConfigValidate(t *testing.T) {
 	require.NoError(t, awsfetch.Config{}.Validate())
 	_, err := awsfetch.New(nil, awsfetch.Config{})
 	require.Error(t, err)
+}
+
+// TestFetcherConformance runs the Fetcher suite against the emulator.
+func TestFetcherConformance(t *testing.T) {
+	t.Parallel()
+	s := awssmtest.Start(t)
+	agenttest.Run(t, agenttest.Source{
+		Fetcher: newFetcher(t, s, awsfetch.Config{}),
+		Tenant:  "acme",
+		Other:   "globex",
+		New: func(t testing.TB) string {
+			secret := testutil.Uniq("key")
+			put(t, s, "/tenants/acme/"+secret, testutil.Uniq("VALUE-acme-s3cr3t"))
+			put(t, s, "/tenants/globex/"+secret, testutil.Uniq("VALUE-globex-s3cr3t"))
+			return secret
+		},
+		Missing: "never-written",
+		Rotate: func(t testing.TB, secret string) {
+			put(t, s, "/tenants/acme/"+secret, testutil.Uniq("VALUE-acme-rotated"))
+		},
+	})
 }

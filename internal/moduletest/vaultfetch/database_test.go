@@ -10,6 +10,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/fanout/agent/vaultfetch"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -17,9 +18,9 @@ import (
 // dynamicRole makes a Vault dynamic role that creates PostgreSQL users.
 func dynamicRole(t testing.TB, name, ttl, maxTTL string) {
 	t.Helper()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	_, err := v.Client.Logical().WriteWithContext(t.Context(), "database/roles/"+name, map[string]any{
-		"db_name":             dbConnection,
+		"db_name":             vaulttest.DBConnection,
 		"creation_statements": []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`},
 		"default_ttl":         ttl,
 		"max_ttl":             maxTTL,
@@ -52,9 +53,9 @@ func credentials(t testing.TB, s agent.Secret) vaultfetch.Credentials {
 // fetch supersedes the first lease, and an invalidation stops renewing.
 func TestDynamicCredentialsRenewed(t *testing.T) {
 	t.Parallel()
-	v, pg := needDatabase(t)
+	v, pg := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
-	role := uniq("acme-ro")
+	role := testutil.Uniq("acme-ro")
 	dynamicRole(t, role, "3s", "30s")
 	logs := &testutil.SyncBuffer{}
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{
@@ -70,17 +71,17 @@ func TestDynamicCredentialsRenewed(t *testing.T) {
 	require.True(t, strings.HasPrefix(s.Version, "database/creds/"+role+"/"), "version is the lease id: %s", s.Version)
 	require.Equal(t, []string{s.Version}, d.Leases())
 	c := credentials(t, s)
-	require.NoError(t, pgLogin(ctx, pg, c.Username, c.Password))
+	require.NoError(t, pg.Login(ctx, c.Username, c.Password))
 
 	// The control: credentials of the same role that nobody renews.
 	raw, err := v.Client.Logical().ReadWithContext(ctx, "database/creds/"+role)
 	require.NoError(t, err)
 	unrenewed := vaultfetch.Credentials{Username: raw.Data["username"].(string), Password: raw.Data["password"].(string)}
-	require.NoError(t, pgLogin(ctx, pg, unrenewed.Username, unrenewed.Password))
+	require.NoError(t, pg.Login(ctx, unrenewed.Username, unrenewed.Password))
 
 	time.Sleep(6 * time.Second)
-	require.NoError(t, pgLogin(ctx, pg, c.Username, c.Password), "renewed credentials no longer log in")
-	require.Error(t, pgLogin(ctx, pg, unrenewed.Username, unrenewed.Password), "the control's lease should have expired")
+	require.NoError(t, pg.Login(ctx, c.Username, c.Password), "renewed credentials no longer log in")
+	require.Error(t, pg.Login(ctx, unrenewed.Username, unrenewed.Password), "the control's lease should have expired")
 	lk, err := v.Client.Sys().LookupWithContext(ctx, s.Version)
 	require.NoError(t, err, "renewed lease is gone")
 	require.NotNil(t, lk)
@@ -115,8 +116,8 @@ func TestDynamicCredentialsRenewed(t *testing.T) {
 // (the lease reached its max TTL); the lease then expires.
 func TestDynamicLeaseMaxTTL(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
-	role := uniq("acme-short")
+	v, _ := vaulttest.NeedDatabase(t)
+	role := testutil.Uniq("acme-short")
 	dynamicRole(t, role, "3s", "4s")
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{DynamicRoles: map[string]string{"short-db": "{tenant}-" + strings.TrimPrefix(role, "acme-")}})
 	require.NoError(t, err)
@@ -135,8 +136,8 @@ func TestDynamicLeaseMaxTTL(t *testing.T) {
 // TestHoldFor: a lease is not renewed longer than HoldFor after its fetch.
 func TestHoldFor(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
-	role := uniq("acme-hold")
+	v, _ := vaulttest.NeedDatabase(t)
+	role := testutil.Uniq("acme-hold")
 	dynamicRole(t, role, "3s", "60s")
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{
 		DynamicRoles: map[string]string{"hold-db": role}, HoldFor: 2500 * time.Millisecond,
@@ -153,13 +154,13 @@ func TestHoldFor(t *testing.T) {
 // last_vault_rotation and changes with rotate-role.
 func TestStaticCredentials(t *testing.T) {
 	t.Parallel()
-	v, pg := needDatabase(t)
+	v, pg := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
-	role := uniq("acme-app-db")
+	role := testutil.Uniq("acme-app-db")
 	user := strings.ReplaceAll(role, "-", "_")
-	pgExec(t, pg, `CREATE ROLE "`+user+`" LOGIN PASSWORD 'not-the-password-yet'`)
+	pg.Exec(t, `CREATE ROLE "`+user+`" LOGIN PASSWORD 'not-the-password-yet'`)
 	_, err := v.Client.Logical().WriteWithContext(ctx, "database/static-roles/"+role, map[string]any{
-		"db_name": dbConnection, "username": user, "rotation_period": "24h",
+		"db_name": vaulttest.DBConnection, "username": user, "rotation_period": "24h",
 	})
 	require.NoError(t, err)
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{StaticRoles: map[string]string{"app-db": role}})
@@ -171,7 +172,7 @@ func TestStaticCredentials(t *testing.T) {
 	require.NoError(t, err, "version is last_vault_rotation: %s", s.Version)
 	c := credentials(t, s)
 	require.Equal(t, user, c.Username)
-	require.NoError(t, pgLogin(ctx, pg, c.Username, c.Password))
+	require.NoError(t, pg.Login(ctx, c.Username, c.Password))
 	require.Empty(t, d.Leases(), "static credentials have no lease")
 
 	time.Sleep(1100 * time.Millisecond) // last_vault_rotation has second precision on some versions
@@ -182,16 +183,16 @@ func TestStaticCredentials(t *testing.T) {
 	require.NotEqual(t, s.Version, s2.Version)
 	c2 := credentials(t, s2)
 	require.NotEqual(t, c.Password, c2.Password)
-	require.NoError(t, pgLogin(ctx, pg, c2.Username, c2.Password))
-	require.Error(t, pgLogin(ctx, pg, c.Username, c.Password), "old password still logs in")
+	require.NoError(t, pg.Login(ctx, c2.Username, c2.Password))
+	require.Error(t, pg.Login(ctx, c.Username, c.Password), "old password still logs in")
 }
 
 func TestDatabaseErrors(t *testing.T) {
 	t.Parallel()
-	v, _ := needDatabase(t)
+	v, _ := vaulttest.NeedDatabase(t)
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{
-		StaticRoles:  map[string]string{"gone-static": uniq("no-such-static")},
-		DynamicRoles: map[string]string{"gone-dynamic": uniq("no-such-dynamic")},
+		StaticRoles:  map[string]string{"gone-static": testutil.Uniq("no-such-static")},
+		DynamicRoles: map[string]string{"gone-dynamic": testutil.Uniq("no-such-dynamic")},
 	})
 	require.NoError(t, err)
 	for _, s := range []string{"gone-static", "gone-dynamic", "unconfigured"} {

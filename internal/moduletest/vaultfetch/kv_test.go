@@ -14,6 +14,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/fanout/agent/vaultfetch"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -22,7 +23,7 @@ import (
 // the value next to rekey_version and rekey_tenant.
 func writeKV(t testing.TB, path string, data map[string]any) {
 	t.Helper()
-	_, err := needVault(t).Client.Logical().WriteWithContext(t.Context(), "secret/data/"+path, map[string]any{"data": data})
+	_, err := vaulttest.NeedVault(t).Client.Logical().WriteWithContext(t.Context(), "secret/data/"+path, map[string]any{"data": data})
 	require.NoError(t, err)
 }
 
@@ -32,7 +33,7 @@ func rekeyData(tenant, version, value string) map[string]any {
 
 func newKV(t testing.TB, cfg vaultfetch.KVConfig) *vaultfetch.KV {
 	t.Helper()
-	kv, err := vaultfetch.NewKV(needVault(t).Client, cfg)
+	kv, err := vaultfetch.NewKV(vaulttest.NeedVault(t).Client, cfg)
 	require.NoError(t, err)
 	return kv
 }
@@ -43,7 +44,7 @@ func newKV(t testing.TB, cfg vaultfetch.KVConfig) *vaultfetch.KV {
 func TestKVFetch(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	secret := uniq("openai-key")
+	secret := testutil.Uniq("openai-key")
 	kv := newKV(t, vaultfetch.KVConfig{})
 	require.Equal(t, "secret/data/tenants/acme/"+secret, kv.Path("acme", secret))
 
@@ -66,13 +67,13 @@ func TestKVFetch(t *testing.T) {
 	require.Equal(t, "kv-3", s.Version)
 
 	// Deleted live version.
-	_, err = needVault(t).Client.Logical().DeleteWithContext(ctx, "secret/data/tenants/acme/"+secret)
+	_, err = vaulttest.NeedVault(t).Client.Logical().DeleteWithContext(ctx, "secret/data/tenants/acme/"+secret)
 	require.NoError(t, err)
 	_, err = kv.Fetch(ctx, "acme", secret)
 	require.ErrorIs(t, err, agent.ErrNotFound)
 
 	// Per-secret path and field.
-	other := uniq("legacy")
+	other := testutil.Uniq("legacy")
 	writeKV(t, "apps/acme/"+other, map[string]any{"api_key": "VALUE-legacy-s3cr3t", "rekey_version": "r7", "rekey_tenant": "acme"})
 	kv2 := newKV(t, vaultfetch.KVConfig{
 		Paths:  map[string]string{other: "apps/{tenant}/{secret}"},
@@ -86,7 +87,7 @@ func TestKVFetch(t *testing.T) {
 	require.ErrorIs(t, err, agent.ErrNotFound)
 
 	// Missing field.
-	nofield := uniq("nofield")
+	nofield := testutil.Uniq("nofield")
 	writeKV(t, "tenants/acme/"+nofield, map[string]any{"other": "x", "rekey_version": "v1", "rekey_tenant": "acme"})
 	_, err = kv.Fetch(ctx, "acme", nofield)
 	require.ErrorIs(t, err, agent.ErrNotFound)
@@ -95,7 +96,7 @@ func TestKVFetch(t *testing.T) {
 
 func TestKVNotFound(t *testing.T) {
 	t.Parallel()
-	_, err := newKV(t, vaultfetch.KVConfig{}).Fetch(t.Context(), "acme", uniq("never-written"))
+	_, err := newKV(t, vaultfetch.KVConfig{}).Fetch(t.Context(), "acme", testutil.Uniq("never-written"))
 	require.ErrorIs(t, err, agent.ErrNotFound)
 }
 
@@ -103,7 +104,7 @@ func TestKVNotFound(t *testing.T) {
 // refused, and the error does not hold the value.
 func TestKVWrongTenant(t *testing.T) {
 	t.Parallel()
-	secret := uniq("shared")
+	secret := testutil.Uniq("shared")
 	writeKV(t, "shared/"+secret, rekeyData("globex", "v1", "VALUE-globex-s3cr3t"))
 	kv := newKV(t, vaultfetch.KVConfig{PathTemplate: "shared/{secret}"})
 	_, err := kv.Fetch(t.Context(), "acme", secret)
@@ -118,12 +119,12 @@ func TestKVWrongTenant(t *testing.T) {
 // refused with ErrPermissionDenied, without the value.
 func TestKVPermissionDenied(t *testing.T) {
 	t.Parallel()
-	v := needVault(t)
+	v := vaulttest.NeedVault(t)
 	ctx := t.Context()
-	secret := uniq("denied")
+	secret := testutil.Uniq("denied")
 	writeKV(t, "tenants/globex/"+secret, rekeyData("globex", "v1", "VALUE-denied-s3cr3t"))
 	writeKV(t, "tenants/acme/"+secret, rekeyData("acme", "v1", "VALUE-allowed-s3cr3t"))
-	policy := uniq("acme-read")
+	policy := testutil.Uniq("acme-read")
 	require.NoError(t, v.Client.Sys().PutPolicyWithContext(ctx, policy, `path "secret/data/tenants/acme/*" { capabilities = ["read"] }`))
 	tok, err := v.Client.Auth().Token().CreateWithContext(ctx, &api.TokenCreateRequest{Policies: []string{policy}, TTL: "10m"})
 	require.NoError(t, err)
@@ -172,7 +173,7 @@ func TestKVConfigValidate(t *testing.T) {
 func TestAgentReadsVaultKV(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	secret := uniq("api-key")
+	secret := testutil.Uniq("api-key")
 	writeKV(t, "tenants/acme/"+secret, rekeyData("acme", "v1", "VALUE-agent-1-s3cr3t"))
 
 	srv := testutil.StartNATS(t, -1, t.TempDir())

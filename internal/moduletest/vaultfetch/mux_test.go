@@ -9,6 +9,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/fanout/agent/vaultfetch"
+	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 )
 
@@ -35,11 +36,11 @@ func (localFetcher) Fetch(_ context.Context, tenant, secret string) (agent.Secre
 // and everything else from another fetcher.
 func TestMux(t *testing.T) {
 	t.Parallel()
-	v, pg := needDatabase(t)
+	v, pg := vaulttest.NeedDatabase(t)
 	ctx := t.Context()
-	kvSecret := uniq("kv-key")
+	kvSecret := testutil.Uniq("kv-key")
 	writeKV(t, "tenants/acme/"+kvSecret, rekeyData("acme", "v9", "VALUE-mux-s3cr3t"))
-	role := uniq("acme-mux")
+	role := testutil.Uniq("acme-mux")
 	dynamicRole(t, role, "1m", "5m")
 
 	kv := newKV(t, vaultfetch.KVConfig{})
@@ -58,7 +59,7 @@ func TestMux(t *testing.T) {
 	s, err = mux.Fetch(ctx, "acme", "reports-db")
 	require.NoError(t, err)
 	c := credentials(t, s)
-	require.NoError(t, pgLogin(ctx, pg, c.Username, c.Password))
+	require.NoError(t, pg.Login(ctx, c.Username, c.Password))
 	s, err = mux.Fetch(ctx, "acme", "anything-else")
 	require.NoError(t, err)
 	require.Equal(t, "local-1", s.Version)

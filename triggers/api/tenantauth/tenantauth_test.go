@@ -34,7 +34,7 @@ func TestHashedTokens(t *testing.T) {
 	e := newEnv(t, tokensYAML())
 
 	r := e.call("POST", rotAcme, acmeToken, "", nil)
-	require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
+	require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
 	rots := e.rotations()
 	require.Len(t, rots, 1)
 	require.Equal(t, schemas.Trigger{Kind: schemas.TriggerTenant, Source: "selfservice", Actor: "acme-ci"}, rots[0].Trigger)
@@ -45,7 +45,7 @@ func TestHashedTokens(t *testing.T) {
 
 	// The globex hash was configured in upper case.
 	r = e.call("GET", "/v1/tenants/globex/secrets/openai-key", globexToken, "", nil)
-	require.Equal(t, http.StatusOK, r.code, "%s", r.raw)
+	require.Equal(t, http.StatusOK, r.Code, "%s", r.Raw)
 
 	for _, tc := range []struct {
 		name, method, path, token string
@@ -62,8 +62,8 @@ func TestHashedTokens(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := e.call(tc.method, tc.path, tc.token, `{"reason":"try"}`, nil)
-			require.Equal(t, tc.code, r.code, "%s", r.raw)
-			require.Contains(t, r.body["error"], tc.contains)
+			require.Equal(t, tc.code, r.Code, "%s", r.Raw)
+			require.Contains(t, r.Body["error"], tc.contains)
 		})
 	}
 	require.Len(t, e.rotations(), 1, "a refused request was queued")
@@ -201,21 +201,21 @@ func TestJWT(t *testing.T) {
 				t.Run(tc.name, func(t *testing.T) {
 					e.secrets = append(e.secrets, tc.token)
 					r := e.call("GET", tc.path, tc.token, "", nil)
-					require.Equal(t, tc.code, r.code, "%s", r.raw)
+					require.Equal(t, tc.code, r.Code, "%s", r.Raw)
 					if tc.contains != "" {
-						require.Contains(t, r.body["error"], tc.contains)
+						require.Contains(t, r.Body["error"], tc.contains)
 					}
 				})
 			}
 			// A JWT's rotation names its token id, never the token.
 			r := e.call("POST", rotAcme, valid, "", nil)
-			require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
+			require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
 			rots := e.rotations()
 			require.Len(t, rots, 1)
 			require.Equal(t, orchestrator.TokenID(valid), rots[0].Trigger.Actor)
 			// Hashed tokens still work beside JWTs.
 			r = e.call("GET", "/v1/tenants/globex/secrets", globexToken, "", nil)
-			require.Equal(t, http.StatusOK, r.code, "%s", r.raw)
+			require.Equal(t, http.StatusOK, r.Code, "%s", r.Raw)
 			e.checkNoLeaks()
 		})
 	}
@@ -228,27 +228,27 @@ func TestTenantIdempotency(t *testing.T) {
 	e := newEnv(t, tokensYAML()+"min_interval: 1h\n")
 	key := map[string]string{"Idempotency-Key": "deploy-42"}
 	first := e.call("POST", rotAcme, acmeToken, `{"reason":"deploy"}`, key)
-	require.Equal(t, http.StatusAccepted, first.code, "%s", first.raw)
+	require.Equal(t, http.StatusAccepted, first.Code, "%s", first.Raw)
 	second := e.call("POST", rotAcme, acmeToken, `{"reason":"deploy"}`, key)
-	require.Equal(t, first.code, second.code, "%s", second.raw)
-	require.Equal(t, first.body["request_id"], second.body["request_id"])
-	require.Equal(t, first.body["subject"], second.body["subject"])
-	require.Equal(t, true, second.body["duplicate"])
-	require.Equal(t, "true", second.header.Get("Idempotent-Replayed"))
+	require.Equal(t, first.Code, second.Code, "%s", second.Raw)
+	require.Equal(t, first.Body["request_id"], second.Body["request_id"])
+	require.Equal(t, first.Body["subject"], second.Body["subject"])
+	require.Equal(t, true, second.Body["duplicate"])
+	require.Equal(t, "true", second.Header.Get("Idempotent-Replayed"))
 	require.Len(t, e.msgs(schemas.StreamRotate), 1, "the retry queued a request")
 
 	// Without the key: the minimum interval applies.
 	r := e.call("POST", rotAcme, acmeToken, `{"reason":"deploy"}`, nil)
-	require.Equal(t, http.StatusTooManyRequests, r.code, "%s", r.raw)
+	require.Equal(t, http.StatusTooManyRequests, r.Code, "%s", r.Raw)
 	// The admin's call with the same key is its own request.
 	r = e.call("POST", rotAcme, adminToken, `{"reason":"deploy"}`, key)
-	require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
-	require.NotEqual(t, first.body["request_id"], r.body["request_id"])
-	require.Nil(t, r.body["duplicate"])
+	require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
+	require.NotEqual(t, first.Body["request_id"], r.Body["request_id"])
+	require.Nil(t, r.Body["duplicate"])
 	// Another tenant with the same key: its own request.
 	r = e.call("POST", rotGlobex, globexToken, `{"reason":"deploy"}`, key)
-	require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
-	require.Nil(t, r.body["duplicate"])
+	require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
+	require.Nil(t, r.Body["duplicate"])
 	require.Len(t, e.msgs(schemas.StreamRotate), 3)
 	e.checkNoLeaks()
 }
@@ -264,13 +264,13 @@ func TestMinInterval(t *testing.T) {
 	replica := e.serve(self)
 
 	r := e.call("POST", rotAcme, acmeToken, "", nil)
-	require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
+	require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
 	accepted := time.Now()
 	for _, base := range []string{e.url, replica} {
 		r = e.callAt(base, "POST", rotAcme, acmeToken, "", nil)
-		require.Equal(t, http.StatusTooManyRequests, r.code, "%s", r.raw)
-		require.Equal(t, "1", r.header.Get("Retry-After"))
-		require.Contains(t, r.body["error"], "minimum interval")
+		require.Equal(t, http.StatusTooManyRequests, r.Code, "%s", r.Raw)
+		require.Equal(t, "1", r.Header.Get("Retry-After"))
+		require.Contains(t, r.Body["error"], "minimum interval")
 	}
 	recs := e.audit("acme")
 	require.Equal(t, schemas.OutcomeRateLimited, recs[len(recs)-1].Outcome)
@@ -282,12 +282,12 @@ func TestMinInterval(t *testing.T) {
 		{rotGlobex, globexToken},
 	} {
 		r = e.call("POST", c.path, c.token, "", nil)
-		require.Equal(t, http.StatusAccepted, r.code, "%s %s", c.path, r.raw)
+		require.Equal(t, http.StatusAccepted, r.Code, "%s %s", c.path, r.Raw)
 	}
 
 	time.Sleep(time.Until(accepted.Add(interval + 50*time.Millisecond)))
 	r = e.callAt(replica, "POST", rotAcme, acmeToken, "", nil)
-	require.Equal(t, http.StatusAccepted, r.code, "%s", r.raw)
+	require.Equal(t, http.StatusAccepted, r.Code, "%s", r.Raw)
 
 	// Concurrent requests on both replicas: one wins.
 	time.Sleep(interval + 50*time.Millisecond)
@@ -295,7 +295,14 @@ func TestMinInterval(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range codes {
 		base := []string{e.url, replica}[i%2]
-		wg.Go(func() { codes[i] = e.callAt(base, "POST", rotGlobex, globexToken, "", nil).code })
+		wg.Go(func() {
+			r, err := e.Do(base, "POST", rotGlobex, globexToken, "", nil)
+			codes[i] = r.Code
+			if err != nil {
+				codes[i] = -1
+				t.Errorf("concurrent call %d: %v", i, err)
+			}
+		})
 	}
 	wg.Wait()
 	count := map[int]int{}
@@ -326,10 +333,10 @@ func TestListStatuses(t *testing.T) {
 	require.NoError(t, err)
 
 	r := e.call("GET", "/v1/tenants/acme/secrets", acmeToken, "", nil)
-	require.Equal(t, http.StatusOK, r.code, "%s", r.raw)
-	require.Equal(t, "acme", r.body["tenant"])
-	require.Equal(t, false, r.body["tenant_revoked"])
-	secrets := r.body["secrets"].([]any)
+	require.Equal(t, http.StatusOK, r.Code, "%s", r.Raw)
+	require.Equal(t, "acme", r.Body["tenant"])
+	require.Equal(t, false, r.Body["tenant_revoked"])
+	secrets := r.Body["secrets"].([]any)
 	require.Len(t, secrets, 2)
 	billing, openai := secrets[0].(map[string]any), secrets[1].(map[string]any)
 	require.Equal(t, "billing-db", billing["secret"])
@@ -342,23 +349,23 @@ func TestListStatuses(t *testing.T) {
 	require.Equal(t, "2", openai["previous_version"])
 	require.EqualValues(t, 2, openai["rotations"])
 	require.Equal(t, "req-1", openai["last_rotation"].(map[string]any)["request_id"])
-	require.NotContains(t, string(r.raw), `"value"`)
+	require.NotContains(t, string(r.Raw), `"value"`)
 
 	r = e.call("GET", "/v1/tenants/acme/secrets/openai-key", acmeToken, "", nil)
-	require.Equal(t, http.StatusOK, r.code, "%s", r.raw)
-	require.Equal(t, "3", r.body["version"])
+	require.Equal(t, http.StatusOK, r.Code, "%s", r.Raw)
+	require.Equal(t, "3", r.Body["version"])
 
 	require.NoError(t, e.state.SetTenantState(ctx, orchestrator.TenantState{Tenant: "acme", Revoked: true, Since: done}))
 	for _, path := range []string{"/v1/tenants/acme/secrets", "/v1/tenants/acme/secrets/openai-key"} {
 		r = e.call("GET", path, acmeToken, "", nil)
-		require.Equal(t, http.StatusForbidden, r.code, "%s", r.raw)
-		require.Contains(t, r.body["error"], `tenant "acme" is revoked`)
+		require.Equal(t, http.StatusForbidden, r.Code, "%s", r.Raw)
+		require.Contains(t, r.Body["error"], `tenant "acme" is revoked`)
 	}
 	r = e.call("POST", rotAcme, acmeToken, "", nil)
-	require.Equal(t, http.StatusForbidden, r.code, "%s", r.raw)
+	require.Equal(t, http.StatusForbidden, r.Code, "%s", r.Raw)
 	r = e.call("GET", "/v1/tenants/acme/secrets", adminToken, "", nil)
-	require.Equal(t, http.StatusOK, r.code, "the admin still sees a revoked tenant")
-	require.Equal(t, true, r.body["tenant_revoked"])
+	require.Equal(t, http.StatusOK, r.Code, "the admin still sees a revoked tenant")
+	require.Equal(t, true, r.Body["tenant_revoked"])
 	require.Empty(t, e.rotations())
 	e.checkNoLeaks()
 }
