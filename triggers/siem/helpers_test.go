@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -333,20 +334,38 @@ func noAuth(*http.Request, []byte) {}
 // post sends body to source and decodes the reply.
 func (e *env) post(base, source string, body []byte, sign signer) (int, http.Header, siem.Response) {
 	e.t.Helper()
-	req, err := http.NewRequest(http.MethodPost, base+"/v1/hooks/"+source, bytes.NewReader(body))
+	code, h, out, err := e.tryPost(base, source, body, sign)
 	require.NoError(e.t, err)
+	return code, h, out
+}
+
+// tryPost is post without require, for goroutines of a test: it returns
+// what went wrong instead of failing the test.
+func (e *env) tryPost(base, source string, body []byte, sign signer) (int, http.Header, siem.Response, error) {
+	var out siem.Response
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/hooks/"+source, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, out, err
+	}
 	req.Header.Set("Content-Type", "application/json")
 	sign(req, body)
 	res, err := http.DefaultClient.Do(req)
-	require.NoError(e.t, err)
+	if err != nil {
+		return 0, nil, out, err
+	}
 	defer res.Body.Close()
 	raw, err := io.ReadAll(res.Body)
-	require.NoError(e.t, err)
+	if err != nil {
+		return 0, nil, out, err
+	}
 	_, _ = e.bodies.Write(raw)
-	var out siem.Response
-	require.NoError(e.t, json.Unmarshal(raw, &out), "reply %s", raw)
-	require.Equal(e.t, "application/json", res.Header.Get("Content-Type"))
-	return res.StatusCode, res.Header, out
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return 0, nil, out, fmt.Errorf("reply %s: %w", raw, err)
+	}
+	if ct := res.Header.Get("Content-Type"); ct != "application/json" {
+		return 0, nil, out, fmt.Errorf("reply Content-Type %q, want application/json", ct)
+	}
+	return res.StatusCode, res.Header, out, nil
 }
 
 func load(t *testing.T, name string) []byte {

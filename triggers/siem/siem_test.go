@@ -179,16 +179,17 @@ func TestDuplicateAlert(t *testing.T) {
 	race := alertmanager("77aa00bb11cc22dd", map[string]string{"alertname": "LeakedCredential", "tenant": "acme", "secret": "stripe-key", "severity": "critical"})
 	var wg sync.WaitGroup
 	bases := []string{e.url, restarted, e.url, restarted}
-	codes := make([]int, len(bases))
+	codes, errs := make([]int, len(bases)), make([]error, len(bases))
 	for i, base := range bases {
 		wg.Add(1)
-		go func() {
+		go func() { // no require here: it must run on the test's goroutine
 			defer wg.Done()
-			codes[i], _, _ = e.post(base, "am-bearer", race, bearer(bearerToken))
+			codes[i], _, _, errs[i] = e.tryPost(base, "am-bearer", race, bearer(bearerToken))
 		}()
 	}
 	wg.Wait()
 	for i, code := range codes {
+		require.NoError(t, errs[i], "delivery %d", i)
 		require.Equal(t, http.StatusAccepted, code, "delivery %d", i)
 	}
 	require.Len(t, e.rotations(), 2)
