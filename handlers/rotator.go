@@ -89,13 +89,18 @@ func (r *Rotator) Rotate(ctx context.Context, job Job) (schemas.RotationComplete
 		return schemas.RotationCompleted{}, r.interrupted(ctx, job, err)
 	}
 
+	// The steps' audit records are published as they happen and waited
+	// for together: before the completion is recorded, and on every way out.
+	steps := r.d.Audit.Pipeline()
+	defer func() { _ = steps.Wait(context.WithoutCancel(ctx)) }()
 	var lastErr error
 	var lastStep string
 	attempt := 0
 	for attempt = 1; attempt <= r.cfg.MaxAttempts; attempt++ {
 		token := fmt.Sprintf("%s-%d-%d", job.RequestID, max(job.Delivery, 1), attempt)
-		v, step, err := r.saga(ctx, ref, backend, token, job, log)
+		v, step, err := r.saga(ctx, ref, backend, token, job, steps, log)
 		if err == nil {
+			_ = steps.Wait(context.WithoutCancel(ctx)) // logged by the auditor
 			done := schemas.RotationCompleted{
 				Tenant: job.Tenant, Secret: job.Secret, Backend: backend.Name(),
 				Version: v.ID, PreviousVersion: prev.Version, RequestID: job.RequestID,
@@ -240,9 +245,9 @@ func (r *Rotator) Sync(ctx context.Context, job Job) (done schemas.RotationCompl
 
 // saga runs create -> set -> test -> finish once, rolling back on failure
 // before finish. It returns the step that failed.
-func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token string, job Job, log *slog.Logger) (Version, string, error) {
+func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token string, job Job, steps *orchestrator.Pipeline, log *slog.Logger) (Version, string, error) {
 	var v Version
-	err := r.step(ctx, job, b, ref, StepCreate, "", func(ctx context.Context) error {
+	err := r.step(ctx, job, steps, b, ref, StepCreate, "", func(ctx context.Context) error {
 		var err error
 		v, err = b.Create(ctx, ref, token)
 		return err
@@ -254,12 +259,12 @@ func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token stri
 		name string
 		fn   func(context.Context, SecretRef, Version) error
 	}{{StepSet, b.Set}, {StepTest, b.Test}} {
-		if err := r.step(ctx, job, b, ref, s.name, v.ID, func(ctx context.Context) error { return s.fn(ctx, ref, v) }); err != nil {
+		if err := r.step(ctx, job, steps, b, ref, s.name, v.ID, func(ctx context.Context) error { return s.fn(ctx, ref, v) }); err != nil {
 			r.rollback(ctx, ref, b, v, job, log)
 			return Version{}, s.name, err
 		}
 	}
-	err = r.step(ctx, job, b, ref, StepFinish, v.ID, func(ctx context.Context) error { return b.Finish(ctx, ref, v) })
+	err = r.step(ctx, job, steps, b, ref, StepFinish, v.ID, func(ctx context.Context) error { return b.Finish(ctx, ref, v) })
 	if err != nil {
 		// Finish may have promoted before failing (a lost reply): ask.
 		cur, cerr := b.Current(context.WithoutCancel(ctx), ref)
@@ -272,8 +277,9 @@ func (r *Rotator) saga(ctx context.Context, ref SecretRef, b Backend, token stri
 	return v, "", nil
 }
 
-// step runs one saga step with the step timeout and audits its outcome.
-func (r *Rotator) step(ctx context.Context, job Job, b Backend, ref SecretRef, name, version string, fn func(context.Context) error) error {
+// step runs one saga step with the step timeout and audits its outcome
+// through steps.
+func (r *Rotator) step(ctx context.Context, job Job, steps *orchestrator.Pipeline, b Backend, ref SecretRef, name, version string, fn func(context.Context) error) error {
 	timeout := r.cfg.StepTimeout
 	if st, ok := b.(StepTimeouts); ok {
 		if d, ok := st.StepTimeout(ref, name); ok {
@@ -292,10 +298,10 @@ func (r *Rotator) step(ctx context.Context, job Job, b Backend, ref SecretRef, n
 	}
 	if err != nil {
 		detail["error"] = err.Error()
-		r.audit(ctx, job, "rotation."+name, schemas.OutcomeFailed, detail)
+		_ = steps.Record(r.record(job, "rotation."+name, schemas.OutcomeFailed, detail))
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	r.audit(ctx, job, "rotation."+name, schemas.OutcomeSucceeded, detail)
+	_ = steps.Record(r.record(job, "rotation."+name, schemas.OutcomeSucceeded, detail))
 	return nil
 }
 
@@ -376,9 +382,13 @@ func (r *Rotator) announce(ctx context.Context, done schemas.RotationCompleted, 
 		return err
 	}
 	ev = ev.WithID("done-" + done.RequestID + "-" + done.Version)
-	if _, err := r.d.Bus.Publish(ctx, schemas.EventsSubject(done.Tenant, schemas.KindRotationCompleted), ev); err != nil {
-		return fmt.Errorf("publish completion of %s/%s: %w", done.Tenant, done.Secret, err)
-	}
+	// The event and its audit record are written together (both ids are
+	// derived: written again after a crash, each is one).
+	published := make(chan error, 1)
+	go func() {
+		_, err := r.d.Bus.Publish(ctx, schemas.EventsSubject(done.Tenant, schemas.KindRotationCompleted), ev)
+		published <- err
+	}()
 	detail := map[string]string{
 		"version": done.Version, "previous_version": done.PreviousVersion,
 		"attempts": fmt.Sprint(done.Attempts), "coalesced": fmt.Sprint(len(done.Coalesced)),
@@ -393,11 +403,15 @@ func (r *Rotator) announce(ctx context.Context, done schemas.RotationCompleted, 
 	if done.Trigger.Actor != "" {
 		actor += ":" + done.Trigger.Actor
 	}
-	if err := r.d.Audit.RecordWithID(ctx, "audit-done-"+done.RequestID+"-"+done.Version, schemas.AuditRecord{
+	auditErr := r.d.Audit.RecordWithID(ctx, "audit-done-"+done.RequestID+"-"+done.Version, schemas.AuditRecord{
 		Tenant: done.Tenant, Secret: done.Secret, Actor: actor, Action: "rotation.complete", Outcome: schemas.OutcomeSucceeded,
 		RequestID: done.RequestID, Component: "rotator", Detail: detail,
-	}); err != nil {
-		return err
+	})
+	if err := <-published; err != nil {
+		return fmt.Errorf("publish completion of %s/%s: %w", done.Tenant, done.Secret, err)
+	}
+	if auditErr != nil {
+		return auditErr
 	}
 	if _, err := r.d.State.UpdateSecretStatus(ctx, done.Tenant, done.Secret, func(st *orchestrator.SecretStatus) error {
 		if st.LastRequestID == done.RequestID && st.Version == done.Version {
@@ -480,24 +494,26 @@ func (r *Rotator) interrupted(ctx context.Context, job Job, cause error) error {
 }
 
 func (r *Rotator) audit(ctx context.Context, job Job, action, outcome string, detail map[string]string) {
+	_ = r.d.Audit.Record(context.WithoutCancel(ctx), r.record(job, action, outcome, detail))
+}
+
+// record is the audit record of one thing the rotator did for job.
+func (r *Rotator) record(job Job, action, outcome string, detail map[string]string) schemas.AuditRecord {
 	actor := job.Trigger.Kind
 	if job.Trigger.Actor != "" {
 		actor += ":" + job.Trigger.Actor
 	}
-	_ = r.d.Audit.Record(context.WithoutCancel(ctx), schemas.AuditRecord{
+	return schemas.AuditRecord{
 		Tenant: job.Tenant, Secret: job.Secret, Actor: actor, Action: action, Outcome: outcome,
 		RequestID: job.RequestID, Component: "rotator", Detail: detail,
-	})
+	}
 }
 
 func (r *Rotator) streamLastSeq(ctx context.Context) (uint64, error) {
+	// Looking the stream up reads its info: one round trip.
 	s, err := r.d.Bus.JS.Stream(ctx, schemas.StreamRotate)
-	if err != nil {
-		return 0, fmt.Errorf("open stream %s: %w", schemas.StreamRotate, err)
-	}
-	info, err := s.Info(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("stream %s info: %w", schemas.StreamRotate, err)
 	}
-	return info.State.LastSeq, nil
+	return s.CachedInfo().State.LastSeq, nil
 }

@@ -63,42 +63,75 @@ type IdentifiedRecord struct {
 // record whose publish failed is written again with RecordWithID (its id
 // makes a record stored twice one record). It returns the first failure.
 func (a *Auditor) RecordBatch(ctx context.Context, recs []IdentifiedRecord) error {
-	futures := make([]jetstream.PubAckFuture, len(recs))
-	var again []int
-	for i, r := range recs {
-		if r.Record.Time.IsZero() {
-			recs[i].Record.Time = time.Now().UTC()
-		}
-		ev, err := a.event(r.ID, recs[i].Record)
-		if err != nil {
-			return fmt.Errorf("audit %s %s: %w", r.Record.Action, r.Record.Outcome, err)
-		}
-		data, err := ev.Encode()
-		if err != nil {
-			return fmt.Errorf("audit %s %s: %w", r.Record.Action, r.Record.Outcome, err)
-		}
-		futures[i], err = a.bus.JS.PublishAsync(schemas.AuditSubject(r.Record.Tenant), data, jetstream.WithMsgID(ev.ID))
-		if err != nil {
-			again = append(again, i)
+	p := a.Pipeline()
+	for _, r := range recs {
+		if err := p.RecordWithID(r.ID, r.Record); err != nil {
+			return err
 		}
 	}
+	return p.Wait(ctx)
+}
+
+// Pipeline publishes records as they come without waiting for each, and
+// waits for them together (Wait): a record is on its way as soon as it is
+// recorded, as with Record, but a sequence of records costs one round trip
+// instead of one each. Not safe for concurrent use.
+type Pipeline struct {
+	a       *Auditor
+	recs    []IdentifiedRecord
+	futures []jetstream.PubAckFuture
+}
+
+// Pipeline starts a pipeline of records.
+func (a *Auditor) Pipeline() *Pipeline { return &Pipeline{a: a} }
+
+// Record publishes rec (a new event id is its identity for Wait's retry).
+func (p *Pipeline) Record(rec schemas.AuditRecord) error { return p.RecordWithID("", rec) }
+
+// RecordWithID publishes rec with a derived event id (see
+// Auditor.RecordWithID). It fails only when rec cannot be encoded; a
+// publish that fails is written again by Wait.
+func (p *Pipeline) RecordWithID(id string, rec schemas.AuditRecord) error {
+	if rec.Time.IsZero() {
+		rec.Time = time.Now().UTC()
+	}
+	ev, err := p.a.event(id, rec)
+	var data []byte
+	if err == nil {
+		data, err = ev.Encode()
+	}
+	if err != nil {
+		return fmt.Errorf("audit %s %s: %w", rec.Action, rec.Outcome, err)
+	}
+	f, err := p.a.bus.JS.PublishAsync(schemas.AuditSubject(rec.Tenant), data, jetstream.WithMsgID(ev.ID))
+	if err != nil {
+		f = nil // Wait writes it again
+	}
+	p.recs = append(p.recs, IdentifiedRecord{ID: ev.ID, Record: rec})
+	p.futures = append(p.futures, f)
+	return nil
+}
+
+// Wait waits until the stream stored every record published so far,
+// writes again with RecordWithID those it did not acknowledge (their ids
+// make a record stored twice one record), and returns the first failure.
+// The pipeline is empty afterwards.
+func (p *Pipeline) Wait(ctx context.Context) error {
+	recs, futures := p.recs, p.futures
+	p.recs, p.futures = nil, nil
 	wait, cancel := retry.WithDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for i, f := range futures {
-		if f == nil {
-			continue
-		}
-		select {
-		case <-f.Ok():
-		case <-f.Err():
-			again = append(again, i)
-		case <-wait.Done():
-			again = append(again, i)
-		}
-	}
 	var first error
-	for _, i := range again {
-		if err := a.RecordWithID(ctx, recs[i].ID, recs[i].Record); err != nil && first == nil {
+	for i, f := range futures {
+		if f != nil {
+			select {
+			case <-f.Ok():
+				continue
+			case <-f.Err():
+			case <-wait.Done():
+			}
+		}
+		if err := p.a.RecordWithID(ctx, recs[i].ID, recs[i].Record); err != nil && first == nil {
 			first = err
 		}
 	}

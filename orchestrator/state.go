@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -79,6 +80,17 @@ type State struct {
 	*Tenants
 	status jetstream.KeyValue
 	locks  jetstream.KeyValue
+	// known is the last status read or written here per secret, with its
+	// revision: UpdateSecretStatus tries a compare-and-set from it first
+	// and reads only when another writer came between (a conflict), which
+	// saves a read per update on the rotation path. One entry per secret.
+	knownMu sync.Mutex
+	known   map[string]knownStatus
+}
+
+type knownStatus struct {
+	st  SecretStatus
+	rev uint64
 }
 
 // NewState opens (creating if needed) the state buckets. Locks expire after
@@ -96,7 +108,7 @@ func NewState(ctx context.Context, bus *Bus, lockTTL time.Duration) (*State, err
 	if err != nil {
 		return nil, err
 	}
-	return &State{Tenants: newTenants(tenants, bus), status: status, locks: locks}, nil
+	return &State{Tenants: newTenants(tenants, bus), status: status, locks: locks, known: map[string]knownStatus{}}, nil
 }
 
 // OpenState opens the state buckets, which must exist, without creating or
@@ -110,7 +122,7 @@ func OpenState(ctx context.Context, bus *Bus) (*State, error) {
 		}
 		kvs[i] = kv
 	}
-	return &State{Tenants: newTenants(kvs[1], bus), status: kvs[0], locks: kvs[2]}, nil
+	return &State{Tenants: newTenants(kvs[1], bus), status: kvs[0], locks: kvs[2], known: map[string]knownStatus{}}, nil
 }
 
 // Tenants reads (and, for its owner, writes) the tenants' revocation
@@ -182,30 +194,60 @@ func (s *State) getStatus(ctx context.Context, tenant, secret string) (SecretSta
 	if err != nil {
 		return SecretStatus{}, 0, fmt.Errorf("decode status %s/%s: %w", tenant, secret, err)
 	}
+	s.remember(tenant, secret, st, e.Revision())
 	return st, e.Revision(), nil
 }
 
+// remember keeps st at rev as the last known status of tenant/secret.
+func (s *State) remember(tenant, secret string, st SecretStatus, rev uint64) {
+	s.knownMu.Lock()
+	defer s.knownMu.Unlock()
+	if k, ok := s.known[refKey(tenant, secret)]; !ok || k.rev <= rev {
+		s.known[refKey(tenant, secret)] = knownStatus{st: st, rev: rev}
+	}
+}
+
+// lastKnown returns the last status read or written here, if any.
+func (s *State) lastKnown(tenant, secret string) (SecretStatus, uint64, bool) {
+	s.knownMu.Lock()
+	defer s.knownMu.Unlock()
+	k, ok := s.known[refKey(tenant, secret)]
+	return k.st, k.rev, ok
+}
+
 // UpdateSecretStatus applies fn to the current status and stores the result
-// with compare-and-set, retrying on a concurrent update.
+// with compare-and-set, retrying on a concurrent update. It starts from
+// the last status this State read or wrote, which is current unless
+// another writer came between: then the compare-and-set fails and it reads.
 func (s *State) UpdateSecretStatus(ctx context.Context, tenant, secret string, fn func(*SecretStatus) error) (SecretStatus, error) {
+	st, rev, known := s.lastKnown(tenant, secret)
 	for attempt := 0; attempt < 20; attempt++ {
-		st, rev, err := s.getStatus(ctx, tenant, secret)
-		if err != nil {
-			return SecretStatus{}, err
+		if !known {
+			var err error
+			if st, rev, err = s.getStatus(ctx, tenant, secret); err != nil {
+				return SecretStatus{}, err
+			}
 		}
+		fromKnown := known
+		known = false // after a conflict, read
 		if err := fn(&st); err != nil {
+			if fromKnown {
+				continue // it may not hold of the current status: read it
+			}
 			return SecretStatus{}, err
 		}
 		b, err := json.Marshal(st)
 		if err != nil {
 			return SecretStatus{}, fmt.Errorf("encode status: %w", err)
 		}
+		var next uint64
 		if rev == 0 {
-			_, err = s.status.Create(ctx, refKey(tenant, secret), b)
+			next, err = s.status.Create(ctx, refKey(tenant, secret), b)
 		} else {
-			_, err = s.status.Update(ctx, refKey(tenant, secret), b, rev)
+			next, err = s.status.Update(ctx, refKey(tenant, secret), b, rev)
 		}
 		if err == nil {
+			s.remember(tenant, secret, st, next)
 			return st, nil
 		}
 		if !IsConflict(err) {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -186,6 +187,40 @@ restore accepted at once takes effect.`,
 	recovery.Flags().IntVar(&rec.Restores, "restores", 10, "restore-after-kill-mid-revocation runs")
 	recovery.Flags().IntVar(&rec.RevokeSecrets, "revoke-secrets", 200, "secrets of the revoked tenant in the restore runs")
 	recovery.Flags().BoolVar(&rec.Cluster, "cluster", false, "also run --runs per interruption with 3 replicas on a 3-node NATS cluster (one interrupted, the others take over)")
-	cmd.AddCommand(prop, get, fan, hook, capacity, flood, recovery)
+	rotOpts := bench.RotationsOptions{KillSwitch: true}
+	var rotProfile string
+	rotCmd := &cobra.Command{
+		Use:   "rotations",
+		Short: "full rotation sagas on the local backend: rotations/s, CPU and JetStream writes per rotation; then a tenant's kill switch over them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			if rotProfile != "" {
+				f, err := os.Create(rotProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			res, err := bench.Rotations(ctx, rotOpts, log)
+			if err != nil {
+				return err
+			}
+			res.Print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	rotCmd.Flags().IntVar(&rotOpts.Secrets, "secrets", 1000, "local secrets of the bench tenant; each round rotates each once")
+	rotCmd.Flags().IntVar(&rotOpts.Rounds, "rounds", 3, "rounds")
+	rotCmd.Flags().IntVar(&rotOpts.Concurrency, "concurrency", 0, "rotation.concurrency (0: rekey's default)")
+	rotCmd.Flags().BoolVar(&rotOpts.KillSwitch, "kill-switch", true, "then revoke the bench tenant and time its report")
+	rotCmd.Flags().StringVar(&rotProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	cmd.AddCommand(prop, get, fan, hook, capacity, flood, recovery, rotCmd)
 	return cmd
 }

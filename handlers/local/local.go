@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -101,6 +102,41 @@ type Backend struct {
 	kv   jetstream.KeyValue
 	aead cipher.AEAD
 	log  *slog.Logger
+	// known is the last record read or written here per secret with its
+	// revision (values encrypted, as stored): a read of the same revision
+	// is not decoded again, and an update starts from it, reading only
+	// when another writer came between. One entry per secret.
+	knownMu sync.Mutex
+	known   map[string]knownRecord
+}
+
+type knownRecord struct {
+	r   record
+	rev uint64
+}
+
+// remember keeps r at rev as the last known record of k.
+func (b *Backend) remember(k string, r record, rev uint64) {
+	b.knownMu.Lock()
+	defer b.knownMu.Unlock()
+	if cur, ok := b.known[k]; !ok || cur.rev <= rev {
+		b.known[k] = knownRecord{r: r.clone(), rev: rev}
+	}
+}
+
+// lastKnown returns a copy of the last known record of k.
+func (b *Backend) lastKnown(k string) (record, uint64, bool) {
+	b.knownMu.Lock()
+	defer b.knownMu.Unlock()
+	cur, ok := b.known[k]
+	return cur.r.clone(), cur.rev, ok
+}
+
+// clone copies r so that changing the copy's versions leaves r as it is
+// (ciphertexts are replaced, never changed in place).
+func (r record) clone() record {
+	r.Versions = slices.Clone(r.Versions)
+	return r
 }
 
 // New opens (creating it if needed) the KV bucket and returns the backend.
@@ -132,7 +168,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logg
 	if err != nil {
 		return nil, fmt.Errorf("local: create bucket %s: %w", cfg.Bucket, err)
 	}
-	return &Backend{kv: kv, aead: aead, log: log.With("component", "backend.local")}, nil
+	return &Backend{kv: kv, aead: aead, log: log.With("component", "backend.local"), known: map[string]knownRecord{}}, nil
 }
 
 // Reader returns a view of b that reads through js, another connection's
@@ -145,7 +181,7 @@ func (b *Backend) Reader(ctx context.Context, js jetstream.JetStream) (*Backend,
 	if err != nil {
 		return nil, fmt.Errorf("local: open bucket %s to read: %w", b.kv.Bucket(), err)
 	}
-	return &Backend{kv: kv, aead: b.aead, log: b.log}, nil
+	return &Backend{kv: kv, aead: b.aead, log: b.log, known: map[string]knownRecord{}}, nil
 }
 
 // Name returns "local".
@@ -496,10 +532,14 @@ func (b *Backend) load(ctx context.Context, ref handlers.SecretRef) (record, uin
 	if err != nil {
 		return record{}, 0, fmt.Errorf("get %s: %w", key(ref), err)
 	}
+	if r, rev, ok := b.lastKnown(key(ref)); ok && rev == e.Revision() {
+		return r, rev, nil // the revision it was decoded (or written) at
+	}
 	var r record
 	if err := schemas.DecodeStrict(e.Value(), &r, "last_id"); err != nil {
 		return record{}, 0, fmt.Errorf("decode record %s at revision %d: %w", key(ref), e.Revision(), err)
 	}
+	b.remember(key(ref), r, e.Revision())
 	return r, e.Revision(), nil
 }
 
@@ -508,12 +548,21 @@ func (b *Backend) load(ctx context.Context, ref handlers.SecretRef) (record, uin
 // reloads and calls fn again, so fn must set all its results on every call.
 func (b *Backend) update(ctx context.Context, ref handlers.SecretRef, fn func(*record) (bool, error)) error {
 	k := key(ref)
+	r, rev, known := b.lastKnown(k)
 	for attempt := 1; ; attempt++ {
-		r, rev, err := b.load(ctx, ref)
-		if err != nil {
-			return err
+		fromKnown := known
+		if !known {
+			var err error
+			if r, rev, err = b.load(ctx, ref); err != nil {
+				return err
+			}
 		}
+		known = false // after a conflict, read
 		changed, err := fn(&r)
+		if fromKnown && (err != nil || !changed) {
+			attempt-- // decide on the stored record, not on the one known here
+			continue
+		}
 		if err != nil || !changed {
 			return err
 		}
@@ -521,16 +570,22 @@ func (b *Backend) update(ctx context.Context, ref handlers.SecretRef, fn func(*r
 		if err != nil {
 			return fmt.Errorf("encode record %s: %w", k, err)
 		}
+		var next uint64
 		if rev == 0 {
-			_, err = b.kv.Create(ctx, k, data)
+			next, err = b.kv.Create(ctx, k, data)
 		} else {
-			_, err = b.kv.Update(ctx, k, data, rev)
+			next, err = b.kv.Update(ctx, k, data, rev)
 		}
 		if err == nil {
+			b.remember(k, r, next)
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return fmt.Errorf("write %s: %w", k, err)
+		}
+		if fromKnown {
+			attempt-- // the known record was stale: not a conflict with a writer
+			continue
 		}
 		if attempt == maxAttempts {
 			return fmt.Errorf("write %s: gave up after %d conflicting writes: %w", k, attempt, handlers.ErrBusy)
