@@ -355,6 +355,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	}
 	alerts, err := src.parse(body)
 	if err != nil {
+		var te *TemplateError
+		if errors.As(err, &te) {
+			h.alerts.WithLabelValues(name, "template").Inc()
+			h.log.Warn("webhook refused: unrendered template", "source", name, "field", te.Field, "placeholder", te.Kind)
+			return fail(http.StatusUnprocessableEntity, te.Field, "%v", te)
+		}
 		h.alerts.WithLabelValues(name, "malformed").Inc()
 		return fail(http.StatusBadRequest, "body", "%v", err)
 	}
