@@ -41,8 +41,12 @@ import (
 // EventSource is the CloudEvents source of the requests published.
 const EventSource = "rekeyd/siem"
 
-// Route is the pattern Register mounts.
-const Route = "POST /v1/hooks/{source}"
+// Route is the pattern Register mounts; RouteURLSecret the one of
+// sources whose secret is the path segment after their name.
+const (
+	Route          = "POST /v1/hooks/{source}"
+	RouteURLSecret = "POST /v1/hooks/{source}/{" + pathSecret + "}"
+)
 
 // Handler serves POST /v1/hooks/{source}.
 type Handler struct {
@@ -224,7 +228,10 @@ func compileSource(name string, c SourceConfig, top Config) (*source, error) {
 }
 
 // Register mounts POST /v1/hooks/{source} on mux.
-func (h *Handler) Register(mux *http.ServeMux) { mux.Handle(Route, h) }
+func (h *Handler) Register(mux *http.ServeMux) {
+	mux.Handle(Route, h)
+	mux.Handle(RouteURLSecret, h)
+}
 
 // Response is the JSON body of every reply. Error and Field are set on
 // failures; Alerts says what became of each alert of the payload.
@@ -326,6 +333,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	}
 	fail := func(code int, field, format string, args ...any) int {
 		return reply(w, code, Response{Source: name, Error: fmt.Sprintf(format, args...), Field: field})
+	}
+	if _, ok := src.auth.(*urlSecretAuth); !ok && r.PathValue(pathSecret) != "" {
+		return reply(w, http.StatusNotFound, Response{Error: "unknown source", Field: "source"})
 	}
 	if !src.auth.needsBody() {
 		if err := src.auth.check(r, nil, h.now()); err != nil {
