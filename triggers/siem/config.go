@@ -81,6 +81,28 @@ type SourceConfig struct {
 	DefaultSeverity string `yaml:"default_severity"`
 	// Generic is the field mapping of format generic (and only of it).
 	Generic *GenericMapping `yaml:"generic"`
+	// Preset names a built-in generic mapping (see Presets): splunk,
+	// azure-monitor, sumologic, kibana, panther, opsgenie. It implies
+	// format generic; generic, if set too, overrides its fields.
+	Preset string `yaml:"preset"`
+}
+
+// format is the source's format (generic when only a preset is named).
+func (s SourceConfig) format() string {
+	if s.Format == "" && s.Preset != "" {
+		return FormatGeneric
+	}
+	return s.Format
+}
+
+// mapping is the generic mapping the source uses: its preset's with its
+// own over it, or its own.
+func (s SourceConfig) mapping() *GenericMapping {
+	if p, ok := Presets[s.Preset]; ok {
+		m := p.merge(s.Generic)
+		return &m
+	}
+	return s.Generic
 }
 
 // AuthConfig holds exactly one authentication method.
@@ -324,14 +346,20 @@ func (s SourceConfig) validate() []fieldProblem {
 	add := func(field, format string, args ...any) {
 		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
 	}
-	if !slices.Contains(Formats, s.Format) {
+	format := s.format()
+	if !slices.Contains(Formats, format) {
 		add("format", "%q must be one of %s", s.Format, strings.Join(Formats, ", "))
 	}
-	if s.Format == FormatGeneric {
-		if s.Generic == nil {
-			add("generic", "must be set for format generic")
+	if _, ok := Presets[s.Preset]; s.Preset != "" && !ok {
+		add("preset", "%q must be one of %s", s.Preset, strings.Join(PresetNames(), ", "))
+	} else if s.Preset != "" && format != FormatGeneric {
+		add("preset", "is only for format generic")
+	}
+	if format == FormatGeneric {
+		if m := s.mapping(); m == nil {
+			add("generic", "must be set for format generic (or preset)")
 		} else {
-			for _, p := range s.Generic.validate() {
+			for _, p := range m.validate() {
 				add("generic."+p.field, "%s", p.reason)
 			}
 		}
@@ -348,7 +376,7 @@ func (s SourceConfig) validate() []fieldProblem {
 		}
 		allowed[t] = true
 	}
-	out = append(out, s.Auth.validate(s.Format)...)
+	out = append(out, s.Auth.validate(format)...)
 	if len(s.Rules) == 0 {
 		add("rules", "at least one rule is required")
 	}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // GenericMapping says where a generic JSON payload keeps each part of an
@@ -59,8 +60,10 @@ type GenericMapping struct {
 	Labels map[string]string `yaml:"labels"`
 	// LabelsFrom is the path to an object whose scalar members all become
 	// labels (Labels win over it), or to an array of "key:value" strings
-	// (Opsgenie and Datadog tags), each a label.
-	LabelsFrom string `yaml:"labels_from"`
+	// (Opsgenie and Datadog tags), each a label. Unlike the other fields,
+	// every alternative is read (later ones win): labels_from:
+	// [alert.tags, alert.details].
+	LabelsFrom Path `yaml:"labels_from"`
 }
 
 // Path is a field's path, or several alternatives (see GenericMapping).
@@ -153,7 +156,9 @@ func (m GenericMapping) validate() []fieldProblem {
 	checkAlts("status", m.Status, false)
 	checkAlts("severity", m.Severity, false)
 	checkAlts("fired_at", m.FiredAt, false)
-	check("labels_from", m.LabelsFrom, false)
+	for _, a := range m.LabelsFrom.alternatives() {
+		check("labels_from", a, true)
+	}
 	for _, k := range sortedKeys(m.Labels) {
 		if k == "" {
 			out = append(out, fieldProblem{"labels", "a label name is empty"})
@@ -322,7 +327,7 @@ func (m GenericMapping) alert(i int, item any) (Alert, error) {
 		if err != nil {
 			return Alert{}, err
 		}
-		if a.FiredAt, err = parseFiredAt(v); err != nil {
+		if a.FiredAt, err = parseGenericTime(v); err != nil {
 			return Alert{}, fmt.Errorf("fired_at: %w", err)
 		}
 	}
@@ -331,8 +336,8 @@ func (m GenericMapping) alert(i int, item any) (Alert, error) {
 		return Alert{}, err
 	}
 	a.Status = m.status(st)
-	if m.LabelsFrom != "" {
-		if err := labelsFrom(item, m.LabelsFrom, a.Labels); err != nil {
+	for _, p := range m.LabelsFrom.alternatives() {
+		if err := labelsFrom(item, p, a.Labels); err != nil {
 			return Alert{}, err
 		}
 	}
@@ -489,3 +494,25 @@ func placeholder(v string) string {
 
 // parseGeneric reads a generic JSON payload with mapping m.
 func parseGeneric(m GenericMapping, body []byte) ([]Alert, error) { return m.parse(body) }
+
+// genericTimeLayouts are the layouts besides RFC 3339 and Unix times that
+// senders render times in (Sumo Logic's "2024-02-06 16:43:48 UTC").
+var genericTimeLayouts = []string{"2006-01-02 15:04:05 MST", "2006-01-02 15:04:05Z07:00", "01/02/2006 15:04:05 MST", "2006-01-02T15:04:05.999999999"}
+
+// parseGenericTime is parseFiredAt plus genericTimeLayouts (in UTC when
+// the layout has no zone).
+func parseGenericTime(v string) (time.Time, error) {
+	t, err := parseFiredAt(v)
+	if err == nil {
+		return t, nil
+	}
+	for _, l := range genericTimeLayouts {
+		if p, perr := time.Parse(l, strings.TrimSpace(v)); perr == nil {
+			if p.Year() < 2000 || p.Year() > 2200 {
+				break
+			}
+			return p.UTC(), nil
+		}
+	}
+	return time.Time{}, err
+}

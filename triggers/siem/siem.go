@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"regexp"
@@ -161,6 +162,14 @@ func flatten(err error) []error {
 
 func compileSource(name string, c SourceConfig, top Config) (*source, error) {
 	field := Section + ".sources." + name
+	if p, ok := Presets[c.Preset]; ok {
+		sev := maps.Clone(p.Severities)
+		if sev == nil {
+			sev = map[string]string{}
+		}
+		maps.Copy(sev, c.Severities)
+		c.Severities, c.Generic, c.Format = sev, c.mapping(), c.format()
+	}
 	auth, err := newAuthenticator(field, c.Format, c.Auth)
 	if err != nil {
 		return nil, err
