@@ -22,6 +22,7 @@ const (
 	DefaultOwnWriteGrace = 5 * time.Second
 	DefaultReconnectMin  = 500 * time.Millisecond
 	DefaultReconnectMax  = 30 * time.Second
+	DefaultResyncEvery   = 5 * time.Minute
 )
 
 // Config is the triggers.vaultevents section of rekey.yaml.
@@ -54,6 +55,10 @@ type Config struct {
 	// connection attempts (default 500ms, 30s).
 	ReconnectMin time.Duration `yaml:"reconnect_min"`
 	ReconnectMax time.Duration `yaml:"reconnect_max"`
+	// ResyncEvery is how often every secret is read again while
+	// connected (default 5m; 0 turns it off): Vault's event stream gives
+	// no sequence numbers, so an event it drops is found this way.
+	ResyncEvery time.Duration `yaml:"resync_every"`
 
 	// Secrets are the kind kv secrets of the Vault backend with their
 	// mount and path (vault.Config.KVLocations). The daemon fills them;
@@ -70,7 +75,8 @@ type Location struct {
 // Defaults returns the configuration of an empty section.
 func Defaults() Config {
 	return Config{Enabled: true, TokenEnv: DefaultTokenEnv, EventType: DefaultEventType, Timeout: DefaultTimeout,
-		OwnWriteGrace: DefaultOwnWriteGrace, ReconnectMin: DefaultReconnectMin, ReconnectMax: DefaultReconnectMax}
+		OwnWriteGrace: DefaultOwnWriteGrace, ReconnectMin: DefaultReconnectMin, ReconnectMax: DefaultReconnectMax,
+		ResyncEvery: DefaultResyncEvery}
 }
 
 // ParseConfig decodes the raw section over the defaults, validates it,
@@ -123,6 +129,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconnectMin < 10*time.Millisecond || c.ReconnectMax < c.ReconnectMin || c.ReconnectMax > 10*time.Minute {
 		add("reconnect_min", "%s..%s: need 10ms <= reconnect_min <= reconnect_max <= 10m", c.ReconnectMin, c.ReconnectMax)
+	}
+	if c.ResyncEvery != 0 && (c.ResyncEvery < time.Second || c.ResyncEvery > 24*time.Hour) {
+		add("resync_every", "%s must be between 1s and 24h (0: off)", c.ResyncEvery)
 	}
 	return errors.Join(errs...)
 }

@@ -202,13 +202,42 @@ func (t *Trigger) session(ctx context.Context) (connected bool, err error) {
 	if err := t.resync(ctx, t.sessions == 1); err != nil {
 		return true, err
 	}
-	for {
-		_, msg, err := c.Read(ctx)
-		if err != nil {
-			return true, fmt.Errorf("read: %w", err)
+	msgs := make(chan []byte)
+	readErr := make(chan error, 1)
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		for {
+			_, msg, err := c.Read(rctx)
+			if err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case msgs <- msg:
+			case <-rctx.Done():
+				return
+			}
 		}
-		if err := t.handle(ctx, msg); err != nil {
-			return true, err
+	}()
+	var tick <-chan time.Time
+	if t.cfg.ResyncEvery > 0 {
+		tk := time.NewTicker(t.cfg.ResyncEvery)
+		defer tk.Stop()
+		tick = tk.C
+	}
+	for {
+		select {
+		case msg := <-msgs:
+			if err := t.handle(ctx, msg); err != nil {
+				return true, err
+			}
+		case <-tick:
+			if err := t.resync(ctx, false); err != nil {
+				return true, err
+			}
+		case err := <-readErr:
+			return true, fmt.Errorf("read: %w", err)
 		}
 	}
 }
@@ -250,8 +279,14 @@ func (t *Trigger) handle(ctx context.Context, msg []byte) error {
 	return t.check(ctx, loc, ev.Data.EventType, ev.ID, ev.Time)
 }
 
+// settle is how long the trigger reads a secret again when an event
+// reports a change Vault does not show yet (its event can come before
+// the write is visible to a read).
+const settle = 2 * time.Second
+
 // resync reads every secret's current version; on the first connection
-// it only records them, later it acts on those that changed.
+// it only records them, later (after a reconnect, every resync_every) it
+// acts on those that changed.
 func (t *Trigger) resync(ctx context.Context, first bool) error {
 	locs := make([]Location, 0, len(t.byPath))
 	for _, l := range t.byPath {
@@ -272,7 +307,7 @@ func (t *Trigger) resync(ctx context.Context, first bool) error {
 		}
 	}
 	if !first {
-		t.log.Info("resynced after reconnect", "secrets", len(locs))
+		t.log.Info("resynced", "secrets", len(locs))
 	}
 	return nil
 }
@@ -287,12 +322,23 @@ func (t *Trigger) check(ctx context.Context, l Location, eventType, eventID stri
 	}
 	key := l.Tenant + "/" + l.Secret
 	st, own, err := t.read(ctx, l, true)
+	// A data event names a change: while a read does not show one yet,
+	// read again for a while (metadata events, rekey's bookkeeping among
+	// them, change no version and are not waited for).
+	dataEvent := strings.Contains(eventType, "/data-")
+	for deadline := time.Now().Add(settle); err == nil && dataEvent && st == t.last[key] && time.Now().Before(deadline); {
+		if !retry.Sleep(ctx, 50*time.Millisecond) {
+			return nil
+		}
+		st, own, err = t.read(ctx, l, true)
+	}
 	if err != nil {
 		t.events.WithLabelValues(OutcomeFailed).Inc()
 		return err
 	}
 	if prev, ok := t.last[key]; ok && prev == st {
 		t.events.WithLabelValues(OutcomeUnchanged).Inc()
+		t.log.Debug("Vault secret unchanged since last seen", "tenant", l.Tenant, "secret", l.Secret, "event_type", eventType, "kv_version", st.version)
 		return nil
 	}
 	if own {
