@@ -27,6 +27,8 @@ targets=(
   "FuzzParseDatadog ./triggers/siem"
   "FuzzParsePagerDuty ./triggers/siem"
   "FuzzParseGeneric ./triggers/siem"
+  "FuzzParsePresets ./triggers/siem"
+  "FuzzPlaceholder ./triggers/siem"
   "FuzzParseReport ./triggers/usage"
   "FuzzAuthenticate ./triggers/api/tenantauth"
   "FuzzParseMessage ./triggers/awsevents"

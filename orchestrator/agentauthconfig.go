@@ -136,6 +136,10 @@ func (c *AgentAuthConfig) validate(field string, external bool) error {
 	return errors.Join(errs...)
 }
 
+// CheckJWKSURL is checkJWKSURL, for the other configurations that name a
+// JWKS (triggers.siem's entra_id).
+func CheckJWKSURL(raw string) error { return checkJWKSURL(raw) }
+
 // checkJWKSURL accepts https URLs, and http only to a loopback address
 // (keys read in clear text could be replaced on the way).
 func checkJWKSURL(raw string) error {

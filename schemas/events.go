@@ -25,6 +25,7 @@ const (
 	TriggerUsage    = "usage"
 	TriggerTenant   = "tenant"
 	TriggerAWS      = "aws"
+	TriggerVault    = "vault"
 	TriggerRevoke   = "revocation"
 	TriggerInternal = "internal"
 )

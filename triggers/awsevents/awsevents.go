@@ -106,7 +106,8 @@ type Trigger struct {
 	log      *slog.Logger
 	confirm  *confirmer
 	dedup    *dedup // opened by Run
-	rules    []rule
+	rules    []rule // guardduty
+	hubRules []rule // securityhub
 	allowed  map[string]bool
 	accounts map[string]bool
 	received prometheus.Counter
@@ -147,6 +148,7 @@ func New(cfg Config, resolver SecretResolver, deps orchestrator.Deps) (*Trigger,
 	t.confirm = newConfirmer(secretsmanager.NewFromConfig(smCfg), smRegion, cfg.ConfirmTPS)
 	t.sqs, t.resolver, t.bus, t.audit, t.metrics = sqs.NewFromConfig(awsCfg), resolver, deps.Bus, deps.Audit, metrics
 	t.rules = compileRules(cfg.GuardDuty.Rules)
+	t.hubRules = compileRules(cfg.SecurityHub.Rules)
 	t.allowed, t.accounts = set(cfg.Tenants), set(cfg.Accounts)
 	if t.received, err = orchestrator.Register(metrics, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rekey_aws_messages_received_total", Help: "SQS messages received by the AWS trigger.",
@@ -366,7 +368,7 @@ func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
 	}
 	d := &delivery{msg: msg, eventID: idToken(msg.ID), sqsID: sqsID, receives: receives, now: time.Now().UTC()}
 	keys := []string{eventKey(msg.ID)}
-	if msg.Kind == KindGuardDuty {
+	if msg.Kind == KindGuardDuty || msg.Kind == KindSecurityHub {
 		keys = append(keys, findingKey(msg.Finding.ID, msg.Finding.UpdatedAt))
 	}
 	switch seen, err := t.dedup.seen(ctx, d.now, keys...); {
@@ -385,7 +387,9 @@ func (t *Trigger) handle(ctx context.Context, m sqstypes.Message) string {
 	case msg.Kind == KindSecretsManager:
 		outcome = t.handleSecret(ctx, d)
 	case msg.Kind == KindGuardDuty:
-		outcome = t.handleFinding(ctx, d)
+		outcome = t.handleFinding(ctx, d, t.rules)
+	case msg.Kind == KindSecurityHub:
+		outcome = t.handleFinding(ctx, d, t.hubRules)
 	default:
 		outcome = t.refuse(ctx, d, OutcomeIgnored, "", "", "not an event rekey acts on")
 	}

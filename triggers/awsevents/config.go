@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -79,6 +80,14 @@ type Config struct {
 	AuditTenant string `yaml:"audit_tenant"`
 	// GuardDuty maps GuardDuty findings to tenants to revoke.
 	GuardDuty GuardDutyConfig `yaml:"guardduty"`
+	// SecurityHub maps Security Hub findings ("Security Hub Findings -
+	// Imported", ASFF, and "Findings Imported V2", OCSF) to tenants to
+	// revoke, with rules of the same shape: access_key_ids and
+	// principal_ids match the finding's IAM access key resource (OCSF:
+	// actor.user), tag_key the tags of its resources, finding_types its
+	// Types (OCSF finding_info.types), resource_types its resources'
+	// Type. Archived, resolved and suppressed findings do nothing.
+	SecurityHub GuardDutyConfig `yaml:"securityhub"`
 	// EventBridge configures the outcome publisher.
 	EventBridge EventBridgeConfig `yaml:"eventbridge"`
 	// ConfirmTPS paces, per process, the Secrets Manager calls
@@ -141,6 +150,17 @@ type GuardDutyRule struct {
 	// MinSeverity is the least detail.severity acted on: a number from 0
 	// to 10, or low (1), medium (4), high (7), critical (9). Empty: any.
 	MinSeverity string `yaml:"min_severity"`
+	// FindingTypes, when set, narrow the rule to findings whose type
+	// matches one of these regular expressions (RE2, anchored), e.g.
+	// "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.*", so
+	// that a credential exfiltration and a Tor caller on the same key are
+	// told apart by more than severity.
+	FindingTypes []string `yaml:"finding_types"`
+	// ResourceTypes, when set, narrow the rule to findings about a
+	// resource of one of these types (GuardDuty detail.resource.resourceType:
+	// AccessKey, Instance, EKSCluster...; Security Hub: AwsIamAccessKey,
+	// AWS::IAM::AccessKey...).
+	ResourceTypes []string `yaml:"resource_types"`
 }
 
 // EventBridgeConfig configures the outcome publisher: rekey's own
@@ -247,16 +267,21 @@ func (c *Config) Validate() error {
 			add("audit_tenant", "%v", err)
 		}
 	}
-	names := map[string]bool{}
-	for i, r := range c.GuardDuty.Rules {
-		rf := fmt.Sprintf("guardduty.rules[%d]", i)
-		for _, p := range r.validate() {
-			add(strings.TrimSuffix(rf+"."+p.field, "."), "%s", p.reason)
-		}
-		if n := r.name(i); names[n] {
-			add(rf+".name", "%q is used by another rule", n)
-		} else {
-			names[n] = true
+	for _, rs := range []struct {
+		field string
+		rules []GuardDutyRule
+	}{{"guardduty", c.GuardDuty.Rules}, {"securityhub", c.SecurityHub.Rules}} {
+		names := map[string]bool{}
+		for i, r := range rs.rules {
+			rf := fmt.Sprintf("%s.rules[%d]", rs.field, i)
+			for _, p := range r.validate() {
+				add(strings.TrimSuffix(rf+"."+p.field, "."), "%s", p.reason)
+			}
+			if n := r.name(i); names[n] {
+				add(rf+".name", "%q is used by another rule", n)
+			} else {
+				names[n] = true
+			}
 		}
 	}
 	for _, p := range c.EventBridge.validate() {
@@ -320,6 +345,18 @@ func (r GuardDutyRule) validate() []fieldProblem {
 	if _, err := ParseSeverity(r.MinSeverity); err != nil {
 		add("min_severity", "%v", err)
 	}
+	for i, p := range r.FindingTypes {
+		if p == "" {
+			add(fmt.Sprintf("finding_types[%d]", i), "is empty")
+		} else if _, err := regexp.Compile("^(?:" + p + ")$"); err != nil {
+			add(fmt.Sprintf("finding_types[%d]", i), "%v", err)
+		}
+	}
+	for i, t := range r.ResourceTypes {
+		if t == "" || strings.TrimSpace(t) != t {
+			add(fmt.Sprintf("resource_types[%d]", i), "must be a resource type without spaces")
+		}
+	}
 	return out
 }
 
@@ -366,13 +403,18 @@ func (c Config) checkAgainst(rekey *orchestrator.Config) error {
 	if c.AuditTenant != "" {
 		check("audit_tenant", c.AuditTenant)
 	}
-	for i, r := range c.GuardDuty.Rules {
-		rf := fmt.Sprintf("guardduty.rules[%d]", i)
-		if r.Tenant != "" {
-			check(rf+".tenant", r.Tenant)
-		}
-		for j, t := range r.Tenants {
-			check(fmt.Sprintf("%s.tenants[%d]", rf, j), t)
+	for _, rs := range []struct {
+		field string
+		rules []GuardDutyRule
+	}{{"guardduty", c.GuardDuty.Rules}, {"securityhub", c.SecurityHub.Rules}} {
+		for i, r := range rs.rules {
+			rf := fmt.Sprintf("%s.rules[%d]", rs.field, i)
+			if r.Tenant != "" {
+				check(rf+".tenant", r.Tenant)
+			}
+			for j, t := range r.Tenants {
+				check(fmt.Sprintf("%s.tenants[%d]", rf, j), t)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -27,6 +27,15 @@ const (
 	DetailTypeAPICall      = "AWS API Call via CloudTrail"
 	DetailTypeServiceEvent = "AWS Service Event via CloudTrail"
 	DetailTypeFinding      = "GuardDuty Finding"
+	// DetailTypeSecretLabelUpdated is Secrets Manager's one native event:
+	// a staging label (AWSCURRENT among them) moved to another version.
+	DetailTypeSecretLabelUpdated = "Secret Label Updated"
+	SourceSecurityHub            = "aws.securityhub"
+	// DetailTypeFindingsImported is Security Hub CSPM's ASFF finding;
+	// DetailTypeFindingsImportedV2 Security Hub's OCSF one. Each event
+	// carries one finding.
+	DetailTypeFindingsImported   = "Security Hub Findings - Imported"
+	DetailTypeFindingsImportedV2 = "Findings Imported V2"
 )
 
 // Secrets Manager event names rekey understands: the service's own
@@ -41,6 +50,9 @@ const (
 	EventRotateSecret             = "RotateSecret"
 	EventDeleteSecret             = "DeleteSecret"
 	EventUpdateSecret             = "UpdateSecret"
+	// EventSecretLabelUpdated is the event name rekey gives the native
+	// "Secret Label Updated" event.
+	EventSecretLabelUpdated = "SecretLabelUpdated"
 )
 
 // StageCurrent is the staging label of a secret's live version.
@@ -49,6 +61,7 @@ const StageCurrent = "AWSCURRENT"
 var understood = []string{
 	EventRotationStarted, EventRotationSucceeded, EventRotationFailed, EventRotationAbandoned,
 	EventPutSecretValue, EventUpdateSecretVersionStage, EventRotateSecret, EventDeleteSecret, EventUpdateSecret,
+	EventSecretLabelUpdated,
 }
 
 // Kind is the family of a parsed message.
@@ -63,6 +76,9 @@ const (
 	KindSecretsManager
 	// KindGuardDuty is a GuardDuty finding (Message.Finding is set).
 	KindGuardDuty
+	// KindSecurityHub is a Security Hub finding, ASFF or OCSF
+	// (Message.Finding is set).
+	KindSecurityHub
 )
 
 func (k Kind) String() string {
@@ -71,6 +87,8 @@ func (k Kind) String() string {
 		return "secretsmanager"
 	case KindGuardDuty:
 		return "guardduty"
+	case KindSecurityHub:
+		return "securityhub"
 	default:
 		return "other"
 	}
@@ -154,6 +172,10 @@ func (s *SecretEvent) Change() (outcome string, liveChanged bool) {
 		if s.VersionStage == StageCurrent && s.MoveToVersionID != "" {
 			return schemas.ExternalSucceeded, true
 		}
+	case EventSecretLabelUpdated:
+		if s.VersionStage == StageCurrent && s.VersionID != "" {
+			return schemas.ExternalSucceeded, true
+		}
 	case EventUpdateSecret:
 		if s.VersionID != "" { // a new value was given: it is AWSCURRENT now
 			return schemas.ExternalSucceeded, true
@@ -164,11 +186,26 @@ func (s *SecretEvent) Change() (outcome string, liveChanged bool) {
 	return schemas.ExternalInfo, false
 }
 
-// Finding is what rekey reads of a GuardDuty finding.
+// Finding is what rekey reads of a GuardDuty or Security Hub finding.
 type Finding struct {
-	ID       string
-	Type     string
+	// Product is "GuardDuty" or "Security Hub".
+	Product string
+	ID      string
+	// Type is the finding's type (GuardDuty's, or the first of Types).
+	Type string
+	// Types are every type the finding has (Security Hub's ASFF Types,
+	// OCSF finding_info.types; GuardDuty's one type).
+	Types []string
+	// ResourceTypes are the types of the resources the finding names
+	// (GuardDuty "AccessKey", ASFF "AwsIamAccessKey", OCSF
+	// "AWS::IAM::AccessKey").
+	ResourceTypes []string
+	// Inactive is set for a Security Hub finding that is archived,
+	// resolved or suppressed: nothing is done about it.
+	Inactive bool
 	Title    string
+	// Severity is from 0 to 10 (Security Hub's labels and OCSF
+	// severity ids are mapped onto GuardDuty's scale).
 	Severity float64
 	// UpdatedAt is when GuardDuty last updated the finding (it sends a
 	// still-active finding again, updated, under a new event id).
@@ -243,6 +280,7 @@ type findingDetail struct {
 	Severity  *severity `json:"severity"`
 	UpdatedAt string    `json:"updatedAt"`
 	Resource  struct {
+		ResourceType     string `json:"resourceType"`
 		AccessKeyDetails struct {
 			AccessKeyID string `json:"accessKeyId"`
 			PrincipalID string `json:"principalId"`
@@ -341,8 +379,10 @@ func ParseMessage(body []byte) (Message, error) {
 		}
 		m.Time = t.UTC()
 	}
-	acts := m.Source == SourceSecretsManager && (m.DetailType == DetailTypeAPICall || m.DetailType == DetailTypeServiceEvent) ||
-		m.Source == SourceGuardDuty && m.DetailType == DetailTypeFinding
+	cloudTrail := m.Source == SourceSecretsManager && (m.DetailType == DetailTypeAPICall || m.DetailType == DetailTypeServiceEvent)
+	labelUpdated := m.Source == SourceSecretsManager && m.DetailType == DetailTypeSecretLabelUpdated
+	securityHub := m.Source == SourceSecurityHub && (m.DetailType == DetailTypeFindingsImported || m.DetailType == DetailTypeFindingsImportedV2)
+	acts := cloudTrail || labelUpdated || securityHub || m.Source == SourceGuardDuty && m.DetailType == DetailTypeFinding
 	if acts {
 		// Who and where: the identities rekey checks must be well formed.
 		switch {
@@ -353,7 +393,19 @@ func ParseMessage(body []byte) (Message, error) {
 		}
 	}
 	switch {
-	case m.Source == SourceSecretsManager && (m.DetailType == DetailTypeAPICall || m.DetailType == DetailTypeServiceEvent):
+	case labelUpdated:
+		s, err := parseLabelUpdated(env.Detail, m.Resources)
+		if err != nil {
+			return Message{}, err
+		}
+		m.Kind, m.Secret = KindSecretsManager, s
+	case securityHub:
+		f, err := parseSecurityHub(env.Detail, m.DetailType == DetailTypeFindingsImportedV2)
+		if err != nil {
+			return Message{}, err
+		}
+		m.Kind, m.Finding = KindSecurityHub, f
+	case cloudTrail:
 		s, err := parseSecretEvent(env.Detail)
 		if err != nil {
 			return Message{}, err
@@ -474,8 +526,14 @@ func parseFinding(raw json.RawMessage) (*Finding, error) {
 	}
 	r := &d.Resource
 	f := &Finding{
-		ID: d.ID, Type: d.Type, Title: d.Title, Severity: float64(*d.Severity), UpdatedAt: updated,
+		Product: "GuardDuty", ID: d.ID, Type: d.Type, Title: d.Title, Severity: float64(*d.Severity), UpdatedAt: updated,
 		AccessKeyID: r.AccessKeyDetails.AccessKeyID, PrincipalID: r.AccessKeyDetails.PrincipalID,
+	}
+	if d.Type != "" {
+		f.Types = []string{d.Type}
+	}
+	if r.ResourceType != "" {
+		f.ResourceTypes = []string{r.ResourceType}
 	}
 	for _, tags := range [][]Tag{
 		r.InstanceDetails.Tags, r.EKSClusterDetails.Tags, r.ECSClusterDetails.Tags, r.ECSClusterDetails.TaskDetails.Tags,

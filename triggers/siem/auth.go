@@ -184,6 +184,10 @@ func newAuthenticator(field, format string, c AuthConfig) (authenticator, error)
 			return nil, err
 		}
 		return &basicAuth{user: sha256.Sum256([]byte(c.Basic.Username)), pass: sha256.Sum256([]byte(s))}, nil
+	case c.URLSecret != nil:
+		return newURLSecretAuth(field, c.URLSecret)
+	case c.EntraID != nil:
+		return newEntraAuth(field, *c.EntraID)
 	}
 	return nil, errors.New(field + ".auth: no method")
 }

@@ -84,6 +84,28 @@ type SourceConfig struct {
 	DefaultSeverity string `yaml:"default_severity"`
 	// Generic is the field mapping of format generic (and only of it).
 	Generic *GenericMapping `yaml:"generic"`
+	// Preset names a built-in generic mapping (see Presets): splunk,
+	// azure-monitor, sumologic, kibana, panther, opsgenie. It implies
+	// format generic; generic, if set too, overrides its fields.
+	Preset string `yaml:"preset"`
+}
+
+// format is the source's format (generic when only a preset is named).
+func (s SourceConfig) format() string {
+	if s.Format == "" && s.Preset != "" {
+		return FormatGeneric
+	}
+	return s.Format
+}
+
+// mapping is the generic mapping the source uses: its preset's with its
+// own over it, or its own.
+func (s SourceConfig) mapping() *GenericMapping {
+	if p, ok := Presets[s.Preset]; ok {
+		m := p.merge(s.Generic)
+		return &m
+	}
+	return s.Generic
 }
 
 // AuthConfig holds exactly one authentication method.
@@ -91,6 +113,74 @@ type AuthConfig struct {
 	HMAC   *HMACAuth   `yaml:"hmac"`
 	Bearer *BearerAuth `yaml:"bearer"`
 	Basic  *BasicAuth  `yaml:"basic"`
+	// URLSecret is for senders that cannot set a header (Splunk's webhook
+	// alert action, Azure Monitor's plain webhooks).
+	URLSecret *URLSecretAuth `yaml:"url_secret"`
+	// EntraID is Azure Monitor's secure webhook: a Microsoft Entra ID
+	// bearer token.
+	EntraID *EntraIDAuth `yaml:"entra_id"`
+}
+
+// URLSecretAuth checks a secret carried in the URL: as the path segment
+// after the source (POST /v1/hooks/{source}/{secret}) or as the query
+// parameter Param (POST /v1/hooks/{source}?key=...). Compared in constant
+// time; never logged, counted, audited or repeated in a reply. Anything
+// between the sender and rekeyd that logs URLs (a proxy, a load
+// balancer) sees it: prefer a header method where the sender has one.
+type URLSecretAuth struct {
+	// Secrets and SecretsEnv (names of environment variables holding
+	// one each): every one is accepted, so that a new secret can be
+	// given to the sender before the old one is removed. Each at least
+	// 16 bytes of A-Z a-z 0-9 - . _ ~ (it goes in a URL as is).
+	Secrets    []Secret `yaml:"secrets"`
+	SecretsEnv []string `yaml:"secrets_env"`
+	// Param is the query parameter (default "key").
+	Param string `yaml:"param"`
+}
+
+// DefaultURLSecretParam is URLSecretAuth.Param's default.
+const DefaultURLSecretParam = "key"
+
+// EntraIDAuth checks "Authorization: Bearer <JWT>" issued by Microsoft
+// Entra ID, as Azure Monitor action groups send with "secure webhook": an
+// RS256 signature by a key of the JWKS, an issuer of Issuers, an audience
+// of Audiences, an unexpired exp.
+type EntraIDAuth struct {
+	// TenantID is the Entra ID (directory) tenant; it sets the default
+	// issuers and JWKS URL, and the token's tid claim must equal it.
+	TenantID string `yaml:"tenant_id"`
+	// Audiences: the token's aud must be one of them (required): the
+	// Application ID URI or client id of the app registration the action
+	// group names.
+	Audiences []string `yaml:"audiences"`
+	// Issuers (default https://sts.windows.net/<tenant_id>/ and
+	// https://login.microsoftonline.com/<tenant_id>/v2.0).
+	Issuers []string `yaml:"issuers"`
+	// JWKSURL (default https://login.microsoftonline.com/<tenant_id>/discovery/v2.0/keys):
+	// https, or http to a loopback address.
+	JWKSURL string `yaml:"jwks_url"`
+	// JWKSCAFile, if set, is the PEM CA bundle JWKSURL's certificate must
+	// chain to.
+	JWKSCAFile string `yaml:"jwks_ca_file"`
+	// AppIDs, if set: the token's appid (v1) or azp (v2) must be one of
+	// them (Azure Monitor's is 461e8683-5575-4561-ac7f-899cc907d62a).
+	AppIDs []string `yaml:"app_ids"`
+	// Leeway for exp and nbf (default 1m, at most 5m).
+	Leeway time.Duration `yaml:"leeway"`
+}
+
+// withDefaults fills the issuers and the JWKS URL from the tenant id.
+func (e EntraIDAuth) withDefaults() EntraIDAuth {
+	if len(e.Issuers) == 0 && e.TenantID != "" {
+		e.Issuers = []string{"https://sts.windows.net/" + e.TenantID + "/", "https://login.microsoftonline.com/" + e.TenantID + "/v2.0"}
+	}
+	if e.JWKSURL == "" && e.TenantID != "" {
+		e.JWKSURL = "https://login.microsoftonline.com/" + e.TenantID + "/discovery/v2.0/keys"
+	}
+	if e.Leeway == 0 {
+		e.Leeway = time.Minute
+	}
+	return e
 }
 
 // HMACAuth checks an HMAC-SHA256 of the raw body sent in a header.
@@ -259,14 +349,20 @@ func (s SourceConfig) validate() []fieldProblem {
 	add := func(field, format string, args ...any) {
 		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
 	}
-	if !slices.Contains(Formats, s.Format) {
+	format := s.format()
+	if !slices.Contains(Formats, format) {
 		add("format", "%q must be one of %s", s.Format, strings.Join(Formats, ", "))
 	}
-	if s.Format == FormatGeneric {
-		if s.Generic == nil {
-			add("generic", "must be set for format generic")
+	if _, ok := Presets[s.Preset]; s.Preset != "" && !ok {
+		add("preset", "%q must be one of %s", s.Preset, strings.Join(PresetNames(), ", "))
+	} else if s.Preset != "" && format != FormatGeneric {
+		add("preset", "is only for format generic")
+	}
+	if format == FormatGeneric {
+		if m := s.mapping(); m == nil {
+			add("generic", "must be set for format generic (or preset)")
 		} else {
-			for _, p := range s.Generic.validate() {
+			for _, p := range m.validate() {
 				add("generic."+p.field, "%s", p.reason)
 			}
 		}
@@ -283,7 +379,7 @@ func (s SourceConfig) validate() []fieldProblem {
 		}
 		allowed[t] = true
 	}
-	out = append(out, s.Auth.validate(s.Format)...)
+	out = append(out, s.Auth.validate(format)...)
 	if len(s.Rules) == 0 {
 		add("rules", "at least one rule is required")
 	}
@@ -333,13 +429,13 @@ func (a AuthConfig) validate(format string) []fieldProblem {
 		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
 	}
 	n := 0
-	for _, set := range []bool{a.HMAC != nil, a.Bearer != nil, a.Basic != nil} {
+	for _, set := range []bool{a.HMAC != nil, a.Bearer != nil, a.Basic != nil, a.URLSecret != nil, a.EntraID != nil} {
 		if set {
 			n++
 		}
 	}
 	if n != 1 {
-		add("auth", "exactly one of hmac, bearer or basic is required")
+		add("auth", "exactly one of hmac, bearer, basic, url_secret or entra_id is required")
 	}
 	secret := func(field, envField string, v Secret, env string) {
 		switch {
@@ -378,8 +474,96 @@ func (a AuthConfig) validate(format string) []fieldProblem {
 		}
 		secret("auth.basic.password", "auth.basic.password_env", b.Password, b.PasswordEnv)
 	}
+	if u := a.URLSecret; u != nil {
+		out = append(out, u.validate()...)
+	}
+	if e := a.EntraID; e != nil {
+		out = append(out, e.validate()...)
+	}
 	return out
 }
+
+func (u URLSecretAuth) validate() []fieldProblem {
+	var out []fieldProblem
+	if len(u.Secrets)+len(u.SecretsEnv) == 0 {
+		out = append(out, fieldProblem{"auth.url_secret.secrets", "at least one secret is required (or secrets_env)"})
+	}
+	if len(u.Secrets)+len(u.SecretsEnv) > maxURLSecrets {
+		out = append(out, fieldProblem{"auth.url_secret.secrets", fmt.Sprintf("at most %d secrets (with secrets_env)", maxURLSecrets)})
+	}
+	for i, s := range u.Secrets {
+		if err := checkURLSecret(string(s)); err != nil {
+			out = append(out, fieldProblem{fmt.Sprintf("auth.url_secret.secrets[%d]", i), err.Error()})
+		}
+	}
+	for i, env := range u.SecretsEnv {
+		if env == "" {
+			out = append(out, fieldProblem{fmt.Sprintf("auth.url_secret.secrets_env[%d]", i), "is empty"})
+		}
+	}
+	if u.Param != "" && !validHeaderName(u.Param) {
+		out = append(out, fieldProblem{"auth.url_secret.param", fmt.Sprintf("%q must be letters, digits, - or _", u.Param)})
+	}
+	return out
+}
+
+// maxURLSecrets bounds the secrets a url_secret source accepts at once.
+const maxURLSecrets = 4
+
+// checkURLSecret says why s cannot be a URL secret, without repeating it.
+func checkURLSecret(s string) error {
+	if len(s) < 16 {
+		return errors.New("must be at least 16 bytes")
+	}
+	if len(s) > 256 {
+		return errors.New("must be at most 256 bytes")
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~') {
+			return errors.New("must hold only A-Z a-z 0-9 - . _ ~ (it goes in a URL as is)")
+		}
+	}
+	return nil
+}
+
+func (e EntraIDAuth) validate() []fieldProblem {
+	var out []fieldProblem
+	add := func(field, format string, args ...any) {
+		out = append(out, fieldProblem{"auth.entra_id." + field, fmt.Sprintf(format, args...)})
+	}
+	if e.TenantID != "" && !entraTenantRE.MatchString(e.TenantID) {
+		add("tenant_id", "%q must be a directory (tenant) id, a GUID", shortText(e.TenantID, 64))
+	}
+	if len(e.Audiences) == 0 {
+		add("audiences", "at least one audience is required (the app registration's Application ID URI or client id)")
+	}
+	for i, a := range e.Audiences {
+		if strings.TrimSpace(a) == "" {
+			add(fmt.Sprintf("audiences[%d]", i), "is empty")
+		}
+	}
+	d := e.withDefaults()
+	if len(d.Issuers) == 0 {
+		add("issuers", "must be set, or tenant_id")
+	}
+	for i, is := range d.Issuers {
+		if strings.TrimSpace(is) == "" {
+			add(fmt.Sprintf("issuers[%d]", i), "is empty")
+		}
+	}
+	if d.JWKSURL == "" {
+		add("jwks_url", "must be set, or tenant_id")
+	} else if err := orchestrator.CheckJWKSURL(d.JWKSURL); err != nil {
+		add("jwks_url", "%v", err)
+	}
+	if e.Leeway < 0 || e.Leeway > 5*time.Minute {
+		add("leeway", "%s must be between 0 and 5m (0: default 1m)", e.Leeway)
+	}
+	return out
+}
+
+var entraTenantRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // withDefaults fills the format's default header, prefix and encoding.
 func (h HMACAuth) withDefaults(format string) HMACAuth {

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"regexp"
@@ -41,8 +42,12 @@ import (
 // EventSource is the CloudEvents source of the requests published.
 const EventSource = "rekeyd/siem"
 
-// Route is the pattern Register mounts.
-const Route = "POST /v1/hooks/{source}"
+// Route is the pattern Register mounts; RouteURLSecret the one of
+// sources whose secret is the path segment after their name.
+const (
+	Route          = "POST /v1/hooks/{source}"
+	RouteURLSecret = "POST /v1/hooks/{source}/{" + pathSecret + "}"
+)
 
 // Handler serves POST /v1/hooks/{source}.
 type Handler struct {
@@ -157,6 +162,14 @@ func flatten(err error) []error {
 
 func compileSource(name string, c SourceConfig, top Config) (*source, error) {
 	field := Section + ".sources." + name
+	if p, ok := Presets[c.Preset]; ok {
+		sev := maps.Clone(p.Severities)
+		if sev == nil {
+			sev = map[string]string{}
+		}
+		maps.Copy(sev, c.Severities)
+		c.Severities, c.Generic, c.Format = sev, c.mapping(), c.format()
+	}
 	auth, err := newAuthenticator(field, c.Format, c.Auth)
 	if err != nil {
 		return nil, err
@@ -224,7 +237,10 @@ func compileSource(name string, c SourceConfig, top Config) (*source, error) {
 }
 
 // Register mounts POST /v1/hooks/{source} on mux.
-func (h *Handler) Register(mux *http.ServeMux) { mux.Handle(Route, h) }
+func (h *Handler) Register(mux *http.ServeMux) {
+	mux.Handle(Route, h)
+	mux.Handle(RouteURLSecret, h)
+}
 
 // Response is the JSON body of every reply. Error and Field are set on
 // failures; Alerts says what became of each alert of the payload.
@@ -327,6 +343,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	fail := func(code int, field, format string, args ...any) int {
 		return reply(w, code, Response{Source: name, Error: fmt.Sprintf(format, args...), Field: field})
 	}
+	if _, ok := src.auth.(*urlSecretAuth); !ok && r.PathValue(pathSecret) != "" {
+		return reply(w, http.StatusNotFound, Response{Error: "unknown source", Field: "source"})
+	}
 	if !src.auth.needsBody() {
 		if err := src.auth.check(r, nil, h.now()); err != nil {
 			return h.unauthorized(w, r, src, err)
@@ -355,6 +374,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	}
 	alerts, err := src.parse(body)
 	if err != nil {
+		var te *TemplateError
+		if errors.As(err, &te) {
+			h.alerts.WithLabelValues(name, "template").Inc()
+			h.log.Warn("webhook refused: unrendered template", "source", name, "field", te.Field, "placeholder", te.Kind)
+			return fail(http.StatusUnprocessableEntity, te.Field, "%v", te)
+		}
 		h.alerts.WithLabelValues(name, "malformed").Inc()
 		return fail(http.StatusBadRequest, "body", "%v", err)
 	}

@@ -57,7 +57,12 @@ type Vault struct {
 
 // StartVault starts `vault server -dev` on a free 127.0.0.1 port with a
 // random root token and waits until it is unsealed and answers.
-func StartVault(ctx context.Context) (*Vault, error) {
+func StartVault(ctx context.Context) (*Vault, error) { return StartVaultWith(ctx) }
+
+// StartVaultWith is StartVault with more server flags, e.g.
+// "-experiment", "events.alpha1" (Vault's event stream, for
+// triggers/vaultevents).
+func StartVaultWith(ctx context.Context, extraArgs ...string) (*Vault, error) {
 	bin, err := FindVault()
 	if err != nil {
 		return nil, err
@@ -73,6 +78,7 @@ func StartVault(ctx context.Context) (*Vault, error) {
 		"-dev-root-token-id="+token,
 		"-dev-no-store-token", // leave ~/.vault-token alone
 		"-log-level=warn")
+	v.cmd.Args = append(v.cmd.Args, extraArgs...)
 	v.cmd.Env = append(testutil.EnvWithout("VAULT_", "PG"), "HOME="+os.TempDir(), "VAULT_DISABLE_MLOCK=true")
 	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
 	v.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
