@@ -54,7 +54,9 @@ func runAttacks(t *testing.T, e *env, base string, attacks []attack) {
 func TestAttackRekeyAPI(t *testing.T) {
 	e := newEnv(t)
 	auth := map[string]string{"Authorization": "Bearer " + rekeyToken}
-	with := func(k, v string) map[string]string { return map[string]string{"Authorization": "Bearer " + rekeyToken, k: v} }
+	with := func(k, v string) map[string]string {
+		return map[string]string{"Authorization": "Bearer " + rekeyToken, k: v}
+	}
 	runAttacks(t, e, e.rekey, []attack{
 		{name: "no token", path: "/v1/secrets/openai-key", code: 401, want: "unauthorized"},
 		{name: "wrong token", path: "/v1/secrets/openai-key", headers: map[string]string{"Authorization": "Bearer " + rekeyToken + "x"}, code: 401, want: "unauthorized"},
@@ -74,7 +76,9 @@ func TestAttackRekeyAPI(t *testing.T) {
 func TestAttackAWSAgent(t *testing.T) {
 	e := newEnv(t)
 	tok := map[string]string{"X-Aws-Parameters-Secrets-Token": awsAgentToken}
-	with := func(k, v string) map[string]string { return map[string]string{"X-Aws-Parameters-Secrets-Token": awsAgentToken, k: v} }
+	with := func(k, v string) map[string]string {
+		return map[string]string{"X-Aws-Parameters-Secrets-Token": awsAgentToken, k: v}
+	}
 	const own = "/secretsmanager/get?secretId=%2Ftenants%2Facme%2Fopenai-key"
 	runAttacks(t, e, e.awsAgt, []attack{
 		{name: "no token", path: own, code: 403, want: "Bad Token"},
@@ -226,7 +230,9 @@ func TestRevokedTenantEveryAPI(t *testing.T) {
 		code int
 		want string
 	}{
-		{"rekey", func() *http.Request { return get(t, e.rekey+"/v1/secrets/openai-key", "Authorization", "Bearer "+rekeyToken) }, 403, `"revoked"`},
+		{"rekey", func() *http.Request {
+			return get(t, e.rekey+"/v1/secrets/openai-key", "Authorization", "Bearer "+rekeyToken)
+		}, 403, `"revoked"`},
 		{"aws agent", func() *http.Request {
 			return get(t, e.awsAgt+"/secretsmanager/get?secretId=%2Ftenants%2Facme%2Fopenai-key", "X-Aws-Parameters-Secrets-Token", awsAgentToken)
 		}, 400, "AccessDeniedException"},
@@ -236,7 +242,9 @@ func TestRevokedTenantEveryAPI(t *testing.T) {
 		{"aws api batch", func() *http.Request {
 			return signed(t, e.awsAPI, "BatchGetSecretValue", `{"SecretIdList":["/tenants/acme/openai-key","/tenants/acme/billing-db"]}`, accessKeyID, secretKey, now)
 		}, 400, "AccessDeniedException"},
-		{"vault", func() *http.Request { return get(t, e.vault+"/v1/secret/data/tenants/acme/openai-key", "X-Vault-Token", vaultToken) }, 403, "permission denied"},
+		{"vault", func() *http.Request {
+			return get(t, e.vault+"/v1/secret/data/tenants/acme/openai-key", "X-Vault-Token", vaultToken)
+		}, 403, "permission denied"},
 		{"vault health", func() *http.Request { return get(t, e.vault+"/v1/sys/health") }, 503, `"sealed":true`},
 		{"readyz", func() *http.Request { return get(t, e.rekey+"/readyz") }, 503, "revoked"},
 	} {
