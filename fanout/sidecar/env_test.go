@@ -21,6 +21,7 @@ import (
 	"github.com/rekey-dev/rekey/fanout/sidecar"
 	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/internal/testutil"
+	"github.com/rekey-dev/rekey/orchestrator"
 )
 
 // Credentials of the sidecar's local clients in the tests.
@@ -52,7 +53,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := demo.StartCluster(ctx, nil)
+	c, err := demo.StartCluster(ctx, nil, func(cfg *orchestrator.Config) { cfg.Rotation.MinInterval = 0 })
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	e := &env{t: t, c: c, logs: &testutil.SyncBuffer{}}
