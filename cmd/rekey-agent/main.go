@@ -132,16 +132,12 @@ Secrets are read from files or the environment, never from flags:
 	return cmd
 }
 
-// fileConfig is the YAML file: flag values by flag name, and the mapping.
-type fileConfig struct {
-	Mapping sidecar.Mapping `yaml:"mapping"`
-	Flags   map[string]any  `yaml:",inline"`
-}
-
 // load fills the flags not given on the command line from the environment
 // and the file, and returns the mapping.
 func (o *options) load(fs *pflag.FlagSet) (sidecar.Mapping, error) {
-	var fc fileConfig
+	// The file: flag values by flag name, and the mapping.
+	var flags map[string]any
+	var mapping sidecar.Mapping
 	path := o.configFile
 	if path == "" {
 		path = os.Getenv("REKEY_AGENT_CONFIG")
@@ -151,8 +147,18 @@ func (o *options) load(fs *pflag.FlagSet) (sidecar.Mapping, error) {
 		if err != nil {
 			return sidecar.Mapping{}, fmt.Errorf("config: %w", err)
 		}
-		if err := yaml.UnmarshalWithOptions(b, &fc, yaml.Strict()); err != nil {
+		if err := yaml.Unmarshal(b, &flags); err != nil {
 			return sidecar.Mapping{}, fmt.Errorf("config %s: %w", path, err)
+		}
+		if m, ok := flags["mapping"]; ok {
+			delete(flags, "mapping")
+			mb, err := yaml.Marshal(m)
+			if err == nil {
+				err = yaml.UnmarshalWithOptions(mb, &mapping, yaml.Strict())
+			}
+			if err != nil {
+				return sidecar.Mapping{}, fmt.Errorf("config %s: mapping: %w", path, err)
+			}
 		}
 	}
 	var errs []error
@@ -169,18 +175,18 @@ func (o *options) load(fs *pflag.FlagSet) (sidecar.Mapping, error) {
 			}
 			return
 		}
-		if v, ok := fc.Flags[f.Name]; ok {
+		if v, ok := flags[f.Name]; ok {
 			if err := f.Value.Set(fmt.Sprint(v)); err != nil {
 				errs = append(errs, fmt.Errorf("config %s: %w", f.Name, err))
 			}
 		}
 	})
-	for k := range fc.Flags {
+	for k := range flags {
 		if !known[k] || k == "config" {
 			errs = append(errs, fmt.Errorf("config: unknown key %q (keys are flag names and mapping)", k))
 		}
 	}
-	return fc.Mapping, errors.Join(errs...)
+	return mapping, errors.Join(errs...)
 }
 
 // secretFrom reads a secret from a file if path is set, else from env.
