@@ -36,7 +36,7 @@ const (
 // env is rekeyd (the embedded stack of internal/demo) with one rekey-agent
 // sidecar for acme, every API on a free loopback port.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	c       *demo.Cluster
 	srv     *sidecar.Server
 	agent   *agent.Agent
@@ -49,7 +49,7 @@ type env struct {
 	drops   []agent.Invalidated
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -94,7 +94,7 @@ func newEnv(t *testing.T) *env {
 }
 
 // call makes a request and returns the status and body.
-func call(t *testing.T, method, url string, headers map[string]string, body string) (int, string) {
+func call(t testing.TB, method, url string, headers map[string]string, body string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	require.NoError(t, err)
