@@ -251,6 +251,10 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 		VaultListen: o.vaultListen, AWSAccessKeyID: o.awsAccessKeyID, MaxSkew: o.maxSkew,
 		RequestTimeout: o.requestTimeout, Mapping: m, Logger: log,
 	}
+	var nc *nats.Conn
+	// Ready once connected; the listeners open only after the agent
+	// started, that is after it resynced.
+	cfg.Ready = func() bool { return nc != nil && nc.IsConnected() }
 	var err error
 	read := func(dst *string, on bool, get func() (string, error)) {
 		if on && err == nil {
@@ -276,7 +280,7 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 	case o.natsUser != "":
 		opts = append(opts, nats.UserInfo(o.natsUser, os.Getenv(envNATSPassword)))
 	}
-	nc, err := nats.Connect(o.natsURL, opts...)
+	nc, err = nats.Connect(o.natsURL, opts...)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", o.natsURL, err)
 	}
