@@ -40,15 +40,22 @@ func runAttacks(t *testing.T, e *env, base string, attacks []attack) {
 				method = "GET"
 			}
 			code, body := call(t, method, base+a.path, a.headers, a.body)
-			require.Equal(t, a.code, code, body)
-			require.Contains(t, body, a.want)
-			for _, v := range values {
-				require.NotContains(t, body, v)
-			}
+			requireRefused(t, code, body, a.code, a.want, values...)
 		})
 	}
 	require.Equal(t, before, e.streams(), "an attack changed a stream or bucket")
 	e.requireNoValue(values...)
+}
+
+// requireRefused checks a refusal's status and body, and that no value is
+// in it.
+func requireRefused(t *testing.T, code int, body string, wantCode int, want string, values ...string) {
+	t.Helper()
+	require.Equal(t, wantCode, code, body)
+	require.Contains(t, body, want)
+	for _, v := range values {
+		require.NotContains(t, body, v)
+	}
 }
 
 func TestAttackRekeyAPI(t *testing.T) {
@@ -182,11 +189,7 @@ func TestAttackAWSAPI(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			code, body := do(t, c.req)
-			require.Equal(t, c.code, code, body)
-			require.Contains(t, body, c.want)
-			for _, v := range values {
-				require.NotContains(t, body, v)
-			}
+			requireRefused(t, code, body, c.code, c.want, values...)
 		})
 	}
 	require.Equal(t, before, e.streams(), "an attack changed a stream or bucket")
@@ -250,9 +253,7 @@ func TestRevokedTenantEveryAPI(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			code, body := do(t, c.req())
-			require.Equal(t, c.code, code, body)
-			require.Contains(t, body, c.want)
-			require.NotContains(t, body, old.Value)
+			requireRefused(t, code, body, c.code, c.want, old.Value)
 		})
 	}
 	e.revoke("restore", false)

@@ -90,14 +90,23 @@ func decodeInput(body []byte, v any) *awsErr {
 	return nil
 }
 
+// decodeSecretID decodes an input whose SecretId (at id) is required, and
+// writes the error when it fails.
+func decodeSecretID(w http.ResponseWriter, body []byte, in any, id *string) bool {
+	if e := decodeInput(body, in); e != nil {
+		writeAWSErr(w, e)
+		return false
+	}
+	if *id == "" {
+		writeAWSErr(w, &awsErr{http.StatusBadRequest, awsInvalidParam, "SecretId is required."})
+		return false
+	}
+	return true
+}
+
 func (s *Server) apiGetSecretValue(w http.ResponseWriter, r *http.Request, body []byte) {
 	var in struct{ SecretId, VersionId, VersionStage string }
-	if e := decodeInput(body, &in); e != nil {
-		writeAWSErr(w, e)
-		return
-	}
-	if in.SecretId == "" {
-		writeAWSErr(w, &awsErr{http.StatusBadRequest, awsInvalidParam, "SecretId is required."})
+	if !decodeSecretID(w, body, &in, &in.SecretId) {
 		return
 	}
 	out, e := s.awsRead(r, in.SecretId, in.VersionId, in.VersionStage)
@@ -157,12 +166,7 @@ func (s *Server) apiBatchGet(w http.ResponseWriter, r *http.Request, body []byte
 
 func (s *Server) apiDescribe(w http.ResponseWriter, r *http.Request, body []byte) {
 	var in struct{ SecretId string }
-	if e := decodeInput(body, &in); e != nil {
-		writeAWSErr(w, e)
-		return
-	}
-	if in.SecretId == "" {
-		writeAWSErr(w, &awsErr{http.StatusBadRequest, awsInvalidParam, "SecretId is required."})
+	if !decodeSecretID(w, body, &in, &in.SecretId) {
 		return
 	}
 	v, e := s.awsRead(r, in.SecretId, "", "")

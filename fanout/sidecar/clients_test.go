@@ -55,6 +55,23 @@ func rotateWhileReading(t *testing.T, e *env, cmd *exec.Cmd) {
 	checkNoStaleRead(t, got, initial, rot)
 }
 
+// loopThenRevoke runs script's read loop on id while rekeyd rotates (see
+// rotateWhileReading), then revokes acme: a read gets denied; then
+// restores it: a read gets served (its output contains served).
+func loopThenRevoke(t *testing.T, e *env, script string, env []string, id, denied, served string) {
+	t.Helper()
+	cmd := exec.Command(python(t), "testdata/"+script, "loop", id, "4")
+	cmd.Env = append(testutil.EnvWithout("AWS_", "VAULT_"), env...)
+	rotateWhileReading(t, e, cmd)
+
+	e.revoke("revoke", true)
+	require.Equal(t, denied+"\n", runPy(t, script, env, "get", id))
+	e.revoke("restore", false)
+	require.Eventually(t, func() bool {
+		return strings.Contains(runPy(t, script, env, "get", id), served)
+	}, 20*time.Second, 200*time.Millisecond)
+}
+
 func checkNoStaleRead(t *testing.T, lines []string, initial string, rot []agent.Invalidated) {
 	t.Helper()
 	order := map[string]int{initial: 0}
@@ -108,16 +125,7 @@ func TestBoto3ThroughAWSAPI(t *testing.T) {
 	wrong := append(env[:len(env):len(env)], "AWS_SECRET_ACCESS_KEY="+secretKey+"x")
 	require.Equal(t, "ERROR InvalidSignatureException\n", runPy(t, "boto3_client.py", wrong, "get", "/tenants/acme/openai-key"))
 
-	cmd := exec.Command(python(t), "testdata/boto3_client.py", "loop", "/tenants/acme/openai-key", "4")
-	cmd.Env = append(testutil.EnvWithout("AWS_", "VAULT_"), env...)
-	rotateWhileReading(t, e, cmd)
-
-	e.revoke("revoke", true)
-	require.Equal(t, "ERROR AccessDeniedException\n", runPy(t, "boto3_client.py", env, "get", "/tenants/acme/openai-key"))
-	e.revoke("restore", false)
-	require.Eventually(t, func() bool {
-		return strings.Contains(runPy(t, "boto3_client.py", env, "get", "/tenants/acme/openai-key"), `"SecretString"`)
-	}, 20*time.Second, 200*time.Millisecond)
+	loopThenRevoke(t, e, "boto3_client.py", env, "/tenants/acme/openai-key", "ERROR AccessDeniedException", `"SecretString"`)
 	e.requireNoValue(want.Value)
 }
 
@@ -162,16 +170,7 @@ func TestHvacAndVaultCLIThroughVault(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, out, "No value found")
 
-	cmd := exec.Command(python(t), "testdata/hvac_client.py", "loop", "tenants/acme/openai-key", "4")
-	cmd.Env = append(testutil.EnvWithout("AWS_", "VAULT_"), env...)
-	rotateWhileReading(t, e, cmd)
-
-	e.revoke("revoke", true)
-	require.Equal(t, "ERROR Forbidden\n", runPy(t, "hvac_client.py", env, "get", "tenants/acme/openai-key"))
-	e.revoke("restore", false)
-	require.Eventually(t, func() bool {
-		return strings.Contains(runPy(t, "hvac_client.py", env, "get", "tenants/acme/openai-key"), `"rekey_version"`)
-	}, 20*time.Second, 200*time.Millisecond)
+	loopThenRevoke(t, e, "hvac_client.py", env, "tenants/acme/openai-key", "ERROR Forbidden", `"rekey_version"`)
 	e.requireNoValue(want.Value)
 }
 

@@ -227,13 +227,17 @@ func (n names) fromAWS(id string) (string, bool) {
 	if !awsNameRE.MatchString(name) {
 		return "", false
 	}
-	s, ok := n.fromOverrides(n.m.AWSNames, name)
+	return n.lookup(n.m.AWSNames, n.m.AWSNameTemplate, name)
+}
+
+// lookup maps an outside name to the secret whose override, or else
+// (when it has none) the template, renders to it.
+func (n names) lookup(over map[string]string, tmpl, name string) (string, bool) {
+	s, ok := n.fromOverrides(over, name)
 	if !ok {
-		s, ok = reverse(n.m.AWSNameTemplate, n.tenant, name)
-		if ok {
-			if _, over := n.m.AWSNames[s]; over { // this secret has another name
-				return "", false
-			}
+		s, ok = reverse(tmpl, n.tenant, name)
+		if _, renamed := over[s]; ok && renamed { // this secret has another name
+			return "", false
 		}
 	}
 	if !ok || !n.served(s) {
@@ -244,19 +248,7 @@ func (n names) fromAWS(id string) (string, bool) {
 
 // vaultKV maps a path inside the KV mount to a secret id.
 func (n names) vaultKV(path string) (string, bool) {
-	s, ok := n.fromOverrides(n.m.VaultPaths, path)
-	if !ok {
-		s, ok = reverse(n.m.VaultPathTemplate, n.tenant, path)
-		if ok {
-			if _, over := n.m.VaultPaths[s]; over {
-				return "", false
-			}
-		}
-	}
-	if !ok || !n.served(s) {
-		return "", false
-	}
-	return s, true
+	return n.lookup(n.m.VaultPaths, n.m.VaultPathTemplate, path)
 }
 
 // vaultRole maps a database role to a secret id and whether it is static.

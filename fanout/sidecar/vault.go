@@ -142,8 +142,13 @@ func (s *Server) vaultMount(w http.ResponseWriter, path, kv, db string) {
 	}, "", false, 0))
 }
 
-// vaultRead reads secret and writes Vault's refusal when it fails.
-func (s *Server) vaultRead(w http.ResponseWriter, r *http.Request, secret string) (agent.Secret, bool) {
+// vaultRead reads secret, if the path mapped to one, and writes Vault's
+// refusal when it fails.
+func (s *Server) vaultRead(w http.ResponseWriter, r *http.Request, secret string, mapped bool) (agent.Secret, bool) {
+	if !mapped {
+		vaultErr(w, http.StatusNotFound)
+		return agent.Secret{}, false
+	}
 	sec, err := s.get(r, secret)
 	switch classify(err) {
 	case outOK:
@@ -170,12 +175,8 @@ func kvVersion(v string) int {
 }
 
 func (s *Server) vaultKV(w http.ResponseWriter, r *http.Request, path string, metadata bool) {
-	secret, ok := s.names.vaultKV(path)
-	if !ok {
-		vaultErr(w, http.StatusNotFound)
-		return
-	}
-	sec, ok := s.vaultRead(w, r, secret)
+	secret, mapped := s.names.vaultKV(path)
+	sec, ok := s.vaultRead(w, r, secret, mapped)
 	if !ok {
 		return
 	}
@@ -203,12 +204,8 @@ func (s *Server) vaultKV(w http.ResponseWriter, r *http.Request, path string, me
 }
 
 func (s *Server) vaultCreds(w http.ResponseWriter, r *http.Request, role string, static bool) {
-	secret, ok := s.names.vaultRole(role, static)
-	if !ok {
-		vaultErr(w, http.StatusNotFound)
-		return
-	}
-	sec, ok := s.vaultRead(w, r, secret)
+	secret, mapped := s.names.vaultRole(role, static)
+	sec, ok := s.vaultRead(w, r, secret, mapped)
 	if !ok {
 		return
 	}
