@@ -121,7 +121,7 @@ func signed(t *testing.T, base, target, body, key, secret string, at time.Time) 
 	return req
 }
 
-func do(t *testing.T, req *http.Request) (int, string) {
+func do(t testing.TB, req *http.Request) (int, string) {
 	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"io"
 	"net"
 	"os/exec"
 	"strconv"
@@ -306,5 +305,4 @@ func TestEventsWithNodeFetch(t *testing.T) {
 	b, err := bad.Output()
 	require.NoError(t, err)
 	require.Equal(t, "ERROR 401\n", string(b))
-	_ = io.Discard
 }

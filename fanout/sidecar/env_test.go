@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -101,12 +99,7 @@ func call(t testing.TB, method, url string, headers map[string]string, body stri
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, string(b)
+	return do(t, req)
 }
 
 // value reads acme's secret through rekey's own API.
@@ -219,5 +212,3 @@ func runPy(t *testing.T, script string, env []string, args ...string) string {
 	require.NoError(t, err, "%s: %s", script, stderr.String())
 	return stdout.String()
 }
-
-var _ = os.Getenv
