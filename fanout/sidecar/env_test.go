@@ -49,6 +49,13 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvWith(t, nil, sidecar.Mapping{VaultStaticRoles: map[string]string{"billing-db": "{tenant}-app-db"}})
+}
+
+// newEnvWith is newEnv with the agent reading values through f (nil: from
+// rekeyd) and the sidecar mapping names with m.
+func newEnvWith(t testing.TB, f agent.Fetcher, m sidecar.Mapping) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := demo.StartCluster(ctx, nil, func(cfg *orchestrator.Config) { cfg.Rotation.MinInterval = 0 })
@@ -63,12 +70,12 @@ func newEnv(t testing.TB) *env {
 		Tenant: "acme", Listen: "127.0.0.1:0", AWSAgentListen: "127.0.0.1:0", AWSAPIListen: "127.0.0.1:0", VaultListen: "127.0.0.1:0",
 		Token: rekeyToken, AWSAgentToken: awsAgentToken, VaultToken: vaultToken,
 		AWSAccessKeyID: accessKeyID, AWSSecretAccessKey: secretKey,
-		Mapping: sidecar.Mapping{VaultStaticRoles: map[string]string{"billing-db": "{tenant}-app-db"}},
+		Mapping: m,
 		Logger:  slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Ready:   nc.IsConnected,
 	}, nil)
 	require.NoError(t, err)
-	e.agent, err = agent.New(nc, nil, agent.Config{
+	e.agent, err = agent.New(nc, f, agent.Config{
 		Tenant: "acme", Instance: "acme-sidecar", UsageInterval: time.Hour,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		OnInvalidate: func(ev agent.Invalidated) {
