@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -81,6 +82,15 @@ func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// header returns a request header for a log, cut to 64 bytes.
+func header(r *http.Request, name string) string {
+	v := r.Header.Get(name)
+	if len(v) > 64 {
+		v = v[:64]
+	}
+	return v
+}
+
 // instrument counts and times every request of api. Request logs carry
 // the method, the path's route (not the query), the status and the tool
 // and run the client named; never a value.
@@ -100,9 +110,13 @@ func (s *Server) instrument(api string, h http.Handler) http.Handler {
 			c, _ = codes.LoadOrStore(sw.code, s.metrics.requests.WithLabelValues(api, strconv.Itoa(sw.code)))
 		}
 		c.(prometheus.Counter).Inc()
-		if sw.code >= 400 {
+		switch {
+		case sw.code >= 400:
 			s.log.Info("request refused", "api", api, "method", r.Method, "status", sw.code,
-				"tool", r.Header.Get("X-Rekey-Tool"), "run", r.Header.Get("X-Rekey-Run"))
+				"tool", header(r, "X-Rekey-Tool"), "run", header(r, "X-Rekey-Run"))
+		case s.log.Enabled(r.Context(), slog.LevelDebug):
+			s.log.Debug("request served", "api", api, "method", r.Method, "status", sw.code,
+				"tool", header(r, "X-Rekey-Tool"), "run", header(r, "X-Rekey-Run"))
 		}
 	})
 }

@@ -113,6 +113,9 @@ func (s *Server) rekeySecret(w http.ResponseWriter, r *http.Request) {
 // after the kind (rotated, revoked, restored), its id the request id, its
 // data an Event. The first event, "ready", says the stream is live: an
 // application that reconnects must treat everything it built as changed.
+// sseField keeps a field on its line.
+var sseField = strings.NewReplacer("\n", "", "\r", "")
+
 func (s *Server) rekeyEvents(w http.ResponseWriter, r *http.Request) {
 	ch, ok := s.events.subscribe()
 	if !ok {
@@ -148,7 +151,7 @@ func (s *Server) rekeyEvents(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.RequestID, ev.Kind, b)
+			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", sseField.Replace(ev.RequestID), sseField.Replace(ev.Kind), b)
 		}
 		if err := rc.Flush(); err != nil {
 			return
