@@ -107,6 +107,7 @@ Secrets are read from files or the environment, never from flags:
 			return run(ctx, o, m)
 		},
 	}
+	cmd.AddCommand(newProbe())
 	f := cmd.Flags()
 	f.StringVar(&o.configFile, "config", "", "YAML file with flag values and a mapping: section")
 	f.StringVar(&o.tenant, "tenant", "", "tenant served (required)")

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	k8syaml "sigs.k8s.io/yaml"
 
 	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/internal/testutil"
@@ -88,6 +90,14 @@ mapping:
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 
+	probe := newRoot()
+	probe.SetArgs([]string{"probe", "--addr=unix:" + sock})
+	require.NoError(t, probe.Execute(), "rekey-agent probe")
+	probe = newRoot()
+	probe.SetArgs([]string{"probe", "--addr=" + awsAddr, "--path=/nope"})
+	probe.SetOut(io.Discard)
+	require.Error(t, probe.Execute(), "a probe of a path that is not 200 fails")
+
 	code, body := get(unix, "http://rekey/v1/secrets/openai-key", "Authorization", "Bearer rekey-api-token-0123456789")
 	require.Equal(t, 200, code, body)
 	require.Contains(t, body, `"value":"sk-acme-`)
@@ -144,4 +154,36 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		"--nats-url", "--nats-user", "--nats-token-file", "--max-skew", "AWS_TOKEN", "REKEY_AGENT_TOKEN"} {
 		require.True(t, strings.Contains(out.String(), f), "help lacks %s", f)
 	}
+}
+
+// TestDeploymentsUseRealFlags: the Kubernetes example and the systemd unit
+// run rekey-agent with flags it has.
+func TestDeploymentsUseRealFlags(t *testing.T) {
+	b, err := os.ReadFile("../../deployments/kubernetes/examples/agent-sidecar/deployment.yaml")
+	require.NoError(t, err)
+	var dep appsv1.Deployment
+	require.NoError(t, k8syaml.UnmarshalStrict(b, &dep))
+	var found bool
+	for _, c := range dep.Spec.Template.Spec.InitContainers {
+		if c.Name != "rekey-agent" {
+			continue
+		}
+		found = true
+		require.NotNil(t, c.RestartPolicy, "a native sidecar")
+		args := strings.ReplaceAll(strings.Join(c.Args, "\n"), "$(POD_NAME)", "acme-planner-1")
+		require.NoError(t, newRoot().ParseFlags(strings.Split(args, "\n")))
+		probe := c.ReadinessProbe.Exec.Command
+		require.Equal(t, []string{"rekey-agent", "probe"}, probe[:2])
+		require.NoError(t, newProbe().ParseFlags(probe[2:]))
+	}
+	require.True(t, found, "no rekey-agent sidecar")
+
+	unit, err := os.ReadFile("../../deployments/systemd/rekey-agent.service")
+	require.NoError(t, err)
+	_, exec, ok := strings.Cut(strings.ReplaceAll(string(unit), "\\\n", " "), "ExecStart=")
+	require.True(t, ok)
+	exec, _, _ = strings.Cut(exec, "\n")
+	fields := strings.Fields(exec)
+	require.Equal(t, "/usr/local/bin/rekey-agent", fields[0])
+	require.NoError(t, newRoot().ParseFlags(fields[1:]))
 }
