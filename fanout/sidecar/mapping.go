@@ -104,10 +104,6 @@ func (m Mapping) Validate() error {
 		}
 	}
 	check("aws_name_template", m.AWSNameTemplate, awsNameRE, true)
-	for s, n := range m.AWSNames {
-		errs = append(errs, idErr("aws_names", s))
-		check("aws_names["+s+"]", n, awsNameRE, false)
-	}
 	if !regionRE.MatchString(m.AWSRegion) {
 		errs = append(errs, fmt.Errorf("aws_region %q: lower-case letters, digits and -", m.AWSRegion))
 	}
@@ -117,17 +113,21 @@ func (m Mapping) Validate() error {
 	check("vault_kv_mount", m.VaultKVMount, vaultPathRE, false)
 	check("vault_database_mount", m.VaultDatabaseMount, vaultPathRE, false)
 	check("vault_path_template", m.VaultPathTemplate, vaultPathRE, true)
-	for s, p := range m.VaultPaths {
-		errs = append(errs, idErr("vault_paths", s))
-		check("vault_paths["+s+"]", p, vaultPathRE, false)
-	}
 	if !fieldRE.MatchString(m.VaultField) {
 		errs = append(errs, fmt.Errorf("vault_field %q: letters, digits, _ . -", m.VaultField))
 	}
-	for field, roles := range map[string]map[string]string{"vault_static_roles": m.VaultStaticRoles, "vault_dynamic_roles": m.VaultDynamicRoles} {
-		for s, r := range roles {
-			errs = append(errs, idErr(field, s))
-			check(field+"["+s+"]", r, fieldRE, false)
+	// Per-secret names, paths and roles.
+	for _, per := range []struct {
+		field string
+		names map[string]string
+		re    *regexp.Regexp
+	}{
+		{"aws_names", m.AWSNames, awsNameRE}, {"vault_paths", m.VaultPaths, vaultPathRE},
+		{"vault_static_roles", m.VaultStaticRoles, fieldRE}, {"vault_dynamic_roles", m.VaultDynamicRoles, fieldRE},
+	} {
+		for s, n := range per.names {
+			errs = append(errs, idErr(per.field, s))
+			check(per.field+"["+s+"]", n, per.re, false)
 		}
 	}
 	for s := range m.VaultStaticRoles {
