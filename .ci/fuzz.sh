@@ -20,6 +20,7 @@ targets=(
   "FuzzParseAck ./fanout"
   "FuzzParsePresence ./fanout"
   "FuzzParseInvalidation ./fanout/agent"
+  "FuzzNames ./fanout/sidecar"
   "FuzzParseCredentials ./internal/moduletest/vaultfetch"
   "FuzzParseAlertmanager ./triggers/siem"
   "FuzzParseGrafana ./triggers/siem"

@@ -187,6 +187,22 @@ restore accepted at once takes effect.`,
 	recovery.Flags().IntVar(&rec.Restores, "restores", 10, "restore-after-kill-mid-revocation runs")
 	recovery.Flags().IntVar(&rec.RevokeSecrets, "revoke-secrets", 200, "secrets of the revoked tenant in the restore runs")
 	recovery.Flags().BoolVar(&rec.Cluster, "cluster", false, "also run --runs per interruption with 3 replicas on a 3-node NATS cluster (one interrupted, the others take over)")
+	var sc bench.SidecarOptions
+	side := &cobra.Command{
+		Use:   "sidecar",
+		Short: "cached reads through each API of rekey-agent and in-process agent.Get (reads/s, p50/p99)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			rows, err := bench.Sidecar(ctx, sc, log)
+			bench.PrintSidecar(cmd.OutOrStdout(), sc, rows)
+			return err
+		},
+	}
+	side.Flags().IntVar(&sc.Clients, "clients", 8, "concurrent clients, each with a keep-alive connection")
+	side.Flags().DurationVar(&sc.Duration, "duration", 3*time.Second, "run of each path")
 	rotOpts := bench.RotationsOptions{KillSwitch: true}
 	var rotProfile string
 	rotCmd := &cobra.Command{
@@ -221,6 +237,6 @@ restore accepted at once takes effect.`,
 	rotCmd.Flags().IntVar(&rotOpts.Concurrency, "concurrency", 0, "rotation.concurrency (0: rekey's default)")
 	rotCmd.Flags().BoolVar(&rotOpts.KillSwitch, "kill-switch", true, "then revoke the bench tenant and time its report")
 	rotCmd.Flags().StringVar(&rotProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
-	cmd.AddCommand(prop, get, fan, hook, capacity, flood, recovery, rotCmd)
+	cmd.AddCommand(prop, get, fan, hook, capacity, flood, recovery, side, rotCmd)
 	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -91,6 +92,22 @@ func TestFloodBenchSmall(t *testing.T) {
 	var out bytes.Buffer
 	res.Print(&out)
 	require.Contains(t, out.String(), "during the flood")
+}
+
+// TestSidecarBenchSmall runs `rekeyctl bench sidecar` small: every path
+// reads, and the table names them.
+func TestSidecarBenchSmall(t *testing.T) {
+	opts := bench.SidecarOptions{Clients: 2, Duration: 100 * time.Millisecond}
+	rows, err := bench.Sidecar(context.Background(), opts, nil)
+	require.NoError(t, err)
+	require.Len(t, rows, 5)
+	var out strings.Builder
+	bench.PrintSidecar(&out, opts, rows)
+	for _, r := range rows {
+		require.Positive(t, r.Reads, r.Path)
+		require.LessOrEqual(t, r.P50, r.P99, r.Path)
+		require.Contains(t, out.String(), r.Path)
+	}
 }
 
 // TestMeasureOps holds the loop behind `rekeyctl bench get` (which may not

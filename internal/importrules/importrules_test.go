@@ -48,7 +48,7 @@ var serverLeaves = map[string]string{
 var serverLeafImports = []string{"github.com/nats-io/nats.go", module + "/schemas"}
 
 // binaries must not link the test framework (nor anything built on it).
-var binaries = []string{module + "/cmd/rekeyd", module + "/cmd/rekeyctl"}
+var binaries = []string{module + "/cmd/rekeyd", module + "/cmd/rekeyctl", module + "/cmd/rekey-agent"}
 
 // pkg is what the rules read of `go list -json`.
 type pkg struct {
