@@ -27,6 +27,9 @@ const (
 	TriggerAWS      = "aws"
 	TriggerRevoke   = "revocation"
 	TriggerInternal = "internal"
+	// TriggerLeak: a leak report (fanout/agent's leak guard) or another
+	// sign that a canary secret was used.
+	TriggerLeak = "leak"
 )
 
 // Validate checks the trigger kind is set.

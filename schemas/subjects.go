@@ -102,6 +102,10 @@ func ResyncSubject(tenant, token string) string { return "rekey.resync." + tenan
 // Agents may publish on their own tenant's leak subjects only.
 func LeakSubject(tenant, secret string) string { return "rekey.leak." + tenant + "." + secret }
 
+// LeakStream is the stream of one tenant's leak reports: one per tenant,
+// so that one tenant's agents flooding reports fill only their own.
+func LeakStream(tenant string) string { return "REKEY_LEAK_" + tenant }
+
 // LeakTenantSubject matches every leak report of one tenant.
 func LeakTenantSubject(tenant string) string { return "rekey.leak." + tenant + ".*" }
 
