@@ -11,6 +11,7 @@ import (
 	"iter"
 	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -277,6 +278,25 @@ type PolicyConfig struct {
 	// OnCanary: "revoke" (default: the tenant's kill switch) or
 	// "rotate_tenant" (every secret of the tenant rotated).
 	OnCanary string `yaml:"on_canary"`
+	// CanaryFetchers, if set, are the agent instances (path.Match
+	// patterns, e.g. "honeypot-*") that may fetch a canary: a fetch by
+	// any other is a sign of use. Empty: fetches are not watched.
+	CanaryFetchers []string `yaml:"canary_fetchers"`
+}
+
+// CanaryFetchAllowed reports whether instance may fetch this canary
+// without it counting as a sign of use (always true for a secret that is
+// not a canary or has no canary_fetchers).
+func (p PolicyConfig) CanaryFetchAllowed(instance string) bool {
+	if !p.Canary || len(p.CanaryFetchers) == 0 {
+		return true
+	}
+	for _, pat := range p.CanaryFetchers {
+		if ok, _ := path.Match(pat, instance); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // Leak and canary actions (PolicyConfig.OnLeak, OnCanary).
@@ -525,6 +545,11 @@ func (c *Config) validateTenant(name string, t TenantConfig) error {
 		}
 		if p := sc.Policy.OnCanary; p != "" && (!sc.Policy.Canary || p != LeakRevoke && p != LeakRotateTenant) {
 			errs = append(errs, fieldErr(sf+".policy.on_canary", "%q must be revoke or rotate_tenant, on a secret with canary: true", p))
+		}
+		for i, pat := range sc.Policy.CanaryFetchers {
+			if _, err := path.Match(pat, ""); err != nil || !sc.Policy.Canary {
+				errs = append(errs, fieldErr(fmt.Sprintf("%s.policy.canary_fetchers[%d]", sf, i), "%q must be a path.Match pattern, on a secret with canary: true", pat))
+			}
 		}
 		if sc.Policy.Jitter < 0 {
 			errs = append(errs, fieldErr(sf+".policy.jitter", "%s must not be negative", sc.Policy.Jitter))

@@ -139,6 +139,8 @@ func roleGrants(r Role, tenants []string) grants {
 				schemas.SubjectRotateAll, schemas.SubjectRevokeAll, schemas.SubjectAuditAll,
 				// awsevents: external_change events of AWS-side rotations.
 				schemas.EventsSubject("*", schemas.KindExternalChange),
+				// leak: a canary fetched by an instance not allowed.
+				schemas.SubjectLeakAll,
 			},
 			consume: []string{schemas.StreamEvents},
 			read:    []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.StreamEvents},

@@ -28,14 +28,14 @@ import (
 // startCluster runs rekeyd (embedded NATS with rekey's own users and
 // permissions) with a canary secret in acme, the leak streams, and the
 // leak trigger on the triggers' role connection, as the daemon would.
-func startCluster(t *testing.T) *demo.Cluster {
+func startCluster(t *testing.T, canaryFetchers ...string) *demo.Cluster {
 	t.Helper()
 	ctx := context.Background()
 	c, err := demo.StartCluster(ctx, nil, func(cfg *orchestrator.Config) {
 		acme := cfg.Tenants["acme"]
 		acme.Secrets["decoy-key"] = orchestrator.SecretConfig{Backend: "local",
 			Generator: orchestrator.GeneratorConfig{Style: "api-key", Prefix: "sk-acme-"},
-			Policy:    orchestrator.PolicyConfig{Canary: true}}
+			Policy:    orchestrator.PolicyConfig{Canary: true, CanaryFetchers: canaryFetchers}}
 		cfg.Tenants["acme"] = acme
 	})
 	require.NoError(t, err)
@@ -47,6 +47,7 @@ func startCluster(t *testing.T) *demo.Cluster {
 	tr, err := leak.New(leak.Defaults(), &c.Config, bus, orchestrator.NewAuditor(bus, "rekeyd", log), orchestrator.NewMetrics(), log)
 	require.NoError(t, err)
 	testutil.Run(t, tr)
+	d.FetchServer().OnServed(leak.FetchWatch(&c.Config, bus, log))
 	return c
 }
 
@@ -176,6 +177,52 @@ func TestCanaryEndToEnd(t *testing.T) {
 	}
 	_, err = g1.Get(ctx, "openai-key")
 	require.NoError(t, err, "globex is not touched")
+}
+
+// TestCanaryFetchEndToEnd: with canary_fetchers set, the honeypot agent
+// may fetch the canary (nothing happens); a fetch by any other instance
+// revokes the tenant.
+func TestCanaryFetchEndToEnd(t *testing.T) {
+	c := startCluster(t, "honeypot-*")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	events, unsub, err := c.Events("acme", schemas.KindRevocationCompleted)
+	require.NoError(t, err)
+	defer unsub()
+	h, err := c.NewAgent(ctx, "acme", "honeypot-1")
+	require.NoError(t, err)
+	bait, err := h.Get(ctx, "decoy-key")
+	require.NoError(t, err)
+	js := c.Daemon.Bus().JS
+	require.Eventually(t, func() bool {
+		return c.ConsumerDrained(ctx, schemas.StreamRevoke, orchestrator.ConsumerRevocation)
+	}, 5*time.Second, 20*time.Millisecond)
+	require.Empty(t, testutil.StreamMessages(t, js, schemas.LeakStream("acme")), "an allowed fetch is no sign of use")
+	_, err = h.Get(ctx, "openai-key")
+	require.NoError(t, err)
+
+	p, err := c.NewAgent(ctx, "acme", "planner-1")
+	require.NoError(t, err)
+	_, err = p.Get(ctx, "decoy-key")
+	require.NoError(t, err, "the canary is served like any secret")
+	select {
+	case <-events:
+	case <-ctx.Done():
+		t.Fatal("no revocation after a fetch by an instance not allowed")
+	}
+	d, found, err := leak.ReadDecision(ctx, c.Daemon.Bus(), "acme", "decoy-key", bait.Version)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, "planner-1", d.Agent)
+	require.Equal(t, "fetch", d.Where)
+	require.Equal(t, orchestrator.LeakRevoke, d.Action)
+	reports := testutil.StreamMessages(t, js, schemas.LeakStream("acme"))
+	require.Len(t, reports, 1, "the honeypot's fetch was not reported")
+	require.Contains(t, string(reports[0].Data), `"agent":"planner-1"`)
+	require.Eventually(t, func() bool {
+		_, err := h.Get(ctx, "openai-key")
+		return errors.Is(err, agent.ErrRevoked)
+	}, 10*time.Second, 10*time.Millisecond)
 }
 
 func requireNoValue(t *testing.T, data, value []byte) {
