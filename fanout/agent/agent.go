@@ -144,6 +144,9 @@ type Config struct {
 	// (Scan) keeps looking for once this agent read them. Default
 	// DefaultLeakVersions; negative turns the guard off.
 	LeakVersions int
+	// RunIssuer makes the credentials of secrets that exist per pipeline
+	// run (BeginRun). Nil: every secret is shared.
+	RunIssuer RunIssuer
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 	// OnInvalidate, if set, is called after an invalidation was applied
