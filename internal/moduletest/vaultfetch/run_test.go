@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/fanout/agent/vaultfetch"
+	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
 	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/schemas"
@@ -23,6 +25,10 @@ import (
 // runAgent starts an agent of acme whose per-run credentials come from
 // the dynamic role role (secret "run-db").
 func runAgent(t *testing.T, role string) (*agent.Agent, *vaultfetch.Database) {
+	return runAgentOf(t, "acme", role)
+}
+
+func runAgentOf(t *testing.T, tenant, role string) (*agent.Agent, *vaultfetch.Database) {
 	t.Helper()
 	v, _ := needDatabase(t)
 	d, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{RunRoles: map[string]string{"run-db": role}})
@@ -36,7 +42,7 @@ func runAgent(t *testing.T, role string) (*agent.Agent, *vaultfetch.Database) {
 	_, err = js.CreateStream(t.Context(), jetstream.StreamConfig{Name: schemas.StreamInvalidate,
 		Subjects: []string{schemas.SubjectInvalidateAll}, MaxMsgsPerSubject: 1, AllowDirect: true})
 	require.NoError(t, err)
-	a, err := agent.New(nc, d, agent.Config{Tenant: "acme", Instance: "runner-1", RunIssuer: d})
+	a, err := agent.New(nc, d, agent.Config{Tenant: tenant, Instance: "runner-1", RunIssuer: d})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close() })
 	require.NoError(t, a.Start(t.Context()))
@@ -172,4 +178,43 @@ func BenchmarkRun(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "runs/s")
 	b.ReportMetric(float64(first.Microseconds())/float64(b.N)/1000, "first-get-ms")
+}
+
+// TestKillSwitchRevokesOpenRuns: the Vault backend's tenant revocation
+// (the kill switch's Vault part) revokes every open run's lease of the
+// tenant, counts them, and every run's user is gone; another tenant's run
+// keeps its user.
+func TestKillSwitchRevokesOpenRuns(t *testing.T) {
+	v, pg := needDatabase(t)
+	role := uniq("killrun-run")
+	dynamicRole(t, role, "1h", "2h")
+	other := uniq("keeprun-run")
+	dynamicRole(t, other, "1h", "2h")
+	a, _ := runAgentOf(t, "killrun", role)
+	b, _ := runAgentOf(t, "keeprun", other)
+	ctx := t.Context()
+	var users []string
+	for i := range 20 {
+		s, err := a.BeginRun(ctx, fmt.Sprintf("run-%d", i)).Get(ctx, "run-db")
+		require.NoError(t, err)
+		c, err := vaultfetch.ParseCredentials(s.Value)
+		require.NoError(t, err)
+		users = append(users, c.Username)
+	}
+	s, err := b.BeginRun(ctx, "kept").Get(ctx, "run-db")
+	require.NoError(t, err)
+	kept, err := vaultfetch.ParseCredentials(s.Value)
+	require.NoError(t, err)
+
+	require.NoError(t, os.Setenv("REKEY_TEST_VAULT_ROOT_TOKEN", v.RootToken))
+	backend, err := vault.New(ctx, vault.Config{Address: v.Addr, Timeout: 10 * time.Second,
+		Auth: vault.AuthConfig{Method: vault.AuthToken, TokenEnv: "REKEY_TEST_VAULT_ROOT_TOKEN"}}, nil)
+	require.NoError(t, err)
+	n, err := backend.RevokeTenant(ctx, "killrun")
+	require.NoError(t, err)
+	require.Equal(t, 20, n, "the report counts every open run's lease")
+	for _, u := range users {
+		require.False(t, pgRoleExists(t, pg, u), "user %s of an open run survived the kill switch", u)
+	}
+	require.True(t, pgRoleExists(t, pg, kept.Username), "another tenant's run keeps its user")
 }
