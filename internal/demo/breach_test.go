@@ -1,4 +1,4 @@
-package leak_test
+package demo_test
 
 import (
 	"bytes"
