@@ -257,6 +257,35 @@ func (b *Bus) EnsureUsageStreams(ctx context.Context, tenants []string) error {
 	return nil
 }
 
+// LeakStreamMaxBytes bounds the leak reports one tenant's stream keeps.
+const LeakStreamMaxBytes = 16 << 20
+
+// LeakStreamConfig is the stream of one tenant's leak reports
+// (rekey.leak.<t>.<s>), read by the leak trigger's durable consumer: a
+// report published while no trigger runs (rekeyd restarting, or down
+// with an external NATS) waits there. Agents publish without an
+// acknowledgement, as for use reports.
+func (b *Bus) LeakStreamConfig(tenant string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name: schemas.LeakStream(tenant), Subjects: []string{schemas.LeakTenantSubject(tenant)},
+		Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage, Discard: jetstream.DiscardOld,
+		Replicas: b.cfg.Replicas, Duplicates: b.cfg.DuplicateWindow, MaxAge: 7 * 24 * time.Hour,
+		MaxBytes: LeakStreamMaxBytes, NoAck: true,
+		Description: "leak reports from the agents of tenant " + tenant,
+	}
+}
+
+// EnsureLeakStreams creates (or updates) each tenant's leak-report stream.
+func (b *Bus) EnsureLeakStreams(ctx context.Context, tenants []string) error {
+	for _, t := range tenants {
+		sc := b.LeakStreamConfig(t)
+		if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
 // KV creates (or opens) a key-value bucket.
 func (b *Bus) KV(ctx context.Context, bucket string, ttl time.Duration) (jetstream.KeyValue, error) {
 	var kv jetstream.KeyValue

@@ -11,6 +11,7 @@ import (
 	"iter"
 	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -289,6 +290,56 @@ type PolicyConfig struct {
 	Jitter   time.Duration `yaml:"jitter"`
 	TimeZone string        `yaml:"timezone"`
 	MaxUses  int64         `yaml:"max_uses"`
+	// OnLeak is what a leak report of the secret does: "rotate" (the
+	// default) or "revoke" (the tenant's kill switch).
+	OnLeak string `yaml:"on_leak"`
+	// Canary marks a secret no one uses: any sign of its use (found by a
+	// leak guard, a SIEM alert naming it) is proof of a leak, and does
+	// OnCanary.
+	Canary bool `yaml:"canary"`
+	// OnCanary: "revoke" (default: the tenant's kill switch) or
+	// "rotate_tenant" (every secret of the tenant rotated).
+	OnCanary string `yaml:"on_canary"`
+	// CanaryFetchers, if set, are the agent instances (path.Match
+	// patterns, e.g. "honeypot-*") that may fetch a canary: a fetch by
+	// any other is a sign of use. Empty: fetches are not watched.
+	CanaryFetchers []string `yaml:"canary_fetchers"`
+}
+
+// CanaryFetchAllowed reports whether instance may fetch this canary
+// without it counting as a sign of use (always true for a secret that is
+// not a canary or has no canary_fetchers).
+func (p PolicyConfig) CanaryFetchAllowed(instance string) bool {
+	if !p.Canary || len(p.CanaryFetchers) == 0 {
+		return true
+	}
+	for _, pat := range p.CanaryFetchers {
+		if ok, _ := path.Match(pat, instance); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Leak and canary actions (PolicyConfig.OnLeak, OnCanary).
+const (
+	LeakRotate       = "rotate"
+	LeakRevoke       = "revoke"
+	LeakRotateTenant = "rotate_tenant"
+)
+
+// LeakAction is what a leak of the secret does: OnCanary (default
+// "revoke") for a canary, else OnLeak (default "rotate").
+func (p PolicyConfig) LeakAction() string {
+	switch {
+	case p.Canary && p.OnCanary != "":
+		return p.OnCanary
+	case p.Canary:
+		return LeakRevoke
+	case p.OnLeak != "":
+		return p.OnLeak
+	}
+	return LeakRotate
 }
 
 // KnownBackends are the backend names a secret may name. Whether a
@@ -510,6 +561,17 @@ func (c *Config) validateTenant(name string, t TenantConfig) error {
 		}
 		if sc.Policy.MaxUses < 0 {
 			errs = append(errs, fieldErr(sf+".policy.max_uses", "%d must not be negative", sc.Policy.MaxUses))
+		}
+		if p := sc.Policy.OnLeak; p != "" && p != LeakRotate && p != LeakRevoke {
+			errs = append(errs, fieldErr(sf+".policy.on_leak", "%q must be rotate or revoke", p))
+		}
+		if p := sc.Policy.OnCanary; p != "" && (!sc.Policy.Canary || p != LeakRevoke && p != LeakRotateTenant) {
+			errs = append(errs, fieldErr(sf+".policy.on_canary", "%q must be revoke or rotate_tenant, on a secret with canary: true", p))
+		}
+		for i, pat := range sc.Policy.CanaryFetchers {
+			if _, err := path.Match(pat, ""); err != nil || !sc.Policy.Canary {
+				errs = append(errs, fieldErr(fmt.Sprintf("%s.policy.canary_fetchers[%d]", sf, i), "%q must be a path.Match pattern, on a secret with canary: true", pat))
+			}
 		}
 		if sc.Policy.Jitter < 0 {
 			errs = append(errs, fieldErr(sf+".policy.jitter", "%s must not be negative", sc.Policy.Jitter))

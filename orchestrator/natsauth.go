@@ -31,7 +31,7 @@ func AgentUser(tenant string) string { return "agent-" + tenant }
 
 // AgentPermissions are what a tenant's agents may do on NATS, and nothing
 // more: receive the tenant's invalidations (live, and from the INVALIDATE
-// stream), publish acks, use reports and presence for the tenant, ask
+// stream), publish acks, use reports, leak reports and presence for the tenant, ask
 // rekeyd for the last invalidation of the tenant's subjects (resync), and
 // fetch the tenant's values from the local backend. Agents get no
 // JetStream API subject at all: JetStream replies to whatever reply
@@ -47,6 +47,7 @@ func AgentPermissions(tenant string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
 			schemas.UsedSubject(tenant, "*", "*"),
+			schemas.LeakTenantSubject(tenant),
 			schemas.AckSubject(tenant, "*", "*"),
 			schemas.PresenceSubject(tenant, "*"),
 			schemas.FetchSubject(tenant, "*"),

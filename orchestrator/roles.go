@@ -73,6 +73,7 @@ const (
 	bucketSIEMDedup   = "rekey_siem_dedup"
 	bucketIdempotency = "rekey_idempotency"
 	bucketAWSDedup    = "rekey_awsevents_dedup"
+	bucketLeak        = "rekey_leak"
 )
 
 // RoleBuckets lists the buckets each role may use, for the test that
@@ -138,6 +139,8 @@ func roleGrants(r Role, tenants []string) grants {
 				schemas.SubjectRotateAll, schemas.SubjectRevokeAll, schemas.SubjectAuditAll,
 				// awsevents: external_change events of AWS-side rotations.
 				schemas.EventsSubject("*", schemas.KindExternalChange),
+				// leak: a canary fetched by an instance not allowed.
+				schemas.SubjectLeakAll,
 			},
 			consume: []string{schemas.StreamEvents},
 			read:    []string{schemas.StreamRotate, schemas.StreamRevoke, schemas.StreamEvents},
@@ -149,11 +152,13 @@ func roleGrants(r Role, tenants []string) grants {
 				bucketLocal: bucketRead, BucketLeases: bucketOwn,
 				bucketSelfService: bucketOwn, bucketCron: bucketOwn, bucketUsage: bucketOwn,
 				bucketSIEMDedup: bucketOwn, bucketIdempotency: bucketOwn, bucketAWSDedup: bucketOwn,
+				bucketLeak: bucketOwn,
 			},
 		}
-		// The use-count trigger: each tenant's use-report stream.
+		// The use-count trigger: each tenant's use-report stream; the
+		// leak trigger: each tenant's leak-report stream.
 		for _, t := range tenants {
-			g.consume = append(g.consume, schemas.UsageStream(t))
+			g.consume = append(g.consume, schemas.UsageStream(t), schemas.LeakStream(t))
 		}
 		return g
 	}

@@ -32,6 +32,7 @@ const (
 	TypeInvalidationConfirmed = "rekey.invalidation.confirmed.v1"
 	TypeExternalChange        = "rekey.external.change.v1"
 	TypeRevocationProgress    = "rekey.revocation.progress.v1"
+	TypeLeakReport            = "rekey.leak.report.v1"
 )
 
 // ErrMalformed is returned (wrapped) when a message is not a valid envelope

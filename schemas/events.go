@@ -28,6 +28,9 @@ const (
 	TriggerVault    = "vault"
 	TriggerRevoke   = "revocation"
 	TriggerInternal = "internal"
+	// TriggerLeak: a leak report (fanout/agent's leak guard) or another
+	// sign that a canary secret was used.
+	TriggerLeak = "leak"
 )
 
 // Validate checks the trigger kind is set.
@@ -544,4 +547,58 @@ func oneOf(field, value string, allowed ...string) error {
 		return nil
 	}
 	return fmt.Errorf("%s %q is not one of %q: %w", field, value, allowed, ErrMalformed)
+}
+
+// Encodings in which a leak guard finds a value (LeakReport.Encoding).
+const (
+	EncodingRaw       = "raw"
+	EncodingBase64    = "base64"
+	EncodingBase64URL = "base64url"
+	EncodingHex       = "hex"
+	EncodingURL       = "url"
+)
+
+// LeakReport says that an agent found a value of one of its tenant's
+// secrets in its own output (type rekey.leak.report.v1, subject
+// rekey.leak.<tenant>.<secret>). It names the version, never the value.
+type LeakReport struct {
+	Tenant  string `json:"tenant"`
+	Secret  string `json:"secret"`
+	Version string `json:"version"`
+	// Agent is the reporting agent's instance id.
+	Agent string `json:"agent"`
+	Tool  string `json:"tool,omitempty"`
+	// Run is the pipeline run the output belongs to, if the caller said.
+	Run string `json:"run,omitempty"`
+	// Where the value was found: "scan", "writer", "http:url",
+	// "http:header", "http:body", or a caller's label.
+	Where string `json:"where"`
+	// Encoding is the form the value was found in (Encoding* constants).
+	Encoding string `json:"encoding"`
+	// Split is true when the value was found only once whitespace and
+	// quotes were taken out of the text.
+	Split bool `json:"split,omitempty"`
+	// Count is how many times the version was found in that output.
+	Count   int       `json:"count"`
+	FoundAt time.Time `json:"found_at"`
+}
+
+// Validate checks the IDs, the agent and the bounded fields.
+func (r LeakReport) Validate() error {
+	if err := ValidateRef(r.Tenant, r.Secret); err != nil {
+		return err
+	}
+	if err := ValidateInstance(r.Agent); err != nil {
+		return fmt.Errorf("agent: %w: %w", err, ErrMalformed)
+	}
+	if r.Version == "" {
+		return fmt.Errorf("version is required: %w", ErrMalformed)
+	}
+	if len(r.Version) > MaxAgentFieldLen || len(r.Tool) > MaxAgentFieldLen || len(r.Run) > MaxAgentFieldLen || len(r.Where) > MaxAgentFieldLen {
+		return fmt.Errorf("version, tool, run and where must be at most %d bytes: %w", MaxAgentFieldLen, ErrMalformed)
+	}
+	if r.Count < 1 {
+		return fmt.Errorf("count %d must be positive: %w", r.Count, ErrMalformed)
+	}
+	return oneOf("encoding", r.Encoding, EncodingRaw, EncodingBase64, EncodingBase64URL, EncodingHex, EncodingURL)
 }

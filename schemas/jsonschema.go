@@ -36,6 +36,7 @@ var schemaByType = map[string]string{
 	TypeInvalidationConfirmed: "invalidation_confirmed.schema.json",
 	TypeExternalChange:        "external_change.schema.json",
 	TypeRevocationProgress:    "revocation_progress.schema.json",
+	TypeLeakReport:            "leak_report.schema.json",
 }
 
 // SchemaFiles returns the schema files, at the root of the returned FS

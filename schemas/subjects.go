@@ -23,6 +23,7 @@ const (
 	SubjectFetchAll      = "rekey.fetch.*.*"
 	SubjectPresenceAll   = "rekey.presence.*.*"
 	SubjectResyncAll     = "rekey.resync.*.*"
+	SubjectLeakAll       = "rekey.leak.*.*"
 )
 
 // TenantToken is the secret token used on invalidation subjects for news
@@ -95,6 +96,18 @@ func FetchSubject(tenant, secret string) string { return "rekey.fetch." + tenant
 // JetStream API themselves: JetStream answers any reply subject a caller
 // names, with the server's own rights.
 func ResyncSubject(tenant, token string) string { return "rekey.resync." + tenant + "." + token }
+
+// LeakSubject is where an agent reports that a value of one of its
+// tenant's secrets appeared in its output (a LeakReport; never the value).
+// Agents may publish on their own tenant's leak subjects only.
+func LeakSubject(tenant, secret string) string { return "rekey.leak." + tenant + "." + secret }
+
+// LeakStream is the stream of one tenant's leak reports: one per tenant,
+// so that one tenant's agents flooding reports fill only their own.
+func LeakStream(tenant string) string { return "REKEY_LEAK_" + tenant }
+
+// LeakTenantSubject matches every leak report of one tenant.
+func LeakTenantSubject(tenant string) string { return "rekey.leak." + tenant + ".*" }
 
 // PresenceSubject carries the heartbeats of one agent instance.
 func PresenceSubject(tenant, instance string) string {

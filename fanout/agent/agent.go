@@ -140,6 +140,13 @@ type Config struct {
 	// write. Default 100ms, longer than a fanout to thousands of agents
 	// takes; negative sends each ack at once and decodes before dropping.
 	AckDelay time.Duration
+	// LeakVersions is how many versions of each secret the leak guard
+	// (Scan) keeps looking for once this agent read them. Default
+	// DefaultLeakVersions; negative turns the guard off.
+	LeakVersions int
+	// RunIssuer makes the credentials of secrets that exist per pipeline
+	// run (BeginRun). Nil: every secret is shared.
+	RunIssuer RunIssuer
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 	// OnInvalidate, if set, is called after an invalidation was applied
@@ -186,6 +193,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.AckDelay == 0 {
 		c.AckDelay = DefaultAckDelay
+	}
+	if c.LeakVersions == 0 {
+		c.LeakVersions = DefaultLeakVersions
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -333,6 +343,7 @@ type Agent struct {
 
 	sf    singleflight.Group
 	usage usageTable
+	guard leakGuard
 
 	life    sync.Mutex // Start and Close
 	started bool
@@ -377,6 +388,7 @@ func New(nc *nats.Conn, f Fetcher, cfg Config) (*Agent, error) {
 	}
 	a.ackTimer.Stop()
 	a.usage.init()
+	a.guard.init(cfg.LeakVersions)
 	empty := make(map[string]*entry)
 	a.cache.Store(&empty)
 	a.gate.Store(gateNotStarted)
@@ -489,6 +501,7 @@ func (a *Agent) Close() error {
 	a.mu.Lock()
 	a.replaceCacheLocked(nil, true)
 	a.mu.Unlock()
+	a.guard.forget()
 	return errors.Join(errs...)
 }
 
@@ -613,6 +626,7 @@ func (a *Agent) fetch(ctx context.Context, name string, epoch uint64) (*fetchRes
 	s.Name = name
 	s.Value = append([]byte(nil), s.Value...) // the cache owns its copy
 	s.FetchedAt = time.Now()
+	a.guard.hold(name, s.Version, s.Value)
 
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"testing"
 	"time"
 
@@ -42,6 +43,42 @@ func FuzzParseInvalidation(f *testing.F) {
 			}
 		} else if p.inv.Secret != p.token {
 			t.Fatalf("secret %q on token %q", p.inv.Secret, p.token)
+		}
+	})
+}
+
+// FuzzScan: the leak guard reads whatever an agent writes. Around a held
+// value in any of its forms, whatever the text, Scan must not panic, must
+// find it, and must leave none of it in the clean text; text without a
+// held value is returned as it was.
+func FuzzScan(f *testing.F) {
+	f.Add("the key is ", " ok", uint8(0))
+	f.Add(`{"a":"`, `"}`, uint8(1))
+	f.Add("", "", uint8(2))
+	f.Add("\x00\xff\n\"'", "+,`", uint8(3))
+	f.Add("aGVsbG8", "==", uint8(4))
+	value := []byte("sk-fuzz-Q2x7RbT9pLm4ZcVw8NaY3kHd")
+	forms := leakForms(value)
+	g := new(leakGuard)
+	g.init(3)
+	g.hold("k", "1", value)
+	f.Fuzz(func(t *testing.T, before, after string, form uint8) {
+		if clean, leaks := scan(g, before+after); leaks == nil && clean != nil {
+			t.Fatal("no leak, yet a new text")
+		}
+		p := forms[int(form)%len(forms)].b
+		text := before + string(p) + after
+		clean, leaks := scan(g, text)
+		if len(leaks) == 0 {
+			t.Fatalf("form %d not found in %q", form, text)
+		}
+		for _, l := range leaks {
+			if l.Secret != "k" || l.Version != "1" || l.Count < 1 {
+				t.Fatalf("leak %+v", l)
+			}
+		}
+		if bytes.Contains(normalize(nil, clean), p) {
+			t.Fatalf("form %d still in %q", form, clean)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,6 +31,38 @@ type Server struct {
 	resolve func(tenant, secret string) (handlers.SecretRef, bool)
 	revoked func(ctx context.Context, tenant string) (bool, error)
 	log     *slog.Logger
+	served  atomic.Pointer[ServedFunc]
+}
+
+// ServedFunc is told of each value served: the tenant, the secret, its
+// version and the instance that asked (see requester; empty if unknown).
+// It never sees the value. It must return quickly.
+type ServedFunc func(ctx context.Context, tenant, secret, version, instance string)
+
+// OnServed sets (nil: removes) the function told of each value served,
+// e.g. to watch who fetches a canary secret. Safe while the server runs.
+func (s *Server) OnServed(fn ServedFunc) {
+	if fn == nil {
+		s.served.Store(nil)
+		return
+	}
+	s.served.Store(&fn)
+}
+
+// requester is the instance that asked: the instance token of the reply
+// inbox when it is an instance inbox (_INBOX_<tenant>.<instance>.<id>.<id>,
+// agent.NATSOptions), which NATS enforces for an agent with its own
+// identity; else the agent the request names (the tenant-wide login may
+// claim any name of its tenant either way); else empty.
+func requester(tenant, reply, claimed string) string {
+	rest, ok := strings.CutPrefix(reply, schemas.AgentInboxPrefix(tenant)+".")
+	if tokens := strings.Split(rest, "."); ok && len(tokens) >= 3 && schemas.ValidateInstance(tokens[0]) == nil {
+		return tokens[0]
+	}
+	if schemas.ValidateInstance(claimed) == nil {
+		return claimed
+	}
+	return ""
 }
 
 // Refused is how many requests were dropped because their reply subject
@@ -75,6 +108,9 @@ func (s *Server) handle(ctx context.Context, _ string, m *nats.Msg) {
 	var req schemas.FetchRequest
 	_ = json.Unmarshal(m.Data, &req) // optional; only used for the log
 	resp := s.answer(ctx, m.Subject, req.Agent)
+	if fn := s.served.Load(); fn != nil && resp.Code == "" && resp.Version != "" {
+		(*fn)(ctx, resp.Tenant, resp.Secret, resp.Version, requester(resp.Tenant, m.Reply, req.Agent))
+	}
 	data, err := json.Marshal(resp)
 	clear(resp.Value)
 	if err != nil {

@@ -18,6 +18,7 @@ func InstancePermissions(tenant, instance string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
 			schemas.UsedSubject(tenant, "*", instance),
+			schemas.LeakTenantSubject(tenant),
 			schemas.AckSubject(tenant, "*", instance),
 			schemas.PresenceSubject(tenant, instance),
 			schemas.FetchSubject(tenant, "*"),

@@ -48,14 +48,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rekey-dev/rekey/internal/retry"
@@ -112,6 +115,26 @@ type Trigger struct {
 	accounts map[string]bool
 	received prometheus.Counter
 	outcomes *prometheus.CounterVec // outcome
+	canary   atomic.Pointer[func(tenant, secret string) bool]
+}
+
+// WatchCanaries makes the trigger read CloudTrail GetSecretValue events
+// of the secrets isCanary names (policy.canary): a read by a principal
+// not in canary_readers is published as a leak report of the secret on
+// rekey.leak.<t>.<s> (Where "aws:GetSecretValue"), on which the leak
+// trigger trips the tenant's kill switch. Without it, GetSecretValue
+// events are ignored as before. Safe while the trigger runs.
+func (t *Trigger) WatchCanaries(isCanary func(tenant, secret string) bool) {
+	if isCanary == nil {
+		t.canary.Store(nil)
+		return
+	}
+	t.canary.Store(&isCanary)
+}
+
+func (t *Trigger) isCanary(tenant, secret string) bool {
+	fn := t.canary.Load()
+	return fn != nil && (*fn)(tenant, secret)
 }
 
 // New validates cfg and builds the trigger and its SQS client (region and
@@ -472,6 +495,9 @@ func (t *Trigger) handleSecret(ctx context.Context, d *delivery) string {
 	s := d.msg.Secret
 	tenant, secret, known := t.lookup(s)
 	switch {
+	case s.EventName == EventGetSecretValue && known && schemas.ValidateRef(tenant, secret) == nil &&
+		(len(t.allowed) == 0 || t.allowed[tenant]) && t.isCanary(tenant, secret):
+		return t.canaryRead(ctx, d, tenant, secret)
 	case !s.Understood():
 		// Audited to the secret's tenant when known (lookup gives "" when not).
 		return t.refuse(ctx, d, OutcomeIgnored, tenant, secret, "Secrets Manager event "+clip(s.EventName, 64)+" is not one rekey acts on")
@@ -585,6 +611,52 @@ func (t *Trigger) unconfirmed(ctx context.Context, d *delivery, tenant, secret, 
 }
 
 // lookup resolves the secret by the id the event names, then by its ARN.
+// canaryRead handles a GetSecretValue of a canary secret: by a principal
+// in canary_readers it is audited and ignored; by any other (or one
+// CloudTrail does not name) it is a sign of a leak, published as a leak
+// report (core NATS: the leak stream sends no acknowledgements; flushed
+// before the message is deleted) and audited.
+func (t *Trigger) canaryRead(ctx context.Context, d *delivery, tenant, secret string) string {
+	s := d.msg.Secret
+	principal := clip(s.Principal, 512)
+	for _, p := range t.cfg.CanaryReaders {
+		if ok, _ := path.Match(p, s.Principal); ok && s.Principal != "" && s.ErrorCode == "" {
+			return t.refuse(ctx, d, OutcomeIgnored, tenant, secret, "canary read by "+principal+", one of "+Section+".canary_readers")
+		}
+	}
+	// The version read, else this event: each read is its own sign.
+	version := cmp.Or(s.VersionID, "aws-event-"+d.eventID)
+	r := schemas.LeakReport{Tenant: tenant, Secret: secret, Version: clip(version, schemas.MaxAgentFieldLen),
+		Agent: "aws-cloudtrail", Where: clip("aws:GetSecretValue by "+cmp.Or(principal, "an unnamed principal"), schemas.MaxAgentFieldLen),
+		Encoding: schemas.EncodingRaw, Count: 1, FoundAt: d.now}
+	ev, err := schemas.NewEvent(EventSource, schemas.TypeLeakReport, tenant, tenant+"/"+secret, r)
+	if err != nil {
+		return t.refuse(ctx, d, OutcomeRefused, tenant, secret, "leak report: "+clip(err.Error(), 200))
+	}
+	b, err := ev.WithID(d.id("canary", tenant, secret)).Encode()
+	if err == nil {
+		msg := &nats.Msg{Subject: schemas.LeakSubject(tenant, secret), Header: nats.Header{}, Data: b}
+		msg.Header.Set(nats.MsgIdHdr, d.id("canary", tenant, secret))
+		if err = t.bus.NC.PublishMsg(msg); err == nil {
+			err = t.bus.NC.FlushWithContext(ctx)
+		}
+	}
+	if err != nil {
+		t.log.Warn("canary read not reported; the message stays on the queue", "tenant", tenant, "secret", secret,
+			"event_id", d.eventID, "error", err)
+		return OutcomeUnavailable
+	}
+	t.log.Warn("canary secret read by an unexpected principal; leak reported", "tenant", tenant, "secret", secret,
+		"principal", principal, "event_id", d.eventID)
+	rec := schemas.AuditRecord{Tenant: tenant, Secret: secret, Action: "aws.event", Outcome: schemas.OutcomeAccepted,
+		Detail: map[string]string{"event_name": EventGetSecretValue, "principal": principal, "canary": "true",
+			"leak_version": r.Version}}
+	if err := t.record(ctx, d, d.id("canary-audit", tenant, secret), rec); err != nil {
+		return OutcomeUnavailable
+	}
+	return OutcomePublished
+}
+
 func (t *Trigger) lookup(s *SecretEvent) (tenant, secret string, ok bool) {
 	for _, id := range []string{s.SecretID, s.ARN} {
 		if id == "" {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -88,6 +89,11 @@ type Config struct {
 	// Types (OCSF finding_info.types), resource_types its resources'
 	// Type. Archived, resolved and suppressed findings do nothing.
 	SecurityHub GuardDutyConfig `yaml:"securityhub"`
+	// CanaryReaders are the principals (userIdentity.arn, path.Match
+	// patterns) expected to read canary secrets; a CloudTrail
+	// GetSecretValue of a canary (see Trigger.WatchCanaries) by any other
+	// is reported as a leak of it.
+	CanaryReaders []string `yaml:"canary_readers"`
 	// EventBridge configures the outcome publisher.
 	EventBridge EventBridgeConfig `yaml:"eventbridge"`
 	// ConfirmTPS paces, per process, the Secrets Manager calls
@@ -212,6 +218,11 @@ func (c *Config) Validate() error {
 	var errs []error
 	add := func(field, format string, args ...any) {
 		errs = append(errs, orchestrator.FieldErrorf(field, format, args...))
+	}
+	for i, p := range c.CanaryReaders {
+		if _, err := path.Match(p, ""); err != nil || p == "" {
+			add(fmt.Sprintf("canary_readers[%d]", i), "%q is not a path.Match pattern", p)
+		}
 	}
 	if c.Enabled {
 		if c.QueueURL == "" {

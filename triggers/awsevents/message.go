@@ -53,6 +53,9 @@ const (
 	// EventSecretLabelUpdated is the event name rekey gives the native
 	// "Secret Label Updated" event.
 	EventSecretLabelUpdated = "SecretLabelUpdated"
+	// EventGetSecretValue is read only for canary secrets: any read of
+	// one by a principal not in canary_readers is a sign of a leak.
+	EventGetSecretValue = "GetSecretValue"
 )
 
 // StageCurrent is the staging label of a secret's live version.
@@ -145,6 +148,9 @@ type SecretEvent struct {
 	// recipientAccountId, when present.
 	AWSRegion        string
 	RecipientAccount string
+	// Principal is userIdentity.arn: who made the call, when CloudTrail
+	// says.
+	Principal string
 }
 
 // Understood reports whether rekey acts on this event name.
@@ -241,14 +247,17 @@ type envelope struct {
 // names match case-insensitively (encoding/json), which covers the "arn"
 // and "aRN" spellings of older events.
 type cloudTrailDetail struct {
-	EventSource         string `json:"eventSource"`
-	EventName           string `json:"eventName"`
-	EventType           string `json:"eventType"`
-	EventTime           string `json:"eventTime"`
-	ErrorCode           string `json:"errorCode"`
-	ErrorMessage        string `json:"errorMessage"`
-	AWSRegion           string `json:"awsRegion"`
-	RecipientAccountID  string `json:"recipientAccountId"`
+	EventSource        string `json:"eventSource"`
+	EventName          string `json:"eventName"`
+	EventType          string `json:"eventType"`
+	EventTime          string `json:"eventTime"`
+	ErrorCode          string `json:"errorCode"`
+	ErrorMessage       string `json:"errorMessage"`
+	AWSRegion          string `json:"awsRegion"`
+	RecipientAccountID string `json:"recipientAccountId"`
+	UserIdentity       *struct {
+		ARN string `json:"arn"`
+	} `json:"userIdentity"`
 	AdditionalEventData *struct {
 		SecretID  string `json:"SecretId"`
 		VersionID string `json:"VersionId"`
@@ -264,6 +273,7 @@ type cloudTrailDetail struct {
 		VersionStage        string   `json:"versionStage"`
 		MoveToVersionID     string   `json:"moveToVersionId"`
 		RemoveFromVersionID string   `json:"removeFromVersionId"`
+		VersionID           string   `json:"versionId"`
 	} `json:"requestParameters"`
 	ResponseElements *struct {
 		ARN           string   `json:"arn"`
@@ -460,8 +470,16 @@ func parseSecretEvent(raw json.RawMessage) (*SecretEvent, error) {
 	if e := d.ServiceEventDetails; e != nil {
 		s.SecretID, rotated = cmp.Or(s.SecretID, e.SecretID), cmp.Or(rotated, e.VersionID)
 	}
+	if u := d.UserIdentity; u != nil {
+		if len(u.ARN) > maxSecretIDLen {
+			return nil, fmt.Errorf("%w: userIdentity.arn over %d bytes", ErrMalformed, maxSecretIDLen)
+		}
+		s.Principal = u.ARN
+	}
 	var token, created string // the call's client token; the version it made
+	var read string           // the version GetSecretValue asked for
 	if p := d.RequestParameters; p != nil {
+		read = p.VersionID
 		if s.SecretID == "" {
 			s.SecretID = p.SecretID
 		}
@@ -486,6 +504,8 @@ func parseSecretEvent(raw json.RawMessage) (*SecretEvent, error) {
 		s.VersionID = s.MoveToVersionID
 	case EventRotationStarted, EventRotationSucceeded, EventRotationFailed, EventRotationAbandoned:
 		s.VersionID = rotated
+	case EventGetSecretValue:
+		s.VersionID = read
 	}
 	if len(s.VersionID) > maxIDLen {
 		return nil, fmt.Errorf("%w: version id over %d bytes", ErrMalformed, maxIDLen)

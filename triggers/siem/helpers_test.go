@@ -45,6 +45,7 @@ tenants:
       openai-key: {backend: local}
       stripe-key: {backend: local}
       db-password: {backend: local}
+      decoy-key: {backend: local, policy: {canary: true}}
   globex:
     secrets:
       openai-key: {backend: local}

@@ -561,6 +561,8 @@ func (h *Handler) process(ctx context.Context, src *source, a Alert, now time.Ti
 		return res, nil
 	}
 
+	chosen, targets = h.canary(src, chosen, targets)
+	res.Action = chosen.action
 	fresh := 0
 	for _, t := range targets {
 		q, err := h.publish(ctx, src, a, chosen, t, now)
@@ -577,6 +579,37 @@ func (h *Handler) process(ctx context.Context, src *source, a Alert, now time.Ti
 		res.Outcome = OutcomeDuplicate
 	}
 	return res, nil
+}
+
+// canary escalates an alert that names a canary secret (policy.canary):
+// no one uses a canary, so an alert about it is proof of a leak, and it
+// trips the tenant's kill switch (policy.on_canary revoke, the default) or
+// rotates every secret of the tenant (rotate_tenant), whatever the rule
+// says.
+func (h *Handler) canary(src *source, r *rule, ts []target) (*rule, []target) {
+	if r.action == ActionRevoke {
+		return r, ts
+	}
+	for _, t := range ts {
+		sc, _ := h.rekey.Secret(t.tenant, t.secret)
+		if !sc.Policy.Canary {
+			continue
+		}
+		esc := *r
+		esc.name = r.name + "+canary"
+		h.log.Warn("alert names a canary secret; escalating", "source", src.name, "tenant", t.tenant, "secret", t.secret,
+			"on_canary", sc.Policy.LeakAction())
+		if sc.Policy.LeakAction() == orchestrator.LeakRevoke {
+			esc.action = ActionRevoke
+			return &esc, []target{{tenant: t.tenant}}
+		}
+		var all []target
+		for _, s := range h.rekey.TenantSecrets(t.tenant) {
+			all = append(all, target{tenant: t.tenant, secret: s})
+		}
+		return &esc, all
+	}
+	return r, ts
 }
 
 // targets resolves the rule's tenant and secrets for alert a. On failure

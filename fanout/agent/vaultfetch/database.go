@@ -35,6 +35,12 @@ type DatabaseConfig struct {
 	// <mount>/creds/<role>; each fetch creates new credentials with a
 	// lease. A role may contain {tenant}, e.g. "{tenant}-readonly".
 	DynamicRoles map[string]string
+	// RunRoles maps a secret name to a dynamic role whose credentials are
+	// made per pipeline run (agent.Agent.BeginRun, with the Database as
+	// agent.Config.RunIssuer): each run gets its own, with a lease TTL at
+	// most what is left of the run, revoked when the run ends. A role may
+	// contain {tenant}.
+	RunRoles map[string]string
 	// HoldFor is how long after a fetch a lease is still renewed: set it
 	// to the agent's Config.TTL, after which the agent fetches again.
 	// Default agent.DefaultTTL.
@@ -69,7 +75,7 @@ func (c DatabaseConfig) Validate() error {
 	for _, roles := range []struct {
 		name string
 		m    map[string]string
-	}{{"static_roles", c.StaticRoles}, {"dynamic_roles", c.DynamicRoles}} {
+	}{{"static_roles", c.StaticRoles}, {"dynamic_roles", c.DynamicRoles}, {"run_roles", c.RunRoles}} {
 		for s, r := range roles.m {
 			if err := schemas.ValidateID("secret", s); err != nil {
 				errs = append(errs, fmt.Errorf("database %s: %w", roles.name, err))
@@ -86,6 +92,13 @@ func (c DatabaseConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("database: secret %s is both a static and a dynamic role", s))
 		}
 	}
+	for s := range c.RunRoles {
+		_, static := c.StaticRoles[s]
+		_, dynamic := c.DynamicRoles[s]
+		if static || dynamic {
+			errs = append(errs, fmt.Errorf("database: secret %s is both a run role and a static or dynamic role", s))
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("vaultfetch: %w", err)
 	}
@@ -95,6 +108,7 @@ func (c DatabaseConfig) Validate() error {
 // leaseAPI is the part of Vault's API that renews leases (*api.Sys).
 type leaseAPI interface {
 	RenewWithContext(ctx context.Context, id string, increment int) (*api.Secret, error)
+	RevokeWithContext(ctx context.Context, id string) error
 }
 
 // Database is an agent.Fetcher for database secrets engine credentials.
@@ -133,7 +147,10 @@ type Database struct {
 	now    func() time.Time
 }
 
-var _ agent.Fetcher = (*Database)(nil)
+var (
+	_ agent.Fetcher   = (*Database)(nil)
+	_ agent.RunIssuer = (*Database)(nil)
+)
 
 // lease is a dynamic credential's lease being renewed.
 type lease struct {
@@ -417,4 +434,55 @@ func (d *Database) renew(ctx context.Context, l lease) {
 	}
 	cur.next = now.Add(ttl * 2 / 3)
 	d.log.Debug("lease renewed", "key", l.key, "lease_id", l.id, "ttl", ttl)
+}
+
+// PerRun reports whether secret is a run role (DatabaseConfig.RunRoles).
+func (d *Database) PerRun(secret string) bool {
+	_, ok := d.cfg.RunRoles[secret]
+	return ok
+}
+
+// IssueRun makes new credentials of a run role for one run: a read of
+// <mount>/creds/<role>, whose lease is then renewed with an increment of
+// ttl, so that Vault itself revokes them when the run's time is up even
+// if the agent is gone. They are never renewed beyond. Version is the
+// lease id.
+func (d *Database) IssueRun(ctx context.Context, tenant, secret, run string, ttl time.Duration) (agent.Secret, error) {
+	if err := schemas.ValidateRef(tenant, secret); err != nil {
+		return agent.Secret{}, fmt.Errorf("vault database run: %w", err)
+	}
+	role, ok := d.cfg.RunRoles[secret]
+	if !ok {
+		return agent.Secret{}, fmt.Errorf("vault database run %s/%s: not a run role: %w: %w", tenant, secret, ErrNotConfigured, agent.ErrNotFound)
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	path := fill(d.cfg.Mount, tenant, secret) + "/creds/" + fill(role, tenant, secret)
+	op := "vault database run " + run + " " + tenant + "/" + secret + " at " + path
+	sec, c, err := d.read(ctx, op, path)
+	if err != nil {
+		return agent.Secret{}, err
+	}
+	if sec.LeaseID == "" {
+		return agent.Secret{}, fmt.Errorf("%s: response without a lease", op)
+	}
+	if secs := int((ttl + time.Second - 1) / time.Second); secs < sec.LeaseDuration {
+		if _, err := d.sys.RenewWithContext(ctx, sec.LeaseID, secs); err != nil {
+			_ = d.sys.RevokeWithContext(context.WithoutCancel(ctx), sec.LeaseID)
+			return agent.Secret{}, fmt.Errorf("%s: bound the lease to the run: %w", op, classify(op, err))
+		}
+	}
+	d.log.Debug("run credentials issued", "run", run, "tenant", tenant, "secret", secret, "lease_id", sec.LeaseID)
+	return encode(secret, sec.LeaseID, c)
+}
+
+// RevokeRun revokes run credentials by lease id (their Version).
+func (d *Database) RevokeRun(ctx context.Context, versions []string) error {
+	var errs []error
+	for _, id := range versions {
+		if err := d.sys.RevokeWithContext(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("vault: revoke lease %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -45,6 +45,7 @@ var payloadTypes = []payloadType{
 	{schemas.TypeInvalidationConfirmed, func() any { return new(schemas.InvalidationConfirmed) }},
 	{schemas.TypeExternalChange, func() any { return new(schemas.ExternalChange) }},
 	{schemas.TypeRevocationProgress, func() any { return new(schemas.RevocationProgress) }},
+	{schemas.TypeLeakReport, func() any { return new(schemas.LeakReport) }},
 }
 
 var (
@@ -134,6 +135,10 @@ func examples() []example {
 		{"usage report", schemas.TypeUsageReport, schemas.UsageReport{
 			Tenant: "acme", Secret: "openai-key", Version: "7", Agent: "retriever-2", Tool: "web_search",
 			Count: 1250, WindowStart: t0, WindowEnd: t0.Add(10 * time.Second),
+		}},
+		{"leak report", schemas.TypeLeakReport, schemas.LeakReport{
+			Tenant: "acme", Secret: "openai-key", Version: "7", Agent: "retriever-2", Tool: "web_search",
+			Run: "run-42", Where: "http:body", Encoding: schemas.EncodingBase64, Split: true, Count: 2, FoundAt: t0,
 		}},
 		{"audit record", schemas.TypeAuditRecord, schemas.AuditRecord{
 			Tenant: "acme", Secret: "openai-key", Actor: "siem:datadog", Action: "rotate",
