@@ -529,7 +529,7 @@ func TestFetchServer(t *testing.T) {
 		}
 		return false, nil
 	}
-	srv := local.NewServer(nc, nil, b, resolve, revoked, logs.Logger())
+	srv := local.NewServer(nc, nil, b, resolve, revoked, nil, logs.Logger())
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(runCtx) }()
@@ -666,7 +666,7 @@ func TestFetchServerDrain(t *testing.T) {
 		return false, nil
 	}
 	resolve := func(tenant, secret string) (handlers.SecretRef, bool) { return ref(tenant, secret), true }
-	srv := local.NewServer(nc, nil, b, resolve, revoked, nil)
+	srv := local.NewServer(nc, nil, b, resolve, revoked, nil, nil)
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
 	done := make(chan error, 1)

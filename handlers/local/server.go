@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,23 +30,13 @@ type Server struct {
 	resolve func(tenant, secret string) (handlers.SecretRef, bool)
 	revoked func(ctx context.Context, tenant string) (bool, error)
 	log     *slog.Logger
-	served  atomic.Pointer[ServedFunc]
+	served  ServedFunc // nil: nobody is told
 }
 
 // ServedFunc is told of each value served: the tenant, the secret, its
 // version and the instance that asked (see requester; empty if unknown).
 // It never sees the value. It must return quickly.
 type ServedFunc func(ctx context.Context, tenant, secret, version, instance string)
-
-// OnServed sets (nil: removes) the function told of each value served,
-// e.g. to watch who fetches a canary secret. Safe while the server runs.
-func (s *Server) OnServed(fn ServedFunc) {
-	if fn == nil {
-		s.served.Store(nil)
-		return
-	}
-	s.served.Store(&fn)
-}
 
 // requester is the instance that asked: the instance token of the reply
 // inbox when it is an instance inbox (_INBOX_<tenant>.<instance>.<id>.<id>,
@@ -74,7 +63,11 @@ func (s *Server) Refused() int64 { return s.srv.Refused() }
 // subject to a configured secret (false: no such secret); revoked tells
 // whether a tenant is revoked, and an error there fails closed. A nil
 // resolve knows no secret; a nil revoked means no tenant is ever revoked.
-func NewServer(nc *nats.Conn, tenants []string, b *Backend, resolve func(tenant, secret string) (handlers.SecretRef, bool), revoked func(ctx context.Context, tenant string) (bool, error), log *slog.Logger) *Server {
+//
+// served, if set, is told of each value served, e.g. to watch who fetches
+// a canary secret.
+func NewServer(nc *nats.Conn, tenants []string, b *Backend, resolve func(tenant, secret string) (handlers.SecretRef, bool),
+	revoked func(ctx context.Context, tenant string) (bool, error), served ServedFunc, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -84,7 +77,7 @@ func NewServer(nc *nats.Conn, tenants []string, b *Backend, resolve func(tenant,
 	if revoked == nil {
 		revoked = func(context.Context, string) (bool, error) { return false, nil }
 	}
-	s := &Server{b: b, resolve: resolve, revoked: revoked, log: log.With("component", "backend.local.fetch")}
+	s := &Server{b: b, resolve: resolve, revoked: revoked, served: served, log: log.With("component", "backend.local.fetch")}
 	subjects := []string{schemas.SubjectFetchAll}
 	if tenants != nil {
 		subjects = subjects[:0]
@@ -108,8 +101,8 @@ func (s *Server) handle(ctx context.Context, _ string, m *nats.Msg) {
 	var req schemas.FetchRequest
 	_ = json.Unmarshal(m.Data, &req) // optional; only used for the log
 	resp := s.answer(ctx, m.Subject, req.Agent)
-	if fn := s.served.Load(); fn != nil && resp.Code == "" && resp.Version != "" {
-		(*fn)(ctx, resp.Tenant, resp.Secret, resp.Version, requester(resp.Tenant, m.Reply, req.Agent))
+	if s.served != nil && resp.Code == "" && resp.Version != "" {
+		s.served(ctx, resp.Tenant, resp.Secret, resp.Version, requester(resp.Tenant, m.Reply, req.Agent))
 	}
 	data, err := json.Marshal(resp)
 	clear(resp.Value)

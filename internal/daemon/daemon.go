@@ -27,6 +27,7 @@ import (
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/api"
 	"github.com/rekey-dev/rekey/triggers/api/tenantauth"
+	"github.com/rekey-dev/rekey/triggers/leak"
 )
 
 // Options are what New needs besides the config.
@@ -175,6 +176,9 @@ func (d *Daemon) startBus(ctx context.Context) ([]orchestrator.Named, error) {
 	if err := d.bus.EnsureUsageStreams(ctx, cfg.TenantNames()); err != nil {
 		return nil, err
 	}
+	if err := d.bus.EnsureLeakStreams(ctx, cfg.TenantNames()); err != nil {
+		return nil, err
+	}
 	// Every component runs on the connection of its role, whose user may
 	// touch only what that role needs (orchestrator.RolePermissions).
 	if err := d.connectRoles(ctx, url, log); err != nil {
@@ -288,7 +292,10 @@ func (d *Daemon) buildCore(ctx context.Context, opts Options) ([]orchestrator.Na
 	if err != nil {
 		return nil, err
 	}
-	d.fetch = local.NewServer(fetchBus.NC, cfg.TenantNames(), localReader, d.catalog.Ref, fetchTenants.IsRevoked, log)
+	// Fetches of canary secrets by instances not allowed to fetch them are
+	// reported as leaks of them (triggers/leak), on the API role's bus.
+	served := leak.FetchWatch(cfg, d.roles[orchestrator.RoleAPI], log)
+	d.fetch = local.NewServer(fetchBus.NC, cfg.TenantNames(), localReader, d.catalog.Ref, fetchTenants.IsRevoked, served, log)
 	d.resync = fanout.NewResyncServer(fetchBus.NC, cfg.TenantNames(), log)
 	return []orchestrator.Named{
 		{Name: "rotation-worker", Component: d.rotations},

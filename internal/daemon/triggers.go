@@ -7,10 +7,13 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/rekey-dev/rekey/handlers/vault"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/triggers/cron"
+	"github.com/rekey-dev/rekey/triggers/leak"
 	"github.com/rekey-dev/rekey/triggers/siem"
 	"github.com/rekey-dev/rekey/triggers/usage"
+	"github.com/rekey-dev/rekey/triggers/vaultevents"
 )
 
 // triggerKind builds the trigger of one section under triggers: of
@@ -29,8 +32,10 @@ type triggerKind struct {
 var triggerKinds = []triggerKind{
 	{name: "cron", defaultOn: true, build: buildCron},
 	{name: "usage", defaultOn: true, build: buildUsage},
+	{name: "leak", defaultOn: true, build: buildLeak},
 	{name: "siem", build: buildSIEM},
 	{name: "awsevents", build: buildAWSEvents},
+	{name: "vaultevents", build: buildVaultEvents},
 }
 
 // sectionsOutsideTable are the sections under triggers: read by another
@@ -112,4 +117,54 @@ func buildSIEM(_ context.Context, d *Daemon, raw []byte, deps orchestrator.Deps)
 	}
 	h.Register(d.http.Mux)
 	return nil, nil
+}
+
+// buildLeak acts on agents' leak reports (and canary sightings) by each
+// secret's policy; on by default, like usage, since agents report leaks
+// whenever they scan their output.
+func buildLeak(_ context.Context, _ *Daemon, raw []byte, deps orchestrator.Deps) ([]orchestrator.Named, error) {
+	cfg, err := leak.ParseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	t, err := leak.New(cfg, deps)
+	if err != nil {
+		return nil, err
+	}
+	return []orchestrator.Named{{Name: "leak", Component: t}}, nil
+}
+
+// buildVaultEvents subscribes to Vault's event stream for the kind kv
+// secrets of the Vault backend, on one replica at a time.
+func buildVaultEvents(_ context.Context, d *Daemon, raw []byte, deps orchestrator.Deps) ([]orchestrator.Named, error) {
+	cfg, err := vaultevents.ParseConfig(raw, deps.Rekey)
+	if err != nil {
+		return nil, err
+	}
+	if len(d.cfg.Backends.Vault) == 0 {
+		return nil, orchestrator.FieldErrorf(vaultevents.Section, "needs backends.vault: its secrets are what Vault's events are mapped to")
+	}
+	vcfg, err := vault.ParseConfig(d.cfg.Backends.Vault, &d.cfg)
+	if err != nil {
+		return nil, err
+	}
+	locs, err := vcfg.KVLocations()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range locs {
+		if l.Namespace != "" {
+			return nil, orchestrator.FieldErrorf(vaultevents.Section, "%s/%s is in Vault namespace %q: events of namespaces are not subscribed to", l.Tenant, l.Secret, l.Namespace)
+		}
+		cfg.Secrets = append(cfg.Secrets, vaultevents.Location{Tenant: l.Tenant, Secret: l.Secret, Mount: l.Mount, Path: l.Path})
+	}
+	if cfg.Address == "" {
+		cfg.Address = vcfg.Address
+	}
+	t, err := vaultevents.New(cfg, deps)
+	if err != nil {
+		return nil, err
+	}
+	// One subscriber for all replicas: one request per outside change.
+	return []orchestrator.Named{{Name: "vaultevents", Component: d.leases.Exclusive("vaultevents", t)}}, nil
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -26,8 +25,8 @@ import (
 )
 
 // startCluster runs rekeyd (embedded NATS with rekey's own users and
-// permissions) with a canary secret in acme, the leak streams, and the
-// leak trigger on the triggers' role connection, as the daemon would.
+// permissions) with a canary secret in acme; rekeyd makes the leak
+// streams and runs the leak trigger (on by default) and the fetch watch.
 func startCluster(t *testing.T, canaryFetchers ...string) *demo.Cluster {
 	t.Helper()
 	ctx := context.Background()
@@ -40,14 +39,6 @@ func startCluster(t *testing.T, canaryFetchers ...string) *demo.Cluster {
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
-	d := c.Daemon
-	require.NoError(t, d.Bus().EnsureLeakStreams(ctx, c.Config.TenantNames()))
-	bus := d.RoleBus(orchestrator.RoleAPI)
-	log := slog.New(slog.DiscardHandler)
-	tr, err := leak.New(leak.Defaults(), &c.Config, bus, orchestrator.NewAuditor(bus, "rekeyd", log), orchestrator.NewMetrics(), log)
-	require.NoError(t, err)
-	testutil.Run(t, tr)
-	d.FetchServer().OnServed(leak.FetchWatch(&c.Config, bus, log))
 	return c
 }
 

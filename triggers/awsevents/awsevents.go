@@ -51,7 +51,6 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -115,26 +114,21 @@ type Trigger struct {
 	accounts map[string]bool
 	received prometheus.Counter
 	outcomes *prometheus.CounterVec // outcome
-	canary   atomic.Pointer[func(tenant, secret string) bool]
+	rekey    *orchestrator.Config   // nil: no canaries
 }
 
-// WatchCanaries makes the trigger read CloudTrail GetSecretValue events
-// of the secrets isCanary names (policy.canary): a read by a principal
-// not in canary_readers is published as a leak report of the secret on
-// rekey.leak.<t>.<s> (Where "aws:GetSecretValue"), on which the leak
-// trigger trips the tenant's kill switch. Without it, GetSecretValue
-// events are ignored as before. Safe while the trigger runs.
-func (t *Trigger) WatchCanaries(isCanary func(tenant, secret string) bool) {
-	if isCanary == nil {
-		t.canary.Store(nil)
-		return
-	}
-	t.canary.Store(&isCanary)
-}
-
+// isCanary reports whether tenant/secret is a canary (policy.canary):
+// the trigger then reads CloudTrail GetSecretValue events of it, and a
+// read by a principal not in canary_readers is published as a leak report
+// of the secret on rekey.leak.<t>.<s> (Where "aws:GetSecretValue"), on
+// which the leak trigger trips the tenant's kill switch. Without a
+// configuration (deps.Rekey), GetSecretValue events are ignored.
 func (t *Trigger) isCanary(tenant, secret string) bool {
-	fn := t.canary.Load()
-	return fn != nil && (*fn)(tenant, secret)
+	if t.rekey == nil {
+		return false
+	}
+	sc, ok := t.rekey.Secret(tenant, secret)
+	return ok && sc.Policy.Canary
 }
 
 // New validates cfg and builds the trigger and its SQS client (region and
@@ -148,7 +142,7 @@ func New(cfg Config, resolver SecretResolver, deps orchestrator.Deps) (*Trigger,
 	if deps.Log == nil {
 		deps.Log = slog.Default()
 	}
-	t := &Trigger{cfg: cfg, log: deps.Log.With("component", Component)}
+	t := &Trigger{cfg: cfg, rekey: deps.Rekey, log: deps.Log.With("component", Component)}
 	if !cfg.Enabled {
 		return t, nil
 	}

@@ -22,8 +22,11 @@ func TestCanaryGetSecretValue(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, e.bus.EnsureLeakStreams(ctx, []string{"acme", "globex"}))
 	e.cfg.CanaryReaders = []string{"arn:aws:sts::*:assumed-role/canary-audit/*"}
-	tr := e.start()
-	tr.WatchCanaries(func(tenant, secret string) bool { return tenant == "acme" && secret == "db-password" })
+	acme := e.rekey.Tenants["acme"]
+	sc := acme.Secrets["db-password"]
+	sc.Policy.Canary = true
+	acme.Secrets["db-password"] = sc
+	e.start()
 
 	read := string(e.fixture("get_secret_value"))
 	allowed := strings.ReplaceAll(read, "assumed-role/acme-agents/i-0abc", "assumed-role/canary-audit/check")

@@ -197,7 +197,7 @@ func newEnv(t *testing.T) *env {
 // start runs the trigger until the test ends.
 func (e *env) start() *awsevents.Trigger {
 	e.t.Helper()
-	tr, err := awsevents.New(e.cfg, secrets, orchestrator.Deps{Bus: e.bus, Audit: e.Auditor(), Metrics: e.metrics, Log: e.log})
+	tr, err := awsevents.New(e.cfg, secrets, orchestrator.Deps{Rekey: e.rekey, Bus: e.bus, Audit: e.Auditor(), Metrics: e.metrics, Log: e.log})
 	require.NoError(e.t, err)
 	testutil.Run(e.t, tr)
 	return tr

@@ -145,20 +145,14 @@ type Trigger struct {
 // New returns the trigger. bus is the connection of the role that runs
 // triggers (orchestrator.RoleAPI): it consumes REKEY_LEAK_<t>, owns the
 // "rekey_leak" bucket and publishes rotation and revocation requests.
-func New(cfg Config, rekey *orchestrator.Config, bus *orchestrator.Bus, audit *orchestrator.Auditor,
-	metrics *orchestrator.Metrics, log *slog.Logger) (*Trigger, error) {
+func New(cfg Config, deps orchestrator.Deps) (*Trigger, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("triggers.leak: %w", err)
 	}
-	if rekey == nil || bus == nil || audit == nil {
-		return nil, errors.New("leak: config, bus and auditor are required")
+	if err := deps.Check("leak", "rekey", "bus", "audit"); err != nil {
+		return nil, err
 	}
-	if metrics == nil {
-		metrics = orchestrator.NewMetrics()
-	}
-	if log == nil {
-		log = slog.Default()
-	}
+	rekey, bus, audit, metrics, log := deps.Rekey, deps.Bus, deps.Audit, deps.Metrics, deps.Log
 	reports, err := orchestrator.Register(metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rekey_leak_reports_total",
 		Help: "Leak reports handled by the leak trigger, by outcome (acted, duplicate, refused, ignored, failed).",

@@ -98,7 +98,7 @@ func (e *env) trigger(t *testing.T) *leak.Trigger {
 	cfg := leak.Defaults()
 	cfg.AckWait = 2 * time.Second
 	log := slog.New(slog.DiscardHandler)
-	tr, err := leak.New(cfg, e.rekey, e.bus, orchestrator.NewAuditor(e.bus, "test", log), orchestrator.NewMetrics(), log)
+	tr, err := leak.New(cfg, orchestrator.Deps{Rekey: e.rekey, Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log})
 	require.NoError(t, err)
 	return tr
 }

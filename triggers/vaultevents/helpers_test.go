@@ -101,7 +101,7 @@ func newEnv(t *testing.T) *env {
 // subscribed and read the secrets once.
 func (e *env) start() {
 	e.t.Helper()
-	tr, err := vaultevents.New(e.cfg, e.bus, orchestrator.NewAuditor(e.bus, "test", e.log), e.metrics, e.log)
+	tr, err := vaultevents.New(e.cfg, orchestrator.Deps{Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", e.log), Metrics: e.metrics, Log: e.log})
 	require.NoError(e.t, err)
 	testutil.Run(e.t, tr)
 	require.Eventually(e.t, func() bool { return e.subscribed() }, 20*time.Second, 20*time.Millisecond)

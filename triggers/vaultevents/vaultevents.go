@@ -106,10 +106,11 @@ type state struct {
 }
 
 // New builds the trigger. The token is read from cfg.TokenEnv now.
-func New(cfg Config, bus *orchestrator.Bus, audit *orchestrator.Auditor, metrics *orchestrator.Metrics, log *slog.Logger) (*Trigger, error) {
-	if log == nil {
-		log = slog.Default()
+func New(cfg Config, deps orchestrator.Deps) (*Trigger, error) {
+	if err := deps.Check("vaultevents", "bus", "audit"); err != nil {
+		return nil, err
 	}
+	bus, audit, metrics, log := deps.Bus, deps.Audit, deps.Metrics, deps.Log
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", Section, err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/vaultevents"
 )
@@ -120,7 +121,7 @@ func TestReconnectResync(t *testing.T) {
 func TestAttackBadToken(t *testing.T) {
 	e := newEnv(t)
 	t.Setenv(tokenEnv, "hvs.not-a-token")
-	tr, err := vaultevents.New(e.cfg, e.bus, nil, e.metrics, e.log)
+	tr, err := vaultevents.New(e.cfg, orchestrator.Deps{Bus: e.bus, Audit: orchestrator.NewAuditor(e.bus, "test", e.log), Metrics: e.metrics, Log: e.log})
 	require.NoError(t, err)
 	stop := runTrigger(t, tr)
 	e.put("tenants/acme/openai-key", map[string]any{"value": "x"})

@@ -43,7 +43,7 @@ func TestNATSFetcherConformance(t *testing.T) {
 	}
 	var revoked atomic.Bool
 	isRevoked := func(_ context.Context, tn string) (bool, error) { return tn == tenant && revoked.Load(), nil }
-	testutil.Run(t, local.NewServer(connect(t, s), nil, b, resolve, isRevoked, slog.New(slog.DiscardHandler)))
+	testutil.Run(t, local.NewServer(connect(t, s), nil, b, resolve, isRevoked, nil, slog.New(slog.DiscardHandler)))
 	f := agent.NewNATSFetcher(nc, "planner-1")
 	require.Eventually(t, func() bool { // Run subscribes in its goroutine
 		_, err := f.Fetch(t.Context(), tenant, "never-written")
