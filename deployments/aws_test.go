@@ -852,6 +852,9 @@ var wantRules = []wantRule{
 		awsevents.EventDeleteSecret, awsevents.EventUpdateSecret,
 	}},
 	{awsevents.SourceGuardDuty, awsevents.DetailTypeFinding, "", nil},
+	{awsevents.SourceSecretsManager, awsevents.DetailTypeSecretLabelUpdated, "", nil},
+	{awsevents.SourceSecurityHub, awsevents.DetailTypeFindingsImported, "", nil},
+	{awsevents.SourceSecurityHub, awsevents.DetailTypeFindingsImportedV2, "", nil},
 }
 
 // ruleIDs returns the logical ids of the rules created, sorted.

@@ -568,11 +568,17 @@ func TestNATSValues(t *testing.T) {
 	}
 }
 
-// triggerMetrics are registered by the triggers (siem, usage, api/tenantauth)
-// on rekeyd's registry; README.md lists them under GET /metrics.
+// triggerMetrics are registered by the triggers (siem, usage, leak,
+// vaultevents, awsevents, api/tenantauth) on rekeyd's registry; README.md
+// lists them under GET /metrics.
 var triggerMetrics = []string{
 	"rekey_siem_alerts_total",
 	"rekey_usage_reports_total",
+	"rekey_leak_reports_total",
+	"rekey_vault_events_total",
+	"rekey_aws_messages_received_total",
+	"rekey_aws_messages_total",
+	"rekey_aws_eventbridge_events_total",
 	"rekey_tenant_auth_total",
 	"rekey_selfservice_rate_limited_total",
 }
