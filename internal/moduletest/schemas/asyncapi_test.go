@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/agentauth"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -277,6 +278,26 @@ func checkAsyncAPI(doc map[string]any) []string {
 	}
 	checkDirection("publish", perms.Publish.Allow, send, receive)
 	checkDirection("subscribe", perms.Subscribe.Allow, receive, send)
+	// With a per-agent identity, the same channels under the agent's own
+	// instance name (and inbox) only.
+	inst := agentauth.InstancePermissions(tenant, "planner-1")
+	for _, dir := range []struct {
+		verb  string
+		chans map[string]bool
+		allow []string
+	}{{"publish", send, inst.Publish.Allow}, {"subscribe", receive, inst.Subscribe.Allow}} {
+		for ch := range dir.chans {
+			addr, _ := obj(channels[ch])["address"].(string)
+			own := strings.NewReplacer("{instance}", "planner-1", "{inbox}", "planner-1.x1").Replace(addr)
+			if !anyMatch(dir.allow, concrete(own, tenant)) {
+				fail("channel %s: an agent with its own identity may not %s %s", ch, dir.verb, concrete(own, tenant))
+			}
+			other := strings.NewReplacer("{instance}", "planner-2", "{inbox}", "planner-2.x1").Replace(addr)
+			if other != addr && anyMatch(dir.allow, concrete(other, tenant)) {
+				fail("channel %s: an agent with its own identity may %s %s, another instance's", ch, dir.verb, concrete(other, tenant))
+			}
+		}
+	}
 	for _, name := range slices.Sorted(maps.Keys(channels)) {
 		if !send[name] && !receive[name] {
 			fail("channel %s: no operation uses it", name)
