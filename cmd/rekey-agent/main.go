@@ -123,7 +123,7 @@ Secrets are read from files or the environment, never from flags:
 	f.StringVar(&o.fetcher, "fetcher", "local", "where values are read: local (rekeyd's fetch server), vault (VAULT_ADDR, VAULT_TOKEN), aws (the AWS default credential chain)")
 	f.DurationVar(&o.ttl, "ttl", agent.DefaultTTL, "backstop age of a cached value (invalidations keep the cache right)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&o.listen, "listen", sidecar.DefaultListen, "rekey's own API (GET /v1/secrets/{secret}, /v1/events, /healthz, /readyz, /metrics); empty: off")
+	f.StringVar(&o.listen, "listen", sidecar.DefaultListen, "rekey's own API (GET /v1/secrets/{secret}, /v1/events, POST /v1/scan, DELETE /v1/runs/{id}, /healthz, /readyz, /metrics); empty: off")
 	f.StringVar(&o.tokenFile, "token-file", "", "file with the bearer token of --listen (else env "+envToken+")")
 	f.StringVar(&o.awsAgentListen, "aws-agent-listen", sidecar.DefaultAWSAgentListen, "AWS Secrets Manager Agent protocol; empty: off")
 	f.StringVar(&o.awsAgentTokenFile, "aws-agent-token-file", "", "file with the SSRF token of --aws-agent-listen (else env AWS_TOKEN...)")

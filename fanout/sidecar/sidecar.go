@@ -19,6 +19,14 @@
 // API's shape. A revoked tenant gets that API's access-denied error: every
 // read goes through Source.Get, which fails closed.
 //
+// Every API takes X-Rekey-Tool and X-Rekey-Run (malformed ones are refused
+// in the API's error shape): the tool (else the listener's default) and
+// the run go into the agent's use reports. A read naming a run goes
+// through that run (agent.Run.Get: credentials made for the run alone for
+// the secrets made per run); DELETE /v1/runs/{id} ends it at once, and an
+// ended run's id is refused from then on. POST /v1/scan passes a text
+// through the agent's leak guard.
+//
 // No secret value is written to a log, an error or a metric.
 package sidecar
 
