@@ -604,11 +604,17 @@ func (a *Agent) getSlow(ctx context.Context, name string, u Use) (Secret, error)
 	// Invalidations kept arriving while fetching. The last result is not
 	// stale for this caller: it started before the invalidation that
 	// outdated the fetch was applied, or it would not have joined it.
-	if u == (Use{}) || !a.usage.addTagged(name, last.secret.Version, u) {
-		a.countUncached(name, last.secret.Version)
-	}
+	a.countTagged(name, last.secret.Version, u)
 	a.log.Debug("secret changed during every fetch; returning the last one uncached", "secret", name, "attempts", maxFetchAttempts)
 	return last.secret, nil
+}
+
+// countTagged counts a use of a version that is not the cached entry (or
+// not in the cache at all) by u.
+func (a *Agent) countTagged(name, version string, u Use) {
+	if u == (Use{}) || !a.usage.addTagged(name, version, u) {
+		a.countUncached(name, version)
+	}
 }
 
 // countUncached counts a use of a version that is not (or no longer) the

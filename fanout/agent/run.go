@@ -89,8 +89,10 @@ func (r *Run) Get(ctx context.Context, secret string) (Secret, error) {
 	return r.GetFor(ctx, secret, "")
 }
 
-// GetFor is Get on behalf of tool: shared secrets read through the run
-// are reported with the tool and the run's id (Agent.GetFor).
+// GetFor is Get on behalf of tool: every read through the run is
+// reported with the tool and the run's id (Agent.GetFor); a read of
+// credentials made for the run with their lease id as the version, so
+// that the audit trail links lease, run, tool and agent instance.
 func (r *Run) GetFor(ctx context.Context, secret, tool string) (Secret, error) {
 	iss := r.a.cfg.RunIssuer
 	if iss == nil || !iss.PerRun(secret) {
@@ -110,6 +112,7 @@ func (r *Run) GetFor(ctx context.Context, secret, tool string) (Secret, error) {
 		}
 		if s, ok := r.creds[secret]; ok {
 			r.mu.Unlock()
+			r.a.countTagged(secret, s.Version, Use{Tool: tool, Run: r.id})
 			return s, nil
 		}
 		if ch, ok := r.wait[secret]; ok { // another Get is issuing it
@@ -138,6 +141,9 @@ func (r *Run) GetFor(ctx context.Context, secret, tool string) (Secret, error) {
 			r.creds[secret] = s
 		}
 		r.mu.Unlock()
+		if err == nil {
+			r.a.countTagged(secret, s.Version, Use{Tool: tool, Run: r.id})
+		}
 		return s, err
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -14,6 +15,7 @@ import (
 	"github.com/rekey-dev/rekey/fanout/agent/vaultfetch"
 	"github.com/rekey-dev/rekey/fanout/sidecar"
 	"github.com/rekey-dev/rekey/handlers/vault/vaulttest"
+	"github.com/rekey-dev/rekey/schemas"
 )
 
 // servers are a Vault dev server and PostgreSQL, started by the first test
@@ -99,6 +101,7 @@ func TestRunCredentialsThroughSidecar(t *testing.T) {
 	db, err := vaultfetch.NewDatabase(v.Client, vaultfetch.DatabaseConfig{RunRoles: m.VaultRunRoles})
 	require.NoError(t, err)
 	e := newEnvCfg(t, nil, m, nil, func(c *agent.Config) { c.RunIssuer = db })
+	used := e.subscribe("rekey.used.acme.run-db.>")
 
 	user := func(base, path string, h map[string]string) (string, string) {
 		t.Helper()
@@ -136,6 +139,26 @@ func TestRunCredentialsThroughSidecar(t *testing.T) {
 	code, body = call(t, "GET", e.vault+"/v1/database/creds/acme-run", map[string]string{"X-Vault-Token": vaultToken, "X-Rekey-Run": "run-1"}, "")
 	require.Equal(t, 410, code, body)
 	e.requireNoValue(p1, p2)
+
+	// The use reports (and so the audit trail) link each run to its
+	// lease, with the tool: the lease id is the version.
+	require.NoError(t, e.agent.Close())
+	leases := map[string]string{}
+	for len(leases) < 2 {
+		select {
+		case m := <-used:
+			ev, err := schemas.Decode(m.Data)
+			require.NoError(t, err)
+			var r schemas.UsageReport
+			require.NoError(t, ev.DecodeData(schemas.TypeUsageReport, &r))
+			require.NoError(t, r.Validate())
+			require.Contains(t, r.Version, "database/creds/acme-run/")
+			leases[r.Run] = r.Version
+		case <-time.After(10 * time.Second):
+			t.Fatalf("use reports of the runs: got %v", leases)
+		}
+	}
+	require.NotEqual(t, leases["run-1"], leases["run-2"])
 }
 
 // pgRoleExists reports whether PostgreSQL has a role named user.
