@@ -312,11 +312,13 @@ const MaxAgentFieldLen = 256
 
 // UsageReport counts an agent's uses of one secret version over a window.
 type UsageReport struct {
-	Tenant      string    `json:"tenant"`
-	Secret      string    `json:"secret"`
-	Version     string    `json:"version"`
-	Agent       string    `json:"agent"`
-	Tool        string    `json:"tool,omitempty"`
+	Tenant  string `json:"tenant"`
+	Secret  string `json:"secret"`
+	Version string `json:"version"`
+	Agent   string `json:"agent"`
+	Tool    string `json:"tool,omitempty"`
+	// Run is the pipeline run the uses belong to, if the reader said.
+	Run         string    `json:"run,omitempty"`
 	Count       int64     `json:"count"`
 	WindowStart time.Time `json:"window_start"`
 	WindowEnd   time.Time `json:"window_end"`
@@ -333,8 +335,8 @@ func (r UsageReport) Validate() error {
 	if r.Count < 1 {
 		return fmt.Errorf("count %d must be positive: %w", r.Count, ErrMalformed)
 	}
-	if len(r.Tool) > MaxAgentFieldLen {
-		return fmt.Errorf("tool must be at most %d bytes: %w", MaxAgentFieldLen, ErrMalformed)
+	if len(r.Tool) > MaxAgentFieldLen || len(r.Run) > MaxAgentFieldLen {
+		return fmt.Errorf("tool and run must be at most %d bytes: %w", MaxAgentFieldLen, ErrMalformed)
 	}
 	return nil
 }

@@ -58,6 +58,10 @@ type options struct {
 	tokenFile, awsAgentTokenFile, awsSecretKeyFile    string
 	awsAccessKeyID, vaultTokenFile                    string
 	maxSkew, requestTimeout                           time.Duration
+	awsAgentTool, awsAPITool, vaultTool               string
+	maxRuns                                           int
+	runTTL                                            time.Duration
+	maxScanBytes                                      int64
 }
 
 // Environment variables holding secrets (never flags: the command line is
@@ -112,14 +116,14 @@ Secrets are read from files or the environment, never from flags:
 	f.StringVar(&o.configFile, "config", "", "YAML file with flag values and a mapping: section")
 	f.StringVar(&o.tenant, "tenant", "", "tenant served (required)")
 	f.StringVar(&o.instance, "instance", "", "agent instance id in acks and use reports (default: host name and pid)")
-	f.StringVar(&o.tool, "tool", "", "tool name reported with uses")
+	f.StringVar(&o.tool, "tool", "", "tool name reported with uses: the default of rekey's own API and of every API without its own --*-tool (a request's X-Rekey-Tool header wins)")
 	f.StringVar(&o.natsURL, "nats-url", "nats://127.0.0.1:4222", "rekey's NATS URL")
 	f.StringVar(&o.natsUser, "nats-user", "", "NATS user (the tenant's agent user; password in "+envNATSPassword+")")
 	f.StringVar(&o.natsTokenFile, "nats-token-file", "", "workload identity token file (JWT), read at every connect (instead of --nats-user)")
 	f.StringVar(&o.fetcher, "fetcher", "local", "where values are read: local (rekeyd's fetch server), vault (VAULT_ADDR, VAULT_TOKEN), aws (the AWS default credential chain)")
 	f.DurationVar(&o.ttl, "ttl", agent.DefaultTTL, "backstop age of a cached value (invalidations keep the cache right)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&o.listen, "listen", sidecar.DefaultListen, "rekey's own API (GET /v1/secrets/{secret}, /v1/events, /healthz, /readyz, /metrics); empty: off")
+	f.StringVar(&o.listen, "listen", sidecar.DefaultListen, "rekey's own API (GET /v1/secrets/{secret}, /v1/events, POST /v1/scan, DELETE /v1/runs/{id}, /healthz, /readyz, /metrics); empty: off")
 	f.StringVar(&o.tokenFile, "token-file", "", "file with the bearer token of --listen (else env "+envToken+")")
 	f.StringVar(&o.awsAgentListen, "aws-agent-listen", sidecar.DefaultAWSAgentListen, "AWS Secrets Manager Agent protocol; empty: off")
 	f.StringVar(&o.awsAgentTokenFile, "aws-agent-token-file", "", "file with the SSRF token of --aws-agent-listen (else env AWS_TOKEN...)")
@@ -130,6 +134,12 @@ Secrets are read from files or the environment, never from flags:
 	f.StringVar(&o.vaultListen, "vault-listen", "", "Vault HTTP API subset; empty: off")
 	f.StringVar(&o.vaultTokenFile, "vault-token-file", "", "file with the sidecar-local token of --vault-listen (else env "+envVaultToken+")")
 	f.DurationVar(&o.requestTimeout, "request-timeout", sidecar.DefaultRequestTimeout, "bound of one read (a fetch on a miss)")
+	f.StringVar(&o.awsAgentTool, "aws-agent-tool", "", "tool reported for reads through --aws-agent-listen without X-Rekey-Tool (default --tool)")
+	f.StringVar(&o.awsAPITool, "aws-api-tool", "", "tool reported for reads through --aws-api-listen without X-Rekey-Tool (default --tool)")
+	f.StringVar(&o.vaultTool, "vault-tool", "", "tool reported for reads through --vault-listen without X-Rekey-Tool (default --tool)")
+	f.IntVar(&o.maxRuns, "max-runs", sidecar.DefaultMaxRuns, "pipeline runs (X-Rekey-Run) open at once; more are refused")
+	f.DurationVar(&o.runTTL, "run-ttl", agent.DefaultRunTTL, "a run's credentials live at most this long; a run never ended (DELETE /v1/runs/{id}) ends then")
+	f.Int64Var(&o.maxScanBytes, "max-scan-bytes", sidecar.DefaultMaxScanBytes, "largest body of POST /v1/scan (413 beyond)")
 	return cmd
 }
 
@@ -251,6 +261,8 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 		Tenant: o.tenant, Listen: o.listen, AWSAgentListen: o.awsAgentListen, AWSAPIListen: o.awsAPIListen,
 		VaultListen: o.vaultListen, AWSAccessKeyID: o.awsAccessKeyID, MaxSkew: o.maxSkew,
 		RequestTimeout: o.requestTimeout, Mapping: m, Logger: log,
+		Tool: o.tool, AWSAgentTool: o.awsAgentTool, AWSAPITool: o.awsAPITool, VaultTool: o.vaultTool,
+		MaxRuns: o.maxRuns, RunTTL: o.runTTL, MaxScanBytes: o.maxScanBytes,
 	}
 	var nc *nats.Conn
 	// Ready once connected; the listeners open only after the agent
@@ -290,6 +302,7 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 	g, gctx := errgroup.WithContext(ctx)
 	onInv := srv.OnInvalidate
 	var fetcher agent.Fetcher
+	var runIssuer agent.RunIssuer
 	switch o.fetcher {
 	case "local":
 	case "aws":
@@ -304,7 +317,7 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 			return err
 		}
 	case "vault":
-		fetcher, onInv, err = vaultFetcher(g, gctx, m, o.ttl, log, srv.OnInvalidate)
+		fetcher, runIssuer, onInv, err = vaultFetcher(g, gctx, m, o.ttl, log, srv.OnInvalidate)
 		if err != nil {
 			return err
 		}
@@ -313,6 +326,7 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 	}
 	a, err := agent.New(nc, fetcher, agent.Config{
 		Tenant: o.tenant, Instance: o.instance, Tool: o.tool, TTL: o.ttl, Logger: log, OnInvalidate: onInv,
+		RunIssuer: runIssuer,
 	})
 	if err != nil {
 		return err
@@ -330,27 +344,27 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 // vaultFetcher reads KV secrets and the configured database roles from
 // Vault (VAULT_ADDR, VAULT_TOKEN...) with the sidecar's own identity.
 func vaultFetcher(g *errgroup.Group, ctx context.Context, m sidecar.Mapping, ttl time.Duration, log *slog.Logger,
-	onInv func(agent.Invalidated)) (agent.Fetcher, func(agent.Invalidated), error) {
+	onInv func(agent.Invalidated)) (agent.Fetcher, agent.RunIssuer, func(agent.Invalidated), error) {
 	client, err := vault.NewClient(vault.DefaultConfig())
 	if err != nil {
-		return nil, nil, fmt.Errorf("fetcher vault: %w", err)
+		return nil, nil, nil, fmt.Errorf("fetcher vault: %w", err)
 	}
 	m = m.Defaults()
 	kv, err := vaultfetch.NewKV(client, vaultfetch.KVConfig{
 		Mount: m.VaultKVMount, PathTemplate: m.VaultPathTemplate, Field: m.VaultField, Paths: m.VaultPaths,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	if len(m.VaultStaticRoles) == 0 && len(m.VaultDynamicRoles) == 0 {
-		return kv, onInv, nil
+	if len(m.VaultStaticRoles) == 0 && len(m.VaultDynamicRoles) == 0 && len(m.VaultRunRoles) == 0 {
+		return kv, nil, onInv, nil
 	}
 	db, err := vaultfetch.NewDatabase(client, vaultfetch.DatabaseConfig{
 		Mount: m.VaultDatabaseMount, StaticRoles: m.VaultStaticRoles, DynamicRoles: m.VaultDynamicRoles,
-		HoldFor: ttl, Logger: log,
+		RunRoles: m.VaultRunRoles, HoldFor: ttl, Logger: log,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	routes := map[string]agent.Fetcher{}
 	for _, s := range db.Secrets() {
@@ -358,8 +372,12 @@ func vaultFetcher(g *errgroup.Group, ctx context.Context, m sidecar.Mapping, ttl
 	}
 	mux, err := vaultfetch.NewMux(vaultfetch.MuxConfig{Routes: routes, Default: kv})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	g.Go(func() error { return db.Run(ctx) })
-	return mux, func(ev agent.Invalidated) { db.Invalidated(ev); onInv(ev) }, nil
+	var iss agent.RunIssuer
+	if len(m.VaultRunRoles) > 0 {
+		iss = db
+	}
+	return mux, iss, func(ev agent.Invalidated) { db.Invalidated(ev); onInv(ev) }, nil
 }

@@ -124,6 +124,8 @@ func TestRekeyAgentRefusesBadConfig(t *testing.T) {
 		{"vault without token", []string{"--tenant=acme", "--listen=", "--aws-agent-listen=", "--vault-listen=127.0.0.1:8200"}, nil, "vault token: required"},
 		{"relative socket", []string{"--tenant=acme", "--listen=unix:rekey.sock", "--aws-agent-listen="}, map[string]string{"REKEY_AGENT_TOKEN": "rekey-api-token-0123456789"}, "absolute path"},
 		{"bad env flag", []string{"--tenant=acme"}, map[string]string{"REKEY_AGENT_TTL": "soon"}, "REKEY_AGENT_TTL"},
+		{"bad listener tool", []string{"--tenant=acme", "--aws-agent-listen=", "--vault-tool=a b"}, map[string]string{"REKEY_AGENT_TOKEN": "rekey-api-token-0123456789"}, "vault-tool"},
+		{"negative max runs", []string{"--tenant=acme", "--aws-agent-listen=", "--max-runs=-1"}, map[string]string{"REKEY_AGENT_TOKEN": "rekey-api-token-0123456789"}, "max-runs"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			for _, k := range []string{"REKEY_AGENT_TOKEN", "AWS_TOKEN", "AWS_SESSION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "REKEY_AGENT_TENANT", "REKEY_AGENT_INSTANCE"} {
@@ -151,7 +153,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	require.NoError(t, root.Execute())
 	for _, f := range []string{"--tenant", "--listen", "--aws-agent-listen", "--aws-api-listen", "--vault-listen", "--fetcher", "--config",
 		"--token-file", "--aws-agent-token-file", "--aws-access-key-id", "--aws-secret-access-key-file", "--vault-token-file",
-		"--nats-url", "--nats-user", "--nats-token-file", "--max-skew", "AWS_TOKEN", "REKEY_AGENT_TOKEN"} {
+		"--nats-url", "--nats-user", "--nats-token-file", "--max-skew", "AWS_TOKEN", "REKEY_AGENT_TOKEN",
+		"--tool", "--aws-agent-tool", "--aws-api-tool", "--vault-tool", "--max-runs", "--run-ttl", "--max-scan-bytes"} {
 		require.True(t, strings.Contains(out.String(), f), "help lacks %s", f)
 	}
 }

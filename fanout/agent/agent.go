@@ -524,7 +524,36 @@ func (a *Agent) Get(ctx context.Context, secret string) (Secret, error) {
 		e.uses.add()
 		return e.secret, nil
 	}
-	return a.getSlow(ctx, secret)
+	return a.getSlow(ctx, secret, Use{})
+}
+
+// GetFor is Get for a read on behalf of u.Tool in pipeline run u.Run: its
+// uses are reported per (secret, version, tool, run), so that the use
+// reports and the audit trail say which tool of which run read what. A
+// zero u is Get.
+func (a *Agent) GetFor(ctx context.Context, secret string, u Use) (Secret, error) {
+	if u == (Use{}) {
+		return a.Get(ctx, secret)
+	}
+	if err := u.Validate(); err != nil {
+		return Secret{}, err
+	}
+	if g := a.gate.Load(); g != 0 {
+		return Secret{}, gateErr(g)
+	}
+	if e := (*a.cache.Load())[secret]; e != nil && time.Since(e.secret.FetchedAt) < a.cfg.TTL {
+		a.countUse(e.uses, e.secret, u)
+		return e.secret, nil
+	}
+	return a.getSlow(ctx, secret, u)
+}
+
+// countUse counts a use of a cached entry (c is its counter).
+func (a *Agent) countUse(c *useCounter, s Secret, u Use) {
+	if u != (Use{}) && a.usage.addTagged(s.Name, s.Version, u) {
+		return
+	}
+	c.add()
 }
 
 type fetchResult struct {
@@ -533,7 +562,7 @@ type fetchResult struct {
 	uses   *useCounter
 }
 
-func (a *Agent) getSlow(ctx context.Context, name string) (Secret, error) {
+func (a *Agent) getSlow(ctx context.Context, name string, u Use) (Secret, error) {
 	if err := schemas.ValidateID("secret", name); err != nil {
 		return Secret{}, fmt.Errorf("agent: get: %w", err)
 	}
@@ -546,7 +575,7 @@ func (a *Agent) getSlow(ctx context.Context, name string) (Secret, error) {
 	for range maxFetchAttempts {
 		e, epoch := a.beginFetch(name)
 		if e != nil {
-			e.uses.add()
+			a.countUse(e.uses, e.secret, u)
 			return e.secret, nil
 		}
 		// The epoch is part of the key: a caller that arrives after an
@@ -567,7 +596,7 @@ func (a *Agent) getSlow(ctx context.Context, name string) (Secret, error) {
 		}
 		res := r.Val.(*fetchResult)
 		if res.stored {
-			res.uses.add()
+			a.countUse(res.uses, res.secret, u)
 			return res.secret, nil
 		}
 		last = res
@@ -575,9 +604,17 @@ func (a *Agent) getSlow(ctx context.Context, name string) (Secret, error) {
 	// Invalidations kept arriving while fetching. The last result is not
 	// stale for this caller: it started before the invalidation that
 	// outdated the fetch was applied, or it would not have joined it.
-	a.countUncached(name, last.secret.Version)
+	a.countTagged(name, last.secret.Version, u)
 	a.log.Debug("secret changed during every fetch; returning the last one uncached", "secret", name, "attempts", maxFetchAttempts)
 	return last.secret, nil
+}
+
+// countTagged counts a use of a version that is not the cached entry (or
+// not in the cache at all) by u.
+func (a *Agent) countTagged(name, version string, u Use) {
+	if u == (Use{}) || !a.usage.addTagged(name, version, u) {
+		a.countUncached(name, version)
+	}
 }
 
 // countUncached counts a use of a version that is not (or no longer) the

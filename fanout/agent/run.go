@@ -75,13 +75,28 @@ func (a *Agent) BeginRun(ctx context.Context, id string, opts ...RunOption) *Run
 // ID is the run's id.
 func (r *Run) ID() string { return r.id }
 
+// Ended reports whether End ran (or the run's TTL passed).
+func (r *Run) Ended() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ended
+}
+
 // Get returns secret for this run: credentials made for it alone (made at
 // the first Get, with a TTL at most what is left of the run) when the
 // RunIssuer makes secret per run, else the Agent's cached version.
 func (r *Run) Get(ctx context.Context, secret string) (Secret, error) {
+	return r.GetFor(ctx, secret, "")
+}
+
+// GetFor is Get on behalf of tool: every read through the run is
+// reported with the tool and the run's id (Agent.GetFor); a read of
+// credentials made for the run with their lease id as the version, so
+// that the audit trail links lease, run, tool and agent instance.
+func (r *Run) GetFor(ctx context.Context, secret, tool string) (Secret, error) {
 	iss := r.a.cfg.RunIssuer
 	if iss == nil || !iss.PerRun(secret) {
-		return r.a.Get(ctx, secret)
+		return r.a.GetFor(ctx, secret, Use{Tool: tool, Run: r.id})
 	}
 	if g := r.a.gate.Load(); g != 0 {
 		return Secret{}, gateErr(g)
@@ -97,6 +112,7 @@ func (r *Run) Get(ctx context.Context, secret string) (Secret, error) {
 		}
 		if s, ok := r.creds[secret]; ok {
 			r.mu.Unlock()
+			r.a.countTagged(secret, s.Version, Use{Tool: tool, Run: r.id})
 			return s, nil
 		}
 		if ch, ok := r.wait[secret]; ok { // another Get is issuing it
@@ -125,6 +141,9 @@ func (r *Run) Get(ctx context.Context, secret string) (Secret, error) {
 			r.creds[secret] = s
 		}
 		r.mu.Unlock()
+		if err == nil {
+			r.a.countTagged(secret, s.Version, Use{Tool: tool, Run: r.id})
+		}
 		return s, err
 	}
 }

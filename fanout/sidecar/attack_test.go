@@ -32,7 +32,7 @@ func runAttacks(t *testing.T, e *env, base string, attacks []attack) {
 	t.Helper()
 	values := []string{e.value("openai-key").Value, e.value("billing-db").Value,
 		e.otherValue("globex", "openai-key"), e.otherValue("globex", "billing-db")}
-	before := e.streams()
+	before := e.settled() // the probes' use reports are stored
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
 			method := a.method

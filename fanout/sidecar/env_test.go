@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -56,6 +57,13 @@ func newEnv(t testing.TB) *env {
 // rekeyd) and the sidecar mapping names with m.
 func newEnvWith(t testing.TB, f agent.Fetcher, m sidecar.Mapping) *env {
 	t.Helper()
+	return newEnvCfg(t, f, m, nil, nil)
+}
+
+// newEnvCfg is newEnvWith with the sidecar's and the agent's configs
+// changed by sc and ac (each may be nil).
+func newEnvCfg(t testing.TB, f agent.Fetcher, m sidecar.Mapping, sc func(*sidecar.Config), ac func(*agent.Config)) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := demo.StartCluster(ctx, nil, func(cfg *orchestrator.Config) { cfg.Rotation.MinInterval = 0 })
@@ -66,16 +74,20 @@ func newEnvWith(t testing.TB, f agent.Fetcher, m sidecar.Mapping) *env {
 	nc, err := nats.Connect(c.Daemon.NATSURL(), append(c.Daemon.AgentNATSOptions("acme"), nats.Name("acme-sidecar"))...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
-	e.srv, err = sidecar.New(sidecar.Config{
+	scfg := sidecar.Config{
 		Tenant: "acme", Listen: "127.0.0.1:0", AWSAgentListen: "127.0.0.1:0", AWSAPIListen: "127.0.0.1:0", VaultListen: "127.0.0.1:0",
 		Token: rekeyToken, AWSAgentToken: awsAgentToken, VaultToken: vaultToken,
 		AWSAccessKeyID: accessKeyID, AWSSecretAccessKey: secretKey,
 		Mapping: m,
 		Logger:  slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Ready:   nc.IsConnected,
-	}, nil)
+	}
+	if sc != nil {
+		sc(&scfg)
+	}
+	e.srv, err = sidecar.New(scfg, nil)
 	require.NoError(t, err)
-	e.agent, err = agent.New(nc, f, agent.Config{
+	acfg := agent.Config{
 		Tenant: "acme", Instance: "acme-sidecar", UsageInterval: time.Hour,
 		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		OnInvalidate: func(ev agent.Invalidated) {
@@ -84,7 +96,11 @@ func newEnvWith(t testing.TB, f agent.Fetcher, m sidecar.Mapping) *env {
 			e.dropsMu.Unlock()
 			e.srv.OnInvalidate(ev)
 		},
-	})
+	}
+	if ac != nil {
+		ac(&acfg)
+	}
+	e.agent, err = agent.New(nc, f, acfg)
 	require.NoError(t, err)
 	require.NoError(t, e.agent.Start(ctx))
 	t.Cleanup(func() { _ = e.agent.Close() })
@@ -147,6 +163,23 @@ func (e *env) streams() map[string]uint64 {
 	}
 	require.NoError(e.t, lister.Err())
 	return out
+}
+
+// settled is streams once two reads 100ms apart agree: what was published
+// before (a probe agent's last use report) has been stored.
+func (e *env) settled() map[string]uint64 {
+	e.t.Helper()
+	prev := e.streams()
+	for range 50 {
+		time.Sleep(100 * time.Millisecond)
+		cur := e.streams()
+		if maps.Equal(prev, cur) {
+			return cur
+		}
+		prev = cur
+	}
+	e.t.Fatal("streams still changing after 5s")
+	return nil
 }
 
 // revoke revokes (or restores) acme and waits until the sidecar's agent
@@ -218,4 +251,36 @@ func runPy(t *testing.T, script string, env []string, args ...string) string {
 	err := cmd.Run()
 	require.NoError(t, err, "%s: %s", script, stderr.String())
 	return stdout.String()
+}
+
+// sidecarOf starts a second sidecar, for tenant, on the same rekeyd (its
+// own agent identity), with rekey's own API only; it returns its base URL.
+func (e *env) sidecarOf(tenant string) string {
+	e.t.Helper()
+	nc, err := nats.Connect(e.c.Daemon.NATSURL(), append(e.c.Daemon.AgentNATSOptions(tenant), nats.Name(tenant+"-sidecar"))...)
+	require.NoError(e.t, err)
+	e.t.Cleanup(nc.Close)
+	srv, err := sidecar.New(sidecar.Config{Tenant: tenant, Listen: "127.0.0.1:0", Token: rekeyToken, Ready: nc.IsConnected}, nil)
+	require.NoError(e.t, err)
+	a, err := agent.New(nc, nil, agent.Config{Tenant: tenant, Instance: tenant + "-sidecar", UsageInterval: time.Hour, OnInvalidate: srv.OnInvalidate})
+	require.NoError(e.t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(e.t, a.Start(ctx))
+	e.t.Cleanup(func() { _ = a.Close() })
+	srv.SetSource(a)
+	testutil.Run(e.t, srv)
+	require.Eventually(e.t, func() bool { return srv.Addr(sidecar.APIRekey) != "" }, 5*time.Second, 5*time.Millisecond)
+	return "http://" + srv.Addr(sidecar.APIRekey)
+}
+
+// subscribe collects the messages of subject (rekeyd's own connection).
+func (e *env) subscribe(subject string) chan *nats.Msg {
+	e.t.Helper()
+	ch := make(chan *nats.Msg, 1024)
+	sub, err := e.c.Daemon.Bus().NC.ChanSubscribe(subject, ch)
+	require.NoError(e.t, err)
+	e.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	require.NoError(e.t, e.c.Daemon.Bus().NC.Flush())
+	return ch
 }

@@ -58,6 +58,12 @@ type Mapping struct {
 	// {"username": ..., "password": ...}, as vaultfetch.Database returns.
 	VaultStaticRoles  map[string]string `yaml:"vault_static_roles"`
 	VaultDynamicRoles map[string]string `yaml:"vault_dynamic_roles"`
+	// VaultRunRoles map a secret id to a dynamic role whose credentials
+	// are made per pipeline run (vaultfetch.DatabaseConfig.RunRoles): a
+	// read naming its run (X-Rekey-Run) gets credentials made for that
+	// run alone, revoked by DELETE /v1/runs/{id}; served at
+	// <mount>/creds/<role> like a dynamic role.
+	VaultRunRoles map[string]string `yaml:"vault_run_roles"`
 }
 
 // Defaults returns m with its unset fields filled.
@@ -124,6 +130,7 @@ func (m Mapping) Validate() error {
 	}{
 		{"aws_names", m.AWSNames, awsNameRE}, {"vault_paths", m.VaultPaths, vaultPathRE},
 		{"vault_static_roles", m.VaultStaticRoles, fieldRE}, {"vault_dynamic_roles", m.VaultDynamicRoles, fieldRE},
+		{"vault_run_roles", m.VaultRunRoles, fieldRE},
 	} {
 		for s, n := range per.names {
 			errs = append(errs, idErr(per.field, s))
@@ -133,6 +140,13 @@ func (m Mapping) Validate() error {
 	for s := range m.VaultStaticRoles {
 		if _, ok := m.VaultDynamicRoles[s]; ok {
 			errs = append(errs, fmt.Errorf("vault roles: secret %s is both static and dynamic", s))
+		}
+	}
+	for s := range m.VaultRunRoles {
+		_, st := m.VaultStaticRoles[s]
+		_, dy := m.VaultDynamicRoles[s]
+		if st || dy {
+			errs = append(errs, fmt.Errorf("vault roles: secret %s is both per run and static or dynamic", s))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -260,6 +274,13 @@ func (n names) vaultRole(role string, static bool) (string, bool) {
 	for s, r := range roles {
 		if render(r, n.tenant, s) == role && n.served(s) {
 			return s, true
+		}
+	}
+	if !static {
+		for s, r := range n.m.VaultRunRoles {
+			if render(r, n.tenant, s) == role && n.served(s) {
+				return s, true
+			}
 		}
 	}
 	return "", false

@@ -22,6 +22,7 @@ type metrics struct {
 	latency       *prometheus.HistogramVec
 	invalidations *prometheus.CounterVec
 	streams       prometheus.Gauge
+	leaks         prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -40,8 +41,11 @@ func newMetrics() *metrics {
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "rekey_sidecar_event_streams", Help: "Open /v1/events streams.",
 		}),
+		leaks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rekey_sidecar_scan_leaks_total", Help: "Secret versions found and redacted by POST /v1/scan.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.invalidations, m.streams,
+	m.reg.MustRegister(m.requests, m.latency, m.invalidations, m.streams, m.leaks,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

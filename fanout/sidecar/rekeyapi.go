@@ -53,6 +53,8 @@ func (s *Server) rekeyHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{Registry: s.metrics.reg}))
 	mux.HandleFunc("GET /v1/secrets/{secret}", s.rekeyAuth(s.rekeySecret))
 	mux.HandleFunc("GET /v1/events", s.rekeyAuth(s.rekeyEvents))
+	mux.HandleFunc("POST /v1/scan", s.rekeyAuth(s.rekeyScan))
+	mux.HandleFunc("DELETE /v1/runs/{id}", s.rekeyAuth(s.rekeyEndRun))
 	return mux
 }
 

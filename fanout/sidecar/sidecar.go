@@ -19,6 +19,14 @@
 // API's shape. A revoked tenant gets that API's access-denied error: every
 // read goes through Source.Get, which fails closed.
 //
+// Every API takes X-Rekey-Tool and X-Rekey-Run (malformed ones are refused
+// in the API's error shape): the tool (else the listener's default) and
+// the run go into the agent's use reports. A read naming a run goes
+// through that run (agent.Run.Get: credentials made for the run alone for
+// the secrets made per run); DELETE /v1/runs/{id} ends it at once, and an
+// ended run's id is refused from then on. POST /v1/scan passes a text
+// through the agent's leak guard.
+//
 // No secret value is written to a log, an error or a metric.
 package sidecar
 
@@ -42,6 +50,12 @@ import (
 // Source is what the sidecar reads secrets from: an *agent.Agent.
 type Source interface {
 	Get(ctx context.Context, secret string) (agent.Secret, error)
+	// GetFor is Get on behalf of a tool (use reports name it).
+	GetFor(ctx context.Context, secret string, u agent.Use) (agent.Secret, error)
+	// BeginRun starts a pipeline run (X-Rekey-Run).
+	BeginRun(ctx context.Context, id string, opts ...agent.RunOption) *agent.Run
+	// ScanFrom is the leak guard (POST /v1/scan).
+	ScanFrom(text string, o agent.ScanOrigin) (string, []agent.Leak)
 	Revoked() bool
 }
 
@@ -91,6 +105,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Ready reports whether the agent is connected; nil: always.
 	Ready func() bool
+	// Tool, AWSAgentTool, AWSAPITool, VaultTool: the tool reported for
+	// the reads of each API whose request has no X-Rekey-Tool header
+	// (empty: the agent's Config.Tool).
+	Tool, AWSAgentTool, AWSAPITool, VaultTool string
+	// MaxRuns bounds the pipeline runs open at once (X-Rekey-Run).
+	// Default DefaultMaxRuns.
+	MaxRuns int
+	// RunTTL bounds a run: its credentials live at most RunTTL and a run
+	// never ended ends RunTTL after it began. Default agent.DefaultRunTTL.
+	RunTTL time.Duration
+	// MaxScanBytes bounds the body of POST /v1/scan. Default
+	// DefaultMaxScanBytes.
+	MaxScanBytes int64
 }
 
 func (c *Config) setDefaults() {
@@ -107,6 +134,15 @@ func (c *Config) setDefaults() {
 		c.Ready = func() bool { return true }
 	}
 	c.Mapping = c.Mapping.Defaults()
+	if c.MaxRuns == 0 {
+		c.MaxRuns = DefaultMaxRuns
+	}
+	if c.RunTTL == 0 {
+		c.RunTTL = agent.DefaultRunTTL
+	}
+	if c.MaxScanBytes == 0 {
+		c.MaxScanBytes = DefaultMaxScanBytes
+	}
 }
 
 // Validate checks c after defaults, naming the field at fault.
@@ -139,6 +175,19 @@ func (c Config) Validate() error {
 	if c.MaxSkew < 0 || c.RequestTimeout < 0 {
 		errs = append(errs, errors.New("max-skew and request-timeout must not be negative"))
 	}
+	for _, t := range []struct{ name, tool string }{
+		{"tool", c.Tool}, {"aws-agent-tool", c.AWSAgentTool}, {"aws-api-tool", c.AWSAPITool}, {"vault-tool", c.VaultTool},
+	} {
+		if t.tool == "" {
+			continue
+		}
+		if err := validTool(t.tool); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+		}
+	}
+	if c.MaxRuns < 0 || c.RunTTL < 0 || c.MaxScanBytes < 0 {
+		errs = append(errs, errors.New("max-runs, run-ttl and max-scan-bytes must not be negative"))
+	}
 	if err := c.Mapping.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -156,6 +205,7 @@ type Server struct {
 	metrics *metrics
 	events  *broker
 	names   names
+	runs    *runTable
 
 	mu   sync.Mutex
 	addr map[string]string // API -> bound address, once listening
@@ -182,6 +232,7 @@ func New(cfg Config, src Source) (*Server, error) {
 		metrics: newMetrics(), events: newBroker(), addr: map[string]string{},
 	}
 	s.names = names{tenant: cfg.Tenant, m: cfg.Mapping}
+	s.runs = newRunTable(func() Source { return s.src }, cfg.MaxRuns, cfg.RunTTL)
 	return s, nil
 }
 
@@ -216,14 +267,14 @@ func (s *Server) Run(ctx context.Context) error {
 		return errors.New("sidecar: no source (SetSource)")
 	}
 	type api struct {
-		name, addr string
-		h          http.Handler
+		name, addr, tool string
+		h                http.Handler
 	}
 	apis := []api{
-		{APIRekey, s.cfg.Listen, s.rekeyHandler()},
-		{APIAWSAgent, s.cfg.AWSAgentListen, s.awsAgentHandler()},
-		{APIAWS, s.cfg.AWSAPIListen, s.awsAPIHandler()},
-		{APIVault, s.cfg.VaultListen, s.vaultHandler()},
+		{APIRekey, s.cfg.Listen, s.cfg.Tool, s.rekeyHandler()},
+		{APIAWSAgent, s.cfg.AWSAgentListen, s.cfg.AWSAgentTool, s.awsAgentHandler()},
+		{APIAWS, s.cfg.AWSAPIListen, s.cfg.AWSAPITool, s.awsAPIHandler()},
+		{APIVault, s.cfg.VaultListen, s.cfg.VaultTool, s.vaultHandler()},
 	}
 	var servers []*http.Server
 	var lns []net.Listener
@@ -243,7 +294,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		lns = append(lns, ln)
 		servers = append(servers, &http.Server{
-			Handler: s.instrument(a.name, a.h), ReadHeaderTimeout: 5 * time.Second,
+			Handler: s.instrument(a.name, s.withCaller(a.name, a.tool, a.h)), ReadHeaderTimeout: 5 * time.Second,
 			MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		})
 		s.mu.Lock()
@@ -272,6 +323,9 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, srv := range servers {
 		_ = srv.Shutdown(sctx) // in-flight reads end within RequestTimeout
 	}
+	if err := s.runs.endAll(); err != nil {
+		s.log.Warn("runs ended; credentials not all revoked", "error", err)
+	}
 	for _, a := range apis {
 		if p, ok := unixPath(a.addr); ok {
 			_ = os.Remove(p)
@@ -283,11 +337,20 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// get reads one secret for an API request, with the request timeout.
+// get reads one secret for an API request, with the request timeout, on
+// behalf of the request's tool, through its run if it names one.
 func (s *Server) get(r *http.Request, secret string) (agent.Secret, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
-	return s.src.Get(ctx, secret)
+	c := callerOf(ctx)
+	if c.run == "" {
+		return s.src.GetFor(ctx, secret, agent.Use{Tool: c.tool})
+	}
+	run, err := s.runs.get(ctx, c.run)
+	if err != nil {
+		return agent.Secret{}, err
+	}
+	return run.GetFor(ctx, secret, c.tool)
 }
 
 // Outcome of a read, for each API's error shape.

@@ -409,6 +409,9 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 		t.ignore(msg, md, "unknown tenant or secret", "tenant", rep.Tenant, "secret", rep.Secret)
 		return
 	}
+	if (rep.Tool != "" || rep.Run != "") && md.NumDelivered == 1 {
+		c.auditUse(ctx, rep)
+	}
 	if sc.Policy.MaxUses <= 0 {
 		t.ignore(msg, md, "secret has no max_uses", "tenant", rep.Tenant, "secret", rep.Secret)
 		return
@@ -464,6 +467,26 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	if err := msg.Ack(); err != nil {
 		log.Debug("ack failed; the report will be redelivered and recognised", "seq", md.Sequence.Stream, "error", err)
 	}
+}
+
+// auditUse records a report that names its tool or run: which agent
+// instance of the tenant read which version, for which tool and run, how
+// often and when. A report is audited at its first delivery only.
+func (c *counter) auditUse(ctx context.Context, rep schemas.UsageReport) {
+	d := map[string]string{
+		"version": rep.Version, "agent": rep.Agent, "count": strconv.FormatInt(rep.Count, 10),
+		"window_start": rep.WindowStart.UTC().Format(time.RFC3339Nano), "window_end": rep.WindowEnd.UTC().Format(time.RFC3339Nano),
+	}
+	if rep.Tool != "" {
+		d["tool"] = rep.Tool
+	}
+	if rep.Run != "" {
+		d["run"] = rep.Run
+	}
+	_ = c.t.audit.Record(ctx, schemas.AuditRecord{
+		Tenant: rep.Tenant, Secret: rep.Secret, Actor: "agent:" + rep.Agent, Action: "secret.used",
+		Outcome: schemas.OutcomeSucceeded, Component: "usage", Detail: d,
+	})
 }
 
 // refuse counts n refused reports of tenant for the audit trail.

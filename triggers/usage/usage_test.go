@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -103,7 +104,23 @@ func TestOneRotationPerVersionOverLimit(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, cnt.Uses, "secret without max_uses is not counted")
 
-	audits := env.audits(t)
+	var audits []schemas.AuditRecord
+	usedCount := map[string]int64{}
+	for _, a := range env.audits(t) {
+		if a.Action != "secret.used" {
+			audits = append(audits, a)
+			continue
+		}
+		// Each report naming its tool is in the audit trail once, with
+		// the agent instance, the tool and the window.
+		require.Equal(t, "planner", a.Detail["tool"])
+		require.Equal(t, "agent:"+a.Detail["agent"], a.Actor)
+		require.NotEmpty(t, a.Detail["window_end"])
+		n, err := strconv.ParseInt(a.Detail["count"], 10, 64)
+		require.NoError(t, err)
+		usedCount[a.Detail["version"]] += n
+	}
+	require.Equal(t, uses, usedCount)
 	slices.SortFunc(audits, func(a, b schemas.AuditRecord) int { return strings.Compare(a.Action, b.Action) })
 	require.Len(t, audits, 2)
 	require.Equal(t, schemas.OutcomeAccepted, audits[0].Outcome)

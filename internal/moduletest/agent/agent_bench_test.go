@@ -35,6 +35,20 @@ func BenchmarkGetCached(b *testing.B) {
 	}
 }
 
+// BenchmarkGetForCached reads a cached secret on behalf of a tool and a
+// run (counted per (secret, version, tool, run)).
+func BenchmarkGetForCached(b *testing.B) {
+	a := benchAgent(b)
+	ctx := context.Background()
+	u := agent.Use{Tool: "planner", Run: "run-1"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := a.GetFor(ctx, "openai-key", u); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkGetCachedParallel reads the same cached secret from GOMAXPROCS
 // goroutines, counting every use.
 func BenchmarkGetCachedParallel(b *testing.B) {

@@ -651,3 +651,49 @@ func TestValuesNeverLeak(t *testing.T) {
 	require.Greater(t, n, 4)
 	require.NotContains(t, logs.String(), "s3cr3t")
 }
+
+// Reads that name a tool or a run are reported per (secret, version, tool,
+// run); plain reads keep Config.Tool.
+func TestUsageReportsPerToolAndRun(t *testing.T) {
+	s := startServer(t)
+	nc := connect(t, s)
+	createStream(t, nc)
+	used := collect(t, nc, "rekey.used.>")
+	f := newFakeFetcher()
+	f.set("k", 4)
+	a := startAgent(t, nc, f, agent.Config{Instance: "billing-1", Tool: "reconcile", UsageInterval: time.Hour})
+	ctx := context.Background()
+	for range 5 {
+		get(t, a, "k")
+	}
+	for range 3 {
+		_, err := a.GetFor(ctx, "k", agent.Use{Tool: "search"})
+		require.NoError(t, err)
+	}
+	run := a.BeginRun(ctx, "run-7")
+	for range 2 {
+		_, err := run.GetFor(ctx, "k", "search")
+		require.NoError(t, err)
+	}
+	_, err := run.Get(ctx, "k")
+	require.NoError(t, err)
+	_, err = a.GetFor(ctx, "k", agent.Use{Tool: strings.Repeat("x", schemas.MaxAgentFieldLen+1)})
+	require.Error(t, err)
+	require.NoError(t, run.End())
+	require.NoError(t, a.Close())
+
+	got := map[[2]string]int64{}
+	for len(got) < 4 || len(used) > 0 {
+		m := next(t, used, 2*time.Second)
+		e, err := schemas.Decode(m.Data)
+		require.NoError(t, err)
+		var r schemas.UsageReport
+		require.NoError(t, e.DecodeData(schemas.TypeUsageReport, &r))
+		require.NoError(t, r.Validate())
+		require.Equal(t, "v4", r.Version)
+		got[[2]string{r.Tool, r.Run}] += r.Count
+	}
+	require.Equal(t, map[[2]string]int64{
+		{"reconcile", ""}: 5, {"search", ""}: 3, {"search", "run-7"}: 2, {"reconcile", "run-7"}: 1,
+	}, got)
+}
