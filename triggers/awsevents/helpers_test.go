@@ -265,24 +265,7 @@ func (e *env) handled() float64 {
 // (any, when label is empty), 0 when absent.
 func (e *env) metric(name, label, value string) float64 {
 	e.t.Helper()
-	families, err := e.metrics.Registry.Gather()
-	require.NoError(e.t, err)
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			if label == "" {
-				return m.GetCounter().GetValue()
-			}
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return testutil.CounterValue(e.t, e.metrics.Registry, name, label, value)
 }
 
 // events reads a stream (the subjects matching filter; all when it is
