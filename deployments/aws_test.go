@@ -25,6 +25,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/rekey-dev/rekey/fanout/exporters/eventbridge"
 	"github.com/rekey-dev/rekey/triggers/awsevents"
 )
 
@@ -1191,7 +1192,7 @@ func TestAWSTemplateParameters(t *testing.T) {
 		"TenantPrefix":    "/tenants/",
 		"TenantTagKey":    "TenantId",
 		"MaxReceiveCount": "5",
-		"OutcomeBusName":  awsevents.DefaultBusName,
+		"OutcomeBusName":  eventbridge.DefaultBusName,
 		"RekeyRoleName":   "",
 	} {
 		if got := s.params[name]; got != want {

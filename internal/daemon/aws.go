@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/rekey-dev/rekey/fanout/exporters/eventbridge"
 	"github.com/rekey-dev/rekey/handlers/awssm"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -74,22 +75,28 @@ func buildAWSEvents(_ context.Context, d *Daemon, raw []byte, deps orchestrator.
 }
 
 // buildExporters builds what sends rekey's outcomes out: the EventBridge
-// outcome publisher, on when triggers.awsevents.eventbridge.enabled is set
-// (whether or not the SQS trigger of that section runs).
+// outcome publisher (fanout/exporters/eventbridge), on when
+// triggers.awsevents.eventbridge.enabled is set (whether or not the SQS
+// trigger of that section runs).
 func (d *Daemon) buildExporters() ([]orchestrator.Named, error) {
 	raw, ok := d.cfg.Triggers["awsevents"]
 	if !ok {
 		return nil, nil
 	}
-	cfg, err := awsevents.ParseConfig(raw, &d.cfg)
-	if err != nil {
+	// With the SQS trigger off, buildTriggers did not read the section;
+	// it is still checked (README: Triggers).
+	if trigger, err := d.cfg.TriggerOn("awsevents", false); err != nil {
+		return nil, err
+	} else if !trigger {
+		if _, err := awsevents.ParseConfig(raw, &d.cfg); err != nil {
+			return nil, err
+		}
+	}
+	cfg, on, err := eventbridge.ParseConfig(raw)
+	if err != nil || !on {
 		return nil, err
 	}
-	if !cfg.EventBridge.Enabled {
-		return nil, nil
-	}
-	deps := d.deps(orchestrator.RoleAPI)
-	p, err := awsevents.NewPublisher(cfg, deps.Bus, deps.Metrics, deps.Log)
+	p, err := eventbridge.NewPublisher(cfg, d.deps(orchestrator.RoleAPI))
 	if err != nil {
 		return nil, err
 	}

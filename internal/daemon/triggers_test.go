@@ -61,3 +61,33 @@ tenants:
 	_, err = daemon.New(context.Background(), daemon.Options{Config: cfg, AdminToken: testToken})
 	require.ErrorContains(t, err, "triggers.pagerr: unknown trigger")
 }
+
+// TestAWSExporterSectionChecked: with the SQS trigger of
+// triggers.awsevents off, its eventbridge key (the EventBridge exporter's)
+// and the rest of the section are still checked, each error naming its
+// field; an exporter that is off needs nothing.
+func TestAWSExporterSectionChecked(t *testing.T) {
+	for _, tc := range []struct{ section, err string }{
+		{"{enabled: false, eventbridge: {enabled: true, kinds: [external_change]}}", "triggers.awsevents.eventbridge.kinds[0]"},
+		{"{enabled: false, eventbridge: {enabled: false, source: aws.rekey}}", "triggers.awsevents.eventbridge.source"},
+		{"{enabled: false, wait_time: 25s, eventbridge: {enabled: true}}", "triggers.awsevents.wait_time"},
+		{"{enabled: false, eventbridge: {enabled: false}}", ""},
+	} {
+		cfg, err := orchestrator.Parse([]byte(`
+data_dir: ` + t.TempDir() + `
+nats: {embedded: {addr: "127.0.0.1:0"}}
+http: {addr: "127.0.0.1:0"}
+triggers:
+  awsevents: ` + tc.section + `
+tenants:
+  acme: {secrets: {k: {backend: local}}}
+`))
+		require.NoError(t, err)
+		if tc.err == "" {
+			start(t, cfg, daemonOpts())
+			continue
+		}
+		_, err = daemon.New(context.Background(), daemon.Options{Config: cfg, AdminToken: testToken})
+		require.ErrorContains(t, err, tc.err, tc.section)
+	}
+}

@@ -62,6 +62,7 @@ import (
 
 	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/awsconf"
 	"github.com/rekey-dev/rekey/schemas"
 )
 
@@ -153,12 +154,12 @@ func New(cfg Config, resolver SecretResolver, deps orchestrator.Deps) (*Trigger,
 		return nil, err
 	}
 	metrics := deps.Metrics
-	awsCfg, err := LoadAWSConfig(context.Background(), cmp.Or(cfg.Region, regionOf(cfg.QueueURL)), cfg.Endpoint)
+	awsCfg, err := awsconf.Load(context.Background(), cmp.Or(cfg.Region, awsconf.RegionOf(cfg.QueueURL)), cfg.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", Section, err)
 	}
 	smRegion := cmp.Or(cfg.SecretsManager.Region, awsCfg.Region)
-	smCfg, err := LoadAWSConfig(context.Background(), smRegion, cfg.SecretsManager.Endpoint)
+	smCfg, err := awsconf.Load(context.Background(), smRegion, cfg.SecretsManager.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("%s: secrets manager: %w", Section, err)
 	}

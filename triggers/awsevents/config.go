@@ -6,10 +6,11 @@ import (
 	"net/url"
 	"path"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/goccy/go-yaml"
 
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
@@ -29,31 +30,20 @@ const (
 	DefaultDedupWindow = 24 * time.Hour
 	// DefaultMaxReceiveCount is deployments/aws's maxReceiveCount.
 	DefaultMaxReceiveCount = 5
-	DefaultSource          = "rekey"
-	DefaultBusName         = "default"
 )
-
-// DefaultKinds are the rekey event kinds the outcome publisher sends to
-// EventBridge when eventbridge.kinds is empty.
-var DefaultKinds = []string{schemas.KindRotationCompleted, schemas.KindRotationFailed, schemas.KindRevocationCompleted}
-
-// PublishableKinds are the event kinds eventbridge.kinds may name.
-var PublishableKinds = []string{
-	schemas.KindRotationCompleted, schemas.KindRotationFailed, schemas.KindRevocationStarted,
-	schemas.KindRevocationCompleted, schemas.KindTenantRestored, schemas.KindInvalidationConfirmed,
-}
 
 // Config is the triggers.awsevents section of rekey.yaml.
 type Config struct {
-	// Enabled runs the SQS consumer (default true). The outcome
-	// publisher has its own switch, eventbridge.enabled.
+	// Enabled runs the SQS consumer (default true). The EventBridge
+	// outcome publisher has its own switch, eventbridge.enabled.
 	Enabled bool `yaml:"enabled"`
 	// QueueURL is the SQS queue an EventBridge rule feeds (required when
 	// enabled). Give it a redrive policy to a dead-letter queue: a message
 	// rekey cannot parse is left on the queue and only the redrive policy
 	// takes it away.
 	QueueURL string `yaml:"queue_url"`
-	// Region of the queue (and of the EventBridge bus). Default: read from
+	// Region of the queue (and, unless eventbridge.region is set, of
+	// the EventBridge bus the exporter puts on). Default: read from
 	// a standard queue URL (https://sqs.<region>.amazonaws.com/...), else
 	// the SDK's (AWS_REGION, the shared config).
 	Region string `yaml:"region"`
@@ -94,8 +84,10 @@ type Config struct {
 	// GetSecretValue of a canary (see Trigger.WatchCanaries) by any other
 	// is reported as a leak of it.
 	CanaryReaders []string `yaml:"canary_readers"`
-	// EventBridge configures the outcome publisher.
-	EventBridge EventBridgeConfig `yaml:"eventbridge"`
+	// EventBridge is the outcome publisher's configuration, read by
+	// fanout/exporters/eventbridge (with region, endpoint and queue_url);
+	// kept here so that the section decodes strictly, not validated here.
+	EventBridge yaml.RawMessage `yaml:"eventbridge"`
 	// ConfirmTPS paces, per process, the Secrets Manager calls
 	// (DescribeSecret, ListSecretVersionIds) that confirm a Secrets Manager
 	// event before rekey acts on it (default 10). An event waits for its
@@ -167,23 +159,6 @@ type GuardDutyRule struct {
 	// AccessKey, Instance, EKSCluster...; Security Hub: AwsIamAccessKey,
 	// AWS::IAM::AccessKey...).
 	ResourceTypes []string `yaml:"resource_types"`
-}
-
-// EventBridgeConfig configures the outcome publisher: rekey's own
-// lifecycle events, read from the EVENTS stream, sent to an event bus.
-type EventBridgeConfig struct {
-	// Enabled runs the publisher (default false).
-	Enabled bool `yaml:"enabled"`
-	// BusName is the event bus name or ARN (default "default").
-	BusName string `yaml:"bus_name"`
-	// Source of the events put (default "rekey"); "aws." is reserved.
-	Source string `yaml:"source"`
-	// Kinds of rekey events sent (default rotation_completed,
-	// rotation_failed, revocation_completed).
-	Kinds []string `yaml:"kinds"`
-	// Region and Endpoint override the section's for EventBridge.
-	Region   string `yaml:"region"`
-	Endpoint string `yaml:"endpoint"`
 }
 
 // Defaults returns the configuration of an empty section.
@@ -295,9 +270,6 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	for _, p := range c.EventBridge.validate() {
-		add("eventbridge."+p.field, "%s", p.reason)
-	}
 	return errors.Join(errs...)
 }
 
@@ -371,32 +343,6 @@ func (r GuardDutyRule) validate() []fieldProblem {
 	return out
 }
 
-func (e EventBridgeConfig) validate() []fieldProblem {
-	var out []fieldProblem
-	add := func(field, format string, args ...any) {
-		out = append(out, fieldProblem{field, fmt.Sprintf(format, args...)})
-	}
-	if len(e.BusName) > 1600 || strings.ContainsAny(e.BusName, " \t\n") {
-		add("bus_name", "must be an event bus name or ARN")
-	}
-	if strings.HasPrefix(e.Source, "aws.") {
-		add("source", "%q: sources starting with aws. are reserved for AWS", e.Source)
-	} else if len(e.Source) > 256 {
-		add("source", "must be at most 256 characters")
-	}
-	for i, k := range e.Kinds {
-		if !slices.Contains(PublishableKinds, k) {
-			add(fmt.Sprintf("kinds[%d]", i), "%q is not one of %s", k, strings.Join(PublishableKinds, ", "))
-		}
-	}
-	if e.Endpoint != "" {
-		if err := checkURL(e.Endpoint, false); err != nil {
-			add("endpoint", "%v", err)
-		}
-	}
-	return out
-}
-
 // checkAgainst checks that every tenant the section names is configured.
 func (c Config) checkAgainst(rekey *orchestrator.Config) error {
 	if rekey == nil {
@@ -448,22 +394,6 @@ func (c Config) withDefaults() Config {
 	if c.MaxReceiveCount == 0 {
 		c.MaxReceiveCount = DefaultMaxReceiveCount
 	}
-	e := &c.EventBridge
-	if e.BusName == "" {
-		e.BusName = DefaultBusName
-	}
-	if e.Source == "" {
-		e.Source = DefaultSource
-	}
-	if len(e.Kinds) == 0 {
-		e.Kinds = DefaultKinds
-	}
-	if e.Region == "" {
-		e.Region = c.Region
-	}
-	if e.Endpoint == "" {
-		e.Endpoint = c.Endpoint
-	}
 	return c
 }
 
@@ -508,22 +438,4 @@ func ParseSeverity(s string) (float64, error) {
 		return 0, fmt.Errorf("%q must be a number from 0 to 10, or low, medium, high or critical", s)
 	}
 	return v, nil
-}
-
-// regionOf returns the region of a standard SQS queue URL, or "".
-func regionOf(queueURL string) string {
-	u, err := url.Parse(queueURL)
-	if err != nil {
-		return ""
-	}
-	host := u.Hostname()
-	for _, p := range []struct{ prefix, suffix string }{{"sqs.", ".amazonaws.com"}, {"sqs.", ".amazonaws.com.cn"}} {
-		if strings.HasPrefix(host, p.prefix) && strings.HasSuffix(host, p.suffix) {
-			region := strings.TrimSuffix(strings.TrimPrefix(host, p.prefix), p.suffix)
-			if region != "" && !strings.Contains(region, ".") {
-				return region
-			}
-		}
-	}
-	return ""
 }

@@ -38,7 +38,10 @@ eventbridge: {enabled: true, kinds: [rotation_completed, tenant_restored]}
 	require.Equal(t, float64(awsevents.DefaultConfirmTPS), cfg.ConfirmTPS)
 	require.Len(t, cfg.GuardDuty.Rules, 2)
 	require.Equal(t, "7.5", cfg.GuardDuty.Rules[0].MinSeverity)
-	require.True(t, cfg.EventBridge.Enabled)
+	require.NotEmpty(t, cfg.EventBridge, "kept for fanout/exporters/eventbridge")
+
+	_, err = awsevents.ParseConfig([]byte("queue_url: "+queueURL+"\neventbridge: {enabled: true, kinds: [external_change]}\n"), rekeyConfig(t))
+	require.NoError(t, err, "eventbridge is the exporter's to validate")
 
 	cfg, err = awsevents.ParseConfig([]byte("enabled: false\n"), rekeyConfig(t))
 	require.NoError(t, err, "a disabled trigger needs no queue")
@@ -83,8 +86,6 @@ eventbridge: {enabled: true}
 		{"severity", strings.Replace(base, "access_key_ids:", "min_severity: severe, access_key_ids:", 1), "triggers.awsevents.guardduty.rules[0].min_severity", "number from 0 to 10"},
 		{"severity range", strings.Replace(base, "access_key_ids:", "min_severity: 11, access_key_ids:", 1), "triggers.awsevents.guardduty.rules[0].min_severity", "number from 0 to 10"},
 		{"rule names", strings.Replace(base, "    - {tenant", "    - {name: a, tenant: globex, principal_ids: [P]}\n    - {name: a, tenant", 1), "triggers.awsevents.guardduty.rules[1].name", "used by another rule"},
-		{"kinds", strings.Replace(base, "{enabled: true}", "{enabled: true, kinds: [external_change]}", 1), "triggers.awsevents.eventbridge.kinds[0]", "is not one of"},
-		{"source", strings.Replace(base, "{enabled: true}", "{enabled: true, source: aws.rekey}", 1), "triggers.awsevents.eventbridge.source", "reserved"},
 		{"confirm tps", base + "confirm_tps: 0\n", "triggers.awsevents.confirm_tps", "above 0"},
 		{"confirm tps NaN", base + "confirm_tps: .nan\n", "triggers.awsevents.confirm_tps", "above 0"},
 		{"max receive count", base + "max_receive_count: 0\n", "triggers.awsevents.max_receive_count", "between 1 and 1000"},
@@ -148,7 +149,4 @@ func TestNew(t *testing.T) {
 	defer cancel()
 	require.NoError(t, off.Run(ctx))
 	require.NoError(t, ctx.Err(), "a disabled trigger's Run returns at once")
-
-	_, err = awsevents.NewPublisher(awsevents.Defaults(), &orchestrator.Bus{}, nil, nil)
-	require.ErrorContains(t, err, "eventbridge.enabled is false")
 }

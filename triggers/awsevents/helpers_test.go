@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -35,34 +34,10 @@ import (
 // when it cannot be found fails with how to build it.
 var servers kumotest.Servers
 
-func TestMain(m *testing.M) {
-	// The trigger and the publisher take their credentials from the SDK's
-	// default chain, as rekeyd does; the emulator accepts any. Nothing of
-	// the machine's own AWS setup is read.
-	dir, err := os.MkdirTemp("", "awsevents-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	empty := filepath.Join(dir, "empty")
-	if err := os.WriteFile(empty, nil, 0o600); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	for _, k := range []string{"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"} {
-		_ = os.Unsetenv(k)
-	}
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": "AKIDAWSEVENTSTEST", "AWS_SECRET_ACCESS_KEY": "awsevents-test-secret",
-		"AWS_CONFIG_FILE": empty, "AWS_SHARED_CREDENTIALS_FILE": empty, "AWS_EC2_METADATA_DISABLED": "true",
-	} {
-		_ = os.Setenv(k, v)
-	}
-	code := m.Run()
-	servers.Stop()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+// TestMain: the trigger takes its credentials from
+// the SDK's default chain, as rekeyd does; kumotest.Main gives it test
+// credentials and keeps the machine's own AWS setup out.
+func TestMain(m *testing.M) { os.Exit(kumotest.Main(m, &servers)) }
 
 // rekeyYAML has the tenants of the tests; ops receives the audit records
 // of messages that name no tenant.
@@ -290,24 +265,7 @@ func (e *env) handled() float64 {
 // (any, when label is empty), 0 when absent.
 func (e *env) metric(name, label, value string) float64 {
 	e.t.Helper()
-	families, err := e.metrics.Registry.Gather()
-	require.NoError(e.t, err)
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			if label == "" {
-				return m.GetCounter().GetValue()
-			}
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return testutil.CounterValue(e.t, e.metrics.Registry, name, label, value)
 }
 
 // events reads a stream (the subjects matching filter; all when it is

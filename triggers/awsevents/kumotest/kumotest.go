@@ -51,7 +51,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -312,3 +314,38 @@ func (s *Servers) Kumo(t testing.TB) *Kumo {
 
 // Stop stops the emulator if it was started.
 func (s *Servers) Stop() { s.kumo.Value().Stop() }
+
+// Main runs the tests of m the way TestMain of a package whose code
+// takes its credentials from the SDK's default chain (as rekeyd does)
+// should: that chain reads fixed test credentials (the emulator accepts
+// any) and nothing of the machine's own AWS setup; servers (may be nil)
+// are stopped at the end. It returns m.Run's exit code:
+//
+//	func TestMain(m *testing.M) { os.Exit(kumotest.Main(m, &servers)) }
+func Main(m *testing.M, servers *Servers) int {
+	dir, err := os.MkdirTemp("", "kumotest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for _, k := range []string{"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"} {
+		_ = os.Unsetenv(k)
+	}
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID": "AKIDKUMOTEST", "AWS_SECRET_ACCESS_KEY": "kumotest-secret",
+		"AWS_CONFIG_FILE": empty, "AWS_SHARED_CREDENTIALS_FILE": empty, "AWS_EC2_METADATA_DISABLED": "true",
+	} {
+		_ = os.Setenv(k, v)
+	}
+	code := m.Run()
+	if servers != nil {
+		servers.Stop()
+	}
+	return code
+}

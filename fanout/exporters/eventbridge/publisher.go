@@ -1,7 +1,6 @@
-package awsevents
+package eventbridge
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebapi "github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 	"github.com/aws/smithy-go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,8 +17,19 @@ import (
 
 	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
+	"github.com/rekey-dev/rekey/orchestrator/awsconf"
 	"github.com/rekey-dev/rekey/schemas"
 )
+
+// Component is the publisher's name in logs ("component") and errors.
+const Component = "awsevents-eventbridge"
+
+// eventBridgeAPI is the part of the EventBridge client the publisher uses.
+type eventBridgeAPI interface {
+	PutEvents(ctx context.Context, in *ebapi.PutEventsInput, opts ...func(*ebapi.Options)) (*ebapi.PutEventsOutput, error)
+}
+
+var _ eventBridgeAPI = (*ebapi.Client)(nil)
 
 // PublisherDurable is the durable consumer of the EVENTS stream that the
 // outcome publisher reads through, shared by every rekeyd replica.
@@ -45,7 +55,7 @@ func DetailType(kind string) string { return "rekey " + strings.ReplaceAll(kind,
 // is nak'd with a delay and sent again. The durable consumer starts at
 // the first event published after it was created: history is not replayed.
 type Publisher struct {
-	cfg     EventBridgeConfig
+	cfg     Config
 	eb      eventBridgeAPI
 	bus     *orchestrator.Bus
 	log     *slog.Logger
@@ -53,34 +63,27 @@ type Publisher struct {
 	started chan struct{}
 }
 
-// NewPublisher builds the outcome publisher of cfg.EventBridge and its
-// EventBridge client (region and endpoint from cfg.EventBridge, else from
-// cfg; credentials from the SDK's default chain).
-func NewPublisher(cfg Config, bus *orchestrator.Bus, metrics *orchestrator.Metrics, log *slog.Logger) (*Publisher, error) {
-	if !cfg.EventBridge.Enabled {
-		return nil, fmt.Errorf("%s.eventbridge.enabled is false", Section)
+// NewPublisher builds the outcome publisher of cfg and its EventBridge
+// client (region and endpoint from cfg, as ParseConfig filled them in;
+// credentials from the SDK's default chain). deps needs the bus.
+func NewPublisher(cfg Config, deps orchestrator.Deps) (*Publisher, error) {
+	if !cfg.Enabled {
+		return nil, fmt.Errorf("%s.enabled is false", Section)
 	}
 	cfg = cfg.withDefaults()
 	if err := orchestrator.DecodeSection(Section, nil, &cfg); err != nil {
 		return nil, err
 	}
-	if bus == nil {
-		return nil, errors.New("awsevents publisher: bus is required")
+	if err := deps.Check(Component, "bus"); err != nil {
+		return nil, err
 	}
-	if metrics == nil {
-		metrics = orchestrator.NewMetrics()
-	}
-	if log == nil {
-		log = slog.Default()
-	}
-	e := cfg.EventBridge
-	awsCfg, err := LoadAWSConfig(context.Background(), cmp.Or(e.Region, regionOf(cfg.QueueURL)), e.Endpoint)
+	awsCfg, err := awsconf.Load(context.Background(), cfg.Region, cfg.Endpoint)
 	if err != nil {
-		return nil, fmt.Errorf("%s.eventbridge: %w", Section, err)
+		return nil, fmt.Errorf("%s: %w", Section, err)
 	}
-	p := &Publisher{cfg: e, eb: eventbridge.NewFromConfig(awsCfg), bus: bus, log: log.With("component", Component+"-eventbridge"),
+	p := &Publisher{cfg: cfg, eb: ebapi.NewFromConfig(awsCfg), bus: deps.Bus, log: deps.Log.With("component", Component),
 		started: make(chan struct{})}
-	if p.events, err = orchestrator.Register(metrics, newEventsCounter()); err != nil {
+	if p.events, err = orchestrator.Register(deps.Metrics, newEventsCounter()); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -147,7 +150,7 @@ func (p *Publisher) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	out, err := p.eb.PutEvents(ctx, &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+	out, err := p.eb.PutEvents(ctx, &ebapi.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
 		EventBusName: aws.String(p.cfg.BusName),
 		Source:       aws.String(p.cfg.Source),
 		DetailType:   aws.String(DetailType(kind)),

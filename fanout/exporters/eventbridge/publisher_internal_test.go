@@ -1,4 +1,4 @@
-package awsevents
+package eventbridge
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebapi "github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 	"github.com/stretchr/testify/require"
 
@@ -26,18 +26,18 @@ type failingBus struct {
 	calls []ebtypes.PutEventsRequestEntry
 }
 
-func (f *failingBus) PutEvents(_ context.Context, in *eventbridge.PutEventsInput, _ ...func(*eventbridge.Options)) (*eventbridge.PutEventsOutput, error) {
+func (f *failingBus) PutEvents(_ context.Context, in *ebapi.PutEventsInput, _ ...func(*ebapi.Options)) (*ebapi.PutEventsOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, in.Entries...)
 	if len(f.fail) > 0 {
 		code := f.fail[0]
 		f.fail = f.fail[1:]
-		return &eventbridge.PutEventsOutput{FailedEntryCount: 1, Entries: []ebtypes.PutEventsResultEntry{
+		return &ebapi.PutEventsOutput{FailedEntryCount: 1, Entries: []ebtypes.PutEventsResultEntry{
 			{ErrorCode: aws.String(code), ErrorMessage: aws.String("try again")},
 		}}, nil
 	}
-	return &eventbridge.PutEventsOutput{Entries: []ebtypes.PutEventsResultEntry{{EventId: aws.String("eb-1")}}}, nil
+	return &ebapi.PutEventsOutput{Entries: []ebtypes.PutEventsResultEntry{{EventId: aws.String("eb-1")}}}, nil
 }
 
 func (f *failingBus) count() int {
@@ -59,7 +59,7 @@ func TestPublisherRetriesFailedEntries(t *testing.T) {
 	require.NoError(t, bus.EnsureStreams(ctx))
 
 	fake := &failingBus{fail: []string{"ThrottlingException", "InternalFailure", "MalformedDetail"}}
-	cfg := Defaults().withDefaults().EventBridge
+	cfg := Config{}.withDefaults()
 	p := &Publisher{cfg: cfg, eb: fake, bus: bus, log: log, started: make(chan struct{})}
 	p.events, err = orchestrator.Register(orchestrator.NewMetrics(), newEventsCounter())
 	require.NoError(t, err)
