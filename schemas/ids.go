@@ -7,8 +7,11 @@
 package schemas
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 )
 
 // ErrInvalidID is returned (wrapped) for a tenant or secret ID that does not
@@ -118,4 +121,18 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+var safeVersion = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// VersionToken is a secret version as a KV key token and request-id part:
+// the version itself when it is made of [A-Za-z0-9_-] (at most 64), else
+// "=" and a hash ('=' never occurs in the first form, so the two cannot
+// collide). Versions are backend-made and may hold any character.
+func VersionToken(v string) string {
+	if safeVersion.MatchString(v) {
+		return v
+	}
+	h := sha256.Sum256([]byte(v))
+	return "=" + hex.EncodeToString(h[:16])
 }

@@ -34,7 +34,6 @@ package leak
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +45,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -299,7 +299,7 @@ func (h *handler) handle(ctx context.Context, tenant string, msg jetstream.Msg) 
 	if err != nil {
 		t.reports.WithLabelValues("failed").Inc()
 		log.Warn("leak report not acted on; will retry", "seq", md.Sequence.Stream, "error", err)
-		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
+		_ = msg.NakWithDelay(retry.Outage.Delay(int(md.NumDelivered)))
 		return
 	}
 	if first {
@@ -428,54 +428,24 @@ func (h *handler) markPublished(ctx context.Context, d Decision) error {
 	return fmt.Errorf("mark %s published: too many concurrent updates", Key(d.Tenant, d.Secret, d.Version))
 }
 
+// get reads the decision about one version (rev 0: none yet); a decision
+// stored under the key of another version is an error.
 func get(ctx context.Context, kv jetstream.KeyValue, tenant, secret, version string) (Decision, uint64, error) {
-	k := Key(tenant, secret, version)
-	e, err := kv.Get(ctx, k)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return Decision{}, 0, nil
-	}
-	if err != nil {
-		return Decision{}, 0, fmt.Errorf("read decision %s: %w", k, err)
-	}
 	var d Decision
-	if err := schemas.DecodeStrict(e.Value(), &d, "tenant", "secret", "version", "action", "request_id"); err != nil {
-		return Decision{}, 0, fmt.Errorf("decode decision %s: %w", k, err)
+	rev, err := orchestrator.GetStrict(ctx, kv, Key(tenant, secret, version), "decision", &d, "tenant", "secret", "version", "action", "request_id")
+	if err != nil || rev == 0 {
+		return Decision{}, 0, err
 	}
 	if d.Tenant != tenant || d.Secret != secret || d.Version != version {
-		return Decision{}, 0, fmt.Errorf("decision %s holds %s/%s version %q", k, d.Tenant, d.Secret, d.Version)
+		return Decision{}, 0, fmt.Errorf("decision %s holds %s/%s version %q", Key(tenant, secret, version), d.Tenant, d.Secret, d.Version)
 	}
-	return d, e.Revision(), nil
+	return d, rev, nil
 }
 
 // put writes d with compare-and-set (rev 0: create); ok is false when
 // another writer was first.
 func put(ctx context.Context, kv jetstream.KeyValue, d Decision, rev uint64) (bool, error) {
-	k := Key(d.Tenant, d.Secret, d.Version)
-	b, err := json.Marshal(d)
-	if err != nil {
-		return false, fmt.Errorf("encode decision %s: %w", k, err)
-	}
-	if rev == 0 {
-		_, err = kv.Create(ctx, k, b)
-	} else {
-		_, err = kv.Update(ctx, k, b, rev)
-	}
-	if err == nil {
-		return true, nil
-	}
-	if orchestrator.IsConflict(err) {
-		return false, nil
-	}
-	return false, fmt.Errorf("write decision %s: %w", k, err)
-}
-
-// retryDelay backs off from 500ms to 30s with the number of deliveries.
-func retryDelay(delivered uint64) time.Duration {
-	d := 500 * time.Millisecond
-	for i := uint64(1); i < delivered && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 30*time.Second)
+	return orchestrator.PutIfRevision(ctx, kv, Key(d.Tenant, d.Secret, d.Version), "decision", d, rev)
 }
 
 // setupFailed is Run's result when setting up failed: nil if that was

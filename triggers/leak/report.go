@@ -1,11 +1,8 @@
 package leak
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -75,23 +72,10 @@ func printable(s string) bool {
 	return true
 }
 
-var safeVersion = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
-// versionToken is the version as a KV key token and request-id part: the
-// version itself when it is made of [A-Za-z0-9_-], else "=" and a hash
-// ('=' never occurs in the first form, so the two cannot collide).
-func versionToken(v string) string {
-	if safeVersion.MatchString(v) {
-		return v
-	}
-	h := sha256.Sum256([]byte(v))
-	return "=" + hex.EncodeToString(h[:16])
-}
-
 // Key is the KV key (bucket "rekey_leak") of the decision about one leaked
 // secret version.
 func Key(tenant, secret, version string) string {
-	return tenant + "." + secret + "." + versionToken(version)
+	return tenant + "." + secret + "." + schemas.VersionToken(version)
 }
 
 // RequestID is the id of the request a leak of one version makes (the

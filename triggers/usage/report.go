@@ -1,11 +1,8 @@
 package usage
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -90,23 +87,10 @@ func validateVersion(v string) error {
 	return nil
 }
 
-var safeVersion = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
-// versionToken is the version as a KV key token and request-id part: the
-// version itself when it is made of [A-Za-z0-9_-], else "=" and a hash
-// ('=' never occurs in the first form, so the two cannot collide).
-func versionToken(v string) string {
-	if safeVersion.MatchString(v) {
-		return v
-	}
-	h := sha256.Sum256([]byte(v))
-	return "=" + hex.EncodeToString(h[:16])
-}
-
 // Key is the KV key of one secret version's count in the "rekey_usage"
 // bucket.
 func Key(tenant, secret, version string) string {
-	return tenant + "." + secret + "." + versionToken(version)
+	return tenant + "." + secret + "." + schemas.VersionToken(version)
 }
 
 // RequestID is the rotation request id (CloudEvent id and Nats-Msg-Id)

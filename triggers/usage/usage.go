@@ -21,7 +21,6 @@ package usage
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -37,6 +36,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rekey-dev/rekey/internal/retry"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -426,7 +426,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	if err != nil {
 		t.reports.WithLabelValues("failed").Inc()
 		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "error", err)
-		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
+		_ = msg.NakWithDelay(retry.Outage.Delay(int(md.NumDelivered)))
 		return
 	}
 	if !ok {
@@ -447,7 +447,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 	if err != nil {
 		t.reports.WithLabelValues("failed").Inc()
 		log.Warn("use report not counted; will retry", "seq", md.Sequence.Stream, "error", err)
-		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
+		_ = msg.NakWithDelay(retry.Outage.Delay(int(md.NumDelivered)))
 		return
 	}
 	if r := cnt.Rotation; r != nil && !r.Published && (r.Seq == md.Sequence.Stream || time.Since(r.DecidedAt) > 2*t.cfg.AckWait) {
@@ -455,7 +455,7 @@ func (c *counter) handle(ctx context.Context, tc *tenantConsumer, msg jetstream.
 		// publish the request; on failure the redelivery retries it.
 		if err := c.request(ctx, cnt, log); err != nil {
 			log.Warn("rotation not requested; will retry", "request_id", r.RequestID, "error", err)
-			_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
+			_ = msg.NakWithDelay(retry.Outage.Delay(int(md.NumDelivered)))
 			return
 		}
 	}
@@ -652,47 +652,25 @@ func (c *counter) markPublished(ctx context.Context, cnt Count) error {
 	return fmt.Errorf("mark %s published: too many concurrent updates", Key(cnt.Tenant, cnt.Secret, cnt.Version))
 }
 
+// get reads one version's count (a zero count at revision 0 when there is
+// none yet); a count stored under the key of another version is an error.
 func get(ctx context.Context, kv jetstream.KeyValue, tenant, secret, version string) (Count, uint64, error) {
-	k := Key(tenant, secret, version)
-	zero := Count{Tenant: tenant, Secret: secret, Version: version}
-	e, err := kv.Get(ctx, k)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return zero, 0, nil
-	}
+	cnt := Count{Tenant: tenant, Secret: secret, Version: version}
+	rev, err := orchestrator.GetStrict(ctx, kv, Key(tenant, secret, version), "count", &cnt, "tenant", "secret", "version")
 	if err != nil {
-		return Count{}, 0, fmt.Errorf("read count %s: %w", k, err)
-	}
-	var cnt Count
-	if err := schemas.DecodeStrict(e.Value(), &cnt, "tenant", "secret", "version"); err != nil {
-		return Count{}, 0, fmt.Errorf("decode count %s: %w", k, err)
+		return Count{}, 0, err
 	}
 	if cnt.Tenant != tenant || cnt.Secret != secret || cnt.Version != version {
 		// Two versions hashing to one key: practically impossible.
-		return Count{}, 0, fmt.Errorf("count %s holds %s/%s version %q", k, cnt.Tenant, cnt.Secret, cnt.Version)
+		return Count{}, 0, fmt.Errorf("count %s holds %s/%s version %q", Key(tenant, secret, version), cnt.Tenant, cnt.Secret, cnt.Version)
 	}
-	return cnt, e.Revision(), nil
+	return cnt, rev, nil
 }
 
 // put writes cnt with compare-and-set; ok is false when another writer
 // was first.
 func put(ctx context.Context, kv jetstream.KeyValue, cnt Count, rev uint64) (bool, error) {
-	k := Key(cnt.Tenant, cnt.Secret, cnt.Version)
-	b, err := json.Marshal(cnt)
-	if err != nil {
-		return false, fmt.Errorf("encode count %s: %w", k, err)
-	}
-	if rev == 0 {
-		_, err = kv.Create(ctx, k, b)
-	} else {
-		_, err = kv.Update(ctx, k, b, rev)
-	}
-	if err == nil {
-		return true, nil
-	}
-	if orchestrator.IsConflict(err) {
-		return false, nil
-	}
-	return false, fmt.Errorf("write count %s: %w", k, err)
+	return orchestrator.PutIfRevision(ctx, kv, Key(cnt.Tenant, cnt.Secret, cnt.Version), "count", cnt, rev)
 }
 
 // prune drops the sequences at or below the ack floor (never redelivered)
@@ -711,15 +689,6 @@ func satAdd(a, b int64) int64 {
 		return math.MaxInt64
 	}
 	return a + b
-}
-
-// retryDelay backs off from 500ms to 30s with the number of deliveries.
-func retryDelay(delivered uint64) time.Duration {
-	d := 500 * time.Millisecond
-	for i := uint64(1); i < delivered && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 30*time.Second)
 }
 
 // setupFailed is Run's result when setting up failed: nil if that was
