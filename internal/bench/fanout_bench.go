@@ -61,6 +61,10 @@ type FanoutResult struct {
 	// bytes it allocated per agent per rotation.
 	RawGCs, FanoutGCs     int
 	AllocPerAgentRotation float64
+	// RawCPU and FanoutCPU are the CPU time per sample (raw round or
+	// rotation, the pause after it included) in rekeyd's process and in
+	// the agent processes.
+	RawCPU, FanoutCPU phaseCPU
 }
 
 // FanoutOptions configures one Fanout measurement.
@@ -162,14 +166,14 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 	if err := r.each(ctx, share("raw"), 5*time.Minute); err != nil {
 		return res, fmt.Errorf("raw subscribers: %w", err)
 	}
-	if res.RawBaseline, res.RawGCs, err = r.rawRounds(ctx, opts, url, daemon.AdminNATSOptions(auth), res.MessageBytes); err != nil {
+	if res.RawBaseline, res.RawCPU, res.RawGCs, err = r.rawRounds(ctx, opts, url, daemon.AdminNATSOptions(auth), res.MessageBytes); err != nil {
 		return res, err
 	}
 	if err := r.each(ctx, func(int) string { return "close" }, time.Minute); err != nil {
 		return res, err
 	}
 	time.Sleep(time.Second) // the server lets go of closed connections in the background
-	heap0, _, _, err := r.rekeyd.stats(ctx, true)
+	before, err := r.rekeyd.stats(ctx, true)
 	if err != nil {
 		return res, err
 	}
@@ -184,17 +188,17 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 	}, demo.AgentUsageInterval); err != nil {
 		return res, err
 	}
-	heap1, _, _, err := r.rekeyd.stats(ctx, true)
+	after, err := r.rekeyd.stats(ctx, true)
 	if err != nil {
 		return res, err
 	}
-	res.ServerHeapPerAgent = float64(int64(heap1)-int64(heap0)) / float64(n)
+	res.ServerHeapPerAgent = float64(int64(after.heap)-int64(before.heap)) / float64(n)
 	for _, p := range r.agents {
-		heap, _, _, err := p.stats(ctx, true)
+		s, err := p.stats(ctx, true)
 		if err != nil {
 			return res, err
 		}
-		res.AgentHeapPerAgent += float64(heap) / float64(n)
+		res.AgentHeapPerAgent += float64(s.heap) / float64(n)
 	}
 
 	completed, unsubCompleted, err := demo.SubscribeEvents(bus.NC, fanoutTenant, schemas.KindRotationCompleted)
@@ -212,7 +216,8 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		return res, err
 	}
 	defer stopProfile()
-	var gc0, alloc0 uint64
+	var s0 procStats
+	var a0 time.Duration
 	for i := -1; i < rotations; i++ { // -1: a warm-up rotation, not counted
 		id, err := demo.PublishRotate(ctx, bus, fanoutTenant, fanoutSecret)
 		if err != nil {
@@ -237,7 +242,7 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 			res.FinishToLastDrop = append(res.FinishToLastDrop, last.Sub(done.CompletedAt))
 			res.PublishToLastDrop = append(res.PublishToLastDrop, last.Sub(pub))
 			res.PublishToLastAck = append(res.PublishToLastAck, time.Duration(conf.LastAckMS*float64(time.Millisecond)))
-		} else if _, gc0, alloc0, err = r.rekeyd.stats(ctx, false); err != nil {
+		} else if s0, a0, err = r.cpu(ctx); err != nil {
 			return res, err
 		}
 		// One rotation at a time, as the raw rounds are: the next starts
@@ -247,56 +252,57 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		time.Sleep(sampleSpacing)
 	}
 	stopProfile()
-	_, gc1, alloc1, err := r.rekeyd.stats(ctx, false)
-	if err != nil {
+	var s1 procStats
+	if res.FanoutCPU, s1, err = r.since(ctx, s0, a0, rotations); err != nil {
 		return res, err
 	}
-	res.FanoutGCs = int(gc1 - gc0)
-	res.AllocPerAgentRotation = float64(alloc1-alloc0) / float64(max(rotations, 1)) / float64(n)
+	res.FanoutGCs = int(s1.gcs - s0.gcs)
+	res.AllocPerAgentRotation = float64(s1.alloc-s0.alloc) / float64(max(rotations, 1)) / float64(n)
 	return res, nil
 }
 
 // rawRounds publishes opts.Rotations messages of size bytes (and a
 // warm-up) to the agent processes' raw subscribers from a plain publisher
 // and returns per round the time until the last received it, and the
-// collections in rekeyd's process meanwhile.
-func (r *fanoutRig) rawRounds(ctx context.Context, opts FanoutOptions, url string, natsOpts []nats.Option, size int) ([]time.Duration, int, error) {
+// CPU per round and collections in rekeyd's process meanwhile.
+func (r *fanoutRig) rawRounds(ctx context.Context, opts FanoutOptions, url string, natsOpts []nats.Option, size int) ([]time.Duration, phaseCPU, int, error) {
 	pub, err := nats.Connect(url, append(natsOpts, nats.Name("raw-publisher"))...)
 	if err != nil {
-		return nil, 0, fmt.Errorf("raw publisher: %w", err)
+		return nil, phaseCPU{}, 0, fmt.Errorf("raw publisher: %w", err)
 	}
 	defer pub.Close()
 	stopProfile, err := r.profile(ctx, opts, "raw")
 	if err != nil {
-		return nil, 0, err
+		return nil, phaseCPU{}, 0, err
 	}
 	defer stopProfile()
 	out := make([]time.Duration, 0, opts.Rotations)
-	var gc0 uint64
+	var s0 procStats
+	var a0 time.Duration
 	for i := -1; i < opts.Rotations; i++ { // -1: a warm-up round, not counted
 		msg := fmt.Appendf(nil, "%d ", i)
 		msg = append(msg, bytes.Repeat([]byte("x"), max(size-len(msg), 0))...)
 		sent := time.Now()
 		if err := pub.Publish(rawSubject, msg); err != nil {
-			return nil, 0, err
+			return nil, phaseCPU{}, 0, err
 		}
 		if err := pub.Flush(); err != nil {
-			return nil, 0, err
+			return nil, phaseCPU{}, 0, err
 		}
 		last, _, err := r.collect(ctx, "raw", strconv.Itoa(i))
 		if err != nil {
-			return nil, 0, err
+			return nil, phaseCPU{}, 0, err
 		}
 		if i >= 0 {
 			out = append(out, last.Sub(sent))
-		} else if _, gc0, _, err = r.rekeyd.stats(ctx, false); err != nil {
-			return nil, 0, err
+		} else if s0, a0, err = r.cpu(ctx); err != nil {
+			return nil, phaseCPU{}, 0, err
 		}
 		time.Sleep(sampleSpacing)
 	}
 	stopProfile()
-	_, gc1, _, err := r.rekeyd.stats(ctx, false)
-	return out, int(gc1 - gc0), err
+	cpu, s1, err := r.since(ctx, s0, a0, opts.Rotations)
+	return out, cpu, int(s1.gcs - s0.gcs), err
 }
 
 // settleUsage waits until the use reports of the agents' first Gets were
@@ -432,21 +438,59 @@ func (p *fanoutProc) do(ctx context.Context, cmd string, timeout time.Duration) 
 	return p.reply(ctx, timeout)
 }
 
-// stats asks the process for its heap, collections and allocated bytes
-// (after a collection if gc).
-func (p *fanoutProc) stats(ctx context.Context, gc bool) (heap, gcs, alloc uint64, err error) {
+// procStats is what a child process answers to "stats".
+type procStats struct {
+	heap, gcs, alloc uint64
+	cpu              time.Duration
+}
+
+// stats asks the process for its heap, collections, allocated bytes
+// (after a collection if gc) and CPU time.
+func (p *fanoutProc) stats(ctx context.Context, gc bool) (procStats, error) {
 	cmd := "stats"
 	if gc {
 		cmd += " gc"
 	}
 	line, err := p.do(ctx, cmd, time.Minute)
 	if err != nil {
-		return 0, 0, 0, err
+		return procStats{}, err
 	}
-	if _, err := fmt.Sscanf(line, "stats %d %d %d", &heap, &gcs, &alloc); err != nil {
-		return 0, 0, 0, fmt.Errorf("%s: %q: %w", p.name, line, err)
+	var s procStats
+	if _, err := fmt.Sscanf(line, "stats %d %d %d %d", &s.heap, &s.gcs, &s.alloc, &s.cpu); err != nil {
+		return procStats{}, fmt.Errorf("%s: %q: %w", p.name, line, err)
 	}
-	return heap, gcs, alloc, nil
+	return s, nil
+}
+
+// cpu returns the CPU time used so far by the rekeyd process and by the
+// agent processes together, and rekeyd's stats.
+func (r *fanoutRig) cpu(ctx context.Context) (rekeyd procStats, agents time.Duration, err error) {
+	if rekeyd, err = r.rekeyd.stats(ctx, false); err != nil {
+		return rekeyd, 0, err
+	}
+	for _, p := range r.agents {
+		s, err := p.stats(ctx, false)
+		if err != nil {
+			return rekeyd, 0, err
+		}
+		agents += s.cpu
+	}
+	return rekeyd, agents, nil
+}
+
+// phaseCPU is the CPU time per sample of one phase, in rekeyd's process
+// and in the agent processes together.
+type phaseCPU struct{ Rekeyd, Agents time.Duration }
+
+// since returns the CPU per sample used since s0 and a0 (cpu's answers),
+// and the collections in rekeyd's process meanwhile.
+func (r *fanoutRig) since(ctx context.Context, s0 procStats, a0 time.Duration, samples int) (phaseCPU, procStats, error) {
+	s1, a1, err := r.cpu(ctx)
+	if err != nil {
+		return phaseCPU{}, s1, err
+	}
+	k := time.Duration(max(samples, 1))
+	return phaseCPU{Rekeyd: (s1.cpu - s0.cpu) / k, Agents: (a1 - a0) / k}, s1, nil
 }
 
 // each sends agent process i the command cmd(i), all at once, and waits
@@ -593,14 +637,15 @@ func PrintFanout(w io.Writer, results []FanoutResult) {
 	fmt.Fprintf(w, "invalidation fanout: rekeyd + embedded NATS in one process, agents (each on its own connection) in %d others; the raw baseline's subscribers in the same %d, one plain publisher\n", results[0].Procs, results[0].Procs)
 	fmt.Fprintf(w, "%d samples per row, one at a time; published -> last agent dropped vs raw publish (%d B) -> last subscriber received\n", len(results[0].RawBaseline), results[0].MessageBytes)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents\trun\traw p50\traw p99\traw max\tfanout p50\tfanout p99\tfanout max\tp50 ratio\tp99 ratio\tfinished -> dropped p99\tpublished -> last ack p50\trekeyd GCs raw / fanout\t")
+	fmt.Fprintln(tw, "agents\trun\traw p50\traw p99\traw max\tfanout p50\tfanout p99\tfanout max\tp50 ratio\tp99 ratio\tfinished -> dropped p99\tpublished -> last ack p50\trekeyd GCs raw / fanout\trekeyd CPU per sample raw / fanout\tagent processes' CPU per sample raw / fanout\t")
 	for _, r := range results {
 		raw, fan := sorted(r.RawBaseline), sorted(r.PublishToLastDrop)
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.2fx\t%.2fx\t%s\t%s\t%d / %d\t\n", r.Agents, r.Run,
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.2fx\t%.2fx\t%s\t%s\t%d / %d\t%s / %s\t%s / %s\t\n", r.Agents, r.Run,
 			demo.Millis(Percentile(raw, 50)), demo.Millis(Percentile(raw, 99)), demo.Millis(Percentile(raw, 100)),
 			demo.Millis(Percentile(fan, 50)), demo.Millis(Percentile(fan, 99)), demo.Millis(Percentile(fan, 100)),
 			r.Ratio(50), r.Ratio(99), demo.Millis(Percentile(sorted(r.FinishToLastDrop), 99)),
-			demo.Millis(Percentile(sorted(r.PublishToLastAck), 50)), r.RawGCs, r.FanoutGCs)
+			demo.Millis(Percentile(sorted(r.PublishToLastAck), 50)), r.RawGCs, r.FanoutGCs,
+			demo.Millis(r.RawCPU.Rekeyd), demo.Millis(r.FanoutCPU.Rekeyd), demo.Millis(r.RawCPU.Agents), demo.Millis(r.FanoutCPU.Agents))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "spread between runs (min .. max):")

@@ -121,7 +121,7 @@ func commands(in io.Reader, out *lineWriter, do func(cmd string, args []string) 
 //
 //	profile <path>  start a CPU profile into path
 //	unprofile       stop it
-//	stats [gc]      "stats <heap bytes> <GCs> <bytes allocated>" (gc: after a collection)
+//	stats [gc]      "stats <heap bytes> <GCs> <bytes allocated> <CPU ns>" (gc: after a collection)
 func runRekeydChild(dir string, in io.Reader, out *lineWriter) error {
 	if dir == "" {
 		return fmt.Errorf("%s is not set", dirEnv)
@@ -174,15 +174,18 @@ func runRekeydChild(dir string, in io.Reader, out *lineWriter) error {
 	return nil
 }
 
-// memStats is the answer to "stats": heap in use, collections so far and
-// bytes allocated so far, after a collection if gc.
+// memStats is the answer to "stats": heap in use, collections so far,
+// bytes allocated so far (after a collection if gc) and the CPU time the
+// process used so far (ns, user and system).
 func memStats(gc bool) string {
 	if gc {
 		runtime.GC()
 	}
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return fmt.Sprintf("stats %d %d %d", m.HeapAlloc, m.NumGC, m.TotalAlloc)
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return fmt.Sprintf("stats %d %d %d %d", m.HeapAlloc, m.NumGC, m.TotalAlloc, ru.Utime.Nano()+ru.Stime.Nano())
 }
 
 // maxFanoutAgents bounds --agents: the files the rekeyd child needs.
