@@ -323,8 +323,14 @@ func (c *agentsChild) connectAgent(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
-	_, err = a.Get(ctx, fanoutSecret)
-	return err
+	// The first Get fills the cache. 10,000 of them at once on a busy
+	// machine can outlast the fetch timeout: try again (the agent is the
+	// same; only its start is slower).
+	for attempt := 1; ; attempt++ {
+		if _, err = a.Get(ctx, fanoutSecret); err == nil || attempt == 5 {
+			return err
+		}
+	}
 }
 
 func (c *agentsChild) dropped(ev agent.Invalidated) {
