@@ -88,3 +88,59 @@ func auditMessages(t *testing.T, bus *orchestrator.Bus) []*jetstream.RawStreamMs
 	t.Helper()
 	return testutil.StreamMessages(t, bus.JS, schemas.StreamAudit)
 }
+
+// TestAcksOfALargeBurstAudited: 2,500 agents ack one invalidation; their
+// acks are in the audit trail, each agent once, in records of at most
+// 2,000 acks (the size bound), before the confirmation is published.
+func TestAcksOfALargeBurstAudited(t *testing.T) {
+	bus := startBus(t)
+	f := runFanout(t, bus, "acme")
+	require.Eventually(t, f.Started, 5*time.Second, 10*time.Millisecond)
+	const n = 2500
+	agent := func(i int) string { return fmt.Sprintf("agent-%04d", i) }
+	for i := range n {
+		heartbeat(t, bus, "acme", agent(i))
+	}
+	require.Eventually(t, func() bool { return len(f.Acks().Live("acme", time.Now())) == n }, 10*time.Second, 10*time.Millisecond)
+	now := time.Now().UTC()
+	publish(t, bus, "acme", schemas.KindRotationCompleted, schemas.TypeRotationCompleted, "acme/k", schemas.RotationCompleted{
+		Tenant: "acme", Secret: "k", Backend: "local", Version: "2", PreviousVersion: "1",
+		RequestID: "req-big", Trigger: schemas.Trigger{Kind: "api"}, Attempts: 1, StartedAt: now, CompletedAt: now,
+	})
+	require.Eventually(t, func() bool { _, err := f.Acks().Get("acme", "k", "req-big"); return err == nil }, 5*time.Second, 10*time.Millisecond)
+	conf, err := bus.NC.SubscribeSync(schemas.EventsSubject("acme", schemas.KindInvalidationConfirmed))
+	require.NoError(t, err)
+	for i := range n {
+		ev, err := schemas.NewEvent("agent", schemas.TypeInvalidationAck, "acme", "acme", schemas.InvalidationAck{
+			Tenant: "acme", Secret: "k", Agent: agent(i), Version: "2", RequestID: "req-big", ReceivedAt: now, DroppedAt: now,
+		})
+		require.NoError(t, err)
+		b, err := ev.Encode()
+		require.NoError(t, err)
+		require.NoError(t, bus.NC.Publish(schemas.AckSubject("acme", "k", agent(i)), b))
+	}
+	_, err = conf.NextMsg(10 * time.Second)
+	require.NoError(t, err)
+
+	seen := map[string]int{}
+	records := 0
+	for _, m := range auditMessages(t, bus) {
+		var rec schemas.AuditRecord
+		_, err := schemas.DecodeAs(m.Data, schemas.TypeAuditRecord, &rec)
+		require.NoError(t, err)
+		if rec.Action != "invalidation.acks" {
+			continue
+		}
+		records++
+		require.Equal(t, "req-big", rec.RequestID)
+		require.LessOrEqual(t, len(rec.Acks), 2000, "a record holds at most 2,000 acks")
+		for _, a := range rec.Acks {
+			seen[a.Agent]++
+		}
+	}
+	require.GreaterOrEqual(t, records, 2)
+	require.Len(t, seen, n, "every agent's ack is audited, before the confirmation")
+	for a, c := range seen {
+		require.Equal(t, 1, c, "%s audited once", a)
+	}
+}

@@ -513,10 +513,13 @@ func (f *Fanout) auditAcks(ctx context.Context) {
 			entry.AckMS = float64(r.delay.Microseconds()) / 1000
 		}
 		recs[i].Acks = append(recs[i].Acks, entry)
+		if len(recs[i].Acks) >= ackAuditMax {
+			delete(index, g) // full: the group's next ack starts another record
+		}
 		if pending == 0 {
 			timer.Reset(ackAuditWindow)
 		}
-		if pending++; pending >= ackAuditMax {
+		if pending++; pending >= ackAuditPendingMax {
 			write()
 		}
 	}
@@ -579,13 +582,22 @@ const ackAuditFlushWait = 2 * time.Second
 // ackGroup is what the acks of one audit record share.
 type ackGroup struct{ tenant, secret, request, version string }
 
-// ackAuditMax bounds the acks in one written batch, and so the size of a
-// record (about 100 bytes per ack, far under NATS's 1 MiB payload limit).
+// ackAuditMax bounds the acks in one record, and so its size (about 100
+// bytes per ack, far under NATS's 1 MiB payload limit); the acks of a
+// larger burst go in several records.
 const ackAuditMax = 2000
 
+// ackAuditPendingMax bounds the acks gathered before they are written.
+// Writing at every ackAuditMax acks put a record's encoding and its
+// JetStream write (of 200 KB) in the middle of a 10,000-agent fanout,
+// whose first acks come while the last agents still receive it.
+const ackAuditPendingMax = ackAuditQueue / 4
+
 // ackAuditWindow is how long acks are gathered before they are written
-// to the audit trail, when their invalidation is not confirmed sooner.
-const ackAuditWindow = 250 * time.Millisecond
+// to the audit trail, when their invalidation is not confirmed sooner
+// (it is once every live agent acked). At 250 ms the write fell inside
+// fanouts to 5,000 agents and more.
+const ackAuditWindow = time.Second
 
 func orTenant(secret string) string {
 	if secret == "" {

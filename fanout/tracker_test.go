@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -81,4 +82,58 @@ func TestAckTrackerSilentAgentNotWaitedFor(t *testing.T) {
 	require.Empty(t, confirmed[0].Missing)
 	require.Equal(t, 2, confirmed[0].LiveAgents, "it was live when the invalidation was published")
 	require.Equal(t, []string{"a1"}, tr.Live("acme", later))
+}
+
+// Acks in any order: an invalidation is due only once every live agent
+// acked or went silent, however the acks interleave with due's ticks, and
+// an agent that heartbeats again is waited for again.
+func TestAckTrackerDueAcksInAnyOrder(t *testing.T) {
+	tr := NewAckTracker(100)
+	now := time.Now()
+	for _, a := range []string{"a", "b", "c", "d"} {
+		tr.Seen(schemas.AgentPresence{Tenant: "acme", Agent: a, Interval: time.Second}, now)
+	}
+	tr.Published(schemas.Invalidation{Tenant: "acme", Secret: "k", RequestID: "r1", PublishedAt: now})
+	ack := func(agent string) {
+		_, ok := tr.Acked(schemas.InvalidationAck{Tenant: "acme", Secret: "k", RequestID: "r1", Agent: agent}, now.Add(time.Millisecond))
+		require.True(t, ok)
+	}
+	at := now.Add(10 * time.Millisecond)
+	for _, a := range []string{"c", "a", "b"} {
+		ack(a)
+		require.Empty(t, tr.due(at, time.Minute), "d has not acked (after %s)", a)
+	}
+	// d goes silent; a, b and c heartbeat; then d heartbeats again.
+	later := now.Add(presenceTTL*time.Second + time.Millisecond)
+	for _, a := range []string{"a", "b", "c", "d"} {
+		tr.Seen(schemas.AgentPresence{Tenant: "acme", Agent: a, Interval: time.Second}, later)
+	}
+	require.Empty(t, tr.due(later, time.Minute), "d heartbeats: still waited for")
+	ack("d")
+	confirmed := tr.due(later, time.Minute)
+	require.Len(t, confirmed, 1)
+	require.True(t, confirmed[0].Complete)
+	require.Equal(t, 4, confirmed[0].Acked)
+	require.Empty(t, tr.due(later, time.Minute), "decided once")
+}
+
+// BenchmarkAckTrackerDueWaiting is one confirmLoop tick while 10,000
+// agents receive an invalidation and half acked.
+func BenchmarkAckTrackerDueWaiting(b *testing.B) {
+	tr := NewAckTracker(100)
+	now := time.Now()
+	const n = 10000
+	for i := range n {
+		tr.Seen(schemas.AgentPresence{Tenant: "acme", Agent: fmt.Sprintf("agent-%05d", i), Interval: 5 * time.Second}, now)
+	}
+	tr.Published(schemas.Invalidation{Tenant: "acme", Secret: "k", RequestID: "r1", PublishedAt: now})
+	for i := 0; i < n; i += 2 {
+		tr.Acked(schemas.InvalidationAck{Tenant: "acme", Secret: "k", RequestID: "r1", Agent: fmt.Sprintf("agent-%05d", i)}, now)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if len(tr.due(now, time.Minute)) != 0 {
+			b.Fatal("due while agents have not acked")
+		}
+	}
 }

@@ -56,34 +56,43 @@ directory, free ports) and measures. It does not touch a running rekeyd.`,
 	}
 	var sizes []int
 	var (
-		fanRotations int
-		fanGC        bool
-		fanProfile   string
+		fanRotations, fanRuns, fanProcs int
+		fanProfile                      string
 	)
 	fan := &cobra.Command{
 		Use:   "fanout",
-		Short: "rotation finish -> last of N agents dropped, next to a raw NATS baseline, and memory per agent",
-		Args:  cobra.NoArgs,
+		Short: "invalidation published -> last of N agents (in their own processes) dropped, next to a raw NATS baseline",
+		Long: `fanout starts rekeyd (with the embedded NATS server) in a process of its own
+and --procs agent processes (this binary, started again), which hold first
+N plain subscribers, sent a plain publish as large as an invalidation, then
+N agents, each on its own connection with the tenant's credentials, whose
+secret is rotated. It prints p50/p99/max of both and their ratio, per run
+and the spread between --runs runs (each with fresh processes).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext(cmd)
 			defer stop()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
 			var results []bench.FanoutResult
-			for _, n := range sizes {
-				res, err := bench.Fanout(ctx, bench.FanoutOptions{Agents: n, Rotations: fanRotations, CollectBetween: fanGC, CPUProfile: fanProfile}, log)
-				if err != nil {
-					return fmt.Errorf("%d agents: %w", n, err)
+			for run := 1; run <= fanRuns; run++ {
+				for _, n := range sizes {
+					res, err := bench.Fanout(ctx, bench.FanoutOptions{Agents: n, Rotations: fanRotations, Procs: fanProcs, Run: run, CPUProfile: fanProfile}, log)
+					if err != nil {
+						return fmt.Errorf("%d agents, run %d: %w", n, run, err)
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "run %d, %d agents: p50 %.2fx, p99 %.2fx raw\n", run, n, res.Ratio(50), res.Ratio(99))
+					results = append(results, res)
 				}
-				results = append(results, res)
 			}
 			bench.PrintFanout(cmd.OutOrStdout(), results)
 			return nil
 		},
 	}
-	fan.Flags().IntSliceVar(&sizes, "agents", []int{1000, 5000}, "agent counts to measure")
-	fan.Flags().IntVar(&fanRotations, "rotations", 400, "rotations (and raw rounds) per agent count: the p99 of 400 samples is the 5th slowest")
-	fan.Flags().StringVar(&fanProfile, "cpuprofile", "", "write CPU profiles of the raw rounds and of the rotations to <prefix>-<agents>-{raw,fanout}.pprof")
-	fan.Flags().BoolVar(&fanGC, "gc-between-samples", true, "run a garbage collection between samples (raw rounds and rotations alike), as go test -bench does before each benchmark")
+	fan.Flags().IntSliceVar(&sizes, "agents", []int{1000, 5000, 10000}, "agent counts to measure")
+	fan.Flags().IntVar(&fanRotations, "rotations", 400, "rotations (and raw rounds) per agent count and run: the p99 of 400 samples is the 5th slowest")
+	fan.Flags().IntVar(&fanRuns, "runs", 3, "runs of every agent count, each with fresh processes")
+	fan.Flags().IntVar(&fanProcs, "procs", 10, "agent processes")
+	fan.Flags().StringVar(&fanProfile, "cpuprofile", "", "write CPU profiles of the rekeyd process during the raw rounds and the rotations to <prefix>-<agents>-run<run>-{raw,fanout}.pprof")
 	var clients, samples, hookAgents int
 	var dur time.Duration
 	hook := &cobra.Command{

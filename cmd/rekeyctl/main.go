@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
+	"github.com/rekey-dev/rekey/internal/bench"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -32,6 +33,7 @@ type globals struct {
 }
 
 func main() {
+	bench.RunFanoutChild() // `bench fanout` starts this binary as rekeyd and as agent processes
 	if err := newRoot().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "rekeyctl:", err)
 		os.Exit(1)

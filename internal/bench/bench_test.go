@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,26 +29,43 @@ func TestPropagationSmall(t *testing.T) {
 	require.Contains(t, out.String(), "request -> all 5 agents dropped")
 }
 
-// TestFanoutBenchSmall runs `rekeyctl bench fanout` at a tiny size: every
-// rotation is dropped and acked by every agent, and the table names both.
+func TestMain(m *testing.M) {
+	bench.RunFanoutChild() // the fanout bench's child processes are this binary
+	os.Exit(m.Run())
+}
+
+// TestFanoutBenchSmall runs `rekeyctl bench fanout` at a tiny size, with
+// rekeyd and the agents in processes of their own (this test binary
+// started again): every rotation is dropped and acked by every agent, in
+// both agent processes, and the table names both measures.
 func TestFanoutBenchSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res, err := bench.Fanout(ctx, bench.FanoutOptions{Agents: 20, Rotations: 4, CollectBetween: true}, slog.New(slog.DiscardHandler))
+	res, err := bench.Fanout(ctx, bench.FanoutOptions{Agents: 20, Rotations: 4, Procs: 2, Run: 1}, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	require.Len(t, res.RawBaseline, 4)
 	require.Len(t, res.PublishToLastDrop, 4)
 	require.Len(t, res.FinishToLastDrop, 4)
 	require.Len(t, res.PublishToLastAck, 4)
 	for i, d := range res.PublishToLastAck {
+		require.Positive(t, res.PublishToLastDrop[i], "times from the processes' clocks")
+		require.Positive(t, res.RawBaseline[i])
 		require.GreaterOrEqual(t, d, res.PublishToLastDrop[i]-time.Millisecond, "an agent acks after it dropped")
 	}
-	require.Positive(t, res.HeapPerAgent)
+	require.Positive(t, res.ServerHeapPerAgent)
+	require.Positive(t, res.AgentHeapPerAgent)
 	require.Greater(t, res.MessageBytes, 300, "the raw baseline sends messages as large as an invalidation")
 	var out bytes.Buffer
 	bench.PrintFanout(&out, []bench.FanoutResult{res})
-	require.Contains(t, out.String(), "invalidation published -> last agent dropped")
-	require.Contains(t, out.String(), "garbage collected between samples once")
+	require.Contains(t, out.String(), "agents (each on its own connection) in 2 others")
+	require.Contains(t, out.String(), "p99 ratio")
+}
+
+// TestFanoutBenchRefusesTooManyAgents: the size is checked before any
+// process starts.
+func TestFanoutBenchRefusesTooManyAgents(t *testing.T) {
+	_, err := bench.Fanout(context.Background(), bench.FanoutOptions{Agents: 1 << 20, Rotations: 1}, nil)
+	require.ErrorContains(t, err, "agents")
 }
 
 func TestWebhookBenchSmall(t *testing.T) {

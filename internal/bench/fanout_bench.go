@@ -1,42 +1,49 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"runtime"
-	"runtime/metrics"
-	"runtime/pprof"
-	"sync"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"golang.org/x/sync/errgroup"
 
+	"github.com/rekey-dev/rekey/internal/daemon"
 	"github.com/rekey-dev/rekey/internal/demo"
 	"github.com/rekey-dev/rekey/orchestrator"
 	"github.com/rekey-dev/rekey/schemas"
 	"github.com/rekey-dev/rekey/triggers/usage"
 )
 
-// FanoutResult is one row group of `rekeyctl bench fanout`.
+// The tenant and secret the fanout bench rotates, and the subject of its
+// raw baseline.
+const (
+	fanoutTenant = "acme"
+	fanoutSecret = "openai-key"
+	rawSubject   = "bench.raw"
+)
+
+// FanoutResult is one run of `rekeyctl bench fanout` at one agent count.
 type FanoutResult struct {
-	Agents, Rotations int
+	Agents, Rotations, Procs, Run int
+	// RawBaseline: a plain NATS publish -> the last of as many plain
+	// subscribers (each on its own connection, spread over the agent
+	// processes) received it.
+	RawBaseline []time.Duration
+	// PublishToLastDrop: invalidation published -> the last agent dropped.
+	PublishToLastDrop []time.Duration
 	// FinishToLastDrop: rotation finished (RotationCompleted.CompletedAt)
 	// -> the last agent dropped the old value, one sample per rotation.
 	FinishToLastDrop []time.Duration
-	// PublishToLastDrop: invalidation published -> the last agent dropped.
-	PublishToLastDrop []time.Duration
-	// RawBaseline: a plain NATS publish -> the last of as many plain
-	// subscribers (each on its own connection) received it.
-	RawBaseline []time.Duration
-	// HeapPerAgent is the Go heap held per connected agent, counting both
-	// the agent's side and the embedded server's side of its connection.
-	HeapPerAgent float64
 	// PublishToLastAck: invalidation published -> the last live agent's
 	// ack reached fanout (InvalidationConfirmed.LastAckMS).
 	PublishToLastAck []time.Duration
@@ -45,118 +52,178 @@ type FanoutResult struct {
 	MessageBytes int
 	// ConnectTime is how long connecting and starting all agents took.
 	ConnectTime time.Duration
-	// CollectBetween is FanoutOptions.CollectBetween.
-	CollectBetween bool
-	// GCs is how many garbage collections ran during the rotations, not
-	// counting the GCsBetween run between samples;
-	// AllocPerAgentRotation the bytes the process allocated per agent
-	// per rotation (rekeyd, the NATS server and the agents together).
-	GCs, GCsBetween       int
+	// ServerHeapPerAgent is rekeyd's process heap (embedded server
+	// included) per connected agent; AgentHeapPerAgent the agent
+	// processes' heap per agent.
+	ServerHeapPerAgent, AgentHeapPerAgent float64
+	// RawGCs and FanoutGCs are the collections in rekeyd's process during
+	// the raw rounds and during the rotations; AllocPerAgentRotation the
+	// bytes it allocated per agent per rotation.
+	RawGCs, FanoutGCs     int
 	AllocPerAgentRotation float64
+	// RawCPU and FanoutCPU are the CPU time per sample (raw round or
+	// rotation, the pause after it included) in rekeyd's process and in
+	// the agent processes.
+	RawCPU, FanoutCPU phaseCPU
 }
 
 // FanoutOptions configures one Fanout measurement.
 type FanoutOptions struct {
 	Agents, Rotations int
-	// CollectBetween runs a garbage collection between two samples, raw
-	// rounds and rotations alike, when the next sample would otherwise
-	// start one (go test -bench similarly collects before each
-	// benchmark): then no collection of the one heap that holds every
-	// agent's connection (in production, one heap per agent process)
-	// lands inside a sample.
-	CollectBetween bool
-	// CPUProfile, if set, is the path prefix of two CPU profiles: of the
-	// raw rounds (<prefix>-<agents>-raw.pprof) and of the rotations
-	// (<prefix>-<agents>-fanout.pprof), warm-ups included.
+	// Procs is how many agent processes hold the agents, and before them
+	// the raw subscribers, Agents/Procs each (default 10).
+	Procs int
+	// Run numbers the run in the profiles' names.
+	Run int
+	// CPUProfile, if set, is the path prefix of two CPU profiles of the
+	// rekeyd process: of the raw rounds (<prefix>-<agents>-run<run>-raw.pprof)
+	// and of the rotations (...-fanout.pprof), warm-ups included.
 	CPUProfile string
+	// Executable is the binary started as the child processes; it must
+	// call RunFanoutChild first (rekeyctl does). Default: this process's.
+	Executable string
 }
 
-// Fanout measures invalidation fanout to opts.Agents agents, each on its
-// own NATS connection, against a raw NATS baseline with as many plain
-// subscribers, in the same process and the same run.
+// Fanout measures invalidation fanout as production runs it: rekeyd, with
+// the embedded NATS server, in its own process; opts.Agents agents, each
+// on its own NATS connection with its tenant's credentials, in opts.Procs
+// other processes; and, in the same run and the same processes, a raw
+// NATS baseline: as many plain subscribers, one plain publisher. Nothing
+// steers the garbage collector.
 func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutResult, error) {
+	if opts.Procs <= 0 {
+		opts.Procs = 10
+	}
+	opts.Procs = min(opts.Procs, opts.Agents)
 	n, rotations := opts.Agents, opts.Rotations
-	res := FanoutResult{Agents: n, Rotations: rotations, CollectBetween: opts.CollectBetween}
-	c, err := demo.StartCluster(ctx, log, func(cfg *orchestrator.Config) {
-		cfg.Rotation.MinInterval = 0
-		cfg.Log.Level = "error"
-	})
+	res := FanoutResult{Agents: n, Rotations: rotations, Procs: opts.Procs, Run: opts.Run}
+	if n <= 0 || n > maxFanoutAgents {
+		return res, fmt.Errorf("agents: %d is not in 1..%d", n, maxFanoutAgents)
+	}
+	if opts.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return res, fmt.Errorf("executable: %w", err)
+		}
+		opts.Executable = exe
+	}
+	if err := raiseFileLimit(64 + 4*uint64(opts.Procs)); err != nil {
+		return res, err
+	}
+	dir, err := os.MkdirTemp("", "rekey-fanout-")
 	if err != nil {
 		return res, err
 	}
-	defer c.Close()
+	defer os.RemoveAll(dir)
+	r := &fanoutRig{reports: make(chan []string, 4096)}
+	defer r.stop()
+	r.rekeyd, err = r.start(ctx, opts.Executable, "rekeyd", dirEnv+"="+dir)
+	if err != nil {
+		return res, err
+	}
+	ready, err := r.rekeyd.reply(ctx, time.Minute)
+	if f := strings.Fields(ready); err == nil && (len(f) != 2 || f[0] != "ready") {
+		err = fmt.Errorf("rekeyd process: %q instead of ready", ready)
+	}
+	if err != nil {
+		return res, err
+	}
+	url := strings.Fields(ready)[1]
+	auth, err := orchestrator.LoadNATSAuth(dir)
+	if err != nil {
+		return res, err
+	}
+	bus, err := orchestrator.Connect(ctx, url, "bench-fanout", orchestrator.NATSConfig{}, log, daemon.AdminNATSOptions(auth)...)
+	if err != nil {
+		return res, err
+	}
+	defer bus.Close()
+	if res.MessageBytes, err = invalidationSize(ctx, bus, fanoutTenant, fanoutSecret); err != nil {
+		return res, err
+	}
+	for range opts.Procs {
+		p, err := r.start(ctx, opts.Executable, "agents", natsEnv+"="+url, dirEnv+"="+dir)
+		if err != nil {
+			return res, err
+		}
+		r.agents = append(r.agents, p)
+	}
 
-	// The raw baseline first, on the same server: n plain subscribers,
-	// sent messages as large as an invalidation, so that the two differ
-	// only by what rekey does. Its connections are closed before the
-	// agents connect, so it has the server and the heap to itself.
-	size, err := invalidationSize(ctx, c, "acme", "openai-key")
-	if err != nil {
-		return res, err
-	}
-	res.MessageBytes = size
-	stopProfile, err := startProfile(opts.CPUProfile, n, "raw")
-	if err != nil {
-		return res, err
-	}
-	res.RawBaseline, err = rawBaseline(ctx, c, n, rotations, size, opts.CollectBetween, stopProfile)
-	if err != nil {
-		return res, err
-	}
-
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	began := time.Now()
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
-	for i := 0; i < n; i++ {
-		g.Go(func() error {
-			a, err := c.NewAgent(gctx, "acme", fmt.Sprintf("fanout-%05d", i))
-			if err != nil {
-				return err
+	// The raw baseline first: n plain subscribers spread over the agent
+	// processes, sent messages as large as an invalidation by a plain
+	// publisher, so that the two differ only by what rekey does. They are
+	// closed before the agents connect.
+	share := func(cmd string) func(i int) string {
+		return func(i int) string {
+			per, extra := n/opts.Procs, n%opts.Procs
+			first := i*per + min(i, extra)
+			if i < extra {
+				per++
 			}
-			_, err = a.Get(gctx, "openai-key")
-			return err
-		})
+			return fmt.Sprintf("%s %d %d", cmd, per, first)
+		}
 	}
-	if err := g.Wait(); err != nil {
+	if err := r.each(ctx, share("raw"), 5*time.Minute); err != nil {
+		return res, fmt.Errorf("raw subscribers: %w", err)
+	}
+	if res.RawBaseline, res.RawCPU, res.RawGCs, err = r.rawRounds(ctx, opts, url, daemon.AdminNATSOptions(auth), res.MessageBytes); err != nil {
+		return res, err
+	}
+	if err := r.each(ctx, func(int) string { return "close" }, time.Minute); err != nil {
+		return res, err
+	}
+	time.Sleep(time.Second) // the server lets go of closed connections in the background
+	before, err := r.rekeyd.stats(ctx, true)
+	if err != nil {
+		return res, err
+	}
+
+	began := time.Now()
+	if err := r.each(ctx, share("agents"), 10*time.Minute); err != nil {
 		return res, fmt.Errorf("start agents: %w", err)
 	}
 	res.ConnectTime = time.Since(began)
-	if err := settleUsage(ctx, c, demo.AgentUsageInterval); err != nil {
+	if err := settleUsage(ctx, func() bool {
+		return demo.ConsumerDrained(ctx, bus.JS, schemas.UsageStream(fanoutTenant), usage.DurableFor(fanoutTenant))
+	}, demo.AgentUsageInterval); err != nil {
 		return res, err
 	}
-	runtime.GC()
-	var after runtime.MemStats
-	runtime.ReadMemStats(&after)
-	res.HeapPerAgent = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
+	after, err := r.rekeyd.stats(ctx, true)
+	if err != nil {
+		return res, err
+	}
+	res.ServerHeapPerAgent = float64(int64(after.heap)-int64(before.heap)) / float64(n)
+	for _, p := range r.agents {
+		s, err := p.stats(ctx, true)
+		if err != nil {
+			return res, err
+		}
+		res.AgentHeapPerAgent += float64(s.heap) / float64(n)
+	}
 
-	completed, unsubCompleted, err := c.Events("acme", schemas.KindRotationCompleted)
+	completed, unsubCompleted, err := demo.SubscribeEvents(bus.NC, fanoutTenant, schemas.KindRotationCompleted)
 	if err != nil {
 		return res, err
 	}
 	defer unsubCompleted()
-	confirmed, unsubConfirmed, err := c.Events("acme", schemas.KindInvalidationConfirmed)
+	confirmed, unsubConfirmed, err := demo.SubscribeEvents(bus.NC, fanoutTenant, schemas.KindInvalidationConfirmed)
 	if err != nil {
 		return res, err
 	}
 	defer unsubConfirmed()
-	var mem0, mem1 runtime.MemStats // after the warm-up, at the end
-	gap := newSampleGap(opts.CollectBetween)
-	stopProfile, err = startProfile(opts.CPUProfile, n, "fanout")
+	stopProfile, err := r.profile(ctx, opts, "fanout")
 	if err != nil {
 		return res, err
 	}
 	defer stopProfile()
+	var s0 procStats
+	var a0 time.Duration
 	for i := -1; i < rotations; i++ { // -1: a warm-up rotation, not counted
-		id, err := c.PublishRotate(ctx, "acme", "openai-key")
+		id, err := demo.PublishRotate(ctx, bus, fanoutTenant, fanoutSecret)
 		if err != nil {
 			return res, err
 		}
-		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		drops, err := c.WaitDrops(wctx, id, n)
-		cancel()
+		last, pub, err := r.collect(ctx, "drop", id)
 		if err != nil {
 			return res, err
 		}
@@ -171,46 +238,84 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 		if !conf.Complete || conf.Acked < n {
 			return res, fmt.Errorf("rotation %s: %d of %d agents acked (missing %v)", id, conf.Acked, conf.LiveAgents, conf.Missing)
 		}
-		var last, pub time.Time
-		for _, d := range drops {
-			if d.Dropped.After(last) {
-				last = d.Dropped
-			}
-			pub = d.Published
-		}
 		if i >= 0 {
 			res.FinishToLastDrop = append(res.FinishToLastDrop, last.Sub(done.CompletedAt))
 			res.PublishToLastDrop = append(res.PublishToLastDrop, last.Sub(pub))
 			res.PublishToLastAck = append(res.PublishToLastAck, time.Duration(conf.LastAckMS*float64(time.Millisecond)))
+		} else if s0, a0, err = r.cpu(ctx); err != nil {
+			return res, err
 		}
 		// One rotation at a time, as the raw rounds are: the next starts
 		// once every agent's ack of this one was counted, so that a
 		// sample is one rotation's latency, not two overlapping (bench
 		// capacity measures throughput).
-		gap.pause()
-		if i < 0 {
-			runtime.ReadMemStats(&mem0) // allocations and GCs count from here
-		}
+		time.Sleep(sampleSpacing)
 	}
 	stopProfile()
-	runtime.ReadMemStats(&mem1)
-	res.GCsBetween = int(mem1.NumForcedGC - mem0.NumForcedGC)
-	res.GCs = int(mem1.NumGC-mem0.NumGC) - res.GCsBetween
-	res.AllocPerAgentRotation = float64(mem1.TotalAlloc-mem0.TotalAlloc) / float64(rotations) / float64(n)
+	var s1 procStats
+	if res.FanoutCPU, s1, err = r.since(ctx, s0, a0, rotations); err != nil {
+		return res, err
+	}
+	res.FanoutGCs = int(s1.gcs - s0.gcs)
+	res.AllocPerAgentRotation = float64(s1.alloc-s0.alloc) / float64(max(rotations, 1)) / float64(n)
 	return res, nil
 }
 
+// rawRounds publishes opts.Rotations messages of size bytes (and a
+// warm-up) to the agent processes' raw subscribers from a plain publisher
+// and returns per round the time until the last received it, and the
+// CPU per round and collections in rekeyd's process meanwhile.
+func (r *fanoutRig) rawRounds(ctx context.Context, opts FanoutOptions, url string, natsOpts []nats.Option, size int) ([]time.Duration, phaseCPU, int, error) {
+	pub, err := nats.Connect(url, append(natsOpts, nats.Name("raw-publisher"))...)
+	if err != nil {
+		return nil, phaseCPU{}, 0, fmt.Errorf("raw publisher: %w", err)
+	}
+	defer pub.Close()
+	stopProfile, err := r.profile(ctx, opts, "raw")
+	if err != nil {
+		return nil, phaseCPU{}, 0, err
+	}
+	defer stopProfile()
+	out := make([]time.Duration, 0, opts.Rotations)
+	var s0 procStats
+	var a0 time.Duration
+	for i := -1; i < opts.Rotations; i++ { // -1: a warm-up round, not counted
+		msg := fmt.Appendf(nil, "%d ", i)
+		msg = append(msg, bytes.Repeat([]byte("x"), max(size-len(msg), 0))...)
+		sent := time.Now()
+		if err := pub.Publish(rawSubject, msg); err != nil {
+			return nil, phaseCPU{}, 0, err
+		}
+		if err := pub.Flush(); err != nil {
+			return nil, phaseCPU{}, 0, err
+		}
+		last, _, err := r.collect(ctx, "raw", strconv.Itoa(i))
+		if err != nil {
+			return nil, phaseCPU{}, 0, err
+		}
+		if i >= 0 {
+			out = append(out, last.Sub(sent))
+		} else if s0, a0, err = r.cpu(ctx); err != nil {
+			return nil, phaseCPU{}, 0, err
+		}
+		time.Sleep(sampleSpacing)
+	}
+	stopProfile()
+	cpu, s1, err := r.since(ctx, s0, a0, opts.Rotations)
+	return out, cpu, int(s1.gcs - s0.gcs), err
+}
+
 // settleUsage waits until the use reports of the agents' first Gets were
-// published (within interval) and counted by rekeyd: 5,000 of them cost
-// rekeyd's usage trigger most of a second of CPU, which would otherwise
-// fall on the first samples and nowhere in the raw rounds.
-func settleUsage(ctx context.Context, c *demo.Cluster, interval time.Duration) error {
+// published (within interval) and counted by rekeyd (drained): 10,000 of
+// them cost rekeyd's usage trigger a second or two of CPU, which would
+// otherwise fall on the first samples and nowhere in the raw rounds.
+func settleUsage(ctx context.Context, drained func() bool, interval time.Duration) error {
 	select {
 	case <-time.After(interval + interval/5): // the reports' jitter is 10%
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	for deadline := time.Now().Add(60 * time.Second); !c.ConsumerDrained(ctx, schemas.UsageStream("acme"), usage.DurableFor("acme")); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); !drained(); time.Sleep(50 * time.Millisecond) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -221,26 +326,239 @@ func settleUsage(ctx context.Context, c *demo.Cluster, interval time.Duration) e
 	return nil
 }
 
-// startProfile starts a CPU profile into <prefix>-<agents>-<phase>.pprof
-// when prefix is set. The returned stop may be called more than once.
-func startProfile(prefix string, agents int, phase string) (stop func(), err error) {
-	if prefix == "" {
+// fanoutRig is the child processes of one Fanout run.
+type fanoutRig struct {
+	rekeyd  *fanoutProc
+	agents  []*fanoutProc
+	reports chan []string // "raw"/"drop" lines of every agent process
+}
+
+// fanoutProc is one child process (RunFanoutChild).
+type fanoutProc struct {
+	name    string
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	replies chan string   // its answers to commands, closed when it exited
+	exited  chan struct{} // closed once it exited
+}
+
+// start runs the executable as a child of role with env.
+func (r *fanoutRig) start(ctx context.Context, exe, role string, env ...string) (*fanoutProc, error) {
+	cmd := exec.Command(exe)
+	cmd.Env = append(append(os.Environ(), childEnv+"="+role), env...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s process: %w", role, err)
+	}
+	p := &fanoutProc{name: fmt.Sprintf("%s process %d", role, cmd.Process.Pid), cmd: cmd, stdin: stdin,
+		replies: make(chan string, 16), exited: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) > 0 && (f[0] == "raw" || f[0] == "drop") {
+				select {
+				case r.reports <- f:
+				case <-ctx.Done():
+				}
+				continue
+			}
+			p.replies <- sc.Text()
+		}
+		_ = cmd.Wait()
+		close(p.replies)
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// stop closes every child's stdin and waits for it to exit (killing it
+// after 30 s).
+func (r *fanoutRig) stop() {
+	procs := append(slices.Clone(r.agents), r.rekeyd)
+	for _, p := range procs {
+		if p != nil {
+			_ = p.stdin.Close()
+		}
+	}
+	for _, p := range procs {
+		if p == nil {
+			continue
+		}
+		select {
+		case <-p.exited:
+		case <-time.After(30 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	}
+}
+
+// reply waits for the process's next answer.
+func (p *fanoutProc) reply(ctx context.Context, timeout time.Duration) (string, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case line, ok := <-p.replies:
+		if !ok {
+			return "", fmt.Errorf("%s exited (%v)", p.name, p.cmd.ProcessState)
+		}
+		if msg, isErr := strings.CutPrefix(line, "err "); isErr {
+			return "", fmt.Errorf("%s: %s", p.name, msg)
+		}
+		return line, nil
+	case <-t.C:
+		return "", fmt.Errorf("%s: no answer within %s", p.name, timeout)
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// send writes one command.
+func (p *fanoutProc) send(cmd string) error {
+	if _, err := io.WriteString(p.stdin, cmd+"\n"); err != nil {
+		return fmt.Errorf("%s: %w", p.name, err)
+	}
+	return nil
+}
+
+// do sends one command and waits for its answer.
+func (p *fanoutProc) do(ctx context.Context, cmd string, timeout time.Duration) (string, error) {
+	if err := p.send(cmd); err != nil {
+		return "", err
+	}
+	return p.reply(ctx, timeout)
+}
+
+// procStats is what a child process answers to "stats".
+type procStats struct {
+	heap, gcs, alloc uint64
+	cpu              time.Duration
+}
+
+// stats asks the process for its heap, collections, allocated bytes
+// (after a collection if gc) and CPU time.
+func (p *fanoutProc) stats(ctx context.Context, gc bool) (procStats, error) {
+	cmd := "stats"
+	if gc {
+		cmd += " gc"
+	}
+	line, err := p.do(ctx, cmd, time.Minute)
+	if err != nil {
+		return procStats{}, err
+	}
+	var s procStats
+	if _, err := fmt.Sscanf(line, "stats %d %d %d %d", &s.heap, &s.gcs, &s.alloc, &s.cpu); err != nil {
+		return procStats{}, fmt.Errorf("%s: %q: %w", p.name, line, err)
+	}
+	return s, nil
+}
+
+// cpu returns the CPU time used so far by the rekeyd process and by the
+// agent processes together, and rekeyd's stats.
+func (r *fanoutRig) cpu(ctx context.Context) (rekeyd procStats, agents time.Duration, err error) {
+	if rekeyd, err = r.rekeyd.stats(ctx, false); err != nil {
+		return rekeyd, 0, err
+	}
+	for _, p := range r.agents {
+		s, err := p.stats(ctx, false)
+		if err != nil {
+			return rekeyd, 0, err
+		}
+		agents += s.cpu
+	}
+	return rekeyd, agents, nil
+}
+
+// phaseCPU is the CPU time per sample of one phase, in rekeyd's process
+// and in the agent processes together.
+type phaseCPU struct{ Rekeyd, Agents time.Duration }
+
+// since returns the CPU per sample used since s0 and a0 (cpu's answers),
+// and the collections in rekeyd's process meanwhile.
+func (r *fanoutRig) since(ctx context.Context, s0 procStats, a0 time.Duration, samples int) (phaseCPU, procStats, error) {
+	s1, a1, err := r.cpu(ctx)
+	if err != nil {
+		return phaseCPU{}, s1, err
+	}
+	k := time.Duration(max(samples, 1))
+	return phaseCPU{Rekeyd: (s1.cpu - s0.cpu) / k, Agents: (a1 - a0) / k}, s1, nil
+}
+
+// each sends agent process i the command cmd(i), all at once, and waits
+// for every answer.
+func (r *fanoutRig) each(ctx context.Context, cmd func(i int) string, timeout time.Duration) error {
+	for i, p := range r.agents {
+		if err := p.send(cmd(i)); err != nil {
+			return err
+		}
+	}
+	for _, p := range r.agents {
+		if _, err := p.reply(ctx, timeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// collect waits until every agent process reported kind ("raw" or
+// "drop") for key (the round or the request id) and returns the latest
+// receipt and, for a drop, when the invalidation was published. Reports
+// of other keys (an earlier sample's) are skipped.
+func (r *fanoutRig) collect(ctx context.Context, kind, key string) (last, pub time.Time, err error) {
+	timeout := time.NewTimer(60 * time.Second)
+	defer timeout.Stop()
+	for got := 0; got < len(r.agents); {
+		select {
+		case f := <-r.reports:
+			if f[0] != kind || len(f) < 3 || f[1] != key {
+				continue
+			}
+			ns, err := strconv.ParseInt(f[2], 10, 64)
+			if err != nil {
+				return last, pub, fmt.Errorf("report %q: %w", f, err)
+			}
+			if t := time.Unix(0, ns); t.After(last) {
+				last = t
+			}
+			if len(f) > 3 {
+				ns, _ := strconv.ParseInt(f[3], 10, 64)
+				pub = time.Unix(0, ns)
+			}
+			got++
+		case <-timeout.C:
+			return last, pub, fmt.Errorf("%s %s: %d of %d agent processes reported within 60s", kind, key, got, len(r.agents))
+		case <-ctx.Done():
+			return last, pub, ctx.Err()
+		}
+	}
+	return last, pub, nil
+}
+
+// profile starts a CPU profile of the rekeyd process for phase when
+// opts.CPUProfile is set. The returned stop may be called more than once.
+func (r *fanoutRig) profile(ctx context.Context, opts FanoutOptions, phase string) (stop func(), err error) {
+	if opts.CPUProfile == "" {
 		return func() {}, nil
 	}
-	f, err := os.Create(fmt.Sprintf("%s-%d-%s.pprof", prefix, agents, phase))
-	if err != nil {
+	path := fmt.Sprintf("%s-%d-run%d-%s.pprof", opts.CPUProfile, opts.Agents, opts.Run, phase)
+	if _, err := r.rekeyd.do(ctx, "profile "+path, time.Minute); err != nil {
 		return nil, fmt.Errorf("cpu profile: %w", err)
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	var once sync.Once
+	stopped := false
 	return func() {
-		once.Do(func() {
-			pprof.StopCPUProfile()
-			f.Close()
-		})
+		if !stopped {
+			stopped = true
+			_, _ = r.rekeyd.do(ctx, "unprofile", time.Minute)
+		}
 	}, nil
 }
 
@@ -263,143 +581,16 @@ func waitEvent[T any](ctx context.Context, events <-chan schemas.Event, typ, id 
 	}
 }
 
-// rawBaseline publishes rounds messages of size bytes to n plain
-// subscribers, each on its own connection, and returns per round the time
-// until the last received it.
-// stopProfile is called after the last round, before the subscribers
-// are closed.
-func rawBaseline(ctx context.Context, c *demo.Cluster, n, rounds, size int, collect bool, stopProfile func()) ([]time.Duration, error) {
-	goroutines := runtime.NumGoroutine()
-	raw, err := newRawSubscribers(ctx, c, n, size)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		raw.close()
-		// The server lets go of closed connections in the background:
-		// wait for it, so that the heap measured next holds none of them.
-		for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > goroutines+16 && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	out := make([]time.Duration, 0, rounds)
-	gap := newSampleGap(collect)
-	for i := -1; i < rounds; i++ { // -1: a warm-up round, not counted
-		d, err := raw.round(i)
-		if err != nil {
-			return nil, err
-		}
-		if i >= 0 {
-			out = append(out, d)
-		}
-		gap.pause()
-	}
-	stopProfile()
-	return out, nil
-}
-
-// rawSubscribers are n plain subscribers of bench.raw, each on its own
-// connection, and a publisher.
-type rawSubscribers struct {
-	n, size int
-	conns   []*nats.Conn
-	pub     *nats.Conn
-	mu      sync.Mutex
-	cond    *sync.Cond
-	got     map[int]int       // by round: how many received
-	last    map[int]time.Time // by round: the last receipt
-}
-
-func newRawSubscribers(ctx context.Context, c *demo.Cluster, n, size int) (*rawSubscribers, error) {
-	r := &rawSubscribers{n: n, size: size, got: map[int]int{}, last: map[int]time.Time{}}
-	r.cond = sync.NewCond(&r.mu)
-	url, opts := c.Daemon.NATSURL(), c.Daemon.AdminNATSOptions()
-	g, _ := errgroup.WithContext(ctx)
-	g.SetLimit(16)
-	var cmu sync.Mutex
-	for i := 0; i < n; i++ {
-		g.Go(func() error {
-			nc, err := nats.Connect(url, append(opts, nats.Name(fmt.Sprintf("raw-%05d", i)))...)
-			if err != nil {
-				return err
-			}
-			cmu.Lock()
-			r.conns = append(r.conns, nc)
-			cmu.Unlock()
-			if _, err := nc.Subscribe("bench.raw", r.receive); err != nil {
-				return err
-			}
-			return nc.Flush()
-		})
-	}
-	err := g.Wait()
-	if err == nil {
-		r.pub, err = nats.Connect(url, opts...)
-	}
-	if err != nil {
-		r.close()
-		return nil, fmt.Errorf("raw subscribers: %w", err)
-	}
-	return r, nil
-}
-
-func (r *rawSubscribers) receive(m *nats.Msg) {
-	now := time.Now()
-	var round int
-	_, _ = fmt.Sscanf(string(m.Data), "%d", &round)
-	r.mu.Lock()
-	r.got[round]++
-	if now.After(r.last[round]) {
-		r.last[round] = now
-	}
-	if r.got[round] == r.n { // only the last wakes the round's waiter
-		r.cond.Broadcast()
-	}
-	r.mu.Unlock()
-}
-
-// round publishes one message and returns the time until the last
-// subscriber received it.
-func (r *rawSubscribers) round(i int) (time.Duration, error) {
-	msg := fmt.Appendf(nil, "%d ", i)
-	msg = append(msg, bytes.Repeat([]byte("x"), max(r.size-len(msg), 0))...)
-	sent := time.Now()
-	if err := r.pub.Publish("bench.raw", msg); err != nil {
-		return 0, err
-	}
-	if err := r.pub.Flush(); err != nil {
-		return 0, err
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for r.got[i] < r.n {
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("raw round %d: %d of %d received", i, r.got[i], r.n)
-		}
-		waitCond(r.cond, 100*time.Millisecond)
-	}
-	return r.last[i].Sub(sent), nil
-}
-
-func (r *rawSubscribers) close() {
-	for _, nc := range append(r.conns, r.pub) {
-		if nc != nil {
-			nc.Close()
-		}
-	}
-}
-
 // invalidationSize rotates secret once and returns the size of the
 // invalidation an agent received for it: data and headers.
-func invalidationSize(ctx context.Context, c *demo.Cluster, tenant, secret string) (int, error) {
+func invalidationSize(ctx context.Context, bus *orchestrator.Bus, tenant, secret string) (int, error) {
 	got := make(chan *nats.Msg, 16)
-	sub, err := c.Daemon.Bus().NC.ChanSubscribe(schemas.InvalidateSubject(tenant, secret), got)
+	sub, err := bus.NC.ChanSubscribe(schemas.InvalidateSubject(tenant, secret), got)
 	if err != nil {
 		return 0, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	id, err := c.PublishRotate(ctx, tenant, secret)
+	id, err := demo.PublishRotate(ctx, bus, tenant, secret)
 	if err != nil {
 		return 0, err
 	}
@@ -429,35 +620,6 @@ func invalidationSize(ctx context.Context, c *demo.Cluster, tenant, secret strin
 	}
 }
 
-// sampleGap pauses between two samples (sampleSpacing). When collect is
-// set it also runs a garbage collection there once the heap has grown half
-// way from the live heap of the last collection to the goal of the next:
-// the runtime starts its own collection before the goal, inside a sample.
-// Collecting only then, and not after every sample, leaves the goroutines'
-// stacks alone: each collection shrinks them, and they grow again in the
-// next sample.
-type sampleGap struct {
-	collect bool
-	m       []metrics.Sample // heap objects, live heap, heap goal
-}
-
-func newSampleGap(collect bool) *sampleGap {
-	return &sampleGap{collect: collect, m: []metrics.Sample{
-		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/goal:bytes"},
-	}}
-}
-
-func (g *sampleGap) pause() {
-	if g.collect {
-		metrics.Read(g.m)
-		heap, live, goal := g.m[0].Value.Uint64(), g.m[1].Value.Uint64(), g.m[2].Value.Uint64()
-		if heap >= live+(goal-min(live, goal))/2 {
-			runtime.GC()
-		}
-	}
-	time.Sleep(sampleSpacing)
-}
-
 // sampleSpacing is the pause before every sample, raw round and rotation
 // alike. A rotation cannot start before the previous one's acks came
 // (about 130 ms at 1,000 agents), and raw rounds sent back to back, 5 ms
@@ -466,52 +628,66 @@ func (g *sampleGap) pause() {
 // did not move. With the same pause both start from a quiet process.
 const sampleSpacing = 50 * time.Millisecond
 
-// waitCond waits on cond (its lock held) for at most d.
-func waitCond(cond *sync.Cond, d time.Duration) {
-	t := time.AfterFunc(d, func() {
-		cond.L.Lock()
-		cond.Broadcast()
-		cond.L.Unlock()
-	})
-	cond.Wait()
-	t.Stop()
+// PrintFanout writes a table of every run and one of the spread between
+// the runs of each agent count.
+func PrintFanout(w io.Writer, results []FanoutResult) {
+	if len(results) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "invalidation fanout: rekeyd + embedded NATS in one process, agents (each on its own connection) in %d others; the raw baseline's subscribers in the same %d, one plain publisher\n", results[0].Procs, results[0].Procs)
+	fmt.Fprintf(w, "%d samples per row, one at a time; published -> last agent dropped vs raw publish (%d B) -> last subscriber received\n", len(results[0].RawBaseline), results[0].MessageBytes)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "agents\trun\traw p50\traw p99\traw max\tfanout p50\tfanout p99\tfanout max\tp50 ratio\tp99 ratio\tfinished -> dropped p99\tpublished -> last ack p50\trekeyd GCs raw / fanout\trekeyd CPU per sample raw / fanout\tagent processes' CPU per sample raw / fanout\t")
+	for _, r := range results {
+		raw, fan := sorted(r.RawBaseline), sorted(r.PublishToLastDrop)
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.2fx\t%.2fx\t%s\t%s\t%d / %d\t%s / %s\t%s / %s\t\n", r.Agents, r.Run,
+			demo.Millis(Percentile(raw, 50)), demo.Millis(Percentile(raw, 99)), demo.Millis(Percentile(raw, 100)),
+			demo.Millis(Percentile(fan, 50)), demo.Millis(Percentile(fan, 99)), demo.Millis(Percentile(fan, 100)),
+			r.Ratio(50), r.Ratio(99), demo.Millis(Percentile(sorted(r.FinishToLastDrop), 99)),
+			demo.Millis(Percentile(sorted(r.PublishToLastAck), 50)), r.RawGCs, r.FanoutGCs,
+			demo.Millis(r.RawCPU.Rekeyd), demo.Millis(r.FanoutCPU.Rekeyd), demo.Millis(r.RawCPU.Agents), demo.Millis(r.FanoutCPU.Agents))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "spread between runs (min .. max):")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "agents\truns\tp50 ratio\tp99 ratio\traw p99\tfanout p99\tconnect+start agents\trekeyd heap per agent\tagent processes' heap per agent\trekeyd alloc per agent per rotation\t")
+	var sizes []int
+	for _, r := range results {
+		if !slices.Contains(sizes, r.Agents) {
+			sizes = append(sizes, r.Agents)
+		}
+	}
+	for _, n := range sizes {
+		var p50, p99 []float64
+		var rawP99, fanP99, connect []time.Duration
+		var heap, agentHeap, alloc float64
+		runs := 0
+		for _, r := range results {
+			if r.Agents != n {
+				continue
+			}
+			runs++
+			p50, p99 = append(p50, r.Ratio(50)), append(p99, r.Ratio(99))
+			rawP99 = append(rawP99, Percentile(sorted(r.RawBaseline), 99))
+			fanP99 = append(fanP99, Percentile(sorted(r.PublishToLastDrop), 99))
+			connect = append(connect, r.ConnectTime)
+			heap, agentHeap, alloc = heap+r.ServerHeapPerAgent, agentHeap+r.AgentHeapPerAgent, alloc+r.AllocPerAgentRotation
+		}
+		span := func(d []time.Duration) string {
+			return fmt.Sprintf("%s .. %s", demo.Millis(slices.Min(d)), demo.Millis(slices.Max(d)))
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%.2fx .. %.2fx\t%.2fx .. %.2fx\t%s\t%s\t%s .. %s\t%.1f KiB\t%.1f KiB\t%.1f KiB\t\n", n, runs,
+			slices.Min(p50), slices.Max(p50), slices.Min(p99), slices.Max(p99), span(rawP99), span(fanP99),
+			slices.Min(connect).Round(time.Millisecond), slices.Max(connect).Round(time.Millisecond),
+			heap/float64(runs)/1024, agentHeap/float64(runs)/1024, alloc/float64(runs)/1024)
+	}
+	tw.Flush()
 }
 
-// PrintFanout writes the results as one table.
-func PrintFanout(w io.Writer, results []FanoutResult) {
-	fmt.Fprintln(w, "invalidation fanout: every agent on its own NATS connection, rekeyd + agents + embedded NATS in one process")
-	if len(results) > 0 {
-		if results[0].CollectBetween {
-			fmt.Fprintln(w, "garbage collected between samples once the heap is half way to the next collection (--gc-between-samples=false to leave the collector alone)")
-		} else {
-			fmt.Fprintln(w, "the collector left alone: a collection of the shared heap may land inside a sample")
-		}
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents\tmeasure\tsamples\tp50\tp99\tmax\t")
-	for _, r := range results {
-		for _, row := range []struct {
-			name string
-			d    []time.Duration
-		}{
-			{fmt.Sprintf("raw NATS publish (%d B) -> last subscriber", r.MessageBytes), r.RawBaseline},
-			{"invalidation published -> last agent dropped", r.PublishToLastDrop},
-			{"rotation finished -> last agent dropped", r.FinishToLastDrop},
-			{"invalidation published -> last ack at rekeyd", r.PublishToLastAck},
-		} {
-			s := SortDurations(append([]time.Duration(nil), row.d...))
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t\n", r.Agents, row.name, len(s), demo.Millis(Percentile(s, 50)), demo.Millis(Percentile(s, 99)), demo.Millis(Percentile(s, 100)))
-		}
-	}
-	tw.Flush()
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents\tp50 fanout / p50 raw\tp99 fanout / p99 raw\theap per agent connection\tconnect+start all agents\tallocated per agent per rotation\tGCs during / between rotations\t")
-	for _, r := range results {
-		raw := SortDurations(append([]time.Duration(nil), r.RawBaseline...))
-		fin := SortDurations(append([]time.Duration(nil), r.PublishToLastDrop...))
-		ratio := func(p float64) float64 { return float64(Percentile(fin, p)) / float64(max(Percentile(raw, p), 1)) }
-		fmt.Fprintf(tw, "%d\t%.2fx\t%.2fx\t%.1f KiB\t%s\t%.1f KiB\t%d / %d\t\n", r.Agents, ratio(50), ratio(99), r.HeapPerAgent/1024, r.ConnectTime.Round(time.Millisecond),
-			r.AllocPerAgentRotation/1024, r.GCs, r.GCsBetween)
-	}
-	tw.Flush()
+// Ratio is the fanout's percentile p (published -> last dropped) over the
+// raw baseline's.
+func (r FanoutResult) Ratio(p float64) float64 {
+	return float64(Percentile(sorted(r.PublishToLastDrop), p)) / float64(max(Percentile(sorted(r.RawBaseline), p), 1))
 }
+
+func sorted(d []time.Duration) []time.Duration { return SortDurations(slices.Clone(d)) }

@@ -405,23 +405,35 @@ func (d *Daemon) NATSURL() string {
 // the embedded server: the tenant's agent user and its inbox prefix. With
 // an external NATS, only the inbox prefix (credentials are the operator's).
 func (d *Daemon) AgentNATSOptions(tenant string) []nats.Option {
+	return AgentNATSOptions(d.natsAuth, tenant)
+}
+
+// AgentNATSOptions are the connection options of an agent of tenant with
+// the embedded server's credentials auth (nil: an external NATS), for
+// processes other than rekeyd's (orchestrator.LoadNATSAuth reads them
+// from rekeyd's data dir).
+func AgentNATSOptions(auth *orchestrator.NATSAuth, tenant string) []nats.Option {
 	opts := []nats.Option{nats.CustomInboxPrefix(schemas.AgentInboxPrefix(tenant)),
 		// Refused while the tenant is revoked: keep trying until restored.
 		nats.IgnoreAuthErrorAbort(), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}
-	if d.natsAuth != nil {
+	if auth != nil {
 		user := orchestrator.AgentUser(tenant)
-		opts = append(opts, nats.UserInfo(user, d.natsAuth.Password(user)))
+		opts = append(opts, nats.UserInfo(user, auth.Password(user)))
 	}
 	return opts
 }
 
 // AdminNATSOptions are the connection options of rekeyd's own user (for
 // rekeyctl and tests) on the embedded server.
-func (d *Daemon) AdminNATSOptions() []nats.Option {
-	if d.natsAuth == nil {
+func (d *Daemon) AdminNATSOptions() []nats.Option { return AdminNATSOptions(d.natsAuth) }
+
+// AdminNATSOptions are the connection options of rekeyd's own user with
+// the embedded server's credentials auth (nil: none).
+func AdminNATSOptions(auth *orchestrator.NATSAuth) []nats.Option {
+	if auth == nil {
 		return nil
 	}
-	return []nats.Option{nats.UserInfo(orchestrator.RekeydUser, d.natsAuth.Password(orchestrator.RekeydUser))}
+	return []nats.Option{nats.UserInfo(orchestrator.RekeydUser, auth.Password(orchestrator.RekeydUser))}
 }
 
 // AdminToken is the token the HTTP API requires.

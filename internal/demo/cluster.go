@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rekey-dev/rekey/deployments/examples"
 	"github.com/rekey-dev/rekey/fanout/agent"
@@ -106,43 +107,54 @@ const AgentUsageInterval = time.Second
 // NewAgent connects a new agent of tenant, on its own NATS connection, and
 // records its drops.
 func (c *Cluster) NewAgent(ctx context.Context, tenant, instance string) (*agent.Agent, error) {
-	nc, err := nats.Connect(c.Daemon.NATSURL(), append(c.Daemon.AgentNATSOptions(tenant), nats.Name(instance))...)
-	if err != nil {
-		return nil, err
+	a, nc, err := ConnectAgent(ctx, c.Daemon.NATSURL(), c.Daemon.AgentNATSOptions(tenant), tenant, instance, func(ev agent.Invalidated) {
+		id := ev.Invalidation.RequestID
+		c.mu.Lock()
+		drops := c.drops[id]
+		if drops == nil {
+			drops = make([]Drop, 0, c.agents)
+		}
+		drops = append(drops, Drop{
+			Agent: instance, Secret: ev.Invalidation.Secret, Kind: ev.Invalidation.Kind, Version: ev.Invalidation.Version,
+			Published: ev.EventTime, Dropped: ev.DroppedAt,
+		})
+		c.drops[id] = drops
+		// Only the drop that completes a wanted count wakes the waiter:
+		// thousands of agents must not contend for it.
+		if w, ok := c.want[id]; ok && len(drops) == w {
+			c.cond.Broadcast()
+		}
+		c.mu.Unlock()
+	})
+	if nc != nil {
+		c.mu.Lock()
+		c.conns = append(c.conns, nc)
+		c.agents++
+		c.mu.Unlock()
 	}
-	c.mu.Lock()
-	c.conns = append(c.conns, nc)
-	c.agents++
-	c.mu.Unlock()
+	return a, err
+}
+
+// ConnectAgent connects an agent of tenant to url on its own connection
+// (opts: daemon.AgentNATSOptions) and starts it, the way every simulated
+// agent runs: NATS fetcher, AgentUsageInterval, onInvalidate called for
+// each drop. The connection is returned, to be closed by the caller, also
+// with an error once it was made.
+func ConnectAgent(ctx context.Context, url string, opts []nats.Option, tenant, instance string, onInvalidate func(agent.Invalidated)) (*agent.Agent, *nats.Conn, error) {
+	nc, err := nats.Connect(url, append(opts, nats.Name(instance))...)
+	if err != nil {
+		return nil, nil, err
+	}
 	a, err := agent.New(nc, agent.NewNATSFetcher(nc, instance), agent.Config{
-		Tenant: tenant, Instance: instance, UsageInterval: AgentUsageInterval,
-		OnInvalidate: func(ev agent.Invalidated) {
-			id := ev.Invalidation.RequestID
-			c.mu.Lock()
-			drops := c.drops[id]
-			if drops == nil {
-				drops = make([]Drop, 0, c.agents)
-			}
-			drops = append(drops, Drop{
-				Agent: instance, Secret: ev.Invalidation.Secret, Kind: ev.Invalidation.Kind, Version: ev.Invalidation.Version,
-				Published: ev.EventTime, Dropped: ev.DroppedAt,
-			})
-			c.drops[id] = drops
-			// Only the drop that completes a wanted count wakes the waiter:
-			// thousands of agents must not contend for it.
-			if w, ok := c.want[id]; ok && len(drops) == w {
-				c.cond.Broadcast()
-			}
-			c.mu.Unlock()
-		},
+		Tenant: tenant, Instance: instance, UsageInterval: AgentUsageInterval, OnInvalidate: onInvalidate,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nc, err
 	}
 	if err := a.Start(ctx); err != nil {
-		return nil, err
+		return nil, nc, err
 	}
-	return a, nil
+	return a, nc, nil
 }
 
 // Accepted is the API's reply to a queued request.
@@ -181,6 +193,12 @@ func (c *Cluster) Rotate(ctx context.Context, tenant, secret string) (string, er
 // PublishRotate publishes a rotation request straight on NATS (the way a
 // trigger does), skipping HTTP.
 func (c *Cluster) PublishRotate(ctx context.Context, tenant, secret string) (string, error) {
+	return PublishRotate(ctx, c.Daemon.Bus(), tenant, secret)
+}
+
+// PublishRotate publishes a rotation request of tenant's secret on bus
+// and returns its request id.
+func PublishRotate(ctx context.Context, bus *orchestrator.Bus, tenant, secret string) (string, error) {
 	ev, err := schemas.NewEvent("sim", schemas.TypeRotationRequested, tenant, tenant+"/"+secret, schemas.RotationRequested{
 		Tenant: tenant, Secret: secret, Reason: "bench", RequestedAt: time.Now().UTC(),
 		Trigger: schemas.Trigger{Kind: schemas.TriggerInternal, Source: "bench"},
@@ -188,7 +206,7 @@ func (c *Cluster) PublishRotate(ctx context.Context, tenant, secret string) (str
 	if err != nil {
 		return "", err
 	}
-	if _, err := c.Daemon.Bus().Publish(ctx, schemas.RotateSubject(tenant, secret), ev); err != nil {
+	if _, err := bus.Publish(ctx, schemas.RotateSubject(tenant, secret), ev); err != nil {
 		return "", err
 	}
 	return ev.ID, nil
@@ -225,8 +243,13 @@ var ErrTimeout = errors.New("timed out")
 // Events subscribes to rekey.events.<tenant>.<kind> and returns a channel
 // of decoded events and a function that unsubscribes.
 func (c *Cluster) Events(tenant, kind string) (<-chan schemas.Event, func(), error) {
+	return SubscribeEvents(c.Daemon.Bus().NC, tenant, kind)
+}
+
+// SubscribeEvents is Cluster.Events on connection nc.
+func SubscribeEvents(nc *nats.Conn, tenant, kind string) (<-chan schemas.Event, func(), error) {
 	ch := make(chan schemas.Event, 64)
-	sub, err := c.Daemon.Bus().NC.Subscribe(schemas.EventsSubject(tenant, kind), func(m *nats.Msg) {
+	sub, err := nc.Subscribe(schemas.EventsSubject(tenant, kind), func(m *nats.Msg) {
 		if ev, err := schemas.Decode(m.Data); err == nil {
 			select {
 			case ch <- ev:
@@ -258,7 +281,12 @@ func (c *Cluster) WaitIdle(ctx context.Context, tenant, secret string, timeout t
 // ConsumerDrained reports whether a durable consumer has no message left to
 // deliver and none delivered but unacked.
 func (c *Cluster) ConsumerDrained(ctx context.Context, stream, durable string) bool {
-	cons, err := c.Daemon.Bus().JS.Consumer(ctx, stream, durable)
+	return ConsumerDrained(ctx, c.Daemon.Bus().JS, stream, durable)
+}
+
+// ConsumerDrained is Cluster.ConsumerDrained through js.
+func ConsumerDrained(ctx context.Context, js jetstream.JetStream, stream, durable string) bool {
+	cons, err := js.Consumer(ctx, stream, durable)
 	if err != nil {
 		return false
 	}
