@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"unicode"
+	"unicode/utf8"
 )
 
 // ErrInvalidID is returned (wrapped) for a tenant or secret ID that does not
@@ -135,4 +137,19 @@ func VersionToken(v string) string {
 	}
 	h := sha256.Sum256([]byte(v))
 	return "=" + hex.EncodeToString(h[:16])
+}
+
+// Printable reports whether s is valid UTF-8 made of printable characters
+// only (what agent-reported fields such as versions and tool names must be
+// before they reach a log or the audit trail).
+func Printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, c := range s {
+		if !unicode.IsPrint(c) {
+			return false
+		}
+	}
+	return true
 }

@@ -352,7 +352,6 @@ type Agent struct {
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	kick    chan struct{} // asks the resync loop for a resync
-	resyncs atomic.Uint64 // completed resyncs (Resyncs)
 
 	ackMu    sync.Mutex
 	acks     []schemas.InvalidationAck // waiting for ackTimer

@@ -360,15 +360,8 @@ func (a *Agent) Resync(ctx context.Context) error {
 		applied++
 	}
 	a.log.Debug("resynced", "replayed", applied, "revoked", a.Revoked())
-	a.resyncs.Add(1)
 	return nil
 }
-
-// Resyncs is how many resyncs completed against a resync server (the one
-// of Start, one after each reconnect, and each call of Resync): a caller
-// that needs to know that the agent caught up after a reconnect waits for
-// it to grow.
-func (a *Agent) Resyncs() uint64 { return a.resyncs.Load() }
 
 // reconnectMu serializes the chaining of reconnect handlers by the agents
 // of this process that share a connection.

@@ -132,6 +132,17 @@ func (b *Backend) lastKnown(k string) (record, uint64, bool) {
 	return cur.r.clone(), cur.rev, ok
 }
 
+// knownAt returns a copy of the known record of k if it is at rev.
+func (b *Backend) knownAt(k string, rev uint64) (record, bool) {
+	b.knownMu.Lock()
+	defer b.knownMu.Unlock()
+	cur, ok := b.known[k]
+	if !ok || cur.rev != rev {
+		return record{}, false
+	}
+	return cur.r.clone(), true
+}
+
 // clone copies r so that changing the copy's versions leaves r as it is
 // (ciphertexts are replaced, never changed in place).
 func (r record) clone() record {
@@ -532,8 +543,8 @@ func (b *Backend) load(ctx context.Context, ref handlers.SecretRef) (record, uin
 	if err != nil {
 		return record{}, 0, fmt.Errorf("get %s: %w", key(ref), err)
 	}
-	if r, rev, ok := b.lastKnown(key(ref)); ok && rev == e.Revision() {
-		return r, rev, nil // the revision it was decoded (or written) at
+	if r, ok := b.knownAt(key(ref), e.Revision()); ok {
+		return r, e.Revision(), nil // the revision it was decoded (or written) at
 	}
 	var r record
 	if err := schemas.DecodeStrict(e.Value(), &r, "last_id"); err != nil {

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -53,23 +51,11 @@ func ParseReport(subject string, data []byte) (schemas.LeakReport, error) {
 		return schemas.LeakReport{}, err
 	}
 	for _, f := range []string{r.Version, r.Tool, r.Run, r.Where} {
-		if !printable(f) {
+		if !schemas.Printable(f) {
 			return schemas.LeakReport{}, fmt.Errorf("version, tool, run and where must be printable UTF-8: %w", schemas.ErrMalformed)
 		}
 	}
 	return r, nil
-}
-
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, c := range s {
-		if !unicode.IsPrint(c) {
-			return false
-		}
-	}
-	return true
 }
 
 // Key is the KV key (bucket "rekey_leak") of the decision about one leaked

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/rekey-dev/rekey/schemas"
@@ -79,10 +78,8 @@ func validateVersion(v string) error {
 	if len(v) > maxVersionBytes || !utf8.ValidString(v) {
 		return fmt.Errorf("version is not valid UTF-8 of at most %d bytes: %w", maxVersionBytes, schemas.ErrMalformed)
 	}
-	for _, c := range v {
-		if !unicode.IsPrint(c) {
-			return fmt.Errorf("version %q has a non-printable character: %w", truncate(v), schemas.ErrMalformed)
-		}
+	if !schemas.Printable(v) {
+		return fmt.Errorf("version %q has a non-printable character: %w", truncate(v), schemas.ErrMalformed)
 	}
 	return nil
 }
