@@ -72,6 +72,14 @@ type Config struct {
 	// Source is the CloudEvents source of the invalidations fanout
 	// publishes (required).
 	Source string
+	// AckDelayPerAgent times the tenant's live agents is the ack delay
+	// an invalidation asks of them (schemas.HeaderAckDelay): delivering
+	// one message to thousands of connections takes the NATS server tens
+	// of microseconds per connection, and acks sent before the last agent
+	// got it slow that delivery down. At most a quarter of ConfirmTimeout
+	// and schemas.MaxAckDelayMS; under a millisecond (or zero) no header
+	// is sent and agents use their own delay.
+	AckDelayPerAgent time.Duration
 }
 
 // Deps are what fanout is built with: rekeyd's common dependencies (Bus
@@ -253,11 +261,12 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 	// Derived id: a redelivered event yields the same invalidation, which
 	// JetStream drops as a duplicate.
 	out = out.WithID("inv-" + ev.ID)
+	var ackDelay time.Duration
 	if inv.Kind != schemas.InvalidationRestored { // agents ack drops, not restores
-		f.acks.Published(inv)
+		ackDelay = f.ackDelay(f.acks.Published(inv))
 	}
 	if err == nil {
-		err = f.publishAfter(ctx, subject, out, pos, last)
+		err = f.publishAfter(ctx, subject, out, pos, last, ackDelay)
 	}
 	if err != nil {
 		f.log.Warn("invalidation not published; will retry", "subject", subject, "request_id", inv.RequestID, "error", err)
@@ -275,6 +284,16 @@ func (f *Fanout) handle(ctx context.Context, msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
 		f.log.Warn("event ack failed", "error", err)
 	}
+}
+
+// ackDelay is the ack delay to ask of live agents (see
+// Config.AckDelayPerAgent); zero: none.
+func (f *Fanout) ackDelay(live int) time.Duration {
+	d := min(time.Duration(live)*f.cfg.AckDelayPerAgent, f.cfg.ConfirmTimeout/4, schemas.MaxAckDelayMS*time.Millisecond)
+	if d < time.Millisecond {
+		return 0
+	}
+	return d
 }
 
 // errNoInvalidation: the event is one fanout reads but that asks for no

@@ -166,8 +166,11 @@ func (f *Fanout) ordered(ctx context.Context, subject string, pos eventPos) (las
 // publishAfter publishes an invalidation on subject if the subject's last
 // message is still last; a conflict is returned as an error (the event is
 // then redelivered and ordered again).
-func (f *Fanout) publishAfter(ctx context.Context, subject string, out schemas.Event, pos eventPos, last lastOnSubject) error {
+func (f *Fanout) publishAfter(ctx context.Context, subject string, out schemas.Event, pos eventPos, last lastOnSubject, ackDelay time.Duration) error {
 	if f.invalidations == nil || pos.seq == 0 {
+		// Unordered (the streams were not readable at start, or the
+		// event's position is unknown): no headers, so no ack delay
+		// either; agents use their own.
 		_, err := f.bus.Publish(ctx, subject, out)
 		return err
 	}
@@ -178,6 +181,9 @@ func (f *Fanout) publishAfter(ctx context.Context, subject string, out schemas.E
 	msg := nats.NewMsg(subject)
 	msg.Data = data
 	msg.Header.Set(HeaderEvent, pos.header())
+	if ackDelay > 0 {
+		msg.Header.Set(schemas.HeaderAckDelay, strconv.FormatInt(ackDelay.Milliseconds(), 10))
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// No Nats-Msg-Id (one header less for every agent to parse): the

@@ -177,15 +177,16 @@ func (t *AckTracker) liveLocked(tenant string, at time.Time) []string {
 }
 
 // Published records an invalidation about to be sent, with the agents of
-// its tenant that are alive now.
-func (t *AckTracker) Published(inv schemas.Invalidation) {
+// its tenant that are alive now, and returns how many they are.
+func (t *AckTracker) Published(inv schemas.Invalidation) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	k := ackKey(inv.Tenant, inv.Secret, inv.RequestID)
-	if _, ok := t.byReq[k]; ok {
-		return
+	if d, ok := t.byReq[k]; ok {
+		return len(d.Live)
 	}
-	t.byReq[k] = &Delivery{Invalidation: inv, Live: t.liveLocked(inv.Tenant, inv.PublishedAt), Acks: map[string]time.Duration{}}
+	live := t.liveLocked(inv.Tenant, inv.PublishedAt)
+	t.byReq[k] = &Delivery{Invalidation: inv, Live: live, Acks: map[string]time.Duration{}}
 	t.takeEarlyLocked(k)
 	prev := t.latest[inv.Tenant+"/"+inv.Secret]
 	t.latest[inv.Tenant+"/"+inv.Secret] = k
@@ -199,6 +200,7 @@ func (t *AckTracker) Published(inv schemas.Invalidation) {
 		delete(t.byReq, old)
 		t.order = t.order[1:]
 	}
+	return len(live)
 }
 
 // Acked records an agent's ack and returns the delay since publication;

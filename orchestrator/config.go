@@ -242,6 +242,10 @@ type FanoutConfig struct {
 	// MaxListedAgents bounds the agents named in an invalidation_confirmed
 	// event and its audit record; beyond it they are counted.
 	MaxListedAgents int `yaml:"max_listed_agents"`
+	// AckDelayPerAgent times a tenant's live agents is how long an
+	// invalidation asks them to hold their acks back (fanout.Config);
+	// 0 asks nothing.
+	AckDelayPerAgent time.Duration `yaml:"ack_delay_per_agent"`
 }
 
 // BackendsConfig holds one section per backend kind.
@@ -378,7 +382,7 @@ func Defaults() Config {
 		},
 		Fanout: FanoutConfig{ConfirmTimeout: 10 * time.Second, MaxAgentsPerTenant: 10000,
 			PresenceIntervalMin: 500 * time.Millisecond, PresenceIntervalMax: 5 * time.Minute,
-			MaxEarlyAcksPerTenant: 10000, MaxListedAgents: 100},
+			MaxEarlyAcksPerTenant: 10000, MaxListedAgents: 100, AckDelayPerAgent: 60 * time.Microsecond},
 	}
 }
 
@@ -502,6 +506,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Fanout.MaxEarlyAcksPerTenant < 0 || c.Fanout.MaxEarlyAcksPerTenant > 1000000 {
 		add(fieldErr("fanout.max_early_acks_per_tenant", "%d must be between 0 and 1000000", c.Fanout.MaxEarlyAcksPerTenant))
+	}
+	if c.Fanout.AckDelayPerAgent < 0 || c.Fanout.AckDelayPerAgent > 10*time.Millisecond {
+		add(fieldErr("fanout.ack_delay_per_agent", "%s must be between 0 and 10ms", c.Fanout.AckDelayPerAgent))
 	}
 	if c.Fanout.MaxListedAgents < 1 || c.Fanout.MaxListedAgents > 5000 {
 		add(fieldErr("fanout.max_listed_agents", "%d must be between 1 and 5000 (a confirmation stays under 1 MiB)", c.Fanout.MaxListedAgents))

@@ -49,6 +49,8 @@ func TestMalformedConfigNamesTheField(t *testing.T) {
 		{"presence interval", base + "fanout: {presence_interval_min: 10s, presence_interval_max: 1s}\n", "fanout.presence_interval_max"},
 		{"early acks", base + "fanout: {max_early_acks_per_tenant: -1}\n", "fanout.max_early_acks_per_tenant"},
 		{"listed agents", base + "fanout: {max_listed_agents: 100000}\n", "fanout.max_listed_agents"},
+		{"ack delay per agent", base + "fanout: {ack_delay_per_agent: 50ms}\n", "fanout.ack_delay_per_agent"},
+		{"negative ack delay per agent", base + "fanout: {ack_delay_per_agent: -1us}\n", "fanout.ack_delay_per_agent"},
 		{"unknown field", base + "rotaton: {max_attempts: 3}\n", `unknown field "rotaton"`},
 		{"wrong type", base + "rotation: {max_attempts: many}\n", "max_attempts"},
 		{"bad duration", base + "rotation: {lock_ttl: soon}\n", "lock_ttl"},

@@ -147,3 +147,15 @@ func ReplyAllowed(tenant, reply string) bool {
 	}
 	return true
 }
+
+// HeaderAckDelay, on an invalidation, is how long fanout asks each agent
+// to hold its ack back, in whole milliseconds: about as long as
+// delivering the invalidation to all of the tenant's live agents takes,
+// so that their acks do not compete with that delivery for the NATS
+// server's and the hosts' CPU. An agent waits the longer of it and its
+// own ack delay, plus up to half again at random, and never more than
+// MaxAckDelayMS. Absent: the agent's own ack delay.
+const HeaderAckDelay = "Rekey-Ack-Delay"
+
+// MaxAckDelayMS bounds the HeaderAckDelay an agent honours.
+const MaxAckDelayMS = 10000

@@ -137,8 +137,12 @@ type Config struct {
 	// invalidation the NATS server delivers it to every agent, and every
 	// agent drops, instead of the first ones spending the CPU and the
 	// server reading their acks. Acks that wait together leave in one
-	// write. Default 100ms, longer than a fanout to thousands of agents
-	// takes; negative sends each ack at once and decodes before dropping.
+	// write. Default 100ms. When an invalidation asks for longer
+	// (schemas.HeaderAckDelay: rekeyd's fanout sizes it to the tenant's
+	// live agents, since delivering to 10,000 connections takes longer
+	// than 100ms) its ack waits that long plus up to half again at
+	// random. Negative sends each ack at once and decodes before
+	// dropping.
 	AckDelay time.Duration
 	// LeakVersions is how many versions of each secret the leak guard
 	// (Scan) keeps looking for once this agent read them. Default

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -103,15 +105,31 @@ func (a *Agent) handleMsg(m *nats.Msg) {
 		a.dropLocked(token)
 		dropped := time.Now()
 		a.mu.Unlock()
+		delay := a.ackDelay(m.Header)
 		a.ackMu.Lock()
 		a.live = append(a.live, liveDrop{subject: m.Subject, data: m.Data, received: received, dropped: dropped})
-		a.armAckTimerLocked()
+		a.armAckTimerLocked(delay)
 		a.ackMu.Unlock()
 		return
 	}
 	if ack, ok := a.settle(m.Subject, m.Data, received, time.Time{}); ok {
-		a.queueAck(ack)
+		a.queueAck(ack, a.ackDelay(m.Header))
 	}
+}
+
+// ackDelay is how long the acks of a live invalidation with headers h
+// wait: Config.AckDelay, or the longer delay fanout asks for in
+// schemas.HeaderAckDelay (as long as delivering it to the tenant's live
+// agents takes) plus up to half again at random, so that thousands of
+// agents' acks neither slow that delivery down nor arrive all at once.
+func (a *Agent) ackDelay(h nats.Header) time.Duration {
+	d := a.cfg.AckDelay
+	ms, err := strconv.Atoi(h.Get(schemas.HeaderAckDelay))
+	if err != nil || ms <= 0 {
+		return d
+	}
+	asked := time.Duration(min(ms, schemas.MaxAckDelayMS)) * time.Millisecond
+	return max(d, asked) + rand.N(asked/2+1)
 }
 
 // liveDrop is a live invalidation of one secret whose value was dropped on
@@ -232,24 +250,25 @@ func newAck(cfg Config, p invalidation, received, dropped time.Time) schemas.Inv
 	return ack
 }
 
-// queueAck sends ack on AckSubject after Config.AckDelay (at once if it
-// is negative).
-func (a *Agent) queueAck(ack schemas.InvalidationAck) {
+// queueAck sends ack on AckSubject after delay (at once if
+// Config.AckDelay is negative).
+func (a *Agent) queueAck(ack schemas.InvalidationAck, delay time.Duration) {
 	if a.cfg.AckDelay < 0 {
 		a.sendAck(ack)
 		return
 	}
 	a.ackMu.Lock()
 	a.acks = append(a.acks, ack)
-	a.armAckTimerLocked()
+	a.armAckTimerLocked(delay)
 	a.ackMu.Unlock()
 }
 
-// armAckTimerLocked starts AckDelay when the first ack or live drop
-// starts waiting. The caller holds a.ackMu and has just added one.
-func (a *Agent) armAckTimerLocked() {
+// armAckTimerLocked starts delay when the first ack or live drop starts
+// waiting; later ones leave with it. The caller holds a.ackMu and has
+// just added one.
+func (a *Agent) armAckTimerLocked(delay time.Duration) {
 	if len(a.acks)+len(a.live) == 1 { // the last batch is gone: time the next
-		a.ackTimer.Reset(a.cfg.AckDelay)
+		a.ackTimer.Reset(delay)
 	}
 }
 
@@ -355,7 +374,7 @@ func (a *Agent) Resync(ctx context.Context) error {
 			continue
 		}
 		if ack, ok := a.apply(p, received, time.Time{}, true); ok {
-			a.queueAck(ack)
+			a.queueAck(ack, a.cfg.AckDelay)
 		}
 		applied++
 	}

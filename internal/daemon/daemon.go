@@ -276,6 +276,7 @@ func (d *Daemon) buildCore(ctx context.Context, opts Options) ([]orchestrator.Na
 	d.revocations = handlers.NewRevocationWorker(deps, rotator, opts.Worker)
 
 	d.fanout, err = fanout.New(fanout.Config{ConfirmTimeout: cfg.Fanout.ConfirmTimeout, Tenants: cfg.TenantNames(), Source: "rekeyd/fanout",
+		AckDelayPerAgent: cfg.Fanout.AckDelayPerAgent,
 		Limits: fanout.Limits{MaxAgentsPerTenant: cfg.Fanout.MaxAgentsPerTenant,
 			PresenceIntervalMin: cfg.Fanout.PresenceIntervalMin, PresenceIntervalMax: cfg.Fanout.PresenceIntervalMax,
 			MaxEarlyAcksPerTenant: cfg.Fanout.MaxEarlyAcksPerTenant, MaxListedAgents: cfg.Fanout.MaxListedAgents}},

@@ -697,3 +697,38 @@ func TestUsageReportsPerToolAndRun(t *testing.T) {
 		{"reconcile", ""}: 5, {"search", ""}: 3, {"search", "run-7"}: 2, {"reconcile", "run-7"}: 1,
 	}, got)
 }
+
+// TestAckWaitsForAskedDelay: an invalidation whose Rekey-Ack-Delay asks
+// for longer than the agent's AckDelay (fanout sizes it to the tenant's
+// live agents) has its ack held back that long; the value is still
+// dropped on arrival. A tenant-wide revocation honours it too.
+func TestAckWaitsForAskedDelay(t *testing.T) {
+	x := newAckFixture(t, 10*time.Millisecond)
+	get(t, x.a, "openai-key")
+	x.f.set("openai-key", 2)
+
+	const asked = 400 * time.Millisecond
+	published := time.Now()
+	msg := nats.NewMsg(schemas.InvalidateSubject(tenant, "openai-key"))
+	msg.Data = invalidation(t, tenant, "openai-key", schemas.InvalidationRotated, version(2))
+	msg.Header.Set(schemas.HeaderAckDelay, "400")
+	_, err := x.js.PublishMsg(context.Background(), msg)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return get(t, x.a, "openai-key").Version == "v2" }, 5*time.Second, time.Millisecond, "dropped at once")
+
+	m := next(t, x.acks, 5*time.Second)
+	require.Equal(t, schemas.AckSubject(tenant, "openai-key", "planner-1"), m.Subject)
+	require.GreaterOrEqual(t, time.Since(published), asked, "ack held back as long as asked")
+
+	// Revocation: the gate closes at once, the ack waits as asked.
+	published = time.Now()
+	msg = nats.NewMsg(schemas.InvalidateSubject(tenant, schemas.TenantToken))
+	msg.Data = invalidation(t, tenant, "", schemas.InvalidationRevoked, "")
+	msg.Header.Set(schemas.HeaderAckDelay, "400")
+	_, err = x.js.PublishMsg(context.Background(), msg)
+	require.NoError(t, err)
+	require.Eventually(t, x.a.Revoked, 5*time.Second, time.Millisecond)
+	m = next(t, x.acks, 5*time.Second)
+	require.Equal(t, schemas.AckSubject(tenant, schemas.TenantToken, "planner-1"), m.Subject)
+	require.GreaterOrEqual(t, time.Since(published), asked)
+}
