@@ -1,7 +1,6 @@
 package fanout_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"testing"
@@ -24,10 +23,7 @@ func TestAckDelaySizedToLiveAgents(t *testing.T) {
 	f, err := fanout.New(fanout.Config{Source: "test/fanout", ConfirmTimeout: 2 * time.Second, AckDelayPerAgent: 10 * time.Millisecond},
 		fanout.Deps{Deps: orchestrator.Deps{Bus: bus, Audit: orchestrator.NewAuditor(bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log}})
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	run(t, f)
 	require.Eventually(t, f.Started, 5*time.Second, 10*time.Millisecond)
 
 	agents := map[string]int{"acme": 20, "globex": 80, "initech": 0}

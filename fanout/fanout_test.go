@@ -33,11 +33,17 @@ func runFanout(t *testing.T, bus *orchestrator.Bus, tenants ...string) *fanout.F
 	f, err := fanout.New(fanout.Config{Tenants: tenants, Source: "test/fanout"}, fanout.Deps{Deps: orchestrator.Deps{
 		Bus: bus, Audit: orchestrator.NewAuditor(bus, "test", log), Metrics: orchestrator.NewMetrics(), Log: log}})
 	require.NoError(t, err)
+	run(t, f)
+	return f
+}
+
+// run runs f until the test ends.
+func run(t *testing.T, f *fanout.Fanout) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
 	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	return f
 }
 
 func publish(t *testing.T, bus *orchestrator.Bus, tenant, kind, typ, subject string, data any) schemas.Event {

@@ -29,10 +29,7 @@ func replicaFanout(t *testing.T, url, name string) (*fanout.Fanout, *orchestrato
 	f, err := fanout.New(fanout.Config{ConfirmTimeout: time.Second, Source: name + "/fanout"}, fanout.Deps{Deps: orchestrator.Deps{
 		Bus: bus, Audit: orchestrator.NewAuditor(bus, name, log), Metrics: orchestrator.NewMetrics(), Log: log}, Leases: leases})
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	run(t, f)
 	require.Eventually(t, f.Started, 5*time.Second, 10*time.Millisecond)
 	return f, bus
 }
