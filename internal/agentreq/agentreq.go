@@ -31,10 +31,10 @@ const (
 	// once: it holds as many as fanout's default max_agents_per_tenant
 	// (10,000), with room to spare. A request's data is at most a few
 	// hundred bytes (PendingBytes bounds it, per subscription).
-	Pending        = 16384
-	PendingBytes   = 8 << 20
-	flushTimeout   = 5 * time.Second
-	drainTimeout   = 10 * time.Second
+	Pending      = 16384
+	PendingBytes = 8 << 20
+	flushTimeout = 5 * time.Second
+	drainTimeout = 10 * time.Second
 )
 
 // Server answers requests on Subjects (one per tenant, or one wildcard in
