@@ -24,15 +24,15 @@ import (
 
 const (
 	subsPerSubject = 2 // each with its own callback goroutine
-	// Pending is how many requests one tenant's subscriptions hold
+	// pending is how many requests one tenant's subscriptions hold
 	// together (half each); beyond, requests are dropped and the agent
 	// waits out its fetch timeout (5 s) before asking again. After a
 	// rotation every live agent of the tenant may fetch the new value at
 	// once: it holds as many as fanout's default max_agents_per_tenant
 	// (10,000), with room to spare. A request's data is at most a few
-	// hundred bytes (PendingBytes bounds it, per subscription).
-	Pending      = 16384
-	PendingBytes = 8 << 20
+	// hundred bytes (pendingBytes bounds it, per subscription).
+	pending      = 16384
+	pendingBytes = 8 << 20
 	flushTimeout = 5 * time.Second
 	drainTimeout = 10 * time.Second
 )
@@ -71,7 +71,7 @@ func (s *Server) Run(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("%s: subscribe %s: %w", s.Name, subject, err)
 			}
-			if err := sub.SetPendingLimits(Pending/subsPerSubject, PendingBytes); err != nil {
+			if err := sub.SetPendingLimits(pending/subsPerSubject, pendingBytes); err != nil {
 				return fmt.Errorf("%s: pending limits: %w", s.Name, err)
 			}
 			subs = append(subs, sub)
