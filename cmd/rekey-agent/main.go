@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -265,9 +266,11 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 		MaxRuns: o.maxRuns, RunTTL: o.runTTL, MaxScanBytes: o.maxScanBytes,
 	}
 	var nc *nats.Conn
-	// Ready once connected; the listeners open only after the agent
-	// started, that is after it resynced.
-	cfg.Ready = func() bool { return nc != nil && nc.IsConnected() }
+	// Ready once connected and resynced (after a reconnect, once the
+	// invalidations missed meanwhile are replayed); the listeners open
+	// only after the agent started.
+	var started atomic.Pointer[agent.Agent]
+	cfg.Ready = func() bool { a := started.Load(); return a != nil && a.Synced() }
 	var err error
 	read := func(dst *string, on bool, get func() (string, error)) {
 		if on && err == nil {
@@ -335,6 +338,7 @@ func run(ctx context.Context, o *options, m sidecar.Mapping) error {
 	if err := a.Start(ctx); err != nil {
 		return fmt.Errorf("start agent (is rekeyd reachable at %s?): %w", o.natsURL, err)
 	}
+	started.Store(a)
 	g.Go(func() error { return a.Run(gctx) })
 	g.Go(func() error { return srv.Run(gctx) })
 	log.Info("rekey-agent started", "tenant", o.tenant, "agent", o.instance, "fetcher", o.fetcher)

@@ -197,6 +197,7 @@ restore accepted at once takes effect.`,
 	recovery.Flags().IntVar(&rec.RevokeSecrets, "revoke-secrets", 200, "secrets of the revoked tenant in the restore runs")
 	recovery.Flags().BoolVar(&rec.Cluster, "cluster", false, "also run --runs per interruption with 3 replicas on a 3-node NATS cluster (one interrupted, the others take over)")
 	var sc bench.SidecarOptions
+	var sideProfile string
 	side := &cobra.Command{
 		Use:   "sidecar",
 		Short: "cached reads through each API of rekey-agent and in-process agent.Get (reads/s, p50/p99)",
@@ -204,6 +205,17 @@ restore accepted at once takes effect.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext(cmd)
 			defer stop()
+			if sideProfile != "" {
+				f, err := os.Create(sideProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
 			rows, err := bench.Sidecar(ctx, sc, log)
 			bench.PrintSidecar(cmd.OutOrStdout(), sc, rows)
@@ -212,6 +224,46 @@ restore accepted at once takes effect.`,
 	}
 	side.Flags().IntVar(&sc.Clients, "clients", 8, "concurrent clients, each with a keep-alive connection")
 	side.Flags().DurationVar(&sc.Duration, "duration", 3*time.Second, "run of each path")
+	side.Flags().BoolVar(&sc.HTTPClient, "http-client", false, "read with Go's http.Client in this process instead of the raw HTTP/1.1 clients")
+	side.Flags().BoolVar(&sc.SameProcess, "same-process", false, "run the raw clients in this process, not in a process of their own")
+	side.Flags().StringVar(&sideProfile, "cpuprofile", "", "write a CPU profile of this process (sidecar, and the clients unless they run in processes of their own) to this file")
+	var fleetSizes []int
+	var fleetRotations, fleetProcs, fleetRuns int
+	fleet := &cobra.Command{
+		Use:   "sidecar-fleet",
+		Short: "rotation finished -> last of N sidecars serving the new version, next to N in-process agents in the same rotations and processes",
+		Long: `sidecar-fleet starts rekeyd (with the embedded NATS server) in a process of
+its own and --procs processes (this binary, started again), each holding
+N/procs in-process agents and as many rekey-agent sidecars (fanout/sidecar
+servers, each with its own agent, NATS connection and loopback listener) with
+an application client each. After every rotation it times, from
+RotationCompleted.CompletedAt, the last in-process agent.Get returning the new
+version and the last sidecar client reading it (the rotated event of
+GET /v1/events, then GET /v1/secrets/{secret}), and prints p50/p99/max of
+both and the ratio of the p99s.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
+			var results []bench.SidecarFleetResult
+			for run := 1; run <= fleetRuns; run++ {
+				for _, n := range fleetSizes {
+					res, err := bench.SidecarFleet(ctx, bench.SidecarFleetOptions{Sidecars: n, Rotations: fleetRotations, Procs: fleetProcs}, log)
+					if err != nil {
+						return fmt.Errorf("%d sidecars, run %d: %w", n, run, err)
+					}
+					results = append(results, res)
+				}
+			}
+			bench.PrintSidecarFleet(cmd.OutOrStdout(), results)
+			return nil
+		},
+	}
+	fleet.Flags().IntSliceVar(&fleetSizes, "sidecars", []int{1000}, "sidecar counts (and as many in-process agents) to measure")
+	fleet.Flags().IntVar(&fleetRotations, "rotations", 50, "rotations measured per count and run")
+	fleet.Flags().IntVar(&fleetProcs, "procs", 10, "processes the agents and sidecars are spread over")
+	fleet.Flags().IntVar(&fleetRuns, "runs", 1, "runs of every count, each with fresh processes")
 	rotOpts := bench.RotationsOptions{KillSwitch: true}
 	var rotProfile string
 	rotCmd := &cobra.Command{
@@ -246,6 +298,6 @@ restore accepted at once takes effect.`,
 	rotCmd.Flags().IntVar(&rotOpts.Concurrency, "concurrency", 0, "rotation.concurrency (0: rekey's default)")
 	rotCmd.Flags().BoolVar(&rotOpts.KillSwitch, "kill-switch", true, "then revoke the bench tenant and time its report")
 	rotCmd.Flags().StringVar(&rotProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
-	cmd.AddCommand(prop, get, fan, hook, capacity, flood, recovery, side, rotCmd)
+	cmd.AddCommand(prop, get, fan, hook, capacity, flood, recovery, side, fleet, rotCmd)
 	return cmd
 }

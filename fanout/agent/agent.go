@@ -356,6 +356,7 @@ type Agent struct {
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	kick    chan struct{} // asks the resync loop for a resync
+	synced  syncMark      // the last successful resync (synced.go)
 
 	ackMu    sync.Mutex
 	acks     []schemas.InvalidationAck // waiting for ackTimer

@@ -337,6 +337,7 @@ func (a *Agent) Resync(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, a.cfg.FetchTimeout)
 		defer cancel()
 	}
+	mark := a.syncBegin()
 	a.mu.Lock()
 	tokens := make([]string, 0, len(a.states)+1)
 	tokens = append(tokens, schemas.TenantToken)
@@ -351,6 +352,7 @@ func (a *Agent) Resync(ctx context.Context) error {
 		msg, err := a.nc.RequestWithContext(ctx, schemas.ResyncSubject(a.cfg.Tenant, token), nil)
 		if errors.Is(err, nats.ErrNoResponders) {
 			a.log.Debug("no resync server to resync from", "subject", schemas.ResyncSubject(a.cfg.Tenant, token))
+			a.syncDone(mark)
 			return nil
 		}
 		if err != nil {
@@ -379,6 +381,7 @@ func (a *Agent) Resync(ctx context.Context) error {
 		applied++
 	}
 	a.log.Debug("resynced", "replayed", applied, "revoked", a.Revoked())
+	a.syncDone(mark)
 	return nil
 }
 

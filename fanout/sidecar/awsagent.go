@@ -33,6 +33,18 @@ func plain(w http.ResponseWriter, status int, msg string) {
 	_, _ = w.Write([]byte(msg))
 }
 
+// awsAgentParam reports whether a query parameter is accepted (secretId
+// only by /secretsmanager/get).
+func awsAgentParam(k string, byQuery bool) bool {
+	switch k {
+	case "versionId", "versionStage", "refreshNow":
+		return true
+	case "secretId":
+		return byQuery
+	}
+	return false
+}
+
 func (s *Server) awsAgentHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/ping" {
@@ -63,10 +75,10 @@ func (s *Server) awsAgentHandler() http.Handler {
 			return
 		}
 		var secretID string
-		allowed := map[string]bool{"versionId": true, "versionStage": true, "refreshNow": true}
+		byQuery := false
 		switch {
 		case r.URL.Path == "/secretsmanager/get":
-			allowed["secretId"] = true
+			byQuery = true
 			secretID = q.Get("secretId")
 		case strings.HasPrefix(r.URL.Path, awsAgentPathPrefix):
 			secretID = r.URL.Path[len(awsAgentPathPrefix):]
@@ -75,7 +87,7 @@ func (s *Server) awsAgentHandler() http.Handler {
 			return
 		}
 		for k := range q {
-			if !allowed[k] {
+			if !awsAgentParam(k, byQuery) {
 				plain(w, http.StatusBadRequest, "unknown parameter: "+clip(k))
 				return
 			}

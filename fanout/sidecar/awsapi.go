@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 )
 
 // The Secrets Manager JSON 1.1 API: POST / with X-Amz-Target
@@ -279,9 +278,8 @@ func (s *Server) verifySigV4(r *http.Request, body []byte, now time.Time) *awsEr
 			re.Header[http.CanonicalHeaderKey(h)] = vs
 		}
 	}
-	signer := v4.NewSigner()
 	creds := aws.Credentials{AccessKeyID: s.cfg.AWSAccessKeyID, SecretAccessKey: s.cfg.AWSSecretAccessKey}
-	if err := signer.SignHTTP(r.Context(), creds, re, payloadHash, a.service, a.region, t); err != nil {
+	if err := s.signer.SignHTTP(r.Context(), creds, re, payloadHash, a.service, a.region, t); err != nil {
 		return &awsErr{http.StatusInternalServerError, awsInternal, "internal error"}
 	}
 	want, err := parseSigV4(re.Header.Get("Authorization"))

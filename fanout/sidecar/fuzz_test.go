@@ -42,3 +42,16 @@ func FuzzNames(f *testing.F) {
 		_, _ = parseSigV4(id)
 	})
 }
+
+// FuzzRender: render replaces the placeholders as strings.Replacer does.
+func FuzzRender(f *testing.F) {
+	for _, s := range []string{"/tenants/{tenant}/{secret}", "{secret}", "{{tenant}}", "{tenant", "a{b}{secret}{", ""} {
+		f.Add(s, "acme", "openai-key")
+	}
+	f.Fuzz(func(t *testing.T, tmpl, tenant, secret string) {
+		want := strings.NewReplacer(phTenant, tenant, phSecret, secret).Replace(tmpl)
+		if got := render(tmpl, tenant, secret); got != want {
+			t.Fatalf("render(%q, %q, %q) = %q, want %q", tmpl, tenant, secret, got, want)
+		}
+	})
+}

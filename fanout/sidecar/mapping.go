@@ -168,8 +168,34 @@ type names struct {
 	m      Mapping
 }
 
+// render replaces {tenant} and {secret} in tmpl in one pass, as
+// strings.NewReplacer(phTenant, tenant, phSecret, secret).Replace would,
+// without building a replacer on every read.
 func render(tmpl, tenant, secret string) string {
-	return strings.NewReplacer(phTenant, tenant, phSecret, secret).Replace(tmpl)
+	if strings.IndexByte(tmpl, '{') < 0 {
+		return tmpl
+	}
+	var b strings.Builder
+	b.Grow(len(tmpl) + len(tenant) + len(secret))
+	for {
+		i := strings.IndexByte(tmpl, '{')
+		if i < 0 {
+			b.WriteString(tmpl)
+			return b.String()
+		}
+		b.WriteString(tmpl[:i])
+		switch rest := tmpl[i:]; {
+		case strings.HasPrefix(rest, phTenant):
+			b.WriteString(tenant)
+			tmpl = rest[len(phTenant):]
+		case strings.HasPrefix(rest, phSecret):
+			b.WriteString(secret)
+			tmpl = rest[len(phSecret):]
+		default:
+			b.WriteByte('{')
+			tmpl = rest[1:]
+		}
+	}
 }
 
 // reverse finds the secret id whose rendering of tmpl is name. tmpl has
@@ -214,7 +240,7 @@ func (n names) awsName(secret string) string {
 // ones).
 func (n names) awsARN(secret string) string {
 	name := n.awsName(secret)
-	return fmt.Sprintf("arn:aws:secretsmanager:%s:%s:secret:%s-%s", n.m.AWSRegion, n.m.AWSAccount, name, arnSuffix(n.tenant, name))
+	return "arn:aws:secretsmanager:" + n.m.AWSRegion + ":" + n.m.AWSAccount + ":secret:" + name + "-" + arnSuffix(n.tenant, name)
 }
 
 func arnSuffix(tenant, name string) string {

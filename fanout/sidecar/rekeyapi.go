@@ -45,7 +45,7 @@ func (s *Server) rekeyHandler() http.Handler {
 			_, _ = w.Write([]byte("tenant revoked\n"))
 		case !s.cfg.Ready():
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not connected to rekey\n"))
+			_, _ = w.Write([]byte("not connected to rekey, or not resynced since the last reconnect\n"))
 		default:
 			_, _ = w.Write([]byte("ready\n"))
 		}

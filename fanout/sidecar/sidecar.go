@@ -43,6 +43,8 @@ import (
 	"sync"
 	"time"
 
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
 	"github.com/rekey-dev/rekey/fanout/agent"
 	"github.com/rekey-dev/rekey/schemas"
 )
@@ -70,8 +72,13 @@ const (
 	// DefaultMaxSkew is how far a SigV4 request's date may be from now,
 	// as in AWS.
 	DefaultMaxSkew = 5 * time.Minute
-	// DefaultRequestTimeout bounds one read (a fetch on a miss).
-	DefaultRequestTimeout = 10 * time.Second
+	// DefaultRequestTimeout bounds one read (a fetch on a miss). It is the
+	// agent's fetch timeout: a read's deadline also bounds the agent's
+	// fetch (the later of the two), so a longer one would make a client of
+	// the sidecar wait longer than an in-process Get for a fetch request
+	// rekeyd dropped (its per-tenant fetch buffer full), which is only
+	// noticed at the deadline.
+	DefaultRequestTimeout = agent.DefaultFetchTimeout
 )
 
 // Config configures a Server. An empty listen address turns its API off.
@@ -99,11 +106,12 @@ type Config struct {
 	VaultToken string
 	// Mapping maps outside names to the tenant's secret ids.
 	Mapping Mapping
-	// RequestTimeout bounds one read. Default 10s.
+	// RequestTimeout bounds one read. Default DefaultRequestTimeout (5s).
 	RequestTimeout time.Duration
 	// Logger receives request logs (names and outcomes, never values).
 	Logger *slog.Logger
-	// Ready reports whether the agent is connected; nil: always.
+	// Ready reports whether the agent is connected and resynced
+	// (agent.Agent.Synced); nil: always.
 	Ready func() bool
 	// Tool, AWSAgentTool, AWSAPITool, VaultTool: the tool reported for
 	// the reads of each API whose request has no X-Rekey-Tool header
@@ -206,6 +214,11 @@ type Server struct {
 	events  *broker
 	names   names
 	runs    *runTable
+	// signer signs requests again to check them; one for all, so that its
+	// cache of derived signing keys (per key, date, region, service) is kept.
+	signer *v4.Signer
+	// vaultKVPrefix and vaultDBPrefix are the Vault mounts with a slash.
+	vaultKVPrefix, vaultDBPrefix string
 
 	mu   sync.Mutex
 	addr map[string]string // API -> bound address, once listening
@@ -229,9 +242,10 @@ func New(cfg Config, src Source) (*Server, error) {
 	cfg.setDefaults()
 	s := &Server{
 		cfg: cfg, src: src, log: cfg.Logger.With("component", "fanout/sidecar", "tenant", cfg.Tenant),
-		metrics: newMetrics(), events: newBroker(), addr: map[string]string{},
+		metrics: newMetrics(), events: newBroker(), addr: map[string]string{}, signer: v4.NewSigner(),
 	}
 	s.names = names{tenant: cfg.Tenant, m: cfg.Mapping}
+	s.vaultKVPrefix, s.vaultDBPrefix = s.names.kvMount()+"/", s.names.dbMount()+"/"
 	s.runs = newRunTable(func() Source { return s.src }, cfg.MaxRuns, cfg.RunTTL)
 	return s, nil
 }

@@ -49,12 +49,36 @@ func requestID() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
-// vaultReply is Vault's response envelope.
-func vaultReply(data any, leaseID string, renewable bool, lease int) map[string]any {
-	return map[string]any{
-		"request_id": requestID(), "lease_id": leaseID, "renewable": renewable, "lease_duration": lease,
-		"data": data, "wrap_info": nil, "warnings": nil, "auth": nil,
-	}
+// vaultEnvelope is Vault's response envelope.
+type vaultEnvelope struct {
+	RequestID     string `json:"request_id"`
+	LeaseID       string `json:"lease_id"`
+	Renewable     bool   `json:"renewable"`
+	LeaseDuration int    `json:"lease_duration"`
+	Data          any    `json:"data"`
+	WrapInfo      any    `json:"wrap_info"`
+	Warnings      any    `json:"warnings"`
+	Auth          any    `json:"auth"`
+}
+
+// vaultReply is Vault's response envelope around data.
+func vaultReply(data any, leaseID string, renewable bool, lease int) vaultEnvelope {
+	return vaultEnvelope{RequestID: requestID(), LeaseID: leaseID, Renewable: renewable, LeaseDuration: lease, Data: data}
+}
+
+// kvData is the data of a KV v2 read.
+type kvData struct {
+	Data     map[string]string `json:"data"`
+	Metadata kvVersionMeta     `json:"metadata"`
+}
+
+// kvVersionMeta is the metadata of one KV v2 version.
+type kvVersionMeta struct {
+	CreatedTime    string            `json:"created_time"`
+	CustomMetadata map[string]string `json:"custom_metadata"`
+	DeletionTime   string            `json:"deletion_time"`
+	Destroyed      bool              `json:"destroyed"`
+	Version        int               `json:"version"`
 }
 
 func (s *Server) vaultHandler() http.Handler {
@@ -84,7 +108,7 @@ func (s *Server) vaultHandler() http.Handler {
 			vaultErr(w, http.StatusMethodNotAllowed, "rekey-agent serves reads only")
 			return
 		}
-		kv, db := s.names.kvMount()+"/", s.names.dbMount()+"/"
+		kv, db := s.vaultKVPrefix, s.vaultDBPrefix
 		switch {
 		case path == "auth/token/lookup-self":
 			vaultJSON(w, http.StatusOK, vaultReply(map[string]any{
@@ -195,11 +219,9 @@ func (s *Server) vaultKV(w http.ResponseWriter, r *http.Request, path string, me
 		}, "", false, 0))
 		return
 	}
-	vaultJSON(w, http.StatusOK, vaultReply(map[string]any{
-		"data": map[string]string{s.cfg.Mapping.VaultField: string(sec.Value), "rekey_version": sec.Version, "rekey_tenant": s.cfg.Tenant},
-		"metadata": map[string]any{
-			"created_time": created, "custom_metadata": custom, "deletion_time": "", "destroyed": false, "version": n,
-		},
+	vaultJSON(w, http.StatusOK, vaultReply(kvData{
+		Data:     map[string]string{s.cfg.Mapping.VaultField: string(sec.Value), "rekey_version": sec.Version, "rekey_tenant": s.cfg.Tenant},
+		Metadata: kvVersionMeta{CreatedTime: created, CustomMetadata: custom, Version: n},
 	}, "", false, 0))
 }
 

@@ -61,6 +61,26 @@ func TestFanoutBenchSmall(t *testing.T) {
 	require.Contains(t, out.String(), "p99 ratio")
 }
 
+// TestSidecarFleetBenchSmall runs `rekeyctl bench sidecar-fleet` at a tiny
+// size: every rotation is served in its new version by every in-process
+// agent and every sidecar's client, in both processes.
+func TestSidecarFleetBenchSmall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := bench.SidecarFleet(ctx, bench.SidecarFleetOptions{Sidecars: 6, Rotations: 3, Procs: 2}, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	require.Len(t, res.Agents, 3)
+	require.Len(t, res.SidecarClients, 3)
+	for i := range res.Agents {
+		require.Positive(t, res.Agents[i], "the new version is served after the rotation finished")
+		require.Positive(t, res.SidecarClients[i], "the new version is served after the rotation finished")
+	}
+	var out bytes.Buffer
+	bench.PrintSidecarFleet(&out, []bench.SidecarFleetResult{res})
+	require.Contains(t, out.String(), "sidecar (events + GET)")
+	require.Contains(t, out.String(), "p99 ratio")
+}
+
 // TestFanoutBenchRefusesTooManyAgents: the size is checked before any
 // process starts.
 func TestFanoutBenchRefusesTooManyAgents(t *testing.T) {
@@ -112,19 +132,35 @@ func TestFloodBenchSmall(t *testing.T) {
 	require.Contains(t, out.String(), "during the flood")
 }
 
-// TestSidecarBenchSmall runs `rekeyctl bench sidecar` small: every path
-// reads, and the table names them.
+// TestSidecarBenchSmall runs `rekeyctl bench sidecar` small, with each
+// kind of client (raw clients in a process of their own, raw clients in
+// this process, Go's http.Client): every path reads (a raw client checks
+// each reply is 200 with its Content-Length), and the table names them.
 func TestSidecarBenchSmall(t *testing.T) {
-	opts := bench.SidecarOptions{Clients: 2, Duration: 100 * time.Millisecond}
-	rows, err := bench.Sidecar(context.Background(), opts, nil)
-	require.NoError(t, err)
-	require.Len(t, rows, 5)
-	var out strings.Builder
-	bench.PrintSidecar(&out, opts, rows)
-	for _, r := range rows {
-		require.Positive(t, r.Reads, r.Path)
-		require.LessOrEqual(t, r.P50, r.P99, r.Path)
-		require.Contains(t, out.String(), r.Path)
+	for _, c := range []struct {
+		name string
+		opts bench.SidecarOptions
+		rows int
+	}{
+		{"raw clients apart", bench.SidecarOptions{}, 6},
+		{"raw clients here", bench.SidecarOptions{SameProcess: true}, 6},
+		{"http.Client", bench.SidecarOptions{HTTPClient: true}, 5},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			opts := c.opts
+			opts.Clients, opts.Duration = 2, 100*time.Millisecond
+			rows, err := bench.Sidecar(context.Background(), opts, nil)
+			require.NoError(t, err)
+			require.Len(t, rows, c.rows)
+			var out strings.Builder
+			bench.PrintSidecar(&out, opts, rows)
+			for _, r := range rows {
+				require.Positive(t, r.Reads, r.Path)
+				require.Positive(t, r.CPU, r.Path)
+				require.LessOrEqual(t, r.P50, r.P99, r.Path)
+				require.Contains(t, out.String(), r.Path)
+			}
+		})
 	}
 }
 

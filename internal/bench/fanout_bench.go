@@ -364,7 +364,7 @@ func (r *fanoutRig) start(ctx context.Context, exe, role string, env ...string) 
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())
-			if len(f) > 0 && (f[0] == "raw" || f[0] == "drop") {
+			if len(f) > 0 && (f[0] == "raw" || f[0] == "drop" || f[0] == "served") {
 				select {
 				case r.reports <- f:
 				case <-ctx.Done():

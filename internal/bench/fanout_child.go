@@ -53,6 +53,8 @@ func RunFanoutChild() {
 		err = runRekeydChild(os.Getenv(dirEnv), os.Stdin, out)
 	case "agents":
 		err = runAgentsChild(os.Getenv(natsEnv), os.Getenv(dirEnv), os.Stdin, out)
+	case "sidecar-clients":
+		err = runSidecarClients(out)
 	default:
 		err = fmt.Errorf("%s: unknown role %q", childEnv, role)
 	}
@@ -203,6 +205,7 @@ type agentsChild struct {
 	rawGot  map[int]int      // raw round -> subscribers that received it
 	rawLast map[int]int64    // raw round -> last receipt (Unix ns)
 	drops   map[string]*drop // request id -> drops so far
+	fleet   *fleetChild      // bench sidecar-fleet's agents and sidecars, if started
 }
 
 type drop struct {
@@ -215,6 +218,7 @@ type drop struct {
 //
 //	raw <n> <first>     connect n plain subscribers of bench.raw, "ready"
 //	agents <n> <first>  connect n agents of acme, each Get openai-key once, "ready"
+//	fleet <n> <first>   start n agents and n sidecars with their clients (bench sidecar-fleet), "ready"
 //	close               close every connection, "ok"
 //	stats [gc]          as the rekeyd child
 //
@@ -244,6 +248,18 @@ func runAgentsChild(url, dir string, in io.Reader, out *lineWriter) error {
 				return "", err
 			}
 			if err := c.connect(ctx, cmd == "raw", n, first); err != nil {
+				return "", err
+			}
+			return "ready", nil
+		case "fleet":
+			var n, first int
+			if _, err := fmt.Sscan(strings.Join(args, " "), &n, &first); err != nil || n <= 0 || len(args) != 2 {
+				return "", fmt.Errorf("fleet: want <n> <first>, got %q", args)
+			}
+			if err := raiseFileLimit(6*uint64(n) + 256); err != nil {
+				return "", err
+			}
+			if err := c.startFleet(ctx, n, first); err != nil {
 				return "", err
 			}
 			return "ready", nil
@@ -354,6 +370,10 @@ func (c *agentsChild) dropped(ev agent.Invalidated) {
 }
 
 func (c *agentsChild) close() {
+	if c.fleet != nil {
+		c.fleet.stop()
+		c.fleet = nil
+	}
 	c.mu.Lock()
 	conns := c.conns
 	c.conns, c.n = nil, 0
