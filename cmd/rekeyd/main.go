@@ -52,12 +52,13 @@ example configuration (tenants acme and globex).`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := orchestrator.NewLogger(cfg.Log, os.Stderr)
+			gogc := daemon.SetGCPercent()
 			d, err := daemon.New(ctx, daemon.Options{Config: cfg, Logger: log, AdminToken: os.Getenv("REKEY_ADMIN_TOKEN")})
 			if err != nil {
 				return err
 			}
 			log.Info("rekeyd ready", "http", d.HTTPAddr(), "nats", orchestrator.RedactURL(d.NATSURL()), "data_dir", cfg.DataDir,
-				"admin_token", tokenHint(cfg.DataDir))
+				"admin_token", tokenHint(cfg.DataDir), "gogc", gogc)
 			return d.Run(ctx)
 		},
 	}

@@ -132,6 +132,7 @@ func runRekeydChild(dir string, in io.Reader, out *lineWriter) error {
 		return err
 	}
 	ctx := context.Background()
+	daemon.SetGCPercent() // as cmd/rekeyd does
 	log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
 	c, err := demo.StartCluster(ctx, log, func(cfg *orchestrator.Config) {
 		cfg.DataDir = dir
