@@ -205,17 +205,11 @@ restore accepted at once takes effect.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext(cmd)
 			defer stop()
-			if sideProfile != "" {
-				f, err := os.Create(sideProfile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+			stopProfile, err := startCPUProfile(sideProfile)
+			if err != nil {
+				return err
 			}
+			defer stopProfile()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
 			rows, err := bench.Sidecar(ctx, sc, log)
 			bench.PrintSidecar(cmd.OutOrStdout(), sc, rows)
@@ -273,17 +267,11 @@ both and the ratio of the p99s.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext(cmd)
 			defer stop()
-			if rotProfile != "" {
-				f, err := os.Create(rotProfile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+			stopProfile, err := startCPUProfile(rotProfile)
+			if err != nil {
+				return err
 			}
+			defer stopProfile()
 			log := orchestrator.NewLogger(orchestrator.LogConfig{Level: "error"}, os.Stderr)
 			res, err := bench.Rotations(ctx, rotOpts, log)
 			if err != nil {
@@ -300,4 +288,21 @@ both and the ratio of the p99s.`,
 	rotCmd.Flags().StringVar(&rotProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	cmd.AddCommand(prop, get, fan, hook, capacity, flood, recovery, side, fleet, rotCmd)
 	return cmd
+}
+
+// startCPUProfile writes a CPU profile of this process to path until stop
+// is called; an empty path profiles nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

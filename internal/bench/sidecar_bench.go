@@ -268,6 +268,12 @@ type rawPath struct {
 // measureLatency calls op from clients goroutines for about d and times
 // each call.
 func measureLatency(clients int, d time.Duration, op func() error) (SidecarRow, error) {
+	return measureEach(clients, d, func(int) func() error { return op })
+}
+
+// measureEach calls, from goroutine i of clients, the op that newOp(i)
+// returns, for about d, timing each call.
+func measureEach(clients int, d time.Duration, newOp func(i int) func() error) (SidecarRow, error) {
 	var (
 		mu   sync.Mutex
 		all  []time.Duration
@@ -275,12 +281,12 @@ func measureLatency(clients int, d time.Duration, op func() error) (SidecarRow, 
 		wg   sync.WaitGroup
 	)
 	start := time.Now()
-	for range clients {
+	for i := range clients {
+		op := newOp(i)
 		wg.Go(func() {
-			lat := make([]time.Duration, 0, 4096)
+			lat := make([]time.Duration, 0, 1<<16)
 			var err error
-			for time.Since(start) < d {
-				t0 := time.Now()
+			for t0 := time.Now(); t0.Sub(start) < d; t0 = time.Now() {
 				if err = op(); err != nil {
 					break
 				}

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -89,40 +88,11 @@ func rawLoad(ctx context.Context, addr string, req []byte, clients int, d time.D
 		}
 		conns = append(conns, c)
 	}
-	var (
-		mu   sync.Mutex
-		all  []time.Duration
-		errs []error
-		wg   sync.WaitGroup
-	)
-	start := time.Now()
-	for _, c := range conns {
-		wg.Go(func() {
-			br := bufio.NewReaderSize(c, 16<<10)
-			lat := make([]time.Duration, 0, 1<<16)
-			var err error
-			for t0 := time.Now(); t0.Sub(start) < d; t0 = time.Now() {
-				if err = rawRead(c, br, req); err != nil {
-					break
-				}
-				lat = append(lat, time.Since(t0))
-			}
-			mu.Lock()
-			all = append(all, lat...)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	took := time.Since(start)
-	SortDurations(all)
-	row := SidecarRow{Reads: len(all), Took: took, P50: Percentile(all, 50), P99: Percentile(all, 99)}
-	if len(errs) > 0 {
-		return row, errs[0]
-	}
-	return row, nil
+	return measureEach(clients, d, func(i int) func() error {
+		c := conns[i]
+		br := bufio.NewReaderSize(c, 16<<10)
+		return func() error { return rawRead(c, br, req) }
+	})
 }
 
 // runSidecarClients is the client child process: it runs rawLoad with
