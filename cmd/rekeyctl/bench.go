@@ -92,7 +92,7 @@ and the spread between --runs runs (each with fresh processes).`,
 	fan.Flags().IntVar(&fanRotations, "rotations", 400, "rotations (and raw rounds) per agent count and run: the p99 of 400 samples is the 5th slowest")
 	fan.Flags().IntVar(&fanRuns, "runs", 3, "runs of every agent count, each with fresh processes")
 	fan.Flags().IntVar(&fanProcs, "procs", 10, "agent processes")
-	fan.Flags().StringVar(&fanProfile, "cpuprofile", "", "write CPU profiles of the rekeyd process during the raw rounds and the rotations to <prefix>-<agents>-run<run>-{raw,fanout}.pprof")
+	fan.Flags().StringVar(&fanProfile, "cpuprofile", "", "write CPU profiles of the rekeyd process during the raw rounds and the rotations to <prefix>-<agents>-run<run>-{raw,fanout}.pprof, and of the first agent process to ...-{raw,fanout}-agents0.pprof")
 	var clients, samples, hookAgents int
 	var dur time.Duration
 	hook := &cobra.Command{

@@ -549,15 +549,25 @@ func (r *fanoutRig) profile(ctx context.Context, opts FanoutOptions, phase strin
 	if opts.CPUProfile == "" {
 		return func() {}, nil
 	}
-	path := fmt.Sprintf("%s-%d-run%d-%s.pprof", opts.CPUProfile, opts.Agents, opts.Run, phase)
-	if _, err := r.rekeyd.do(ctx, "profile "+path, time.Minute); err != nil {
-		return nil, fmt.Errorf("cpu profile: %w", err)
+	// rekeyd's process, and the first agent process (its raw subscribers
+	// in the raw phase, its agents in the other).
+	procs := map[string]*fanoutProc{"": r.rekeyd}
+	if len(r.agents) > 0 {
+		procs["-agents0"] = r.agents[0]
+	}
+	for suffix, p := range procs {
+		path := fmt.Sprintf("%s-%d-run%d-%s%s.pprof", opts.CPUProfile, opts.Agents, opts.Run, phase, suffix)
+		if _, err := p.do(ctx, "profile "+path, time.Minute); err != nil {
+			return nil, fmt.Errorf("cpu profile: %w", err)
+		}
 	}
 	stopped := false
 	return func() {
 		if !stopped {
 			stopped = true
-			_, _ = r.rekeyd.do(ctx, "unprofile", time.Minute)
+			for _, p := range procs {
+				_, _ = p.do(ctx, "unprofile", time.Minute)
+			}
 		}
 	}, nil
 }

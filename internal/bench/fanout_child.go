@@ -144,37 +144,53 @@ func runRekeydChild(dir string, in io.Reader, out *lineWriter) error {
 	}
 	defer c.Close()
 	out.line("ready", c.Daemon.NATSURL())
-	var prof *os.File
-	defer func() {
-		if prof != nil {
-			pprof.StopCPUProfile()
-			prof.Close()
-		}
-	}()
+	var prof profiler
+	defer prof.stop()
 	commands(in, out, func(cmd string, args []string) (string, error) {
+		if reply, ok, err := prof.command(cmd, args); ok {
+			return reply, err
+		}
 		switch {
-		case cmd == "profile" && len(args) == 1 && prof == nil:
-			f, err := os.Create(args[0])
-			if err != nil {
-				return "", err
-			}
-			if err := pprof.StartCPUProfile(f); err != nil {
-				f.Close()
-				return "", err
-			}
-			prof = f
-			return "ok", nil
-		case cmd == "unprofile" && prof != nil:
-			pprof.StopCPUProfile()
-			err := prof.Close()
-			prof = nil
-			return "ok", err
 		case cmd == "stats":
 			return memStats(len(args) == 1 && args[0] == "gc"), nil
 		}
 		return "", fmt.Errorf("unknown command %q %q", cmd, args)
 	})
 	return nil
+}
+
+// profiler answers the children's "profile <path>" (start a CPU profile
+// of the process into path) and "unprofile" (stop it).
+type profiler struct{ f *os.File }
+
+// command handles cmd if it is one of the profiler's (ok).
+func (p *profiler) command(cmd string, args []string) (reply string, ok bool, err error) {
+	switch {
+	case cmd == "profile" && len(args) == 1 && p.f == nil:
+		f, err := os.Create(args[0])
+		if err != nil {
+			return "", true, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return "", true, err
+		}
+		p.f = f
+		return "ok", true, nil
+	case cmd == "unprofile" && p.f != nil:
+		return "ok", true, p.stop()
+	}
+	return "", false, nil
+}
+
+func (p *profiler) stop() error {
+	if p.f == nil {
+		return nil
+	}
+	pprof.StopCPUProfile()
+	err := p.f.Close()
+	p.f = nil
+	return err
 }
 
 // memStats is the answer to "stats": heap in use, collections so far,
@@ -234,7 +250,12 @@ func runAgentsChild(url, dir string, in io.Reader, out *lineWriter) error {
 	c := &agentsChild{url: url, auth: auth, out: out, rawGot: map[int]int{}, rawLast: map[int]int64{}, drops: map[string]*drop{}}
 	defer c.close()
 	ctx := context.Background()
+	var prof profiler
+	defer prof.stop()
 	commands(in, out, func(cmd string, args []string) (string, error) {
+		if reply, ok, err := prof.command(cmd, args); ok {
+			return reply, err
+		}
 		switch cmd {
 		case "raw", "agents":
 			if len(args) != 2 {
