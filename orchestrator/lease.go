@@ -277,7 +277,16 @@ func (l *Leases) stillOurs(ctx context.Context, h *holding) (uint64, error) {
 func (l *Leases) release(h *holding, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := l.kv.Delete(ctx, h.name, jetstream.LastRevision(h.rev)); err != nil {
+	err := l.kv.Delete(ctx, h.name, jetstream.LastRevision(h.rev))
+	if IsConflict(err) {
+		// A renewal cut short by the stop (its context ended while the
+		// Update was on its way) may have been stored after all: the key
+		// is still ours if it holds our token, at the revision read.
+		if rev, ownErr := l.stillOurs(ctx, h); ownErr == nil {
+			err = l.kv.Delete(ctx, h.name, jetstream.LastRevision(rev))
+		}
+	}
+	if err != nil {
 		log.Warn("lease not released; it expires after its TTL", "error", err)
 		return
 	}
