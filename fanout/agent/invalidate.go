@@ -105,15 +105,14 @@ func (a *Agent) handleMsg(m *nats.Msg) {
 		a.dropLocked(token)
 		dropped := time.Now()
 		a.mu.Unlock()
-		delay := a.ackDelay(m.Header)
 		a.ackMu.Lock()
 		a.live = append(a.live, liveDrop{subject: m.Subject, data: m.Data, received: received, dropped: dropped})
-		a.armAckTimerLocked(delay)
+		a.armAckTimerLocked(m.Header)
 		a.ackMu.Unlock()
 		return
 	}
 	if ack, ok := a.settle(m.Subject, m.Data, received, time.Time{}); ok {
-		a.queueAck(ack, a.ackDelay(m.Header))
+		a.queueAck(ack, m.Header)
 	}
 }
 
@@ -250,25 +249,27 @@ func newAck(cfg Config, p invalidation, received, dropped time.Time) schemas.Inv
 	return ack
 }
 
-// queueAck sends ack on AckSubject after delay (at once if
-// Config.AckDelay is negative).
-func (a *Agent) queueAck(ack schemas.InvalidationAck, delay time.Duration) {
+// queueAck sends ack on AckSubject after the delay of the invalidation
+// with headers h (see ackDelay; nil: Config.AckDelay), at once if
+// Config.AckDelay is negative.
+func (a *Agent) queueAck(ack schemas.InvalidationAck, h nats.Header) {
 	if a.cfg.AckDelay < 0 {
 		a.sendAck(ack)
 		return
 	}
 	a.ackMu.Lock()
 	a.acks = append(a.acks, ack)
-	a.armAckTimerLocked(delay)
+	a.armAckTimerLocked(h)
 	a.ackMu.Unlock()
 }
 
-// armAckTimerLocked starts delay when the first ack or live drop starts
-// waiting; later ones leave with it. The caller holds a.ackMu and has
+// armAckTimerLocked starts the delay of the invalidation with headers h
+// when its ack or live drop is the first to wait; later ones leave with
+// it, and their delay is not computed. The caller holds a.ackMu and has
 // just added one.
-func (a *Agent) armAckTimerLocked(delay time.Duration) {
+func (a *Agent) armAckTimerLocked(h nats.Header) {
 	if len(a.acks)+len(a.live) == 1 { // the last batch is gone: time the next
-		a.ackTimer.Reset(delay)
+		a.ackTimer.Reset(a.ackDelay(h))
 	}
 }
 
@@ -376,7 +377,7 @@ func (a *Agent) Resync(ctx context.Context) error {
 			continue
 		}
 		if ack, ok := a.apply(p, received, time.Time{}, true); ok {
-			a.queueAck(ack, a.cfg.AckDelay)
+			a.queueAck(ack, nil)
 		}
 		applied++
 	}

@@ -153,16 +153,7 @@ func Fanout(ctx context.Context, opts FanoutOptions, log *slog.Logger) (FanoutRe
 	// processes, sent messages as large as an invalidation by a plain
 	// publisher, so that the two differ only by what rekey does. They are
 	// closed before the agents connect.
-	share := func(cmd string) func(i int) string {
-		return func(i int) string {
-			per, extra := n/opts.Procs, n%opts.Procs
-			first := i*per + min(i, extra)
-			if i < extra {
-				per++
-			}
-			return fmt.Sprintf("%s %d %d", cmd, per, first)
-		}
-	}
+	share := func(cmd string) func(i int) string { return shareCommand(cmd, n, opts.Procs) }
 	if err := r.each(ctx, share("raw"), 5*time.Minute); err != nil {
 		return res, fmt.Errorf("raw subscribers: %w", err)
 	}
@@ -303,6 +294,19 @@ func (r *fanoutRig) rawRounds(ctx context.Context, opts FanoutOptions, url strin
 	stopProfile()
 	cpu, s1, err := r.since(ctx, s0, a0, opts.Rotations)
 	return out, cpu, int(s1.gcs - s0.gcs), err
+}
+
+// shareCommand spreads n connections over procs child processes: child i
+// gets "<cmd> <count> <first index>", the first n%procs one more.
+func shareCommand(cmd string, n, procs int) func(i int) string {
+	return func(i int) string {
+		per, extra := n/procs, n%procs
+		first := i*per + min(i, extra)
+		if i < extra {
+			per++
+		}
+		return fmt.Sprintf("%s %d %d", cmd, per, first)
+	}
 }
 
 // settleUsage waits until the use reports of the agents' first Gets were

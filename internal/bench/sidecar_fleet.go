@@ -68,14 +68,7 @@ func SidecarFleet(ctx context.Context, opts SidecarFleetOptions, log *slog.Logge
 	if err != nil {
 		return res, err
 	}
-	if err := r.each(ctx, func(i int) string {
-		per, extra := n/opts.Procs, n%opts.Procs
-		first := i*per + min(i, extra)
-		if i < extra {
-			per++
-		}
-		return fmt.Sprintf("fleet %d %d", per, first)
-	}, 10*time.Minute); err != nil {
+	if err := r.each(ctx, shareCommand("fleet", n, opts.Procs), 10*time.Minute); err != nil {
 		return res, fmt.Errorf("start agents and sidecars: %w", err)
 	}
 	completed := map[string]<-chan schemas.Event{}

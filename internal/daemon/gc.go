@@ -3,6 +3,7 @@ package daemon
 import (
 	"os"
 	"runtime/debug"
+	"strconv"
 )
 
 // DefaultGCPercent is the garbage collector's target rekeyd runs with
@@ -20,9 +21,6 @@ import (
 // this costs, or GOGC to choose otherwise.
 const DefaultGCPercent = 400
 
-// defaultGOGC is DefaultGCPercent as GOGC would spell it.
-const defaultGOGC = "400"
-
 // SetGCPercent applies DefaultGCPercent unless GOGC is set, and returns the
 // GOGC value in effect ("400", or the environment's).
 func SetGCPercent() string {
@@ -30,5 +28,5 @@ func SetGCPercent() string {
 		return v
 	}
 	debug.SetGCPercent(DefaultGCPercent)
-	return defaultGOGC
+	return strconv.Itoa(DefaultGCPercent)
 }
